@@ -1,0 +1,169 @@
+"""Device mesh, logical-axis rules and shardings for params, optimizer state and batches.
+
+The mesh has three axes, ``('data', 'fsdp', 'tensor')``. Params carry logical axis names
+(``embed``, ``vocab``, ``heads``, ``kv_heads``, ``mlp``, ``layers``); the rules below map
+them onto mesh axes. Batches are split over ``('data', 'fsdp')``. The same code runs on one
+CPU, on simulated CPU devices, and on multi-host TPU/GPU meshes after
+``jax.distributed.initialize()`` — every function here works on global arrays.
+
+A dimension that is not divisible by the mesh axes it maps to is replicated instead of
+failing (e.g. a 50-token vocabulary on a 4-way tensor axis), so tiny test models and odd
+vocabularies still shard everything else.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+__all__ = [
+    "MESH_AXES",
+    "BATCH_AXES",
+    "DEFAULT_RULES",
+    "make_mesh",
+    "logical_shardings",
+    "params_shardings",
+    "init_sharded",
+    "batch_sharding",
+    "replicated",
+    "shard_batch",
+    "shard_tree",
+]
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# Logical axis name -> mesh axes. Weights are split over 'fsdp' on the model width and over
+# 'tensor' on heads / MLP width / vocabulary (Megatron-style column/row parallel pairs).
+DEFAULT_RULES = (
+    ("batch", BATCH_AXES),
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("layers", None),
+)
+
+
+def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
+              devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """A ``('data', 'fsdp', 'tensor')`` mesh with ``AxisType.Auto`` axes.
+
+  One size may be -1: it takes all remaining devices. Raises ``ValueError`` naming the
+  sizes when they do not multiply to the device count.
+  """
+  devices = list(devices if devices is not None else jax.devices())
+  n = len(devices)
+  sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
+  free = [k for k, v in sizes.items() if v == -1]
+  if len(free) > 1:
+    raise ValueError(f"mesh: at most one axis may be -1, got {sizes}")
+  for k, v in sizes.items():
+    if v != -1 and v < 1:
+      raise ValueError(f"mesh.{k}={v}: sizes must be positive or -1")
+  fixed = math.prod(v for v in sizes.values() if v != -1)
+  if free:
+    if n % fixed:
+      raise ValueError(f"mesh: {n} devices are not divisible by the fixed axes {sizes}")
+    sizes[free[0]] = n // fixed
+  if math.prod(sizes.values()) != n:
+    raise ValueError(f"mesh: sizes {sizes} multiply to {math.prod(sizes.values())}, but there"
+                     f" are {n} devices")
+  shape = tuple(sizes[a] for a in MESH_AXES)
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def _mesh_axes_size(mesh: Mesh, axes) -> int:
+  if axes is None:
+    return 1
+  if isinstance(axes, str):
+    axes = (axes,)
+  return math.prod(mesh.shape[a] for a in axes)
+
+
+def _fit_spec(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
+  """Drop mesh axes from dimensions they do not divide (those dims are replicated)."""
+  entries = list(spec) + [None] * (len(shape) - len(spec))
+  fitted = []
+  for dim, axes in zip(shape, entries):
+    fitted.append(axes if dim % _mesh_axes_size(mesh, axes) == 0 else None)
+  return P(*fitted)
+
+
+def logical_shardings(logical_specs: Any, shapes: Any, mesh: Mesh,
+                      rules: Sequence = DEFAULT_RULES) -> Any:
+  """Map a pytree of logical ``PartitionSpec`` (+ matching shapes) to ``NamedSharding``."""
+  mesh_specs = nn.logical_to_mesh(logical_specs, rules)
+
+  def one(spec, shape):
+    spec = spec if isinstance(spec, P) else P()
+    return NamedSharding(mesh, _fit_spec(spec, shape.shape, mesh))
+
+  return jax.tree.map(one, mesh_specs, shapes, is_leaf=lambda x: isinstance(x, P))
+
+
+def params_shardings(init_fn, *args, mesh: Mesh, rules: Sequence = DEFAULT_RULES):
+  """Shardings of the params that ``init_fn(*args)`` would create (boxed flax variables).
+
+  ``init_fn`` returns flax params whose leaves are ``nn.LogicallyPartitioned`` boxes (the
+  output of ``module.init(...)['params']``). Nothing is allocated: shapes come from
+  ``jax.eval_shape``.
+  """
+  boxed = jax.eval_shape(init_fn, *args)
+  logical = nn.get_partition_spec(boxed)
+  shapes = nn.meta.unbox(boxed)
+  return logical_shardings(logical, shapes, mesh, rules)
+
+
+def init_sharded(init_fn, *args, mesh: Mesh, rules: Sequence = DEFAULT_RULES):
+  """Run ``init_fn(*args)`` under ``jit`` so params are created already sharded.
+
+  Returns ``(params, shardings)`` with plain (unboxed) arrays.
+  """
+  shardings = params_shardings(init_fn, *args, mesh=mesh, rules=rules)
+
+  def unboxed(*a):
+    return nn.meta.unbox(init_fn(*a))
+
+  params = jax.jit(unboxed, out_shardings=shardings)(*args)
+  return params, shardings
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+  """Leading (batch) dimension split over ``('data', 'fsdp')``; the rest replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def shard_batch(batch: Any, mesh: Mesh) -> Any:
+  """Place a host batch (pytree of arrays with a leading batch dim) on the mesh.
+
+  Single-process: the arrays are the global batch. Multi-process: each process passes
+  its own slice, and the global array is assembled from the process-local pieces.
+  """
+
+  def one(x):
+    x = np.asarray(x)
+    if x.ndim == 0:
+      return jax.device_put(x, replicated(mesh))
+    sharding = batch_sharding(mesh, x.ndim)
+    if jax.process_count() == 1:
+      return jax.device_put(x, sharding)
+    return jax.make_array_from_process_local_data(sharding, x)
+
+  return jax.tree.map(one, batch)
+
+
+def shard_tree(tree: Any, shardings: Any) -> Any:
+  """``device_put`` a pytree onto matching shardings (e.g. restored or converted params)."""
+  return jax.tree.map(lambda x, s: jax.device_put(jnp.asarray(x), s), tree, shardings)
