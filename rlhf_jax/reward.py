@@ -1,0 +1,159 @@
+"""Reward-model training and scoring as pure functions.
+
+A reward model is a ``Transformer`` with ``head="scalar"``; the score of a (prompt,
+response) sequence is the head's output at the last real token. Pairs are scored in one
+forward pass over ``[2B, T]`` (a and b concatenated on the batch axis) and trained with
+:func:`rlhf_jax.losses.preference_loss`, which handles "a", "b" and "tie" labels
+(Bradley-Terry, Rao-Kupper or Davidson ties; the tie parameter can be learned).
+
+Batches are dicts of arrays: ``ids_a, mask_a, ids_b, mask_b`` ``[B, T]`` and ``label``
+``[B]`` (``LABEL_A=0``, ``LABEL_B=1``, ``LABEL_TIE=2``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Dict
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rlhf_jax import losses
+from rlhf_jax.advantages import last_token_index
+from rlhf_jax.models import Transformer
+from rlhf_jax.update import guarded_update
+
+__all__ = [
+    "RewardHparams",
+    "RewardState",
+    "init_reward_state",
+    "score_sequences",
+    "tie_parameter",
+    "make_reward_step",
+    "make_pair_scorer",
+    "preference_metrics",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardHparams:
+  tie_model: str = "rao_kupper"  # "bradley_terry" | "rao_kupper" | "davidson"
+  init_tie_param: float = 1.5  # θ >= 1 (Rao-Kupper) or ν >= 0 (Davidson)
+  learn_tie_param: bool = True
+  center_coef: float = 0.0  # TRL's reward centring: coef * mean((r_a + r_b)^2)
+
+  def __post_init__(self):
+    if self.tie_model not in ("bradley_terry", "rao_kupper", "davidson"):
+      raise ValueError(f"RewardHparams.tie_model={self.tie_model!r}; expected 'bradley_terry',"
+                       " 'rao_kupper' or 'davidson'")
+    if self.tie_model == "rao_kupper" and self.init_tie_param < 1:
+      raise ValueError(f"RewardHparams.init_tie_param={self.init_tie_param}: Rao-Kupper needs "
+                       "theta >= 1")
+    if self.tie_model == "davidson" and self.init_tie_param < 0:
+      raise ValueError(f"RewardHparams.init_tie_param={self.init_tie_param}: Davidson needs "
+                       "nu >= 0")
+
+
+class RewardState(flax.struct.PyTreeNode):
+  """params: ``{"model": ..., "tie": raw scalar}``; the tie parameter (θ or ν through
+  :func:`tie_parameter`) is learned when ``learn_tie_param``, else its gradient is stopped."""
+
+  params: Any
+  opt_state: Any
+  step: jax.Array
+  skipped_updates: jax.Array
+
+
+def _raw_tie(hp: RewardHparams) -> float:
+  """Inverse of the library's constraint maps (θ = exp(softplus(raw)), ν = exp(raw))."""
+  if hp.tie_model == "rao_kupper":
+    log_theta = max(float(np.log(hp.init_tie_param)), 1e-6)
+    return float(np.log(np.expm1(log_theta)))
+  if hp.tie_model == "davidson":
+    return float(np.log(max(hp.init_tie_param, 1e-6)))
+  return 0.0
+
+
+def tie_parameter(raw: jax.Array, tie_model: str) -> jax.Array:
+  """θ (Rao-Kupper) or ν (Davidson) from the unconstrained learned scalar; 1 for BT."""
+  if tie_model == "rao_kupper":
+    return losses.rao_kupper_theta(raw)
+  if tie_model == "davidson":
+    return losses.davidson_nu(raw)
+  return jnp.ones((), jnp.float32)
+
+
+def init_reward_state(model_params, optimizer: optax.GradientTransformation,
+                      hp: RewardHparams) -> RewardState:
+  params = {"model": model_params, "tie": jnp.asarray(_raw_tie(hp), jnp.float32)}
+  return RewardState(params=params, opt_state=optimizer.init(params),
+                     step=jnp.zeros((), jnp.int32), skipped_updates=jnp.zeros((), jnp.int32))
+
+
+def score_sequences(model: Transformer, params, ids_BT, mask_BT) -> jax.Array:
+  """Reward-model scores ``[B]``: the scalar head at each row's last real token."""
+  scores_BT = model.apply({"params": params}, ids_BT, mask_BT)
+  last_B, _ = last_token_index(mask_BT)
+  return jnp.take_along_axis(scores_BT, last_B[:, None], axis=1)[:, 0]
+
+
+def _pair_scores(model, params, batch):
+  ids = jnp.concatenate([batch["ids_a"], batch["ids_b"]], axis=0)
+  mask = jnp.concatenate([batch["mask_a"], batch["mask_b"]], axis=0)
+  scores = score_sequences(model, params, ids, mask)
+  b = batch["ids_a"].shape[0]
+  return scores[:b], scores[b:]
+
+
+def make_reward_step(model: Transformer, optimizer: optax.GradientTransformation,
+                     hp: RewardHparams) -> Callable:
+  """``step(state, batch) -> (state, metrics)``; jit it with the state donated."""
+  if model.cfg.head != "scalar":
+    raise ValueError(f"reward model needs head='scalar', got {model.cfg.head!r}")
+
+  def loss_fn(params, batch):
+    r_a, r_b = _pair_scores(model, params["model"], batch)
+    raw = params["tie"] if hp.learn_tie_param else jax.lax.stop_gradient(params["tie"])
+    tie = tie_parameter(raw, hp.tie_model)
+    # Bradley-Terry treats a tie label as half a win for each side (see preference_loss).
+    loss = jnp.mean(losses.preference_loss(r_a, r_b, batch["label"], hp.tie_model,
+                                           None if hp.tie_model == "bradley_terry" else tie))
+    if hp.center_coef:
+      loss = loss + jnp.mean(losses.reward_centering_loss(r_a, r_b, hp.center_coef))
+    return loss, (r_a, r_b, tie)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def step(state: RewardState, batch: Dict[str, jax.Array]):
+    (loss, (r_a, r_b, tie)), grads = grad_fn(state.params, batch)
+    params, opt_state, finite, grad_norm = guarded_update(optimizer, state.params,
+                                                          state.opt_state, grads, loss)
+    skipped = state.skipped_updates + (~finite).astype(jnp.int32)
+    metrics = preference_metrics(r_a, r_b, batch["label"])
+    metrics.update(loss=loss, grad_norm=grad_norm, tie_param=tie, skipped_updates=skipped)
+    return state.replace(params=params, opt_state=opt_state, step=state.step + 1,
+                         skipped_updates=skipped), metrics
+
+  return step
+
+
+def make_pair_scorer(model: Transformer) -> Callable:
+  """``scorer(model_params, batch) -> (r_a, r_b)`` for evaluation (jit it)."""
+  return lambda params, batch: _pair_scores(model, params, batch)
+
+
+def preference_metrics(r_a, r_b, label) -> Dict[str, jax.Array]:
+  """Accuracy on decided pairs, mean margin and score statistics (device scalars)."""
+  decided = (label != losses.LABEL_TIE).astype(jnp.float32)
+  pred_a = r_a > r_b
+  correct = jnp.where(label == losses.LABEL_A, pred_a, ~pred_a).astype(jnp.float32)
+  n_decided = jnp.maximum(jnp.sum(decided), 1.0)
+  return {
+      "accuracy": jnp.sum(correct * decided) / n_decided,
+      "margin": jnp.sum(jnp.abs(r_a - r_b) * decided) / n_decided,
+      "score_mean": jnp.mean(jnp.concatenate([r_a, r_b])),
+      "score_std": jnp.std(jnp.concatenate([r_a, r_b])),
+  }
