@@ -1,0 +1,167 @@
+"""Multi-controller runtime: ``jax.distributed`` start-up and per-process data / seeds.
+
+JAX programs run one process per host (TPU VM, GPU node, or several CPU processes locally);
+every process runs the same program on global arrays, and ``jax.distributed.initialize``
+connects them. There is no cluster layer here beyond that call:
+
+* explicit arguments for local or hand-launched runs::
+
+      maybe_initialize("10.0.0.1:1234", num_processes=2, process_id=int(os.environ["RANK"]))
+
+* no arguments on SLURM, Open MPI, multi-host Cloud TPU (GKE env vars) and other clusters
+  JAX detects itself; ``maybe_initialize()`` calls ``jax.distributed.initialize()`` when it sees
+  such an environment. Multi-host Cloud TPU VMs outside GKE are detected by JAX through the
+  metadata server only, so pass ``auto=True`` there (or set ``RLHF_JAX_DISTRIBUTED=auto``).
+
+Call it before anything touches devices (``jax.devices()``, creating arrays).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional, Sequence, Union
+
+import jax
+import numpy as np
+
+__all__ = [
+    "cluster_detected",
+    "maybe_initialize",
+    "process_slice",
+    "per_process_seed",
+]
+
+_log = logging.getLogger(__name__)
+
+
+def _int_env(name: str) -> Optional[int]:
+  try:
+    return int(os.environ[name])
+  except (KeyError, ValueError):
+    return None
+
+
+def cluster_detected() -> Optional[str]:
+  """Name of a detected multi-process environment, or ``None``.
+
+  Looks only at environment variables (no network): ``RLHF_JAX_DISTRIBUTED`` (``auto`` / ``1``
+  forces, ``0`` disables), ``JAX_COORDINATOR_ADDRESS``, SLURM with more than one task, Open MPI
+  with more than one rank, and Cloud TPU on GKE with more than one worker.
+  """
+  forced = os.environ.get("RLHF_JAX_DISTRIBUTED", "").strip().lower()
+  if forced in ("0", "false", "no", "off"):
+    return None
+  if forced in ("1", "true", "yes", "auto"):
+    return "RLHF_JAX_DISTRIBUTED"
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    return "JAX_COORDINATOR_ADDRESS"
+  slurm_vars = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
+                "SLURM_LOCALID")
+  if all(v in os.environ for v in slurm_vars) and (_int_env("SLURM_NTASKS") or 1) > 1:
+    return "slurm"
+  if "OMPI_MCA_orte_hnp_uri" in os.environ and (_int_env("OMPI_COMM_WORLD_SIZE") or 2) > 1:
+    return "openmpi"
+  for var in ("TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES"):
+    if len([h for h in os.environ.get(var, "").split(",") if h.strip()]) > 1:
+      return "cloud-tpu"
+  return None
+
+
+def _is_initialized() -> bool:
+  fn = getattr(jax.distributed, "is_initialized", None)
+  if fn is not None:
+    return bool(fn())
+  from jax._src import distributed as _dist  # jax versions without is_initialized()
+  return _dist.global_state.client is not None
+
+
+def maybe_initialize(coordinator_address: Optional[str] = None,
+                     num_processes: Optional[int] = None,
+                     process_id: Optional[int] = None,
+                     local_device_ids: Optional[Union[int, Sequence[int]]] = None,
+                     *, auto: bool = False, initialization_timeout: int = 300) -> bool:
+  """Calls ``jax.distributed.initialize`` once, when there is something to initialise.
+
+  Args:
+    coordinator_address: ``host:port`` of process 0's coordinator service.
+    num_processes: total number of processes.
+    process_id: this process's index in ``[0, num_processes)``.
+    local_device_ids: devices this process owns (GPU clusters with several processes per
+      node).
+    auto: call ``jax.distributed.initialize()`` with JAX's own cluster auto-detection even if
+      :func:`cluster_detected` sees nothing (multi-host Cloud TPU VMs).
+    initialization_timeout: seconds to wait for all processes to connect.
+
+  Returns:
+    ``True`` if this call initialised the runtime; ``False`` when it was already initialised,
+    or nothing is configured and no cluster is detected (single-process run).
+
+  Raises:
+    ValueError: ``num_processes`` / ``process_id`` given inconsistently.
+  """
+  if _is_initialized():
+    _log.info("jax.distributed already initialised (process %d of %d)", jax.process_index(),
+              jax.process_count())
+    return False
+  explicit = any(v is not None for v in (coordinator_address, num_processes, process_id,
+                                         local_device_ids))
+  detected = cluster_detected()
+  if not (explicit or auto or detected):
+    return False
+  if num_processes is not None and num_processes < 1:
+    raise ValueError(f"distributed.num_processes={num_processes}: must be >= 1")
+  if process_id is not None and num_processes is not None and not 0 <= process_id < num_processes:
+    raise ValueError(f"distributed.process_id={process_id}: must be in [0, {num_processes})")
+  if num_processes == 1 and coordinator_address is None:
+    return False
+  _log.info("jax.distributed.initialize(coordinator_address=%s, num_processes=%s, "
+            "process_id=%s, local_device_ids=%s)%s", coordinator_address, num_processes,
+            process_id, local_device_ids, f" [detected: {detected}]" if detected else "")
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id,
+                             local_device_ids=local_device_ids,
+                             initialization_timeout=initialization_timeout)
+  _log.info("process %d of %d; %d local / %d global devices", jax.process_index(),
+            jax.process_count(), jax.local_device_count(), jax.device_count())
+  return True
+
+
+def process_slice(n_items: int, process_index: Optional[int] = None,
+                  process_count: Optional[int] = None) -> slice:
+  """The contiguous share of ``n_items`` items that ``process_index`` reads.
+
+  Shares differ by at most one item (the first ``n_items % process_count`` processes get one
+  more). For global batches every process needs the same share, so keep ``n_items`` (or the
+  per-step global batch) divisible by ``process_count``.
+
+  Args:
+    n_items: number of items (records, batch rows).
+    process_index / process_count: default ``jax.process_index()`` / ``jax.process_count()``.
+  """
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f"process_slice: process_index={process_index} is not in "
+                     f"[0, process_count={process_count})")
+  if n_items < 0:
+    raise ValueError(f"process_slice: n_items={n_items} must be >= 0")
+  base, extra = divmod(n_items, process_count)
+  start = process_index * base + min(process_index, extra)
+  return slice(start, start + base + (1 if process_index < extra else 0))
+
+
+def per_process_seed(seed: int, process_index: Optional[int] = None) -> int:
+  """A seed for this process's host-side randomness (data order, host sampling).
+
+  Deterministic in ``(seed, process_index)`` and different across processes (RLHF detail 11:
+  different data order and sampling seed per process). Returns an int in ``[0, 2**31)``,
+  valid for ``np.random.default_rng`` and ``jax.random.key``. Device-side randomness of a
+  global computation should instead fold a shared key (all processes must agree on it).
+  """
+  process_index = jax.process_index() if process_index is None else process_index
+  if seed < 0 or process_index < 0:
+    raise ValueError(f"per_process_seed: seed={seed} and process_index={process_index} must be "
+                     ">= 0")
+  state = np.random.SeedSequence([int(seed), int(process_index)]).generate_state(1, np.uint32)
+  return int(state[0] >> 1)
