@@ -1,0 +1,433 @@
+"""Evaluation statistics on host arrays: win rates, intervals, calibration, agreement, fits.
+
+Everything here is numpy in, numpy / Python floats out, float64 throughout; nothing touches a
+device. The pipeline fetches its per-example arrays once (gold scores, reward-model
+probabilities, judge labels) and calls these functions.
+
+* :func:`win_rate` — policy vs reference under the gold scorer, ties count half, with a Wilson
+  score interval.
+* :func:`bootstrap_ci` — percentile bootstrap interval for any statistic.
+* :func:`expected_calibration_error` / :func:`reliability_table` — is the reward model's
+  P(a ≻ b) a probability?
+* :func:`agreement` — raw agreement and Cohen's kappa of two label sets over {a, b, tie}.
+* :func:`fit_bon` / :func:`fit_rl` / :func:`predict` / :func:`peak` / :func:`bon_kl` — the
+  reward over-optimisation scaling laws of Gao, Schulman & Hilton (2022), "Scaling Laws for
+  Reward Model Overoptimization", with ``d = sqrt(KL(π ‖ π_init))``.
+* :func:`perplexity` — ``exp`` of the token-mean negative log-likelihood.
+
+Label convention (as in :mod:`rlhf_jax.feedback.judges`): ``0 = a``, ``1 = b``, ``2 = tie``,
+or the strings ``"a"``, ``"b"``, ``"tie"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "Z_95",
+    "WinRate",
+    "win_rate",
+    "wilson_interval",
+    "Interval",
+    "bootstrap_ci",
+    "labels_to_outcome",
+    "Reliability",
+    "reliability_table",
+    "expected_calibration_error",
+    "Agreement",
+    "agreement",
+    "Fit",
+    "fit_bon",
+    "fit_rl",
+    "predict",
+    "peak",
+    "bon_kl",
+    "perplexity",
+]
+
+Z_95 = 1.959963984540054
+"""Two-sided 95% standard-normal quantile, ``Φ⁻¹(0.975)``."""
+
+_LABEL_NAMES = ("a", "b", "tie")
+
+
+def _float_1d(name: str, x: Any) -> np.ndarray:
+  arr = np.asarray(x, dtype=np.float64)
+  if arr.ndim != 1:
+    raise ValueError(f"{name}: expected a 1-D array, got shape {arr.shape}")
+  if not np.all(np.isfinite(arr)):
+    raise ValueError(f"{name}: contains NaN or inf")
+  return arr
+
+
+# ----------------------------------------------------------------------------- win rate
+
+class WinRate(NamedTuple):
+  """Result of :func:`win_rate`.
+
+  Attributes:
+    rate: ``(wins + ties / 2) / n``.
+    wins / ties / losses: counts of policy > / = / < reference.
+    n: number of prompts.
+    ci_low / ci_high: Wilson score interval on ``rate``.
+  """
+  rate: float
+  wins: int
+  ties: int
+  losses: int
+  n: int
+  ci_low: float
+  ci_high: float
+
+
+def wilson_interval(p_hat: float, n: int, z: float = Z_95) -> tuple[float, float]:
+  """Wilson score interval for a proportion ``p_hat`` observed over ``n`` trials.
+
+  ``(p̂ + z²/2n ± z sqrt(p̂(1-p̂)/n + z²/4n²)) / (1 + z²/n)`` — the two roots ``p`` of
+  ``(p̂ - p)² = z² p (1 - p) / n``. Unlike the normal (Wald) interval it stays inside [0, 1]
+  and does not collapse to a point at ``p̂ ∈ {0, 1}``.
+  """
+  if n <= 0:
+    raise ValueError(f"wilson_interval: n must be positive, got {n}")
+  if not 0.0 <= p_hat <= 1.0:
+    raise ValueError(f"wilson_interval: p_hat must be in [0, 1], got {p_hat}")
+  z2n = z * z / n
+  denom = 1.0 + z2n
+  center = (p_hat + z2n / 2.0) / denom
+  half = z / denom * math.sqrt(p_hat * (1.0 - p_hat) / n + z2n / (4.0 * n))
+  return max(0.0, center - half), min(1.0, center + half)
+
+
+def win_rate(gold_policy: Any, gold_reference: Any, tie_eps: float = 0.0,
+             z: float = Z_95) -> WinRate:
+  """Win rate of the policy over the reference under the gold scorer, ties counting half.
+
+  Prompt ``i`` is a win when ``gold_policy[i] - gold_reference[i] > tie_eps``, a loss when
+  ``< -tie_eps``, a tie otherwise; ``rate = (wins + ties / 2) / n``.
+
+  Interval: the Wilson score interval (:func:`wilson_interval`) with ``p̂ = rate``. Each prompt
+  scores ``s ∈ {0, ½, 1}`` with mean ``p``; its variance ``p - p² - t/4`` (``t`` the tie
+  probability) is at most the Bernoulli ``p(1 - p)`` that Wilson assumes, so with ties the
+  interval is conservative (slightly wide), and exact Wilson without them. Chosen over the
+  bootstrap because it is deterministic, closed-form, and behaves at small ``n`` and at rates
+  near 0 or 1.
+
+  Args:
+    gold_policy: float [N], gold reward of the policy's response to prompt i.
+    gold_reference: float [N], gold reward of the reference's response to the same prompt.
+    tie_eps: scores closer than this (inclusive) are a tie.
+    z: normal quantile of the interval (``Z_95`` → 95%).
+  """
+  pol = _float_1d("win_rate: gold_policy", gold_policy)
+  ref = _float_1d("win_rate: gold_reference", gold_reference)
+  if pol.shape != ref.shape:
+    raise ValueError(f"win_rate: gold_policy {pol.shape} and gold_reference {ref.shape} differ")
+  if pol.size == 0:
+    raise ValueError("win_rate: no prompts")
+  if tie_eps < 0:
+    raise ValueError(f"win_rate: tie_eps must be >= 0, got {tie_eps}")
+  diff = pol - ref
+  wins = int(np.sum(diff > tie_eps))
+  losses = int(np.sum(diff < -tie_eps))
+  n = int(diff.size)
+  ties = n - wins - losses
+  rate = (wins + 0.5 * ties) / n
+  lo, hi = wilson_interval(rate, n, z)
+  return WinRate(rate, wins, ties, losses, n, lo, hi)
+
+
+# ----------------------------------------------------------------------------- bootstrap
+
+class Interval(NamedTuple):
+  """A point estimate with a confidence interval."""
+  estimate: float
+  low: float
+  high: float
+
+
+def bootstrap_ci(values: Any, stat: Callable[[np.ndarray], Any] = np.mean, n_boot: int = 1000,
+                 alpha: float = 0.05, seed: int = 0) -> Interval:
+  """Percentile bootstrap interval of ``stat(values)``.
+
+  Draws ``n_boot`` resamples of ``values`` with replacement (``np.random.default_rng(seed)``),
+  and returns ``stat(values)`` with the ``alpha/2`` and ``1 - alpha/2`` quantiles of the
+  resampled statistic. Resamples are drawn one at a time (memory ``O(N)``).
+
+  Args:
+    values: [N] numbers (or [N, ...]; rows are resampled).
+    stat: array -> scalar.
+    n_boot: number of resamples.
+    alpha: 1 - confidence level.
+    seed: RNG seed; the same seed gives the same interval.
+  """
+  values = np.asarray(values, dtype=np.float64)
+  if values.ndim == 0 or values.shape[0] == 0:
+    raise ValueError("bootstrap_ci: values must be a non-empty array")
+  if not 0.0 < alpha < 1.0:
+    raise ValueError(f"bootstrap_ci: alpha must be in (0, 1), got {alpha}")
+  if n_boot < 1:
+    raise ValueError(f"bootstrap_ci: n_boot must be >= 1, got {n_boot}")
+  rng = np.random.default_rng(seed)
+  n = values.shape[0]
+  stats = np.empty(n_boot, dtype=np.float64)
+  for i in range(n_boot):
+    stats[i] = stat(values[rng.integers(0, n, size=n)])
+  lo, hi = np.quantile(stats, [alpha / 2.0, 1.0 - alpha / 2.0])
+  return Interval(float(stat(values)), float(lo), float(hi))
+
+
+# ----------------------------------------------------------------------------- labels
+
+def _label_codes(name: str, labels: Any) -> np.ndarray:
+  """Labels (ints 0/1/2 or strings a/b/tie) -> int64 codes 0 = a, 1 = b, 2 = tie."""
+  arr = np.asarray(labels)
+  if arr.ndim != 1:
+    raise ValueError(f"{name}: expected a 1-D array of labels, got shape {arr.shape}")
+  if arr.dtype.kind in "USO":
+    lookup = {s: i for i, s in enumerate(_LABEL_NAMES)}
+    try:
+      return np.array([lookup[str(x)] for x in arr], dtype=np.int64)
+    except KeyError as e:
+      raise ValueError(f"{name}: unknown label {e.args[0]!r}; expected 'a', 'b' or 'tie'") from None
+  if arr.dtype.kind not in "iub":
+    raise ValueError(f"{name}: labels must be ints 0/1/2 or strings a/b/tie, got {arr.dtype}")
+  codes = arr.astype(np.int64)
+  bad = codes[(codes < 0) | (codes > 2)]
+  if bad.size:
+    raise ValueError(f"{name}: label {int(bad[0])} is not 0 (a), 1 (b) or 2 (tie)")
+  return codes
+
+
+def labels_to_outcome(labels: Any) -> np.ndarray:
+  """Gold labels -> float64 outcome of "a ≻ b": ``a → 1``, ``b → 0``, ``tie → ½``.
+
+  This is the target that :func:`expected_calibration_error` compares P(a ≻ b) against: a tie
+  is half a win for each side (the Bradley–Terry reading of a tie).
+  """
+  return np.array([1.0, 0.0, 0.5])[_label_codes("labels_to_outcome", labels)]
+
+
+# ----------------------------------------------------------------------------- calibration
+
+class Reliability(NamedTuple):
+  """Per-bin reliability diagram data (equal-width bins on [0, 1]); arrays of length n_bins.
+
+  Empty bins have ``count == 0`` and NaN means.
+  """
+  bin_low: np.ndarray
+  bin_high: np.ndarray
+  count: np.ndarray
+  mean_pred: np.ndarray
+  mean_outcome: np.ndarray
+
+
+def reliability_table(prob_pred: Any, outcome: Any, n_bins: int = 10) -> Reliability:
+  """Bins predictions into ``n_bins`` equal-width bins and averages prediction and outcome.
+
+  Bin ``k`` holds ``k/n_bins <= p < (k+1)/n_bins``; the last bin also holds ``p = 1``.
+
+  Args:
+    prob_pred: float [N] in [0, 1], the predicted P(a ≻ b).
+    outcome: float [N] in [0, 1], observed outcome: 1 if a won, 0 if b won, ½ for a tie
+      (:func:`labels_to_outcome` builds it from gold labels). Ties therefore count as half a
+      win; drop them beforehand to calibrate on decisive pairs only.
+    n_bins: number of bins.
+  """
+  p = _float_1d("reliability_table: prob_pred", prob_pred)
+  y = _float_1d("reliability_table: outcome", outcome)
+  if p.shape != y.shape:
+    raise ValueError(f"reliability_table: prob_pred {p.shape} and outcome {y.shape} differ")
+  if np.any((p < 0) | (p > 1)) or np.any((y < 0) | (y > 1)):
+    raise ValueError("reliability_table: prob_pred and outcome must lie in [0, 1]")
+  if n_bins < 1:
+    raise ValueError(f"reliability_table: n_bins must be >= 1, got {n_bins}")
+  edges = np.linspace(0.0, 1.0, n_bins + 1)
+  idx = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
+  count = np.bincount(idx, minlength=n_bins)
+  sum_p = np.bincount(idx, weights=p, minlength=n_bins)
+  sum_y = np.bincount(idx, weights=y, minlength=n_bins)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    mean_p = np.where(count > 0, sum_p / count, np.nan)
+    mean_y = np.where(count > 0, sum_y / count, np.nan)
+  return Reliability(edges[:-1], edges[1:], count, mean_p, mean_y)
+
+
+def expected_calibration_error(prob_pred: Any, outcome: Any, n_bins: int = 10) -> float:
+  """ECE = Σ_k (n_k / N) |mean_pred_k - mean_outcome_k| over equal-width bins.
+
+  See :func:`reliability_table` for the binning and the outcome encoding (ties = ½).
+  """
+  table = reliability_table(prob_pred, outcome, n_bins)
+  total = int(table.count.sum())
+  if total == 0:
+    raise ValueError("expected_calibration_error: no predictions")
+  used = table.count > 0
+  gaps = np.abs(table.mean_pred[used] - table.mean_outcome[used])
+  return float(np.sum(table.count[used] * gaps) / total)
+
+
+# ----------------------------------------------------------------------------- agreement
+
+class Agreement(NamedTuple):
+  """Result of :func:`agreement`."""
+  rate: float
+  kappa: float
+  n: int
+
+
+def agreement(labels_1: Any, labels_2: Any) -> Agreement:
+  """Raw agreement and Cohen's kappa of two labelings of the same pairs over {a, b, tie}.
+
+  ``rate = p_o`` (fraction equal); ``kappa = (p_o - p_e) / (1 - p_e)`` with chance agreement
+  ``p_e = Σ_c p1(c) p2(c)`` from each labeler's marginals. When ``p_e = 1`` (both labelers used
+  one and the same label for every pair) kappa is undefined and NaN is returned.
+
+  Args:
+    labels_1, labels_2: [N] labels, ints 0/1/2 or strings "a"/"b"/"tie".
+  """
+  c1 = _label_codes("agreement: labels_1", labels_1)
+  c2 = _label_codes("agreement: labels_2", labels_2)
+  if c1.shape != c2.shape:
+    raise ValueError(f"agreement: labels_1 {c1.shape} and labels_2 {c2.shape} differ")
+  n = int(c1.size)
+  if n == 0:
+    raise ValueError("agreement: no labels")
+  p_o = float(np.mean(c1 == c2))
+  m1 = np.bincount(c1, minlength=3) / n
+  m2 = np.bincount(c2, minlength=3) / n
+  p_e = float(np.dot(m1, m2))
+  kappa = float("nan") if p_e >= 1.0 else (p_o - p_e) / (1.0 - p_e)
+  return Agreement(p_o, kappa, n)
+
+
+# ----------------------------------------------------------------------------- over-optimisation
+
+@dataclasses.dataclass(frozen=True)
+class Fit:
+  """A fitted over-optimisation curve ``R(d)`` with ``d = sqrt(KL)``.
+
+  Attributes:
+    alpha, beta: coefficients.
+    r2: coefficient of determination of the fit (``1 - SS_res / SS_tot``, ``SS_tot`` about the
+      mean of r). The model has no intercept, so a bad fit can give ``r2 < 0``.
+    form: ``"bon"`` for ``R = d (α - β d)``, ``"rl"`` for ``R = d (α - β log d)``.
+  """
+  alpha: float
+  beta: float
+  r2: float
+  form: str
+
+
+def _design(form: str, d: np.ndarray) -> np.ndarray:
+  """Columns multiplying (α, β): R = α d - β g(d), g = d² (bon) or d log d (rl, 0 at d = 0)."""
+  if form == "bon":
+    g = d * d
+  elif form == "rl":
+    with np.errstate(divide="ignore", invalid="ignore"):
+      g = np.where(d > 0, d * np.log(np.where(d > 0, d, 1.0)), 0.0)
+  else:
+    raise ValueError(f"unknown fit form {form!r}; expected 'bon' or 'rl'")
+  return np.stack([d, -g], axis=1)
+
+
+def _fit(form: str, d: Any, r: Any) -> Fit:
+  d = _float_1d(f"fit_{form}: d", d)
+  r = _float_1d(f"fit_{form}: r", r)
+  if d.shape != r.shape:
+    raise ValueError(f"fit_{form}: d {d.shape} and r {r.shape} differ")
+  if np.any(d < 0):
+    raise ValueError(f"fit_{form}: d = sqrt(KL) must be >= 0")
+  x = _design(form, d)
+  if np.linalg.matrix_rank(x) < 2:
+    raise ValueError(f"fit_{form}: need at least two distinct d > 0"
+                     + (" other than d = 1 (log d = 0)" if form == "rl" else ""))
+  (alpha, beta), *_ = np.linalg.lstsq(x, r, rcond=None)
+  resid = r - x @ np.array([alpha, beta])
+  ss_res = float(np.dot(resid, resid))
+  ss_tot = float(np.sum((r - r.mean()) ** 2))
+  if ss_tot > 0:
+    r2 = 1.0 - ss_res / ss_tot
+  else:
+    r2 = 1.0 if ss_res <= 1e-24 else float("nan")
+  return Fit(float(alpha), float(beta), r2, form)
+
+
+def fit_bon(d: Any, r: Any) -> Fit:
+  """Least-squares fit of the best-of-n law ``R(d) = d (α - β d)``.
+
+  Linear in (α, β) for known d, so solved by ``np.linalg.lstsq`` on columns ``[d, -d²]``.
+
+  Args:
+    d: float [N], ``sqrt(KL)``; for best-of-n, ``sqrt(bon_kl(n))``.
+    r: float [N], reward **relative to the initial policy** (the law has ``R(0) = 0``).
+  """
+  return _fit("bon", d, r)
+
+
+def fit_rl(d: Any, r: Any) -> Fit:
+  """Least-squares fit of the RL law ``R(d) = d (α - β log d)`` (columns ``[d, -d log d]``).
+
+  Args:
+    d: float [N], ``sqrt(KL(π ‖ π_init))``; ``d = 0`` is allowed (``d log d → 0``).
+    r: float [N], reward relative to the initial policy.
+  """
+  return _fit("rl", d, r)
+
+
+def predict(fit: Fit, d: Any) -> np.ndarray:
+  """``R(d)`` of a fitted curve; float64 array shaped like ``d``."""
+  d = np.asarray(d, dtype=np.float64)
+  flat = d.reshape(-1)
+  return (_design(fit.form, flat) @ np.array([fit.alpha, fit.beta])).reshape(d.shape)
+
+
+def peak(fit: Fit) -> tuple[float, float]:
+  """``(d*, R(d*))`` where the fitted reward peaks; ``(nan, nan)`` when it has no peak.
+
+  bon: ``d* = α / 2β``, ``R* = α² / 4β``. rl: ``dR/dd = α - β (log d + 1) = 0`` gives
+  ``d* = exp(α/β - 1)``, ``R* = β d*``. A peak exists only for ``β > 0`` (and ``α > 0`` for
+  bon).
+  """
+  if fit.beta <= 0:
+    return float("nan"), float("nan")
+  if fit.form == "bon":
+    if fit.alpha <= 0:
+      return float("nan"), float("nan")
+    return fit.alpha / (2 * fit.beta), fit.alpha ** 2 / (4 * fit.beta)
+  if fit.form == "rl":
+    d_star = math.exp(fit.alpha / fit.beta - 1.0)
+    return d_star, fit.beta * d_star
+  raise ValueError(f"unknown fit form {fit.form!r}")
+
+
+def bon_kl(n: Any) -> Any:
+  """Analytic KL(best-of-n ‖ base) = ``log n - (n - 1) / n`` (float, or array for array n)."""
+  n_arr = np.asarray(n, dtype=np.float64)
+  if np.any(n_arr < 1):
+    raise ValueError(f"bon_kl: n must be >= 1, got {n}")
+  out = np.log(n_arr) - (n_arr - 1.0) / n_arr
+  return float(out) if out.ndim == 0 else out
+
+
+# ----------------------------------------------------------------------------- perplexity
+
+def perplexity(nll_sum: Any, n_tokens: Any) -> float:
+  """Token-level perplexity ``exp(Σ nll / Σ n_tokens)``.
+
+  Args:
+    nll_sum: summed negative log-likelihood (nats), a scalar or [B] per-sequence sums.
+    n_tokens: token count(s) matching ``nll_sum``.
+  Arrays are summed first: the corpus perplexity (token-weighted), not the mean of
+  per-sequence perplexities.
+  """
+  total_nll = float(np.sum(np.asarray(nll_sum, dtype=np.float64)))
+  total_tok = float(np.sum(np.asarray(n_tokens, dtype=np.float64)))
+  if not total_tok > 0:
+    raise ValueError(f"perplexity: n_tokens must sum to > 0, got {total_tok}")
+  if not math.isfinite(total_nll):
+    raise ValueError("perplexity: nll_sum is not finite")
+  return math.exp(total_nll / total_tok)
