@@ -1,0 +1,396 @@
+"""PPO-RLHF as pure functions: one iteration = rollout, scoring, advantages, K×M updates.
+
+``make_ppo_iteration(...)`` returns a function ``iteration(state, frozen, prompt_ids_BP,
+prompt_mask_BP) -> (state, metrics)`` that is meant to be jitted whole (with the state
+donated): sampling, the reference / value / reward forward passes, reward shaping with the
+KL penalty, GAE, whitening and ``epochs × num_minibatches`` clipped policy + value updates
+(nested ``lax.scan``) all run in one XLA program. Everything that changes between
+iterations — KL coefficient, learning rate (an optax schedule on the step count), RNG — is
+in the state as arrays, so nothing recompiles after the first iteration.
+
+Shapes: B rollouts, P prompt length (left-padded), N response length, V vocabulary,
+b = B // num_minibatches.
+
+Roles (one module definition each, see ``rlhf_jax.models``):
+
+* policy: ``Transformer`` with ``head="lm"`` (separate value model) or ``head="both"``
+  (value head on the policy trunk, ``shared_trunk=True``);
+* value: ``Transformer`` with ``head="scalar"`` (unused when the trunk is shared);
+* reference: the policy's module definition with frozen params (LM head only);
+* reward: ``Transformer`` with ``head="scalar"``, frozen, read at the last real token and
+  normalised by a gain and bias fitted on reference samples.
+
+The LM head runs only on the response positions (``head_slice``), log-probs come from a
+fused log-softmax gather (:func:`rlhf_jax.ops.token_logprobs`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from rlhf_jax import advantages as adv_lib
+from rlhf_jax import generation
+from rlhf_jax import kl as kl_lib
+from rlhf_jax import losses, ops
+from rlhf_jax.models import Transformer
+from rlhf_jax.update import guarded_update
+
+__all__ = [
+    "PPOHparams",
+    "PPOState",
+    "PPOFrozen",
+    "Rollout",
+    "Scored",
+    "make_sample_and_score",
+    "init_ppo_state",
+    "truncate_at_stop",
+    "make_ppo_iteration",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOHparams:
+  """Static PPO settings (shapes and choices); values that vary live in ``PPOState``.
+
+  Defaults follow OAI's lm-human-preferences sentiment run (RLHF_DETAILS.md).
+  """
+
+  response_len: int = 24
+  num_minibatches: int = 1
+  epochs: int = 4
+  temperature: float = 0.7
+  top_k: int = 0
+  top_p: float = 1.0
+  eos_id: int = 0
+  pad_id: int = 1
+  stop_token_id: Optional[int] = None  # truncate after this token (e.g. '.') ...
+  min_response_len: int = 0  # ... once the response has at least this many tokens
+  missing_stop: str = "none"  # "none" | "replace" (OAI) | "penalty" (TRL)
+  missing_stop_value: float = -1.0
+  kl_estimator: str = "k1"
+  adaptive_kl: bool = True
+  kl_target: float = 6.0  # nats per response (batch mean of per-sequence k1 sums)
+  kl_horizon: float = 10000.0
+  gamma: float = 1.0
+  lam: float = 0.95
+  clip_eps: float = 0.2
+  value_clip_eps: Optional[float] = 0.2
+  vf_coef: float = 0.1
+  whiten_rewards: bool = False
+  whiten_advantages: bool = True
+  unbiased_whitening: bool = False  # OAI: biased variance; TRL: unbiased
+  shared_trunk: bool = False
+  recompute_old_logprobs: bool = False  # False: reuse the sampler's log-probs
+
+  def __post_init__(self):
+    if self.missing_stop not in ("none", "replace", "penalty"):
+      raise ValueError(f"PPOHparams.missing_stop={self.missing_stop!r}; expected 'none', "
+                       "'replace' or 'penalty'")
+    if self.kl_estimator not in kl_lib.ESTIMATORS:
+      raise ValueError(f"PPOHparams.kl_estimator={self.kl_estimator!r}; expected one of "
+                       f"{kl_lib.ESTIMATORS}")
+    for name in ("response_len", "num_minibatches", "epochs"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"PPOHparams.{name} must be >= 1, got {getattr(self, name)}")
+    if self.temperature <= 0:
+      raise ValueError(f"PPOHparams.temperature must be > 0 for RL sampling, got "
+                       f"{self.temperature}")
+
+
+class PPOState(flax.struct.PyTreeNode):
+  """Everything that changes during PPO, as one pytree.
+
+  params: ``{"policy": ..., "value": ...}`` (or only ``"policy"`` with a shared trunk).
+  opt_state: optax state over ``params``.
+  kl: ``KLControllerState`` (β).
+  rng: raw ``uint32[2]`` PRNG key; each iteration folds in ``step``.
+  step: iteration counter (int32).
+  skipped_updates: number of minibatch updates skipped for a non-finite loss or gradient.
+  """
+
+  params: Any
+  opt_state: Any
+  kl: kl_lib.KLControllerState
+  rng: jax.Array
+  step: jax.Array
+  skipped_updates: jax.Array
+
+
+class PPOFrozen(NamedTuple):
+  """Frozen inputs of an iteration: reference and reward params, reward normalisation."""
+
+  ref_params: Any
+  reward_params: Any
+  reward_gain: jax.Array
+  reward_bias: jax.Array
+
+
+class Rollout(NamedTuple):
+  """A scored batch of responses (all ``[B, ...]``), the data of the update epochs."""
+
+  seq_ids: jax.Array  # [B, P+N] prompt (left-padded) + response (PAD after the end)
+  seq_mask: jax.Array  # [B, P+N]
+  response_mask: jax.Array  # [B, N]
+  logp_old: jax.Array  # [B, N]
+  values_old: jax.Array  # [B, N]
+  advantages: jax.Array  # [B, N]
+  returns: jax.Array  # [B, N]
+
+
+def init_ppo_state(params, optimizer: optax.GradientTransformation, init_kl_coef: float,
+                   rng: jax.Array) -> PPOState:
+  """Initial PPO state; ``rng`` is a raw uint32 key (``jax.random.PRNGKey``)."""
+  return PPOState(
+      params=params,
+      opt_state=optimizer.init(params),
+      kl=kl_lib.adaptive_kl_init(jnp.asarray(init_kl_coef, jnp.float32)),
+      rng=rng,
+      step=jnp.zeros((), jnp.int32),
+      skipped_updates=jnp.zeros((), jnp.int32),
+  )
+
+
+def truncate_at_stop(tokens_BN, mask_BN, stop_token_id, min_len, pad_id):
+  """Cut each response after its first ``stop_token_id`` at index ``>= min_len - 1``.
+
+  OAI truncates sentiment continuations at '.' once they are at least ``min_len`` tokens
+  long; tokens after the cut become PAD and leave the mask. Returns ``(tokens, mask,
+  has_stop_B)`` where ``has_stop_B`` says whether the row ended by the stop token.
+  """
+  n = tokens_BN.shape[1]
+  idx_N = jnp.arange(n)
+  is_stop_BN = (tokens_BN == stop_token_id) & (idx_N[None] >= min_len - 1) & (mask_BN > 0)
+  has_stop_B = jnp.any(is_stop_BN, axis=1)
+  first_B = jnp.where(has_stop_B, jnp.argmax(is_stop_BN, axis=1), n)
+  keep_BN = idx_N[None] <= first_B[:, None]
+  mask_BN = mask_BN * keep_BN.astype(mask_BN.dtype)
+  tokens_BN = jnp.where(mask_BN > 0, tokens_BN, pad_id)
+  return tokens_BN, mask_BN, has_stop_B
+
+
+class Scored(NamedTuple):
+  """Sampled responses with their reward-model scores (all ``[B, ...]``)."""
+
+  tokens: jax.Array  # [B, N] response tokens, PAD after the end
+  mask: jax.Array  # [B, N] 1 on real response tokens
+  logprobs: jax.Array  # [B, N] sampler log-probs (temperature-scaled distribution)
+  has_stop: jax.Array  # [B] ended with EOS or was truncated at the stop token
+  seq_ids: jax.Array  # [B, P+N]
+  seq_mask: jax.Array  # [B, P+N]
+  raw_score: jax.Array  # [B] reward model at the last real token, before normalisation
+
+
+def _lm_apply(model: Transformer):
+  def apply(params, ids, mask, cache):
+    out, cache = model.apply({"params": params}, ids, mask, cache=cache)
+    return (out[0] if isinstance(out, tuple) else out), cache
+
+  return apply
+
+
+def _sample_responses(policy_model: Transformer, hp: PPOHparams, params, prompt_ids,
+                      prompt_mask, rng):
+  sample = generation.sample_fn(
+      _lm_apply(policy_model), params, policy_model.cfg, prompt_ids, prompt_mask, rng,
+      max_new_tokens=hp.response_len, eos_id=hp.eos_id, pad_id=hp.pad_id,
+      temperature=jnp.asarray(hp.temperature, jnp.float32), top_k=hp.top_k,
+      top_p=jnp.asarray(hp.top_p, jnp.float32))
+  tokens, mask = sample.tokens, sample.mask.astype(jnp.int32)
+  has_stop = sample.ended
+  if hp.stop_token_id is not None:
+    tokens, mask, stopped = truncate_at_stop(tokens, mask, hp.stop_token_id,
+                                             hp.min_response_len, hp.pad_id)
+    has_stop = has_stop | stopped
+  return tokens, mask, sample.logprobs, has_stop
+
+
+def _score(reward_model: Transformer, reward_params, seq_ids, seq_mask, p):
+  scores_BT = reward_model.apply({"params": reward_params}, seq_ids, seq_mask)
+  last_idx = p + jnp.maximum(jnp.sum(seq_mask[:, p:], axis=1), 1) - 1
+  return jnp.take_along_axis(scores_BT, last_idx[:, None], axis=1)[:, 0]
+
+
+def make_sample_and_score(policy_model: Transformer, reward_model: Transformer,
+                          hp: PPOHparams) -> Callable:
+  """``fn(policy_params, reward_params, prompt_ids, prompt_mask, rng) -> Scored``.
+
+  The rollout half of an iteration on its own: used to fit the reward normalisation on
+  reference samples and to evaluate policies.
+  """
+
+  def fn(policy_params, reward_params, prompt_ids, prompt_mask, rng):
+    p = prompt_ids.shape[1]
+    tokens, mask, logprobs, has_stop = _sample_responses(policy_model, hp, policy_params,
+                                                         prompt_ids, prompt_mask, rng)
+    seq_ids = jnp.concatenate([prompt_ids, tokens], axis=1)
+    seq_mask = jnp.concatenate([prompt_mask.astype(jnp.int32), mask], axis=1)
+    raw = _score(reward_model, reward_params, seq_ids, seq_mask, p)
+    return Scored(tokens, mask, logprobs, has_stop, seq_ids, seq_mask, raw)
+
+  return fn
+
+
+def make_ppo_iteration(policy_model: Transformer, value_model: Optional[Transformer],
+                       reward_model: Transformer, optimizer: optax.GradientTransformation,
+                       hp: PPOHparams, phases: bool = False) -> Callable:
+  """Build ``iteration(state, frozen, prompt_ids_BP, prompt_mask_BP) -> (state, metrics)``.
+
+  The returned function is pure; jit it (``jax.jit(it, donate_argnums=0)``). ``metrics`` is
+  a dict of scalar arrays (kept on device). With ``phases=True`` the two halves are returned
+  instead, ``(rollout_phase, update_phase)`` — ``rollout_phase(state, frozen, ids, mask) ->
+  (rollout, stats, observed_kl)`` and ``update_phase(state, rollout, stats, observed_kl) ->
+  (state, metrics)`` — for profiling each separately.
+  """
+  if hp.shared_trunk != (policy_model.cfg.head == "both"):
+    raise ValueError("shared_trunk=True needs a policy with head='both' (and False needs "
+                     f"head='lm'); got shared_trunk={hp.shared_trunk}, "
+                     f"head={policy_model.cfg.head!r}")
+  ref_model = Transformer(policy_model.cfg.replace(head="lm"))
+  temperature = hp.temperature
+  n = hp.response_len
+
+  def policy_out(params, ids, mask, p):
+    """Response-position logits [B,N,V] (and values [B,N] with a shared trunk)."""
+    out = policy_model.apply({"params": params}, ids, mask, head_slice=(p - 1, p + n - 1))
+    return out if hp.shared_trunk else (out, None)
+
+  def value_out(params, ids, mask, p):
+    return value_model.apply({"params": params}, ids, mask, head_slice=(p - 1, p + n - 1))
+
+  def rollout_and_score(state: PPOState, frozen: PPOFrozen, prompt_ids, prompt_mask, rng):
+    p = prompt_ids.shape[1]
+    policy_params = state.params["policy"]
+
+    tokens, resp_mask, sampler_logp, has_stop = _sample_responses(
+        policy_model, hp, policy_params, prompt_ids, prompt_mask, rng)
+    seq_ids = jnp.concatenate([prompt_ids, tokens], axis=1)
+    seq_mask = jnp.concatenate([prompt_mask.astype(jnp.int32), resp_mask], axis=1)
+
+    # The sampler's log-probs are those of the rollout policy; recomputing them with a full
+    # forward pass is optional (unused outputs are dropped by XLA when not needed).
+    values_shared = None
+    logp_old = sampler_logp
+    if hp.recompute_old_logprobs or hp.shared_trunk:
+      logits_old, values_shared = policy_out(policy_params, seq_ids, seq_mask, p)
+      if hp.recompute_old_logprobs:
+        logp_old = ops.token_logprobs(logits_old, tokens, temperature)
+    ref_logits = ref_model.apply({"params": frozen.ref_params}, seq_ids, seq_mask,
+                                 head_slice=(p - 1, p + n - 1))
+    logp_ref = ops.token_logprobs(ref_logits, tokens, temperature)
+    values = (values_shared if hp.shared_trunk else
+              value_out(state.params["value"], seq_ids, seq_mask, p))
+    raw_score = _score(reward_model, frozen.reward_params, seq_ids, seq_mask, p)
+    score = adv_lib.apply_reward_normalization(raw_score, frozen.reward_gain, frozen.reward_bias)
+
+    logp_old = jax.lax.stop_gradient(logp_old)
+    shaped = adv_lib.shape_rewards(
+        score, logp_old, logp_ref, resp_mask, state.kl.beta, hp.kl_estimator,
+        has_stop_B=has_stop, missing_stop=hp.missing_stop,
+        missing_stop_value=hp.missing_stop_value if hp.missing_stop != "none" else None)
+    rewards = shaped.rewards
+    if hp.whiten_rewards:
+      rewards = ops.whiten(rewards, resp_mask, shift_mean=False, unbiased=hp.unbiased_whitening)
+    advantages, returns = adv_lib.gae(rewards, values, resp_mask, hp.gamma, hp.lam)
+    if hp.whiten_advantages:
+      advantages = ops.whiten(advantages, resp_mask, shift_mean=True,
+                              unbiased=hp.unbiased_whitening)
+    rollout = Rollout(seq_ids, seq_mask, resp_mask, logp_old, values, advantages, returns)
+
+    seq_kl_k1 = kl_lib.sequence_kl(logp_old, logp_ref, resp_mask, "k1")
+    length = jnp.sum(resp_mask, axis=1).astype(jnp.float32)
+    stats = {
+        "score": jnp.mean(score),
+        "score_raw": jnp.mean(raw_score),
+        "kl": jnp.mean(seq_kl_k1),
+        "kl_penalty": jnp.mean(jnp.sum(shaped.kl, axis=1)),
+        "non_score_reward": -state.kl.beta * jnp.mean(jnp.sum(shaped.kl, axis=1)),
+        "response_length": jnp.mean(length),
+        "stop_rate": jnp.mean(has_stop.astype(jnp.float32)),
+        "entropy_rollout": -ops.masked_mean(logp_old, resp_mask),
+        "value_explained_variance": ops.explained_variance(values, returns, resp_mask),
+        "advantage_mean": ops.masked_mean(advantages, resp_mask),
+        "return_mean": ops.masked_mean(returns, resp_mask),
+    }
+    return rollout, stats, jnp.mean(seq_kl_k1)
+
+  def loss_fn(params, mb: Rollout, p):
+    logits, values_shared = policy_out(params["policy"], mb.seq_ids, mb.seq_mask, p)
+    tokens = mb.seq_ids[:, p:]
+    logp = ops.token_logprobs(logits, tokens, temperature)
+    pg_loss, pg_info = losses.ppo_policy_loss(logp, mb.logp_old, mb.advantages,
+                                              mb.response_mask, hp.clip_eps)
+    values = (values_shared if hp.shared_trunk else
+              value_out(params["value"], mb.seq_ids, mb.seq_mask, p))
+    vf_loss, vf_info = losses.ppo_value_loss(values, mb.values_old, mb.returns, mb.response_mask,
+                                             hp.value_clip_eps)
+    loss = pg_loss + hp.vf_coef * vf_loss
+    entropy = losses.entropy_from_logits(jax.lax.stop_gradient(logits), mb.response_mask,
+                                         temperature)
+    info = {
+        "loss": loss, "policy_loss": pg_loss, "value_loss": vf_loss,
+        "policy_clip_frac": pg_info.clip_frac, "approx_kl": pg_info.approx_kl,
+        "ratio_mean": pg_info.ratio_mean, "value_clip_frac": vf_info.clip_frac,
+        "value_mse": vf_info.mse, "entropy": entropy,
+    }
+    return loss, info
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def update_minibatch(carry, mb: Rollout, p):
+    params, opt_state, skipped = carry
+    (loss, info), grads = grad_fn(params, mb, p)
+    params, opt_state, finite, grad_norm = guarded_update(optimizer, params, opt_state, grads,
+                                                          loss)
+    info = dict(info, grad_norm=grad_norm)
+    return (params, opt_state, skipped + (~finite).astype(jnp.int32)), info
+
+  def rollout_phase(state: PPOState, frozen: PPOFrozen, prompt_ids_BP, prompt_mask_BP):
+    """Sample, score, shape rewards, GAE: ``(rollout, stats, observed_kl)``."""
+    key = jax.random.fold_in(state.rng, state.step)
+    sample_key, _ = jax.random.split(key)
+    return rollout_and_score(state, frozen, prompt_ids_BP, prompt_mask_BP, sample_key)
+
+  def update_phase(state: PPOState, rollout: Rollout, stats, observed_kl):
+    """``epochs × num_minibatches`` clipped updates and the KL-controller step."""
+    b = rollout.seq_ids.shape[0]
+    p = rollout.seq_ids.shape[1] - n
+    if b % hp.num_minibatches:
+      raise ValueError(f"batch of {b} rollouts is not divisible by num_minibatches="
+                       f"{hp.num_minibatches}")
+    mb_size = b // hp.num_minibatches
+    _, shuffle_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
+
+    def epoch(carry, epoch_key):
+      perm = jax.random.permutation(epoch_key, b).reshape(hp.num_minibatches, mb_size)
+      batches = jax.tree.map(lambda x: x[perm], rollout)
+      return jax.lax.scan(lambda c, mb: update_minibatch(c, mb, p), carry, batches)
+
+    carry = (state.params, state.opt_state, state.skipped_updates)
+    epoch_keys = jax.random.split(shuffle_key, hp.epochs)
+    (params, opt_state, skipped), infos = jax.lax.scan(epoch, carry, epoch_keys)
+
+    if hp.adaptive_kl:
+      kl_state = kl_lib.adaptive_kl_update(state.kl, observed_kl, b, hp.kl_target, hp.kl_horizon)
+    else:
+      kl_state = kl_lib.fixed_kl_update(state.kl, observed_kl, b, hp.kl_target, hp.kl_horizon)
+    metrics = dict(stats)
+    metrics.update({k: jnp.mean(v) for k, v in infos.items()})
+    metrics["beta"] = state.kl.beta
+    metrics["skipped_updates"] = skipped
+    new_state = state.replace(params=params, opt_state=opt_state, kl=kl_state,
+                              step=state.step + 1, skipped_updates=skipped)
+    return new_state, metrics
+
+  def iteration(state: PPOState, frozen: PPOFrozen, prompt_ids_BP, prompt_mask_BP):
+    rollout, stats, observed_kl = rollout_phase(state, frozen, prompt_ids_BP, prompt_mask_BP)
+    return update_phase(state, rollout, stats, observed_kl)
+
+  if phases:
+    return rollout_phase, update_phase
+  return iteration

@@ -1,0 +1,254 @@
+"""The PPO training loop: the only Python loop around the compiled PPO iteration.
+
+``train_ppo(...)`` takes models, params and tokenised prompts as explicit arguments (the
+pipeline calls it directly); ``run(cfg, workdir)`` is the config-driven entry used by
+``python -m rlhf_jax.main --config configs/ppo.py``.
+
+Per iteration: a deterministic choice of prompt rows (a function of seed and iteration, so
+a resumed run sees the same data without iterator state), one call of the jitted iteration
+(state donated), metrics fetched only on logging steps, an asynchronous checkpoint every
+``checkpoint_every`` iterations and on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax import checkpoint, generation, sharding
+from rlhf_jax import ppo as ppo_lib
+from rlhf_jax.advantages import fit_reward_normalization
+from rlhf_jax.models import Transformer
+from rlhf_jax.train import common
+from rlhf_jax.train.metrics import MetricWriter, fetch, progress
+
+__all__ = ["PromptSpec", "Config", "train_ppo", "fit_reward_norm", "run", "prompt_rows"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptSpec:
+  source: str = "random"  # "random" (benchmarks) | "jsonl" (one {"prompt": ...} per line)
+  path: Optional[str] = None
+  field: str = "prompt"
+  prompt_len: int = 32
+  num_random: int = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  policy: common.ModelSpec = common.ModelSpec()
+  reward: common.ModelSpec = common.ModelSpec()
+  value_init: str = "reward"  # "reward" | "zero"   (the value model's initial params)
+  ppo: ppo_lib.PPOHparams = ppo_lib.PPOHparams()
+  optimizer: common.OptimSpec = common.OptimSpec()
+  mesh: common.MeshSpec = common.MeshSpec()
+  prompts: PromptSpec = PromptSpec()
+  batch_size: int = 64
+  iterations: int = 10
+  init_kl_coef: float = 0.15
+  normalize_reward: bool = True
+  norm_samples: int = 256
+  seed: int = 0
+  log_every: int = 1
+  checkpoint_every: int = 10
+  keep_checkpoints: int = 3
+
+
+def prompt_rows(n_prompts: int, batch_size: int, iteration: int, seed: int) -> np.ndarray:
+  """Rows used by ``iteration``: a fresh seeded draw without replacement (with replacement
+  only when the prompt set is smaller than a batch)."""
+  rng = np.random.default_rng([seed, iteration])
+  return rng.choice(n_prompts, batch_size, replace=n_prompts < batch_size)
+
+
+def fit_reward_norm(policy_model: Transformer, ref_params, reward_model: Transformer,
+                    reward_params, prompt_ids, prompt_mask, hp: ppo_lib.PPOHparams,
+                    n_samples: int, batch_size: int, mesh, seed: int) -> Tuple[float, float]:
+  """OAI's reward normalisation: scores of reference-policy samples -> (gain, bias) giving
+  mean 0 and std 1."""
+  score_fn = jax.jit(ppo_lib.make_sample_and_score(policy_model, reward_model, hp))
+  scores = []
+  n_batches = max(1, -(-n_samples // batch_size))
+  for i in progress(range(n_batches), desc="reward normalisation", unit="batch"):
+    rows = prompt_rows(len(prompt_ids), batch_size, 10_000_000 + i, seed)
+    batch = sharding.shard_batch({"ids": prompt_ids[rows], "mask": prompt_mask[rows]}, mesh)
+    out = score_fn(ref_params, reward_params, batch["ids"], batch["mask"],
+                   jax.random.PRNGKey(seed + 7919 * (i + 1)))
+    scores.append(np.asarray(jax.device_get(out.raw_score)))
+  gain, bias = fit_reward_normalization(np.concatenate(scores))
+  return float(gain), float(bias)
+
+
+def train_ppo(*, policy_model: Transformer, policy_params, value_model: Optional[Transformer],
+              value_params, reward_model: Transformer, reward_params, ref_params,
+              prompt_ids: np.ndarray, prompt_mask: np.ndarray, hp: ppo_lib.PPOHparams,
+              optim_spec: common.OptimSpec, batch_size: int, iterations: int,
+              init_kl_coef: float, reward_gain: float, reward_bias: float, mesh, seed: int,
+              workdir: str, log_every: int = 1, checkpoint_every: int = 10,
+              keep_checkpoints: int = 3, desc: str = "ppo",
+              stop_after: Optional[int] = None) -> Tuple[ppo_lib.PPOState,
+                                                                      List[Dict[str, float]]]:
+  """Run ``iterations`` PPO iterations; resumes from ``workdir/checkpoints`` if present.
+
+  Returns the final state and the logged metrics (one dict per logged iteration). The
+  metrics also go to ``workdir/metrics.jsonl`` and TensorBoard. ``stop_after=k`` ends this
+  call after k iterations with a checkpoint, exactly as a SIGTERM would (time-boxed jobs);
+  calling again continues the same trajectory.
+  """
+  if batch_size % (hp.num_minibatches) or batch_size % jax.process_count():
+    raise ValueError(f"batch_size={batch_size} must be divisible by ppo.num_minibatches="
+                     f"{hp.num_minibatches} and by the number of processes")
+  updates_per_iter = hp.epochs * hp.num_minibatches
+  optimizer, schedule = common.make_optimizer(optim_spec, iterations * updates_per_iter)
+  # The state is donated to each iteration: copy, so that the caller's arrays (which may
+  # alias the reference or reward params) stay valid.
+  params = {"policy": jax.tree.map(jnp.copy, policy_params)}
+  if not hp.shared_trunk:
+    params["value"] = jax.tree.map(jnp.copy, value_params)
+  state = ppo_lib.init_ppo_state(params, optimizer, init_kl_coef, jax.random.PRNGKey(seed))
+  frozen = ppo_lib.PPOFrozen(ref_params, reward_params, jnp.float32(reward_gain),
+                             jnp.float32(reward_bias))
+  iteration = jax.jit(ppo_lib.make_ppo_iteration(policy_model, value_model, reward_model,
+                                                 optimizer, hp), donate_argnums=0)
+
+  os.makedirs(workdir, exist_ok=True)
+  manager = checkpoint.open_manager(os.path.join(workdir, "checkpoints"),
+                                    max_to_keep=keep_checkpoints)
+  start = 0
+  if checkpoint.latest_step(manager) is not None:
+    state, extra = checkpoint.restore(manager, checkpoint.abstract_like(state))
+    start = int(extra["iteration"])
+    _log.info("%s: resumed from iteration %d", desc, start)
+
+  history: List[Dict[str, float]] = []
+  pc, pi = jax.process_count(), jax.process_index()
+  local = batch_size // pc
+  with MetricWriter(workdir) as writer, checkpoint.PreemptionGuard() as guard:
+    bar = progress(iterations, desc=desc, unit="iter")
+    bar.update(start)
+    t_last = time.perf_counter()
+    for it in range(start, iterations):
+      rows = prompt_rows(len(prompt_ids), batch_size, it, seed)[pi * local:(pi + 1) * local]
+      batch = sharding.shard_batch({"ids": prompt_ids[rows], "mask": prompt_mask[rows]}, mesh)
+      state, metrics = iteration(state, frozen, batch["ids"], batch["mask"])
+      done = it + 1
+      if done % log_every == 0 or done == iterations:
+        host = fetch(metrics)
+        now = time.perf_counter()
+        host["iteration_seconds"] = (now - t_last) / (done % log_every or log_every)
+        host["samples_per_second"] = batch_size / host["iteration_seconds"]
+        host["learning_rate"] = float(schedule(done * updates_per_iter))
+        t_last = now
+        writer.write(done, host)
+        history.append(dict(host, iteration=done))
+        bar.set_postfix(score=host["score"], kl=host["kl"], beta=host["beta"])
+      bar.update(1)
+      stop = guard.should_stop() or (stop_after is not None and done - start >= stop_after)
+      if done % checkpoint_every == 0 or done == iterations or stop:
+        checkpoint.save(manager, done, state, extra={"iteration": done}, force=True,
+                        wait=stop)
+      if stop:
+        _log.warning("%s: stopping early; checkpoint saved at iteration %d", desc, done)
+        break
+    bar.close()
+  manager.wait_until_finished()
+  manager.close()
+  return state, history
+
+
+def _load_prompts(spec: PromptSpec, tokenizer, vocab_size: int, pad_id: int, seed: int):
+  if spec.source == "random":
+    rng = np.random.default_rng(seed)
+    # Random ids that avoid the special tokens (0 and 1 are EOS/PAD by default).
+    ids = rng.integers(2, vocab_size, (spec.num_random, spec.prompt_len)).astype(np.int32)
+    return ids, np.ones_like(ids)
+  if spec.source != "jsonl":
+    raise ValueError(f"prompts.source={spec.source!r}; expected 'random' or 'jsonl'")
+  if not spec.path or not os.path.isfile(spec.path):
+    raise FileNotFoundError(f"prompts.path={spec.path!r} is not a file")
+  if tokenizer is None:
+    raise ValueError("prompts.source='jsonl' needs a tokenizer: set policy.path to a "
+                     "checkpoint directory that contains tokenizer files")
+  texts = []
+  with open(spec.path) as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{spec.path}:{lineno}: invalid JSON ({e.msg})") from None
+      if not isinstance(record, dict) or not isinstance(record.get(spec.field), str):
+        raise ValueError(f"{spec.path}:{lineno}: expected an object with a string field "
+                         f"{spec.field!r}")
+      texts.append(record[spec.field])
+  if not texts:
+    raise ValueError(f"{spec.path}: no prompts found")
+  return encode_left_padded(tokenizer, texts, spec.prompt_len, pad_id)
+
+
+def encode_left_padded(tokenizer, texts, length: int, pad_id: int):
+  """Token ids ``[N, length]`` left-padded with ``pad_id`` (long prompts keep their end)."""
+  ids = np.full((len(texts), length), pad_id, np.int32)
+  mask = np.zeros((len(texts), length), np.int32)
+  for i, text in enumerate(texts):
+    toks = tokenizer.encode(text, add_special_tokens=False)[-length:]
+    if toks:
+      ids[i, length - len(toks):] = toks
+      mask[i, length - len(toks):] = 1
+  return ids, mask
+
+
+def run(cfg: Config, workdir: str) -> Dict[str, Any]:
+  """Config-driven PPO: load or initialise the four models, normalise the reward, train."""
+  mesh = common.build_mesh(cfg.mesh)
+  rng = jax.random.PRNGKey(cfg.seed)
+  k_policy, k_value, k_reward = jax.random.split(rng, 3)
+  policy_head = "both" if cfg.ppo.shared_trunk else "lm"
+  policy_model, policy_params = common.load_model(cfg.policy, policy_head, k_policy, mesh)
+  reward_model, reward_params = common.load_model(cfg.reward, "scalar", k_reward, mesh)
+  hp = cfg.ppo
+  tokenizer = None
+  if cfg.policy.path is not None:
+    from rlhf_jax.models import hf
+
+    tokenizer = hf.load_tokenizer(cfg.policy.path)
+    hp = dataclasses.replace(hp, eos_id=int(tokenizer.eos_token_id),
+                             pad_id=int(tokenizer.pad_token_id))
+  value_model, value_params = None, None
+  if not hp.shared_trunk:
+    if cfg.value_init not in ("reward", "zero"):
+      raise ValueError(f"value_init={cfg.value_init!r}; expected 'reward' or 'zero'")
+    value_model = Transformer(reward_model.cfg)
+    value_params = jax.tree.map(jnp.copy, reward_params)
+    if cfg.value_init == "zero":
+      value_params["score"] = jax.tree.map(jnp.zeros_like, value_params["score"])
+  ref_params = {k: v for k, v in policy_params.items() if k != "score"}
+  ref_params = jax.tree.map(jnp.copy, ref_params)
+  prompt_ids, prompt_mask = _load_prompts(cfg.prompts, tokenizer, policy_model.cfg.vocab_size,
+                                          hp.pad_id, cfg.seed)
+  gain, bias = 1.0, 0.0
+  if cfg.normalize_reward:
+    ref_model = Transformer(policy_model.cfg.replace(head="lm"))
+    gain, bias = fit_reward_norm(ref_model, ref_params, reward_model, reward_params, prompt_ids,
+                                 prompt_mask, dataclasses.replace(hp, shared_trunk=False),
+                                 cfg.norm_samples, cfg.batch_size, mesh, cfg.seed)
+  state, history = train_ppo(
+      policy_model=policy_model, policy_params=policy_params, value_model=value_model,
+      value_params=value_params, reward_model=reward_model, reward_params=reward_params,
+      ref_params=ref_params, prompt_ids=prompt_ids, prompt_mask=prompt_mask, hp=hp,
+      optim_spec=cfg.optimizer, batch_size=cfg.batch_size, iterations=cfg.iterations,
+      init_kl_coef=cfg.init_kl_coef, reward_gain=gain, reward_bias=bias, mesh=mesh,
+      seed=cfg.seed, workdir=workdir, log_every=cfg.log_every,
+      checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints)
+  return history[-1] if history else {}
