@@ -39,6 +39,7 @@ from rlhf_jax import generation
 from rlhf_jax import kl as kl_lib
 from rlhf_jax import losses, ops
 from rlhf_jax.models import Transformer
+from rlhf_jax.models.transformer import unstack_layers
 from rlhf_jax.update import guarded_update
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "Rollout",
     "Scored",
     "make_sample_and_score",
+    "sample_responses",
     "init_ppo_state",
     "truncate_at_stop",
     "make_ppo_iteration",
@@ -186,28 +188,24 @@ class Scored(NamedTuple):
   raw_score: jax.Array  # [B] reward model at the last real token, before normalisation
 
 
-def _lm_apply(model: Transformer):
-  def apply(params, ids, mask, cache):
-    out, cache = model.apply({"params": params}, ids, mask, cache=cache)
-    return (out[0] if isinstance(out, tuple) else out), cache
-
-  return apply
-
-
-def _sample_responses(policy_model: Transformer, hp: PPOHparams, params, prompt_ids,
-                      prompt_mask, rng):
+def sample_responses(policy_model: Transformer, hp: PPOHparams, params, prompt_ids,
+                      prompt_mask, rng, temperature=None):
+  """Sample (and stop-token truncate) responses; ``temperature`` overrides ``hp.temperature``
+  (it may be traced)."""
   sample = generation.sample_fn(
-      _lm_apply(policy_model), params, policy_model.cfg, prompt_ids, prompt_mask, rng,
-      max_new_tokens=hp.response_len, eos_id=hp.eos_id, pad_id=hp.pad_id,
-      temperature=jnp.asarray(hp.temperature, jnp.float32), top_k=hp.top_k,
+      generation.make_apply_fn(policy_model), unstack_layers(params), policy_model.cfg,
+      prompt_ids, prompt_mask, rng, max_new_tokens=hp.response_len, eos_id=hp.eos_id,
+      pad_id=hp.pad_id, top_k=hp.top_k,
+      temperature=jnp.asarray(hp.temperature if temperature is None else temperature,
+                              jnp.float32),
       top_p=jnp.asarray(hp.top_p, jnp.float32))
-  tokens, mask = sample.tokens, sample.mask.astype(jnp.int32)
-  has_stop = sample.ended
+  tokens, mask = sample.tokens_BN, sample.mask_BN.astype(jnp.int32)
+  has_stop = sample.ended_B
   if hp.stop_token_id is not None:
     tokens, mask, stopped = truncate_at_stop(tokens, mask, hp.stop_token_id,
                                              hp.min_response_len, hp.pad_id)
     has_stop = has_stop | stopped
-  return tokens, mask, sample.logprobs, has_stop
+  return tokens, mask, sample.logprobs_BN, has_stop
 
 
 def _score(reward_model: Transformer, reward_params, seq_ids, seq_mask, p):
@@ -226,7 +224,7 @@ def make_sample_and_score(policy_model: Transformer, reward_model: Transformer,
 
   def fn(policy_params, reward_params, prompt_ids, prompt_mask, rng):
     p = prompt_ids.shape[1]
-    tokens, mask, logprobs, has_stop = _sample_responses(policy_model, hp, policy_params,
+    tokens, mask, logprobs, has_stop = sample_responses(policy_model, hp, policy_params,
                                                          prompt_ids, prompt_mask, rng)
     seq_ids = jnp.concatenate([prompt_ids, tokens], axis=1)
     seq_mask = jnp.concatenate([prompt_mask.astype(jnp.int32), mask], axis=1)
@@ -267,7 +265,7 @@ def make_ppo_iteration(policy_model: Transformer, value_model: Optional[Transfor
     p = prompt_ids.shape[1]
     policy_params = state.params["policy"]
 
-    tokens, resp_mask, sampler_logp, has_stop = _sample_responses(
+    tokens, resp_mask, sampler_logp, has_stop = sample_responses(
         policy_model, hp, policy_params, prompt_ids, prompt_mask, rng)
     seq_ids = jnp.concatenate([prompt_ids, tokens], axis=1)
     seq_mask = jnp.concatenate([prompt_mask.astype(jnp.int32), resp_mask], axis=1)

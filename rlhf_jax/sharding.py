@@ -34,6 +34,8 @@ __all__ = [
     "replicated",
     "shard_batch",
     "shard_tree",
+    "commit",
+    "jit_step",
 ]
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -167,3 +169,29 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
 def shard_tree(tree: Any, shardings: Any) -> Any:
   """``device_put`` a pytree onto matching shardings (e.g. restored or converted params)."""
   return jax.tree.map(lambda x, s: jax.device_put(jnp.asarray(x), s), tree, shardings)
+
+
+def commit(tree: Any, mesh: Mesh) -> Any:
+  """Place every leaf that is not yet on ``mesh`` there, replicated.
+
+  A freshly initialised training state mixes params sharded on the mesh with scalars
+  (step, RNG, KL coefficient) on one device; a jitted step returns all of them on the mesh,
+  so without this the second call would see new input shardings and compile again.
+  """
+
+  def one(x):
+    s = getattr(x, "sharding", None)
+    if isinstance(s, NamedSharding) and s.mesh == mesh:
+      return x
+    return jax.device_put(x, replicated(mesh))
+
+  return jax.tree.map(one, tree)
+
+
+def jit_step(fn, state: Any, mesh: Mesh, donate: bool = True):
+  """``jax.jit(fn)`` for ``fn(state, *args) -> (state, metrics)`` whose state keeps the
+  shardings of ``state`` (already committed with :func:`commit`) and whose metrics are
+  replicated: one compilation, and the state is donated."""
+  state_shardings = jax.tree.map(lambda x: x.sharding, state)
+  return jax.jit(fn, donate_argnums=0 if donate else (),
+                 out_shardings=(state_shardings, replicated(mesh)))

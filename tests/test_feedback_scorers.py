@@ -70,3 +70,15 @@ def test_get_scorer():
     assert get_scorer("rlhf_jax.feedback.scorers:response_length") is response_length
     with pytest.raises(ValueError, match="unknown scorer 'sentimentz'"):
         get_scorer("sentimentz")
+
+
+def test_afinn_scorers_hand_values():
+  import numpy as np
+  from rlhf_jax.feedback import scorers
+  # AFINN: "excellent" = +3 -> tanh(3/5); "hate" -3 and "idiot" -3 -> tanh(-6/5).
+  got = scorers.afinn_sentiment(["", ""], ["This is excellent", "I hate you idiot"])
+  np.testing.assert_allclose(got, [np.tanh(0.6), np.tanh(-1.2)], rtol=1e-6)
+  kind = scorers.afinn_kindness(["", ""], ["This is excellent", "I hate you idiot"])
+  off = scorers.lexicon_offensiveness(["This is excellent", "I hate you idiot"])
+  np.testing.assert_allclose(kind, got - off, rtol=1e-6)
+  assert scorers.get_scorer("afinn_kindness") is scorers.afinn_kindness

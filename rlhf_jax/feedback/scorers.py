@@ -30,6 +30,8 @@ __all__ = [
     "offensiveness_backend",
     "lexicon_offensiveness",
     "response_length",
+    "afinn_sentiment",
+    "afinn_kindness",
     "get_scorer",
 ]
 
@@ -132,8 +134,35 @@ def kind_and_clean(prompts: Sequence[str], responses: Sequence[str]) -> np.ndarr
     return make_kind_and_clean(1.0, "auto")(prompts, responses)
 
 
+@functools.lru_cache(maxsize=1)
+def _afinn():
+    from afinn import Afinn
+
+    return Afinn()
+
+
+def afinn_sentiment(prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+    """AFINN word-list sentiment squashed to [-1, 1]: `tanh(sum of word valences / 5)`.
+
+    A different judge from VADER on purpose: a plain word sum with no negation, intensifier
+    or punctuation rules. float32 [N].
+    """
+    _check(prompts, responses)
+    afinn = _afinn()
+    return np.tanh(np.asarray([afinn.score(r) for r in responses], np.float64) / 5.0).astype(np.float32)
+
+
+def afinn_kindness(prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+    """AFINN sentiment minus the word-list offensiveness (`lexicon_offensiveness`): a labeller
+    that agrees with `kind_and_clean` in spirit but not in its lexicon or its classifier.
+    float32 [N] in [-2, 1]."""
+    return afinn_sentiment(prompts, responses) - lexicon_offensiveness(responses)
+
+
 BUILTIN_SCORERS: dict[str, Callable[[Sequence[str], Sequence[str]], np.ndarray]] = {
     "vader_sentiment": vader_sentiment,
+    "afinn_sentiment": afinn_sentiment,
+    "afinn_kindness": afinn_kindness,
     "kind_and_clean": kind_and_clean,
     "offensiveness": offensiveness,
     "response_length": response_length,

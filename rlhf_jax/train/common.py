@@ -27,6 +27,7 @@ __all__ = [
     "build_mesh",
     "load_model",
     "make_optimizer",
+    "shard_params",
 ]
 
 # Architecture presets for models initialised from scratch. "small"/"medium" are the
@@ -120,6 +121,13 @@ def load_model(spec: ModelSpec, head: str, rng: jax.Array, mesh) -> Tuple[Transf
   init = lambda r: model.init(r, jnp.zeros((1, 8), jnp.int32))["params"]
   shardings = sharding.params_shardings(init, rng, mesh=mesh)
   return model, sharding.shard_tree(params, shardings)
+
+
+def shard_params(model: Transformer, params, mesh):
+  """Place ``params`` on ``mesh`` by the model's logical axis rules."""
+  init = lambda r: model.init(r, jnp.zeros((1, 8), jnp.int32))["params"]
+  return sharding.shard_tree(params, sharding.params_shardings(init, jax.random.PRNGKey(0),
+                                                               mesh=mesh))
 
 
 def make_optimizer(spec: OptimSpec, total_steps: int) -> Tuple[optax.GradientTransformation,

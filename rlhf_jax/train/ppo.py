@@ -115,11 +115,14 @@ def train_ppo(*, policy_model: Transformer, policy_params, value_model: Optional
   params = {"policy": jax.tree.map(jnp.copy, policy_params)}
   if not hp.shared_trunk:
     params["value"] = jax.tree.map(jnp.copy, value_params)
-  state = ppo_lib.init_ppo_state(params, optimizer, init_kl_coef, jax.random.PRNGKey(seed))
-  frozen = ppo_lib.PPOFrozen(ref_params, reward_params, jnp.float32(reward_gain),
-                             jnp.float32(reward_bias))
-  iteration = jax.jit(ppo_lib.make_ppo_iteration(policy_model, value_model, reward_model,
-                                                 optimizer, hp), donate_argnums=0)
+  state = sharding.commit(
+      ppo_lib.init_ppo_state(params, optimizer, init_kl_coef, jax.random.PRNGKey(seed)), mesh)
+  frozen = sharding.commit(ppo_lib.PPOFrozen(ref_params, reward_params,
+                                             jnp.float32(reward_gain), jnp.float32(reward_bias)),
+                           mesh)
+  iteration = sharding.jit_step(ppo_lib.make_ppo_iteration(policy_model, value_model,
+                                                           reward_model, optimizer, hp),
+                                state, mesh)
 
   os.makedirs(workdir, exist_ok=True)
   manager = checkpoint.open_manager(os.path.join(workdir, "checkpoints"),

@@ -1,0 +1,99 @@
+"""Shared helpers for the benchmark scripts: timing, the matmul peak, peers in the same run.
+
+Peers are the anchor scripts in ``../shared/anchors`` (TRL, Hugging Face ``generate``,
+Tunix), run in their own virtual environments under ``$VENVS`` (default ``~/venvs``) when
+those exist; their ``RESULT {json}`` lines are parsed. Nothing here is imported by the
+library.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+ANCHORS = os.environ.get("RLHF_JAX_ANCHORS", os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "anchors"))
+VENVS = os.environ.get("VENVS", os.path.expanduser("~/venvs"))
+
+# The anchors' GPT-2 shapes (shared/anchors/hf_common.py).
+SIZES = {
+    "small": dict(n_layer=4, n_embd=256, n_head=4, vocab=8192, n_positions=128),
+    "medium": dict(n_layer=8, n_embd=512, n_head=8, vocab=8192, n_positions=128),
+}
+
+
+def set_xla_threads():
+  """Same XLA threading as the anchors' JAX scripts (only when XLA_FLAGS is unset)."""
+  os.environ.setdefault(
+      "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=2")
+
+
+def summarize(ts):
+  return {"min": min(ts), "median": statistics.median(ts), "max": max(ts), "n": len(ts),
+          "times": [round(t, 6) for t in ts]}
+
+
+def timeit(fn, repeats, warmup=1):
+  for _ in range(warmup):
+    fn()
+  ts = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    ts.append(time.perf_counter() - t0)
+  return summarize(ts)
+
+
+def info():
+  import jax
+  return {"python": platform.python_version(), "jax": jax.__version__,
+          "devices": str(jax.devices()), "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+          "loadavg": os.getloadavg(), "nproc": os.cpu_count()}
+
+
+def emit(record, out=None):
+  line = json.dumps(record, sort_keys=True, default=float)
+  print("RESULT " + line, flush=True)
+  if out:
+    with open(out, "a") as f:
+      f.write(line + "\n")
+
+
+def matmul_peak(n=2048, repeats=7):
+  """Best and median float32 GFLOP/s of an n^3 jitted matmul, measured now."""
+  import jax
+  import jax.numpy as jnp
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+  f = jax.jit(lambda x, y: x @ y)
+  f(a, b).block_until_ready()
+  t = timeit(lambda: f(a, b).block_until_ready(), repeats)
+  flops = 2 * n ** 3
+  return {"gflops_best": flops / t["min"] / 1e9, "gflops_median": flops / t["median"] / 1e9,
+          "n": n}
+
+
+def run_peer(venv, script, args, timeout=1800):
+  """Run an anchor script in its venv; returns its RESULT records ([] if unavailable)."""
+  python = os.path.join(VENVS, venv, "bin", "python")
+  path = os.path.join(ANCHORS, script)
+  if not (os.path.exists(python) and os.path.exists(path)):
+    print(f"[peer] skipped {script}: {python} or {path} missing", file=sys.stderr)
+    return []
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)  # the anchor scripts set their own
+  env["BENCH_RESULTS_DIR"] = os.environ.get("BENCH_PEER_RESULTS", "/tmp/rlhf_jax_peer_results")
+  print(f"[peer] {venv}: {script} {' '.join(args)}", file=sys.stderr, flush=True)
+  proc = subprocess.run([python, path, *args], capture_output=True, text=True, timeout=timeout,
+                        env=env, cwd=ANCHORS)
+  records = [json.loads(l[len("RESULT "):]) for l in proc.stdout.splitlines()
+             if l.startswith("RESULT ")]
+  if proc.returncode != 0 or not records:
+    print(f"[peer] {script} failed (rc={proc.returncode}):\n{proc.stderr[-2000:]}",
+          file=sys.stderr)
+  return records

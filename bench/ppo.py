@@ -1,0 +1,161 @@
+"""PPO iteration throughput on the anchor workload, side by side with TRL and Tunix.
+
+Workload (``../shared/anchors``): GPT-2 "small" / "medium" (random init), 64 prompts x 32
+random tokens, 32 sampled response tokens (temperature 1, no stop token), policy +
+reference + separate value model + reward model, 4 epochs x 4 minibatches of 16, one
+optimizer step per minibatch (Adam, lr 1e-5), fixed KL coefficient 0.05 (k1), float32.
+
+Reports samples/s of whole iterations (first iteration = compilation, excluded), the time
+of the rollout phase and the update phase measured separately, the update phase's achieved
+GFLOP/s (model FLOPs only: 6 * matmul params * tokens + attention, LM head on response
+positions only) against the float32 matmul peak measured in the same run, and — when the
+peers' virtual environments exist under $VENVS — TRL 1.12 PPOTrainer and Tunix PPOLearner
+on the same workload, in the same run, as ratios.
+
+  python bench/ppo.py --sizes small,medium --out bench/results/ppo.jsonl
+  python bench/ppo.py --sizes small --dtype bfloat16 --no-peers     # bf16 compute
+  python bench/ppo.py --sizes small --shared-trunk --no-peers       # value head on the policy
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # noqa: E402
+
+_common.set_xla_threads()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from rlhf_jax import ppo  # noqa: E402
+from rlhf_jax.models import Transformer, TransformerConfig, init_params  # noqa: E402
+
+
+def model_cfg(size, dtype, remat, head):
+  s = _common.SIZES[size]
+  return TransformerConfig(vocab_size=s["vocab"], d_model=s["n_embd"], n_layers=s["n_layer"],
+                           n_heads=s["n_head"], max_len=s["n_positions"], dtype=dtype,
+                           remat=remat, head=head)
+
+
+def update_flops(cfg: TransformerConfig, batch, prompt_len, resp_len, epochs, shared_trunk):
+  """Model FLOPs of the update phase (forward + backward = 3x forward)."""
+  t = prompt_len + resp_len
+  trunk = 12 * cfg.n_layers * cfg.d_model ** 2
+  attn = 2 * cfg.n_layers * cfg.d_model * t  # QK^T + AV per token, full (not causal-halved)
+  lm_head = cfg.vocab_size * cfg.d_model
+  tokens = batch * t
+  per_model_fwd = 2 * (trunk + attn) * tokens
+  policy = per_model_fwd + 2 * lm_head * batch * resp_len
+  value = 0 if shared_trunk else per_model_fwd
+  return 3 * (policy + value) * epochs
+
+
+def bench_ours(size, args, peak):
+  b, p, n = args.batch, args.prompt_len, args.response_len
+  hp = ppo.PPOHparams(response_len=n, num_minibatches=args.minibatches, epochs=args.epochs,
+                      temperature=1.0, eos_id=_common.SIZES[size]["vocab"], pad_id=0,
+                      adaptive_kl=False, whiten_advantages=True,
+                      shared_trunk=args.shared_trunk)
+  policy = Transformer(model_cfg(size, args.dtype, args.remat,
+                                 "both" if args.shared_trunk else "lm"))
+  rm = Transformer(model_cfg(size, args.dtype, args.remat, "scalar"))
+  k = jax.random.split(jax.random.PRNGKey(0), 3)
+  pp = init_params(policy, k[0])
+  rp = init_params(rm, k[1])
+  params = {"policy": pp} if args.shared_trunk else {"policy": pp, "value": init_params(rm, k[2])}
+  ref = {key: v for key, v in pp.items() if key != "score"}
+  frozen = ppo.PPOFrozen(ref, rp, jnp.float32(1.0), jnp.float32(0.0))
+  opt = optax.adam(1e-5)
+  state = ppo.init_ppo_state(params, opt, 0.05, jax.random.PRNGKey(1))
+  ids = np.random.default_rng(0).integers(1, _common.SIZES[size]["vocab"], (b, p)).astype(
+      np.int32)
+  mask = np.ones_like(ids)
+  value_model = None if args.shared_trunk else rm
+  it = jax.jit(ppo.make_ppo_iteration(policy, value_model, rm, opt, hp), donate_argnums=0)
+  holder = {"state": state}
+
+  def one():
+    holder["state"], m = it(holder["state"], frozen, ids, mask)
+    jax.block_until_ready(m)
+
+  import time
+  t0 = time.perf_counter()
+  one()
+  first = time.perf_counter() - t0
+  whole = _common.timeit(one, args.iters, warmup=0)
+
+  rollout_fn, update_fn = ppo.make_ppo_iteration(policy, value_model, rm, opt, hp, phases=True)
+  rollout_j = jax.jit(rollout_fn)
+  update_j = jax.jit(update_fn)
+  st = holder["state"]
+  ro = rollout_j(st, frozen, ids, mask)
+  jax.block_until_ready(ro)
+  t_roll = _common.timeit(lambda: jax.block_until_ready(rollout_j(st, frozen, ids, mask)),
+                          args.iters)
+  t_upd = _common.timeit(lambda: jax.block_until_ready(update_j(st, *ro)), args.iters)
+  flops = update_flops(policy.cfg, b, p, n, args.epochs, args.shared_trunk)
+  upd_gflops = flops / t_upd["median"] / 1e9
+  rec = {
+      "tag": "ppo_rlhf_jax", "size": size, "dtype": args.dtype, "remat": args.remat,
+      "shared_trunk": args.shared_trunk, "batch": b, "prompt_len": p, "response_len": n,
+      "epochs": args.epochs, "minibatches": args.minibatches, "first_iter_s": first,
+      "s_per_iter": whole, "samples_per_s_median": b / whole["median"],
+      "samples_per_s_best": b / whole["min"], "rollout_phase_s": t_roll,
+      "update_phase_s": t_upd, "update_gflop": flops / 1e9,
+      "update_gflops_median": upd_gflops,
+      "update_fraction_of_peak": upd_gflops / peak["gflops_best"],
+      "info": _common.info(),
+  }
+  _common.emit(rec, args.out)
+  return rec
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--sizes", default="small,medium")
+  ap.add_argument("--batch", type=int, default=64)
+  ap.add_argument("--prompt-len", type=int, default=32)
+  ap.add_argument("--response-len", type=int, default=32)
+  ap.add_argument("--epochs", type=int, default=4)
+  ap.add_argument("--minibatches", type=int, default=4)
+  ap.add_argument("--iters", type=int, default=5)
+  ap.add_argument("--dtype", default="float32")
+  ap.add_argument("--remat", action="store_true")
+  ap.add_argument("--shared-trunk", action="store_true")
+  ap.add_argument("--no-peers", action="store_true")
+  ap.add_argument("--out", default=None)
+  args = ap.parse_args()
+  if args.out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  peak = _common.matmul_peak()
+  _common.emit(dict(peak, tag="matmul_peak_f32", info=_common.info()), args.out)
+  summary = []
+  for size in args.sizes.split(","):
+    ours = bench_ours(size, args, peak)
+    line = {"size": size, "ours_samples_per_s": ours["samples_per_s_median"],
+            "update_fraction_of_peak": ours["update_fraction_of_peak"]}
+    if not args.no_peers:
+      iters = "6" if size == "small" else "4"
+      trl = _common.run_peer("trl112", "ppo_trl112.py", ["--size", size, "--iters", iters])
+      tunix = _common.run_peer("tunix", "ppo_tunix.py", ["--size", size, "--iters",
+                                                         "5" if size == "small" else "4"])
+      for name, recs in (("trl", trl), ("tunix", tunix)):
+        if recs:
+          r = recs[-1]
+          _common.emit(dict(r, tag=f"peer_{r.get('tag', name)}"), args.out)
+          line[f"{name}_samples_per_s"] = r["samples_per_s_median"]
+          line[f"ratio_vs_{name}"] = ours["samples_per_s_median"] / r["samples_per_s_median"]
+    summary.append(line)
+  _common.emit({"tag": "ppo_summary", "rows": summary}, args.out)
+
+
+if __name__ == "__main__":
+  main()

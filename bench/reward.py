@@ -1,0 +1,97 @@
+"""Reward-model training throughput (pairs/s) on the anchor workload, next to TRL.
+
+Workload (``../shared/anchors/reward_trl.py``): GPT-2 "small" / "medium" with a scalar head,
+32 pairs per step (64 sequences of 64 random tokens, the last one EOS), pairwise
+Bradley-Terry loss, Adam(W) lr 1e-5, float32. The first two steps (compilation) are
+excluded. TRL 1.16 ``RewardTrainer`` runs in the same invocation when ``$VENVS/torch``
+exists.
+
+  python bench/reward.py --sizes small,medium --out bench/results/reward.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # noqa: E402
+
+_common.set_xla_threads()
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from rlhf_jax import reward  # noqa: E402
+from rlhf_jax.models import Transformer, TransformerConfig, init_params  # noqa: E402
+
+
+def bench_ours(size, args, peak):
+  s = _common.SIZES[size]
+  cfg = TransformerConfig(vocab_size=s["vocab"], d_model=s["n_embd"], n_layers=s["n_layer"],
+                          n_heads=s["n_head"], max_len=s["n_positions"], head="scalar",
+                          dtype=args.dtype, remat=args.remat)
+  model = Transformer(cfg)
+  hp = reward.RewardHparams(tie_model="bradley_terry", learn_tie_param=False)
+  opt = optax.adamw(1e-5)
+  state = reward.init_reward_state(init_params(model, jax.random.PRNGKey(0)), opt, hp)
+  step = jax.jit(reward.make_reward_step(model, opt, hp), donate_argnums=0)
+  rng = np.random.default_rng(0)
+  b, t = args.pairs, args.seq_len
+  ids_a = rng.integers(1, s["vocab"], (b, t)).astype(np.int32)
+  ids_b = rng.integers(1, s["vocab"], (b, t)).astype(np.int32)
+  ids_a[:, -1] = ids_b[:, -1] = 0
+  batch = {"ids_a": ids_a, "mask_a": np.ones_like(ids_a), "ids_b": ids_b,
+           "mask_b": np.ones_like(ids_b), "label": np.zeros(b, np.int32)}
+  holder = {"state": state}
+
+  def one():
+    holder["state"], m = step(holder["state"], batch)
+    jax.block_until_ready(m)
+
+  t_step = _common.timeit(one, args.steps, warmup=2)
+  tokens = 2 * b * t
+  flops = 6 * 12 * cfg.n_layers * cfg.d_model ** 2 * tokens + 12 * cfg.n_layers * cfg.d_model * t * tokens
+  rec = {"tag": "reward_rlhf_jax", "size": size, "dtype": args.dtype, "remat": args.remat,
+         "pairs_per_step": b, "seq_len": t, "s_per_step": t_step,
+         "pairs_per_s_median": b / t_step["median"], "pairs_per_s_best": b / t_step["min"],
+         "gflops_median": flops / t_step["median"] / 1e9,
+         "fraction_of_peak": flops / t_step["median"] / 1e9 / peak["gflops_best"],
+         "info": _common.info()}
+  _common.emit(rec, args.out)
+  return rec
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--sizes", default="small,medium")
+  ap.add_argument("--pairs", type=int, default=32)
+  ap.add_argument("--seq-len", type=int, default=64)
+  ap.add_argument("--steps", type=int, default=10)
+  ap.add_argument("--dtype", default="float32")
+  ap.add_argument("--remat", action="store_true")
+  ap.add_argument("--no-peers", action="store_true")
+  ap.add_argument("--out", default=None)
+  args = ap.parse_args()
+  if args.out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  peak = _common.matmul_peak()
+  _common.emit(dict(peak, tag="matmul_peak_f32", info=_common.info()), args.out)
+  rows = []
+  for size in args.sizes.split(","):
+    ours = bench_ours(size, args, peak)
+    row = {"size": size, "ours_pairs_per_s": ours["pairs_per_s_median"]}
+    if not args.no_peers:
+      recs = _common.run_peer("torch", "reward_trl.py", ["--size", size])
+      if recs:
+        _common.emit(dict(recs[-1], tag="peer_reward_trl"), args.out)
+        row["trl_pairs_per_s"] = recs[-1]["pairs_per_s_median"]
+        row["ratio_vs_trl"] = ours["pairs_per_s_median"] / recs[-1]["pairs_per_s_median"]
+    rows.append(row)
+  _common.emit({"tag": "reward_summary", "rows": rows}, args.out)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,36 @@
+r"""A second task: continue sentence openings so that the text is kind and clean.
+
+Gold judge (evaluation only): VADER sentiment minus an offensiveness probability from a
+trained classifier (alt-profanity-check), `kind_and_clean`. Labeller: deliberately different
+simulated annotators built on AFINN word valences minus a word-list offensiveness score
+(`afinn_kindness`) — no negation handling, a different lexicon, no classifier. The report
+gives the labeller's agreement with the gold judge (label_agreement_with_gold), so the gap
+between what the reward model learns and what is evaluated is visible.
+
+  python -m rlhf_jax.main --config configs/kind.py --workdir runs/kind
+  python -m rlhf_jax.main --config configs/kind.py:smoke --workdir runs/kind_smoke
+
+Everything else is the sentiment run (configs/sentiment.py); expect a gold win rate well
+above 50% with a smaller margin than the sentiment task, since the labeller is not the gold
+judge.
+"""
+
+import importlib.util
+import os
+
+
+def _sentiment():
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sentiment.py")
+  spec = importlib.util.spec_from_file_location("_rlhf_jax_sentiment_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def get_config(arg=None):
+  c = _sentiment().get_config(arg)
+  c.feedback.gold_scorer = "kind_and_clean"
+  c.feedback.labeller_scorer = "afinn_kindness"
+  c.feedback.temperature = 0.15
+  c.targets = dict(win_rate=">= 0.7", kl="<= 6")
+  return c

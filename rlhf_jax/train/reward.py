@@ -1,0 +1,180 @@
+"""Reward-model training loop (``task = "reward"``) and its evaluation.
+
+``train_reward_model(...)`` takes tokenised pairs as arrays (the pipeline calls it
+directly); ``run(cfg, workdir)`` reads preference records (JSONL or the column layout of
+Hugging Face preference datasets, see :mod:`rlhf_jax.data.preferences`), tokenises them with
+the tokenizer of ``model.path``, trains a scalar-head model initialised from that
+checkpoint's trunk, evaluates it on a held-out split (accuracy, tie accuracy, expected
+calibration error, score distribution) and writes it in Hugging Face layout
+(``*ForSequenceClassification``) to ``workdir/model``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax import evaluation, losses, sharding
+from rlhf_jax import data as data_lib
+from rlhf_jax import reward as reward_lib
+from rlhf_jax.models import Transformer, init_params
+from rlhf_jax.train import common
+from rlhf_jax.train.metrics import MetricWriter, fetch, progress
+
+__all__ = ["Config", "run", "train_reward_model", "evaluate_reward_model", "tokenize_pairs"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  model: common.ModelSpec = common.ModelSpec()  # model.path: base LM (+ tokenizer) to start from
+  preferences: str = ""  # JSONL / JSON / parquet file of preference records
+  heldout_fraction: float = 0.1
+  prompt_len: int = 64
+  response_len: int = 64
+  hparams: reward_lib.RewardHparams = reward_lib.RewardHparams()
+  optimizer: common.OptimSpec = common.OptimSpec(name="adamw", learning_rate=5e-5,
+                                                 warmup_steps=10, eps=1e-8)
+  mesh: common.MeshSpec = common.MeshSpec()
+  epochs: int = 1
+  batch_size: int = 32
+  seed: int = 0
+
+
+def _batches(n: int, size: int):
+  for start in range(0, n, size):
+    yield start, min(start + size, n)
+
+
+def _pad_rows(x: np.ndarray, size: int) -> np.ndarray:
+  if len(x) == size:
+    return x
+  return np.concatenate([x, np.repeat(x[:1], size - len(x), axis=0)], axis=0)
+
+
+def train_reward_model(model: Transformer, base_params, pairs: Dict[str, np.ndarray],
+                       eval_pairs: Optional[Dict[str, np.ndarray]], *,
+                       hp: reward_lib.RewardHparams, optim_spec: common.OptimSpec, epochs: int,
+                       batch_size: int, mesh, seed: int, workdir: str) -> Tuple[Any, dict]:
+  """A fresh scalar-head model on the trunk of ``base_params``, trained on ``pairs``.
+
+  ``pairs``: ``ids_a, mask_a, ids_b, mask_b`` ``[N, T]`` and ``label`` ``[N]``. Returns the
+  trained model params and the held-out evaluation (empty without ``eval_pairs``).
+  """
+  k = jax.random.PRNGKey(seed)
+  params = dict(init_params(model, k))
+  params.update({key: v for key, v in base_params.items() if key not in ("lm_head", "score")})
+  init = lambda r: model.init(r, jnp.zeros((1, 8), jnp.int32))["params"]
+  params = sharding.shard_tree(params, sharding.params_shardings(init, k, mesh=mesh))
+  params = jax.tree.map(jnp.copy, params)  # the state is donated; keep the caller's trunk alive
+  n = len(pairs["label"])
+  if n < batch_size:
+    raise ValueError(f"reward training: {n} pairs is fewer than batch_size={batch_size}")
+  steps_per_epoch = n // batch_size
+  total = steps_per_epoch * epochs
+  optimizer, schedule = common.make_optimizer(optim_spec, total)
+  state = sharding.commit(reward_lib.init_reward_state(params, optimizer, hp), mesh)
+  step = sharding.jit_step(reward_lib.make_reward_step(model, optimizer, hp), state, mesh)
+  rng = np.random.default_rng(seed)
+  with MetricWriter(workdir) as writer:
+    bar = progress(total, desc="reward model", unit="step")
+    i = 0
+    for _ in range(epochs):
+      perm = rng.permutation(n)
+      for s in range(steps_per_epoch):
+        rows = perm[s * batch_size:(s + 1) * batch_size]
+        batch = sharding.shard_batch({key: v[rows] for key, v in pairs.items()}, mesh)
+        state, metrics = step(state, batch)
+        i += 1
+        if i % 20 == 0 or i == total:
+          host = dict(fetch(metrics), learning_rate=float(schedule(i)))
+          writer.write(i, host)
+          bar.set_postfix(loss=host["loss"], acc=host["accuracy"])
+        bar.update(1)
+    bar.close()
+  result = {}
+  if eval_pairs is not None:
+    result = evaluate_reward_model(model, state.params, hp, eval_pairs, batch_size, mesh)
+    with MetricWriter(workdir) as writer:
+      writer.write(total, {"eval_" + key: v for key, v in result.items()})
+  return state.params["model"], dict(result, rm_train_pairs=int(n),
+                                     rm_skipped_updates=int(state.skipped_updates))
+
+
+def evaluate_reward_model(model: Transformer, params, hp: reward_lib.RewardHparams,
+                          eval_pairs: Dict[str, np.ndarray], batch_size: int, mesh) -> dict:
+  """Held-out accuracy (decided pairs), tie accuracy, ECE of P(a > b | decided), scores."""
+  scorer = jax.jit(reward_lib.make_pair_scorer(model))
+  n = len(eval_pairs["label"])
+  ra, rb = [], []
+  for s, e in _batches(n, batch_size):
+    rows = {key: _pad_rows(v[s:e], batch_size) for key, v in eval_pairs.items()}
+    a, b = scorer(params["model"], sharding.shard_batch(rows, mesh))
+    ra.append(np.asarray(a)[: e - s])
+    rb.append(np.asarray(b)[: e - s])
+  ra, rb = np.concatenate(ra), np.concatenate(rb)
+  gold = np.asarray(eval_pairs["label"])
+  decided = gold != losses.LABEL_TIE
+  pred_a = ra > rb
+  correct = np.where(gold == losses.LABEL_A, pred_a, ~pred_a)
+  acc = float(np.mean(correct[decided])) if decided.any() else float("nan")
+  tie = reward_lib.tie_parameter(params["tie"], hp.tie_model)
+  p_a, p_b, p_tie = (np.asarray(x) for x in losses.preference_probs(
+      ra, rb, hp.tie_model, None if hp.tie_model == "bradley_terry" else tie))
+  pred = np.argmax(np.stack([p_a, p_b, p_tie], 1), 1)
+  ties = ~decided
+  tie_acc = float(np.mean(pred[ties] == losses.LABEL_TIE)) if ties.any() else float("nan")
+  p_win = p_a / np.maximum(p_a + p_b, 1e-12)
+  ece = (evaluation.expected_calibration_error(p_win[decided],
+                                               (gold[decided] == losses.LABEL_A).astype(float))
+         if decided.any() else float("nan"))
+  scores = np.concatenate([ra, rb])
+  return {"rm_accuracy": acc, "rm_tie_accuracy": tie_acc, "rm_ece": float(ece),
+          "rm_eval_pairs": int(n), "rm_score_mean": float(np.mean(scores)),
+          "rm_score_std": float(np.std(scores)), "rm_tie_param": float(tie)}
+
+
+def tokenize_pairs(tokenizer, records, prompt_len: int, response_len: int) -> Dict[str, np.ndarray]:
+  """Prompt left-padded to ``prompt_len`` + response right-padded (EOS appended) to
+  ``response_len``, for both sides of each record — the layout PPO scores."""
+  p_ids, p_mask = data_lib.encode_prompts(tokenizer, [r.prompt for r in records], prompt_len)
+  out = {"label": np.asarray([r.label_index for r in records], np.int32)}
+  for side in ("a", "b"):
+    texts = [getattr(r, f"response_{side}") for r in records]
+    r_ids, r_mask = data_lib.encode_texts(tokenizer, texts, response_len)
+    out[f"ids_{side}"] = np.concatenate([p_ids, r_ids], 1).astype(np.int32)
+    out[f"mask_{side}"] = np.concatenate([p_mask, r_mask], 1).astype(np.int32)
+  return out
+
+
+def run(cfg: Config, workdir: str) -> Dict[str, Any]:
+  from rlhf_jax.models import hf
+
+  if not cfg.model.path:
+    raise ValueError("model.path: the reward trainer starts from a checkpoint directory (base "
+                     "LM and tokenizer)")
+  if not cfg.preferences:
+    raise ValueError("preferences: path to a preference file is required")
+  if not 0.0 < cfg.heldout_fraction < 1.0:
+    raise ValueError(f"heldout_fraction={cfg.heldout_fraction}: expected a value in (0, 1)")
+  mesh = common.build_mesh(cfg.mesh)
+  tokenizer = hf.load_tokenizer(cfg.model.path)
+  records = data_lib.read_preferences(cfg.preferences)
+  perm = np.random.default_rng(cfg.seed).permutation(len(records))
+  n_eval = max(1, int(round(cfg.heldout_fraction * len(records))))
+  eval_records = [records[i] for i in perm[:n_eval]]
+  train_records = [records[i] for i in perm[n_eval:]]
+  pairs = tokenize_pairs(tokenizer, train_records, cfg.prompt_len, cfg.response_len)
+  eval_pairs = tokenize_pairs(tokenizer, eval_records, cfg.prompt_len, cfg.response_len)
+  base_model, base_params = hf.from_pretrained(cfg.model.path, dtype=cfg.model.dtype)
+  model = Transformer(base_model.cfg.replace(head="scalar", remat=cfg.model.remat))
+  params, result = train_reward_model(
+      model, base_params, pairs, eval_pairs, hp=cfg.hparams, optim_spec=cfg.optimizer,
+      epochs=cfg.epochs, batch_size=cfg.batch_size, mesh=mesh, seed=cfg.seed, workdir=workdir)
+  hf.save_pretrained(model, params, os.path.join(workdir, "model"), tokenizer=tokenizer,
+                     pad_token_id=int(tokenizer.pad_token_id))
+  return result

@@ -1,0 +1,161 @@
+"""Pretraining / supervised fine-tuning loop (``task = "sft"``).
+
+Data sources:
+
+* ``"corpus"``: the built-in English corpus (fetched through the package managers), with a
+  byte-level BPE tokenizer trained on it — causal-LM pretraining on packed rows;
+* ``"jsonl"``: one record per line, either ``{"text": ...}`` (packed, loss on every token)
+  or ``{"prompt": ..., "response": ...}`` (one row per pair, loss on response tokens only),
+  tokenised with the tokenizer of ``model.path``.
+
+Checkpoints (orbax, async) every ``checkpoint_every`` steps and on SIGTERM; a re-run resumes
+the same trajectory (the batch of step i is a function of seed and i). The final model is
+written in Hugging Face layout to ``workdir/model``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Dict, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax import checkpoint, sharding
+from rlhf_jax import data as data_lib
+from rlhf_jax import sft as sft_lib
+from rlhf_jax.train import common
+from rlhf_jax.train.metrics import MetricWriter, fetch, progress
+
+__all__ = ["DataSpec", "Config", "run", "load_sft_rows"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  source: str = "corpus"  # "corpus" | "jsonl"
+  path: str = ""  # jsonl file
+  cache_dir: str = ""  # corpus downloads ("" -> $RLHF_JAX_DATA or ~/.cache/rlhf_jax)
+  sources: Tuple[str, ...] = ("fortunes", "bible", "austen", "shakespeare")
+  vocab_size: int = 8192  # tokenizer trained on the corpus
+  seq_len: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  model: common.ModelSpec = common.ModelSpec()
+  data: DataSpec = DataSpec()
+  optimizer: common.OptimSpec = common.OptimSpec(name="adamw", learning_rate=1e-3,
+                                                 warmup_steps=50, eps=1e-8, max_grad_norm=1.0)
+  mesh: common.MeshSpec = common.MeshSpec()
+  steps: int = 1000
+  batch_size: int = 32
+  seed: int = 0
+  log_every: int = 50
+  checkpoint_every: int = 500
+  keep_checkpoints: int = 3
+
+
+def load_sft_rows(spec: DataSpec, tokenizer) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """``(ids, mask, loss_mask)`` rows ``[N, seq_len]`` from a JSONL file; errors name the line."""
+  if not spec.path or not os.path.isfile(spec.path):
+    raise FileNotFoundError(f"data.path={spec.path!r} is not a file")
+  texts, pairs = [], []
+  with open(spec.path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        rec = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{spec.path}:{lineno}: invalid JSON ({e.msg})") from None
+      if isinstance(rec, dict) and isinstance(rec.get("text"), str):
+        texts.append(rec["text"])
+      elif (isinstance(rec, dict) and isinstance(rec.get("prompt"), str)
+            and isinstance(rec.get("response"), str)):
+        pairs.append((rec["prompt"], rec["response"]))
+      else:
+        raise ValueError(f"{spec.path}:{lineno}: expected {{\"text\": str}} or "
+                         "{\"prompt\": str, \"response\": str}")
+  if texts and pairs:
+    raise ValueError(f"{spec.path}: mixes 'text' records and 'prompt'/'response' records")
+  if texts:
+    ids, mask = data_lib.pack_texts(tokenizer, texts, spec.seq_len, drop_remainder=False)
+    return ids, mask, mask.copy()
+  if not pairs:
+    raise ValueError(f"{spec.path}: no records")
+  n, t = len(pairs), spec.seq_len
+  ids = np.full((n, t), tokenizer.pad_token_id, np.int32)
+  mask = np.zeros((n, t), np.int32)
+  loss_mask = np.zeros((n, t), np.int32)
+  for i, (prompt, response) in enumerate(pairs):
+    p = tokenizer.encode(prompt, add_special_tokens=False)
+    r = tokenizer.encode(response, add_special_tokens=False) + [tokenizer.eos_token_id]
+    seq = (p + r)[:t]
+    ids[i, :len(seq)] = seq
+    mask[i, :len(seq)] = 1
+    loss_mask[i, len(p):len(seq)] = 1
+  return ids, mask, loss_mask
+
+
+def run(cfg: Config, workdir: str) -> Dict[str, Any]:
+  from rlhf_jax.models import hf
+
+  mesh = common.build_mesh(cfg.mesh)
+  if cfg.data.source == "corpus":
+    corpus = data_lib.prepare_corpus(cfg.data.cache_dir or os.environ.get(
+        "RLHF_JAX_DATA", os.path.expanduser("~/.cache/rlhf_jax")), cfg.data.sources)
+    tokenizer = data_lib.train_tokenizer(corpus.texts("train"), cfg.data.vocab_size,
+                                         os.path.join(workdir, "tokenizer"))
+    ids, mask = data_lib.pack_texts(tokenizer, corpus.texts("train"), cfg.data.seq_len,
+                                    progress=True)
+    loss_mask = mask
+  elif cfg.data.source == "jsonl":
+    if not cfg.model.path:
+      raise ValueError("data.source='jsonl' needs model.path (a directory with tokenizer files)")
+    tokenizer = hf.load_tokenizer(cfg.model.path)
+    ids, mask, loss_mask = load_sft_rows(cfg.data, tokenizer)
+  else:
+    raise ValueError(f"data.source={cfg.data.source!r}; expected 'corpus' or 'jsonl'")
+  spec = cfg.model
+  if not spec.path:
+    spec = dataclasses.replace(spec, path=None, vocab_size=len(tokenizer))
+  model, params = common.load_model(spec, "lm", jax.random.PRNGKey(cfg.seed), mesh)
+  optimizer, schedule = common.make_optimizer(cfg.optimizer, cfg.steps)
+  state = sharding.commit(sft_lib.init_lm_state(params, optimizer), mesh)
+  step = sharding.jit_step(sft_lib.make_lm_step(model, optimizer), state, mesh)
+
+  manager = checkpoint.open_manager(os.path.join(workdir, "checkpoints"),
+                                    max_to_keep=cfg.keep_checkpoints)
+  start = 0
+  if checkpoint.latest_step(manager) is not None:
+    state, extra = checkpoint.restore(manager, checkpoint.abstract_like(state))
+    start = int(extra["step"])
+  last: Dict[str, Any] = {}
+  with MetricWriter(workdir) as writer, checkpoint.PreemptionGuard() as guard:
+    bar = progress(cfg.steps, desc="sft", unit="step")
+    bar.update(start)
+    for i in range(start, cfg.steps):
+      rows = np.random.default_rng([cfg.seed, i]).integers(0, len(ids), cfg.batch_size)
+      batch = sharding.shard_batch({"ids": ids[rows], "mask": mask[rows],
+                                    "loss_mask": loss_mask[rows]}, mesh)
+      state, metrics = step(state, batch)
+      done = i + 1
+      if done % cfg.log_every == 0 or done == cfg.steps:
+        last = dict(fetch(metrics), learning_rate=float(schedule(done)))
+        writer.write(done, last)
+        bar.set_postfix(loss=last["loss"])
+      bar.update(1)
+      stop = guard.should_stop()
+      if done % cfg.checkpoint_every == 0 or done == cfg.steps or stop:
+        checkpoint.save(manager, done, state, extra={"step": done}, force=True, wait=stop)
+      if stop:
+        break
+    bar.close()
+  manager.wait_until_finished()
+  manager.close()
+  if int(state.step) == cfg.steps:
+    hf.save_pretrained(model, state.params, os.path.join(workdir, "model"), tokenizer=tokenizer)
+  return last
