@@ -61,10 +61,10 @@ def get_config(arg=None):
   c.feedback.source = "simulated"  # "simulated" | "ai_judge" | "human" | "module:function"
   c.feedback.gold_scorer = "vader_sentiment"  # the independent judge of evaluation
   c.feedback.labeller_scorer = ""  # simulated annotators' scorer ("" -> the gold scorer)
-  c.feedback.temperature = 0.1  # VADER compound is in [-1, 1]
+  c.feedback.temperature = 0.05  # VADER compound is in [-1, 1]
   c.feedback.tie_threshold = 0.05
   c.feedback.flip_prob = 0.05
-  c.feedback.pairs_per_round = 1024
+  c.feedback.pairs_per_round = 2048
   c.feedback.sample_temperature = 1.0
   c.feedback.human_queue_dir = ""
   c.feedback.human_timeout_s = 86400.0
@@ -74,23 +74,23 @@ def get_config(arg=None):
   c.reward = mlc.ConfigDict()
   c.reward.hparams = dict(tie_model="rao_kupper", init_tie_param=1.5, learn_tie_param=True,
                           center_coef=0.0)
-  c.reward.epochs = 2
+  c.reward.epochs = 3
   c.reward.batch_size = 32
-  c.reward.optimizer = dict(name="adamw", learning_rate=1e-4, anneal=True, warmup_steps=10,
+  c.reward.optimizer = dict(name="adamw", learning_rate=3e-4, anneal=True, warmup_steps=10,
                             b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, max_grad_norm=1.0)
 
   c.ppo = mlc.ConfigDict()
   c.ppo.hparams = dict(
       response_len=16, num_minibatches=4, epochs=4, temperature=0.7, top_k=0, top_p=1.0,
       missing_stop="none", missing_stop_value=-1.0, kl_estimator="k1", adaptive_kl=True,
-      kl_target=6.0, kl_horizon=10000.0, gamma=1.0, lam=0.95, clip_eps=0.2,
+      kl_target=6.0, kl_horizon=1000.0, gamma=1.0, lam=0.95, clip_eps=0.2,
       value_clip_eps=0.2, vf_coef=0.1, whiten_rewards=False, whiten_advantages=True,
       unbiased_whitening=False, shared_trunk=False, recompute_old_logprobs=False)
   c.ppo.optimizer = dict(name="tf_adam", learning_rate=1e-4, anneal=True, warmup_steps=0,
                          b1=0.9, b2=0.999, eps=1e-5, weight_decay=0.0, max_grad_norm=1.0)
   c.ppo.iterations = 24
   c.ppo.batch_size = 64
-  c.ppo.init_kl_coef = 0.15
+  c.ppo.init_kl_coef = 0.2
   c.ppo.norm_samples = 256
   c.ppo.value_init = "reward"
 

@@ -45,6 +45,7 @@ TASKS: dict[str, str] = {
     "reward": "rlhf_jax.train.reward",
     "ppo": "rlhf_jax.train.ppo",
     "pipeline": "rlhf_jax.train.pipeline",
+    "overoptimization": "rlhf_jax.train.overoptimization",
 }
 
 # Config keys consumed by the entry point itself.

@@ -1,0 +1,166 @@
+"""Reward over-optimisation study (Gao, Schulman & Hilton 2022), ``task = "overoptimization"``.
+
+Proxy reward models are trained on increasing numbers of labels (from one pool of simulated
+preferences on samples of the base policy) and optimised two ways:
+
+* best-of-n: for each evaluation prompt, n samples of the base policy, the one the proxy
+  scores highest is kept; KL(best-of-n ‖ base) = log n − (n−1)/n;
+* PPO with a small fixed KL coefficient, evaluated every few iterations: KL is the Monte
+  Carlo estimate on the policy's own samples.
+
+Gold (the scorer behind the simulated annotators) and proxy rewards are measured relative to
+the base policy, and with d = √KL the laws ``R_bon(d) = d(α − β d)`` and
+``R_rl(d) = d(α − β log d)`` are fitted by least squares. Output: ``overoptimization.md``
+with α, β and R² per (labels, method) and ``overoptimization.png``.
+
+The data and base-model stages are those of :mod:`rlhf_jax.train.pipeline` (and are reused
+from the same workdir on a re-run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import time
+from typing import Any, Dict, List, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax import data as data_lib
+from rlhf_jax import evaluation
+from rlhf_jax.feedback import scorers as scorers_lib
+from rlhf_jax.feedback import simulated as simulated_lib
+from rlhf_jax.train import common
+from rlhf_jax.train import pipeline as pl
+from rlhf_jax.train import ppo as ppo_train
+from rlhf_jax.train import reward as reward_train
+from rlhf_jax.train import report as report_lib
+
+__all__ = ["Config", "run"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  data: pl.DataSpec = pl.DataSpec()
+  base: pl.BaseSpec = pl.BaseSpec()
+  feedback: pl.FeedbackSpec = pl.FeedbackSpec()
+  reward: pl.RewardSpec = pl.RewardSpec()
+  ppo: pl.PPOSpec = pl.PPOSpec()
+  mesh: common.MeshSpec = common.MeshSpec()
+  label_counts: Tuple[int, ...] = (256, 1024, 4096)
+  bon_ns: Tuple[int, ...] = (1, 2, 4, 8, 16)
+  ppo_eval_every: int = 4
+  num_eval_prompts: int = 128
+  seed: int = 0
+
+
+def run(cfg: Config, workdir: str) -> Dict[str, Any]:
+  root = pathlib.Path(workdir)
+  root.mkdir(parents=True, exist_ok=True)
+  t_start = time.perf_counter()
+  mesh = common.build_mesh(cfg.mesh)
+  gold = scorers_lib.get_scorer(cfg.feedback.gold_scorer)
+  labeller = scorers_lib.get_scorer(cfg.feedback.labeller_scorer or cfg.feedback.gold_scorer)
+  tokenizer = pl.prepare_data(cfg.data, root / "data", cfg.seed)
+  hp = dataclasses.replace(cfg.ppo.hparams, eos_id=int(tokenizer.eos_token_id),
+                           pad_id=int(tokenizer.pad_token_id))
+  base_model, base_params = pl.pretrain_base(cfg.base, root / "data", root / "base", tokenizer,
+                                             mesh, cfg.seed)
+  models = pl._Models(base_model.cfg)
+  sampler = pl._Sampler(models, hp, cfg.ppo.batch_size, mesh)
+  train_prompts = pl._read_prompts(root / "data", "train")
+  eval_prompts = pl._read_prompts(root / "data", "eval")[:cfg.num_eval_prompts]
+  p_ids, p_mask = data_lib.encode_prompts(tokenizer, train_prompts, cfg.data.prompt_len)
+  e_ids, e_mask = data_lib.encode_prompts(tokenizer, eval_prompts, cfg.data.prompt_len)
+
+  # One pool of labelled pairs from the base policy; the proxies use its prefixes.
+  n_pool = min(max(cfg.label_counts), len(train_prompts))
+  rows = np.random.default_rng(cfg.seed).choice(len(p_ids), n_pool, replace=False)
+  ta, ma = sampler.sample(base_params, p_ids[rows], p_mask[rows], cfg.seed + 1, 1.0)
+  tb, mb = sampler.sample(base_params, p_ids[rows], p_mask[rows], cfg.seed + 2, 1.0)
+  prompts = [train_prompts[i] for i in rows]
+  records = simulated_lib.annotate_pairs(
+      labeller, prompts, pl._decode(tokenizer, ta, ma), pl._decode(tokenizer, tb, mb),
+      temperature=cfg.feedback.temperature, tie_threshold=cfg.feedback.tie_threshold,
+      flip_prob=cfg.feedback.flip_prob, seed=cfg.seed)
+  data_lib.write_preferences_jsonl(records, root / "preferences.jsonl")
+  pool = pl._pairs_arrays(p_ids[rows], p_mask[rows], ta, ma, tb, mb, pl._label_index(records))
+
+  # Base-policy samples on the evaluation prompts: n per prompt for best-of-n (sample 0 is
+  # also the reference point of every curve).
+  n_max = max(cfg.bon_ns)
+  bon_tok, bon_mask, bon_gold = [], [], []
+  for j in range(n_max):
+    tok, m = sampler.sample(base_params, e_ids, e_mask, cfg.seed + 100 + j, hp.temperature)
+    bon_tok.append(tok)
+    bon_mask.append(m)
+    bon_gold.append(np.asarray(gold(eval_prompts, pl._decode(tokenizer, tok, m)), np.float64))
+  base_gold = float(np.mean(bon_gold[0]))
+
+  points: List[dict] = []
+  for n_labels in cfg.label_counts:
+    n_labels = min(n_labels, n_pool)
+    sub = {k: v[:n_labels] for k, v in pool.items()}
+    rm_params, _ = reward_train.train_reward_model(
+        models.scalar, base_params, sub, None, hp=cfg.reward.hparams,
+        optim_spec=cfg.reward.optimizer, epochs=cfg.reward.epochs,
+        batch_size=min(cfg.reward.batch_size, n_labels), mesh=mesh, seed=cfg.seed + n_labels,
+        workdir=str(root / f"rm_{n_labels}"))
+    gain, bias = ppo_train.fit_reward_norm(models.lm, base_params, models.scalar, rm_params,
+                                           p_ids, p_mask, hp, cfg.ppo.norm_samples,
+                                           cfg.ppo.batch_size, mesh, cfg.seed)
+    proxy = [gain * sampler.scores(rm_params, *pl._seq(e_ids, e_mask, t, m)) + bias
+             for t, m in zip(bon_tok, bon_mask)]
+    base_proxy = float(np.mean(proxy[0]))
+    # Best-of-n by the proxy.
+    proxy_P = np.stack(proxy, 1)  # [prompts, n_max]
+    gold_P = np.stack(bon_gold, 1)
+    for n in cfg.bon_ns:
+      pick = np.argmax(proxy_P[:, :n], axis=1)
+      rows_i = np.arange(len(pick))
+      points.append({"n_labels": n_labels, "method": "bon", "n": n,
+                     "kl": float(evaluation.bon_kl(n)),
+                     "gold": float(np.mean(gold_P[rows_i, pick])) - base_gold,
+                     "proxy": float(np.mean(proxy_P[rows_i, pick])) - base_proxy})
+    # PPO, evaluated every `ppo_eval_every` iterations.
+    value_params = jax.tree.map(jnp.copy, rm_params)
+    ppo_dir = root / f"ppo_{n_labels}"
+    done = 0
+    while done < cfg.ppo.iterations:
+      state, _ = ppo_train.train_ppo(
+          policy_model=models.lm, policy_params=base_params, value_model=models.scalar,
+          value_params=value_params, reward_model=models.scalar, reward_params=rm_params,
+          ref_params=base_params, prompt_ids=p_ids, prompt_mask=p_mask, hp=hp,
+          optim_spec=cfg.ppo.optimizer, batch_size=cfg.ppo.batch_size,
+          iterations=cfg.ppo.iterations, init_kl_coef=cfg.ppo.init_kl_coef, reward_gain=gain,
+          reward_bias=bias, mesh=mesh, seed=cfg.seed + n_labels, workdir=str(ppo_dir),
+          stop_after=cfg.ppo_eval_every, desc=f"ppo ({n_labels} labels)")
+      done = int(state.step)
+      policy = state.params["policy"]
+      tok, m = sampler.sample(policy, e_ids, e_mask, cfg.seed + 7 * done, hp.temperature)
+      seq = pl._seq(e_ids, e_mask, tok, m)
+      kl = float(np.mean(np.sum((sampler.logprobs(policy, *seq, tok, hp.temperature)
+                                 - sampler.logprobs(base_params, *seq, tok, hp.temperature))
+                                * m, 1)))
+      g = float(np.mean(gold(eval_prompts, pl._decode(tokenizer, tok, m)))) - base_gold
+      pr = float(np.mean(gain * sampler.scores(rm_params, *seq) + bias)) - base_proxy
+      points.append({"n_labels": n_labels, "method": "ppo", "iteration": done,
+                     "kl": max(kl, 0.0), "gold": g, "proxy": pr})
+  data_lib.atomic_write_json(root / "points.json", points)
+  path = report_lib.write_overoptimization_report(str(root), points)
+  fits = {}
+  for (n_labels, method) in sorted({(p["n_labels"], p["method"]) for p in points}):
+    pts = [p for p in points if p["n_labels"] == n_labels and p["method"] == method
+           and p["kl"] > 0]
+    d = np.sqrt([p["kl"] for p in pts])
+    fit = evaluation.fit_bon if method == "bon" else evaluation.fit_rl
+    try:
+      f = fit(d, [p["gold"] for p in pts])
+      fits[f"{method}_{n_labels}"] = {"alpha": f.alpha, "beta": f.beta, "r2": f.r2}
+    except ValueError as e:
+      fits[f"{method}_{n_labels}"] = {"error": str(e)}
+  data_lib.atomic_write_json(root / "fits.json", fits)
+  return {"report": path, "fits": json.dumps(fits), "seconds": time.perf_counter() - t_start}
