@@ -124,7 +124,7 @@ def test_unknown_field_and_bad_type_fail_before_snapshot(tmp_path, fake_task, mo
 
 
 def test_unknown_task_lists_known_ones(tmp_path, fake_task):
-  with pytest.raises(ValueError, match=r"unknown task 'ppoo'; known tasks: fake, pipeline, ppo, "
+  with pytest.raises(ValueError, match=r"unknown task 'ppoo'; known tasks: fake, overoptimization, pipeline, ppo, "
                                        r"reward, sft"):
     entry.run_task({"task": "ppoo"}, str(tmp_path))
   with pytest.raises(ValueError, match=r"config\.task: missing"):
@@ -195,4 +195,4 @@ def test_command_line_end_to_end(tmp_path):
       [sys.executable, "-m", "rlhf_jax.main", f"--config={path}", f"--workdir={workdir}",
        "--config.task=nope"], env=env, capture_output=True, text=True, timeout=120)
   assert bad.returncode != 0
-  assert "unknown task 'nope'; known tasks: pipeline, ppo, reward, sft" in bad.stderr
+  assert "unknown task 'nope'; known tasks: overoptimization, pipeline, ppo, reward, sft" in bad.stderr
