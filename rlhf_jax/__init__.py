@@ -1,0 +1,26 @@
+"""rlhf_jax: reinforcement learning from human feedback as pure JAX functions.
+
+Public API (stable names; anything not listed here may change):
+
+* ``rlhf_jax.losses``      preference losses with ties, PPO policy/value losses, entropy
+* ``rlhf_jax.kl``          KL estimators k1/k2/k3, adaptive and fixed KL controllers
+* ``rlhf_jax.advantages``  reward shaping, GAE, reward normalisation
+* ``rlhf_jax.ops``         masked statistics, whitening, fused token log-probs
+* ``rlhf_jax.optim``       TensorFlow-style Adam
+* ``rlhf_jax.generation``  KV-cache sampling (``sample``, ``sample_fn``)
+* ``rlhf_jax.models``      the Flax transformer, Hugging Face import/export
+* ``rlhf_jax.sharding``    meshes and logical-axis shardings
+* ``rlhf_jax.ppo``, ``rlhf_jax.reward``, ``rlhf_jax.sft``   step builders
+* ``rlhf_jax.data``, ``rlhf_jax.feedback``, ``rlhf_jax.train``   data, judges, loops
+  (imported on use: they pull in heavier dependencies)
+"""
+
+from rlhf_jax import advantages, generation, kl, losses, models, ops, optim, sharding
+from rlhf_jax import ppo, reward, sft
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "advantages", "generation", "kl", "losses", "models", "ops", "optim", "sharding", "ppo",
+    "reward", "sft", "__version__",
+]
