@@ -176,16 +176,8 @@ def _decode(tokenizer, tokens_BN: np.ndarray, mask_BN: np.ndarray) -> List[str]:
   return out
 
 
-def _batches(n: int, size: int):
-  for start in range(0, n, size):
-    yield start, min(start + size, n)
-
-
-def _pad_rows(x: np.ndarray, size: int) -> np.ndarray:
-  """Pad the leading dim up to ``size`` by repeating the first row (fixed compiled shapes)."""
-  if len(x) == size:
-    return x
-  return np.concatenate([x, np.repeat(x[:1], size - len(x), axis=0)], axis=0)
+_batches = reward_train._batches
+_pad_rows = reward_train._pad_rows
 
 
 # ----------------------------------------------------------------------------- stage 0: data

@@ -51,6 +51,7 @@ def _batches(n: int, size: int):
 
 
 def _pad_rows(x: np.ndarray, size: int) -> np.ndarray:
+  """Pad the leading dim up to ``size`` by repeating the first row (fixed compiled shapes)."""
   if len(x) == size:
     return x
   return np.concatenate([x, np.repeat(x[:1], size - len(x), axis=0)], axis=0)
