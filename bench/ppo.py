@@ -71,7 +71,7 @@ def bench_ours(size, args, peak):
   pp = init_params(policy, k[0])
   rp = init_params(rm, k[1])
   params = {"policy": pp} if args.shared_trunk else {"policy": pp, "value": init_params(rm, k[2])}
-  ref = {key: v for key, v in pp.items() if key != "score"}
+  ref = jax.tree.map(jnp.copy, {key: v for key, v in pp.items() if key != "score"})
   frozen = ppo.PPOFrozen(ref, rp, jnp.float32(1.0), jnp.float32(0.0))
   opt = optax.adam(1e-5)
   state = ppo.init_ppo_state(params, opt, 0.05, jax.random.PRNGKey(1))

@@ -22,14 +22,21 @@ def guarded_update(optimizer: optax.GradientTransformation, params: Any, opt_sta
   """One optimizer step that is skipped when the loss or any gradient is non-finite.
 
   Returns ``(params, opt_state, finite, grad_norm)``. When ``finite`` is False the
-  returned params and optimizer state are the inputs, bit for bit: the non-finite values
-  never reach them (zeros are fed through the optimizer and its outputs discarded by a
-  ``where``), so they cannot reach a checkpoint either. The caller counts the skips.
+  returned params and optimizer state are the inputs, bit for bit (``lax.cond`` picks the
+  untouched branch), so non-finite values cannot reach a checkpoint either; the reported
+  gradient norm is then NaN. The caller counts the skips.
   """
   finite = jnp.isfinite(loss) & all_finite(grads)
-  safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
-  updates, new_opt_state = optimizer.update(safe_grads, opt_state, params)
-  new_params = optax.apply_updates(params, updates)
-  keep = lambda new, old: jnp.where(finite, new, old)
-  return (jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt_state, opt_state),
-          finite, optax.tree.norm(safe_grads))
+
+  def apply(_):
+    updates, new_opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), new_opt_state
+
+  def skip(_):
+    return params, opt_state
+
+  # A conditional, not a select: the common (finite) path costs only the update itself, and
+  # the skipped path never evaluates the optimizer on non-finite values.
+  new_params, new_opt_state = jax.lax.cond(finite, apply, skip, None)
+  grad_norm = jnp.where(finite, optax.tree.norm(grads), jnp.nan)
+  return new_params, new_opt_state, finite, grad_norm
