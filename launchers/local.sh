@@ -4,7 +4,7 @@
 # Default: the built-in sentiment RLHF run, offline (configs/sentiment.py -> runs/sentiment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source launchers/setup_env.sh
+source launchers/setup_env.sh base
 config="${1:-configs/sentiment.py}"
 workdir="${2:-runs/sentiment}"
 shift $(( $# > 2 ? 2 : $# ))

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Creates (or reuses) the project's virtual environment and installs rlhf_jax into it.
-# Usage: source launchers/setup_env.sh [extra]   (extra: "test" also installs test deps)
+# Usage: source launchers/setup_env.sh base|test   ("test" also installs the test extra).
+# Always pass the argument: a sourced script otherwise sees the caller's own arguments.
 # Env: VENV (default .venv in the repo), PYTHON (default python3).
 set -euo pipefail
 _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$_root/.venv}"
 PYTHON="${PYTHON:-python3}"
-_extra="${1:-}"
+_extra="${1:-base}"
+[ "$_extra" = "base" ] && _extra=""
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating virtual environment in $VENV" >&2
   "$PYTHON" -m venv "$VENV"
