@@ -15,6 +15,13 @@ Params are float32 (``param_dtype``); matmuls run in ``dtype`` (bfloat16 on acce
 while norms, softmax and the returned logits/scores are float32. Every param carries
 logical axis names (see ``rlhf_jax.sharding``); layers are stacked on a leading
 ``layers`` axis by ``nn.scan`` so compile time does not grow with depth.
+
+Incremental decoding (a :class:`KVCache` is passed) runs the layers as an unrolled Python
+loop instead: each layer's keys/values live in their own buffer, laid out ``[B, K, S, E]``,
+so a decode loop updates them in place and attention reads them without a copy or a
+transpose (with a scanned stack, XLA:CPU copies every layer's cache slice and weights on
+every step). ``unstack_layers(params)`` splits the stacked layer params once, outside such a
+loop, so the per-layer weights are not sliced again on every step either.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ __all__ = [
     "positions_from_mask",
     "init_params",
     "param_logical_axes",
+    "unstack_layers",
 ]
 
 _HEADS = ("lm", "scalar", "both")
@@ -143,7 +151,8 @@ class TransformerConfig:
 class KVCache(NamedTuple):
   """Fixed-size key/value cache for all layers.
 
-  k_LBSKE, v_LBSKE: keys and values of every cached slot.
+  k, v: tuples of L arrays ``[B, K, S, E]`` (one buffer per layer, kv-heads before slots),
+    the keys and values of every cached slot.
   mask_BS: 1 where a slot holds a real (non-padding) token that has been written.
   index: int32 scalar, the next slot to write.
   """
@@ -157,10 +166,10 @@ class KVCache(NamedTuple):
 def init_cache(cfg: TransformerConfig, batch: int, size: int, dtype=None) -> KVCache:
   """An empty cache of ``size`` slots (prompt length + max new tokens)."""
   dtype = jnp.dtype(dtype or cfg.dtype)
-  shape = (cfg.n_layers, batch, size, cfg.num_kv_heads, cfg.dim_per_head)
+  shape = (batch, cfg.num_kv_heads, size, cfg.dim_per_head)
   return KVCache(
-      k=jnp.zeros(shape, dtype),
-      v=jnp.zeros(shape, dtype),
+      k=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers)),
+      v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers)),
       mask=jnp.zeros((batch, size), jnp.int32),
       index=jnp.zeros((), jnp.int32),
   )
@@ -270,20 +279,24 @@ class Attention(nn.Module):
       q = _apply_rope(q, *cos_sin)
       k = _apply_rope(k, *cos_sin)
     if layer_cache is not None:
+      # Cache buffers are [B, K, S, E]: write the T new slots at `index`, attend over all S.
       cache_k, cache_v, index = layer_cache
-      k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), index, axis=1)
-      v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, axis=1)
+      k = jax.lax.dynamic_update_slice_in_dim(
+          cache_k, k.transpose(0, 2, 1, 3).astype(cache_k.dtype), index, axis=2)
+      v = jax.lax.dynamic_update_slice_in_dim(
+          cache_v, v.transpose(0, 2, 1, 3).astype(cache_v.dtype), index, axis=2)
       new_cache = (k, v)
+      keys = "bkse"
     else:
       new_cache = None
-    s = k.shape[1]
+      keys = "bske"
     g = h // k_heads
     q = q.reshape(b, t, k_heads, g, e)
-    scores = jnp.einsum("btkge,bske->bkgts", q, k.astype(q.dtype),
+    scores = jnp.einsum(f"btkge,{keys}->bkgts", q, k.astype(q.dtype),
                         preferred_element_type=jnp.float32)
     scores = scores * (1.0 / math.sqrt(e)) + bias_BTS[:, None, None, :, :]
     probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
-    out = jnp.einsum("bkgts,bske->btkge", probs, v.astype(probs.dtype))
+    out = jnp.einsum(f"bkgts,{keys}->btkge", probs, v.astype(probs.dtype))
     out = out.reshape(b, t, h * e)
     out = _dense(cfg, cfg.d_model, ("heads", "embed"), cfg.out_bias, "o")(out)
     return out, new_cache
@@ -331,7 +344,8 @@ class Transformer(nn.Module):
     ``[B, T']`` (``head="scalar"``) or the pair (``head="both"``), float32.
   * with ``cache`` (a :class:`KVCache`): the T new tokens are written at
     ``cache.index``, attend to every valid cached slot, and the call returns
-    ``(output, new_cache)``.
+    ``(output, new_cache)``. The layers then run unrolled, one cache buffer each; the
+    ``layers`` params may be stacked (as created) or split by :func:`unstack_layers`.
 
   ``attention_mask_BT`` (1 = real token, 0 = padding) masks padded keys; position ids
   default to ``cumsum(mask) - 1`` over everything seen so far, so a left-padded prompt
@@ -399,8 +413,18 @@ class Transformer(nn.Module):
         length=cfg.n_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )(cfg, name="layers")
-    layer_caches = None if cache is None else (cache.k, cache.v)
-    x_BTD, new_kv = layers(x_BTD, layer_caches, bias_BTS, cos_sin, index)
+    stored = None
+    if self.has_variable("params", "layers"):
+      stored = nn.meta.unbox(self.get_variable("params", "layers"))
+    unstacked = isinstance(stored, (tuple, list))
+    if cache is None and not unstacked:
+      x_BTD, _ = layers(x_BTD, None, bias_BTS, cos_sin, index)
+    else:
+      if stored is None:  # initialising with a cache: create the stacked params first
+        own_bias_BTT = jax.lax.dynamic_slice_in_dim(bias_BTS, index, t, axis=2)
+        layers(x_BTD, None, own_bias_BTT, cos_sin, index)
+        stored = nn.meta.unbox(self.get_variable("params", "layers"))
+      x_BTD, new_kv = _run_unrolled(cfg, stored, x_BTD, cache, bias_BTS, cos_sin, index)
     x_BTD = Norm(cfg, name="norm_final")(x_BTD)
 
     if head_slice is not None:
@@ -424,6 +448,47 @@ class Transformer(nn.Module):
       return out
     new_cache = KVCache(k=new_kv[0], v=new_kv[1], mask=key_mask_BS, index=index + t)
     return out, new_cache
+
+
+def _run_unrolled(cfg: TransformerConfig, layer_params, x_BTD, cache, bias_BTS, cos_sin, index):
+  """Runs the blocks one by one (Python loop); returns ``(x_BTD, (ks, vs) or None)``."""
+  unstacked = isinstance(layer_params, (tuple, list))
+  if unstacked and len(layer_params) != cfg.n_layers:
+    raise ValueError(f"params['layers'] holds {len(layer_params)} layers; TransformerConfig."
+                     f"n_layers={cfg.n_layers}")
+
+  def run_block(lp, x, layer_cache):
+    return Block(cfg, parent=None).apply({"params": lp}, x, layer_cache, bias_BTS, cos_sin, index)
+
+  if cfg.remat:
+    run_block = jax.checkpoint(run_block, prevent_cse=False)
+  ks, vs = [], []
+  for i in range(cfg.n_layers):
+    lp = layer_params[i] if unstacked else jax.tree_util.tree_map(lambda a: a[i], layer_params)
+    layer_cache = None if cache is None else (cache.k[i], cache.v[i])
+    x_BTD, kv = run_block(lp, x_BTD, layer_cache)
+    if kv is not None:
+      ks.append(kv[0])
+      vs.append(kv[1])
+  return x_BTD, (None if cache is None else (tuple(ks), tuple(vs)))
+
+
+def unstack_layers(params: Any) -> Any:
+  """Splits the stacked ``layers`` params into a tuple of per-layer subtrees.
+
+  The result is accepted by :class:`Transformer` wherever stacked params are (the layers then
+  run unrolled; outputs equal the scanned ones up to float rounding). Do it once before a
+  decode loop: every layer's weights then stay separate loop-invariant buffers instead of
+  being sliced out of the stack on each step. Not for training: optimizers and shardings
+  expect the stacked layout.
+  """
+  layers = params["layers"]
+  if isinstance(layers, (tuple, list)):
+    return params
+  n = jax.tree_util.tree_leaves(layers)[0].shape[0]
+  out = dict(params)
+  out["layers"] = tuple(jax.tree_util.tree_map(lambda a, i=i: a[i], layers) for i in range(n))
+  return out
 
 
 def init_params(model: Transformer, rng: jax.Array, seq_len: int = 8) -> Any:
