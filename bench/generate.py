@@ -24,7 +24,13 @@ Run (from the repository root)::
       --out results.jsonl
 
 Prints one ``RESULT {json}`` line per measurement and a final ``RATIO`` line per size
-(ours / HF median new tokens/s); ``--out`` appends the same JSON lines to a file.
+(ours / HF median new tokens/s); ``--out`` appends the same JSON lines to a file. Each record
+has ``secs.others_cpu``, the CPU share other processes used meanwhile (trust runs near 0).
+
+Measured (jax 0.10.2, torch 2.13, quiet box: others_cpu <= 0.007), median new tokens/s:
+small 5938 vs HF 2314 = 2.57x; medium 1237 vs HF 714 = 1.73x. Earlier quiet runs: small
+2.59x and 2.96x (HF varies 0.88-0.99 s/call), medium 1.78x and 1.97x. Medium is bound by
+float32 GEMMs, which XLA and MKL run at the same rate here (~150-210 GFLOP/s).
 """
 
 from __future__ import annotations
