@@ -7,7 +7,7 @@ annotators label pairs with VADER sentiment as the gold scorer (Bradley-Terry no
 ties below a gap, random flips); a reward model learns from those labels; PPO optimises
 the policy against it with a KL penalty to the base model. Two rounds.
 
-Run (about 15 minutes on 2 CPU cores):
+Run (about 19 minutes on 2 CPU cores, most of it pretraining the base model):
 
   python -m rlhf_jax.main --config configs/sentiment.py --workdir runs/sentiment
 
@@ -15,11 +15,13 @@ Smoke variant (under 3 minutes; what CI runs):
 
   python -m rlhf_jax.main --config configs/sentiment.py:smoke --workdir runs/smoke
 
-What the default run should reach (see report.md in the workdir): gold win rate of the
-final policy against the reference >= 80% at a KL <= 6 nats per response, reward-model
-accuracy >= 0.75 on held-out pairs against noise-free gold labels, round 2 at least as
-good as round 1, and reference-scored perplexity of the policy's text not more than
-1.5x that of the reference's own samples.
+Targets (checked in report.md): gold win rate of the final policy against the reference
+>= 80% at a KL <= 6 nats per response, reward-model accuracy >= 0.75 on held-out pairs
+against noise-free gold labels, round 2 at least as good as round 1, and reference-scored
+perplexity of the policy's text at most 1.5x that of the reference's own samples.
+Recorded run (docs/results/sentiment_report.md): round 2 win rate 0.936 [0.899, 0.960],
+KL 7.7, reward-model accuracy 0.665, perplexity ratio 1.31 — the KL and reward-model
+targets are not reached yet.
 """
 
 import ml_collections as mlc
