@@ -45,9 +45,8 @@ def _fsync_dir(path: pathlib.Path) -> None:
     except OSError:
         return
     try:
-        os.fsync(fd)
-    except OSError:
-        pass
+        with contextlib.suppress(OSError):  # some filesystems refuse fsync on directories
+            os.fsync(fd)
     finally:
         os.close(fd)
 

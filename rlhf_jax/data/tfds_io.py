@@ -114,10 +114,10 @@ def _make_builder(name: str, version: str, features_spec: Mapping[str, Any], spl
 
         def _split_generators(self, dl_manager):
             del dl_manager
-            return {split: _keyed(rows) for split, rows in splits.items()}
+            return {split: self._generate_examples(rows) for split, rows in splits.items()}
 
-        def _generate_examples(self, **kwargs):
-            raise NotImplementedError("splits come from _split_generators")
+        def _generate_examples(self, rows):
+            return _keyed(rows)
 
     return _Builder(data_dir=str(data_dir), file_format="array_record")
 
