@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import data as data_lib
-from rlhf_jax import evaluation, generation, losses, sharding
+from rlhf_jax import evaluation, generation, losses, ops, sharding
 from rlhf_jax import ppo as ppo_lib
 from rlhf_jax import reward as reward_lib
 from rlhf_jax import sft as sft_lib
@@ -300,7 +300,6 @@ class _Sampler:
     def logp(params, seq_ids, seq_mask, tokens, temp):
       p = seq_ids.shape[1] - n
       logits = models.lm.apply({"params": params}, seq_ids, seq_mask, head_slice=(p - 1, p + n - 1))
-      from rlhf_jax import ops
       return ops.token_logprobs(logits, tokens, temp)
 
     self._logp = jax.jit(logp)
@@ -346,6 +345,7 @@ def _seq(prompt_ids, prompt_mask, tokens, mask):
 # ----------------------------------------------------------------------------- feedback
 
 def _make_judge(spec: FeedbackSpec):
+  """The judge callable of a model-based or ``module:function`` source (not simulated/human)."""
   if spec.source == "ai_judge":
     from rlhf_jax.feedback import ai_judge
 
@@ -353,8 +353,6 @@ def _make_judge(spec: FeedbackSpec):
       raise ValueError("feedback.source='ai_judge' needs feedback.judge_model_path")
     return ai_judge.make_judge(model_path=spec.judge_model_path,
                                principles=list(spec.judge_principles))
-  if spec.source == "human":
-    return None
   return judges_lib.load_judge(spec.source)
 
 
