@@ -134,7 +134,10 @@ def test_bfloat16_compute_close_to_float32(name):
   assert s_err < 0.05 * np.abs(np.asarray(scores32))[real].max() + 0.05
 
 
-def test_remat_same_outputs_and_grads():
+@pytest.mark.parametrize("variant", [dict(remat=True), dict(scan_unroll=2), dict(scan_unroll=64),
+                                     dict(remat=True, scan_unroll=2)])
+def test_remat_and_unroll_same_outputs_and_grads(variant):
+  """Recomputation and unrolling the layer scan change the schedule, not the numbers."""
   cfg = CONFIGS["llama"]
   params = _params(cfg)
   ids, mask = _left_padded([8, 6], 8)
@@ -146,7 +149,7 @@ def test_remat_same_outputs_and_grads():
     return -(tok * mask[:, 1:]).sum() + (scores * mask).sum()
 
   plain = jax.jit(jax.value_and_grad(functools.partial(loss, Transformer(cfg))))
-  remat = jax.jit(jax.value_and_grad(functools.partial(loss, Transformer(cfg.replace(remat=True)))))
+  remat = jax.jit(jax.value_and_grad(functools.partial(loss, Transformer(cfg.replace(**variant)))))
   v0, g0 = plain(params)
   v1, g1 = remat(params)
   np.testing.assert_allclose(v1, v0, rtol=1e-6)

@@ -53,6 +53,7 @@ class ModelSpec:
   vocab_size: int = 8192  # used without a path
   dtype: str = "float32"  # compute dtype ("bfloat16" on accelerators)
   remat: bool = False  # recompute each block in the backward pass
+  scan_unroll: int = 1  # layers per scan iteration (n_layers: fully unrolled, faster on CPU)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +95,7 @@ def load_model(spec: ModelSpec, head: str, rng: jax.Array, mesh) -> Tuple[Transf
   """
   if not spec.path:
     cfg = preset_config(spec.preset, spec.vocab_size, head=head, dtype=spec.dtype,
-                        remat=spec.remat)
+                        remat=spec.remat, scan_unroll=spec.scan_unroll)
     model = Transformer(cfg)
     init = lambda r: model.init(r, jnp.zeros((1, 8), jnp.int32))["params"]
     params, _ = sharding.init_sharded(init, rng, mesh=mesh)
@@ -104,7 +105,7 @@ def load_model(spec: ModelSpec, head: str, rng: jax.Array, mesh) -> Tuple[Transf
   if not os.path.isdir(spec.path):
     raise FileNotFoundError(f"model.path={spec.path!r} is not a directory")
   model, params = hf.from_pretrained(spec.path, dtype=spec.dtype)
-  cfg = model.cfg.replace(remat=spec.remat)
+  cfg = model.cfg.replace(remat=spec.remat, scan_unroll=spec.scan_unroll)
   if cfg.head != head:
     cfg = cfg.replace(head=head)
     new_model = Transformer(cfg)
