@@ -36,10 +36,13 @@ def init_lm_state(params, optimizer: optax.GradientTransformation) -> LMState:
 
 def lm_loss(model: Transformer, params, batch) -> tuple:
   """``(mean NLL over targets, number of target tokens)``; target t+1 is read at position t."""
-  logits = model.apply({"params": params}, batch["ids"], batch["mask"])
+  # The LM head runs on positions 0..T-2 only: slicing [B, T, V] logits afterwards would
+  # cost a copy forward and a padded copy of the logits' gradient backward.
+  t = batch["ids"].shape[1]
+  logits = model.apply({"params": params}, batch["ids"], batch["mask"], head_slice=(0, t - 1))
   if isinstance(logits, tuple):
     logits = logits[0]
-  logp = ops.token_logprobs(logits[:, :-1], batch["ids"][:, 1:])
+  logp = ops.token_logprobs(logits, batch["ids"][:, 1:])
   targets = batch["loss_mask"][:, 1:] * batch["mask"][:, 1:]
   n = jnp.sum(targets)
   return -ops.masked_sum(logp, targets) / jnp.maximum(n, 1), n
