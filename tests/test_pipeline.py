@@ -49,6 +49,8 @@ def test_smoke_pipeline_report_numbers_are_sane(smoke_run):
     # Monte Carlo KL of the policy to the reference on its own samples: >= 0 up to noise.
     assert ev["kl"] > -0.05
     assert 0.0 <= ev["rm_accuracy"] <= 1.0
+    # eval.rm_pairs_per_prompt (4) held-out pairs per evaluation prompt (64).
+    assert ev["rm_eval_pairs"] == 4 * 64
     assert 1.0 <= ev["response_length"] <= 8.0
     assert 0.0 <= ev["label_agreement_with_gold"] <= 1.0
   # Labels accumulate across rounds.
@@ -67,3 +69,30 @@ def test_smoke_pipeline_resumes_without_redoing_work(smoke_run):
   again = entry.run_task(_smoke_config(), str(workdir))
   assert again["win_rate"] == result["win_rate"] and again["kl"] == result["kl"]
   assert time.perf_counter() - t0 < 0.5 * first_seconds
+
+
+def test_base_path_with_another_tokenizer_is_refused(smoke_run, tmp_path):
+  """A base checkpoint whose tokenizer differs from the run's is an error naming base.path."""
+  import shutil
+
+  from rlhf_jax import data as data_lib
+  from rlhf_jax import sharding
+  from rlhf_jax.train import pipeline as pl
+
+  workdir, _, _ = smoke_run
+  tokenizer = data_lib.load_tokenizer(workdir / "data" / "tokenizer")
+  mesh = sharding.make_mesh(1, -1, 1)
+  same = pl.BaseSpec(path=str(workdir / "base" / "model"))
+  model, _ = pl.pretrain_base(same, workdir / "data", tmp_path / "unused", tokenizer, mesh, 0)
+  assert model.cfg.vocab_size == len(tokenizer)
+
+  other = tmp_path / "other"
+  shutil.copytree(workdir / "base" / "model", other)
+  tok = json.loads((other / "tokenizer.json").read_text())
+  vocab = tok["model"]["vocab"]
+  a, b = [k for k in vocab if not k.startswith("<|")][:2]
+  vocab[a], vocab[b] = vocab[b], vocab[a]
+  (other / "tokenizer.json").write_text(json.dumps(tok))
+  with pytest.raises(ValueError, match="base.path=.*different vocabulary"):
+    pl.pretrain_base(pl.BaseSpec(path=str(other)), workdir / "data", tmp_path / "unused",
+                     tokenizer, mesh, 0)
