@@ -1,4 +1,4 @@
-r"""Reward over-optimisation: proxies trained on 128 / 512 / 2048 labels, optimised by
+r"""Reward over-optimisation: proxies trained on 256 / 1024 / 4096 labels, optimised by
 best-of-n (n = 1..16) and by PPO with a weak KL penalty; gold (VADER) and proxy reward
 against sqrt(KL), with Gao et al.'s functional forms fitted (alpha, beta, R^2).
 
@@ -10,6 +10,12 @@ against sqrt(KL), with Gao et al.'s functional forms fitted (alpha, beta, R^2).
 Expect the proxy reward to keep rising with KL while gold reward rises less, and for the
 smallest label count to flatten or fall; see overoptimization.md and .png in the workdir.
 A smoke variant (configs/overoptimization.py:smoke) runs in a few minutes.
+
+Recorded run (docs/results/overoptimization/, 11 minutes on 2 CPU cores with the main job's
+base model): at KL 16 the PPO proxy gains are +2.5 / +2.1 / +3.4 for 256 / 1024 / 4096
+labels, the gold gains +0.12 / +0.05 / +0.77; the 256-label policy's gold gain then falls
+to +0.03 at KL 22 while its proxy keeps rising. Best-of-16 (KL 1.83): gold +0.03 / +0.06 /
++0.30 for proxy +1.8 / +1.6 / +1.8.
 """
 
 import importlib.util
@@ -30,13 +36,14 @@ def get_config(arg=None):
   c.task = "overoptimization"
   for key in ("rounds", "eval", "targets"):
     del c[key]
-  c.label_counts = (128, 512, 2048)
+  c.label_counts = (256, 1024, 4096)
   c.bon_ns = (1, 2, 4, 8, 16)
   c.num_eval_prompts = 128
   c.ppo_eval_every = 6
   c.ppo.iterations = 24
   c.ppo.init_kl_coef = 0.02
   c.ppo.hparams.adaptive_kl = False
+  c.ppo.hparams.epochs = 4
   if variant == "smoke":
     c.label_counts = (32, 128)
     c.bon_ns = (1, 2, 4)

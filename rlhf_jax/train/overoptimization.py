@@ -153,8 +153,8 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   path = report_lib.write_overoptimization_report(str(root), points)
   fits = {}
   for (n_labels, method) in sorted({(p["n_labels"], p["method"]) for p in points}):
-    pts = [p for p in points if p["n_labels"] == n_labels and p["method"] == method
-           and p["kl"] > 0]
+    # All points, d = 0 included (the laws pass through it), as overoptimization.md fits them.
+    pts = [p for p in points if p["n_labels"] == n_labels and p["method"] == method]
     d = np.sqrt([p["kl"] for p in pts])
     fit = evaluation.fit_bon if method == "bon" else evaluation.fit_rl
     try:
