@@ -7,7 +7,7 @@ annotators label pairs with VADER sentiment as the gold scorer (Bradley-Terry no
 ties below a gap, random flips); a reward model learns from those labels; PPO optimises
 the policy against it with a KL penalty to the base model. Two rounds.
 
-Run (about 19 minutes on 2 CPU cores, most of it pretraining the base model):
+Run (18m42s on 2 CPU cores in the recorded run, half of it pretraining the base model):
 
   python -m rlhf_jax.main --config configs/sentiment.py --workdir runs/sentiment
 
@@ -19,9 +19,16 @@ Targets (checked in report.md): gold win rate of the final policy against the re
 >= 80% at a KL <= 6 nats per response, reward-model accuracy >= 0.75 on held-out pairs
 against noise-free gold labels, round 2 at least as good as round 1, and reference-scored
 perplexity of the policy's text at most 1.5x that of the reference's own samples.
-Recorded run (docs/results/sentiment_report.md): round 2 win rate 0.936 [0.899, 0.960],
-KL 7.7, reward-model accuracy 0.665, perplexity ratio 1.31 — the KL and reward-model
-targets are not reached yet.
+Recorded run (docs/results/sentiment_report.md): round 2 win rate 0.871 [0.824, 0.907] at
+KL 5.14, reward-model accuracy 0.765 on 1024 held-out pairs, perplexity ratio 1.22; round 1
+0.889 [0.844, 0.922] at KL 5.90 with accuracy 0.669 — round 2 matches round 1 within the
+interval at a lower KL rather than beating it.
+
+What the settings are for: 4096 labelled pairs a round at two reward-model epochs (labels,
+not epochs, raise held-out accuracy: 2048 pairs x 3 epochs reached 0.53 / 0.66); two PPO
+epochs per batch and an adaptive KL controller with a short horizon (250 samples) aimed at
+5.5 nats keep the final KL under 6 (a 1000-sample horizon barely moved beta in 24
+iterations and ended at KL 7.7-12).
 """
 
 import ml_collections as mlc
@@ -66,7 +73,7 @@ def get_config(arg=None):
   c.feedback.temperature = 0.05  # VADER compound is in [-1, 1]
   c.feedback.tie_threshold = 0.05
   c.feedback.flip_prob = 0.05
-  c.feedback.pairs_per_round = 2048
+  c.feedback.pairs_per_round = 4096
   c.feedback.sample_temperature = 1.0
   c.feedback.human_queue_dir = ""
   c.feedback.human_timeout_s = 86400.0
@@ -76,16 +83,16 @@ def get_config(arg=None):
   c.reward = mlc.ConfigDict()
   c.reward.hparams = dict(tie_model="rao_kupper", init_tie_param=1.5, learn_tie_param=True,
                           center_coef=0.0)
-  c.reward.epochs = 3
+  c.reward.epochs = 2
   c.reward.batch_size = 32
-  c.reward.optimizer = dict(name="adamw", learning_rate=3e-4, anneal=True, warmup_steps=10,
+  c.reward.optimizer = dict(name="adamw", learning_rate=5e-4, anneal=True, warmup_steps=10,
                             b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, max_grad_norm=1.0)
 
   c.ppo = mlc.ConfigDict()
   c.ppo.hparams = dict(
-      response_len=16, num_minibatches=4, epochs=4, temperature=0.7, top_k=0, top_p=1.0,
+      response_len=16, num_minibatches=4, epochs=2, temperature=0.7, top_k=0, top_p=1.0,
       missing_stop="none", missing_stop_value=-1.0, kl_estimator="k1", adaptive_kl=True,
-      kl_target=6.0, kl_horizon=1000.0, gamma=1.0, lam=0.95, clip_eps=0.2,
+      kl_target=5.5, kl_horizon=250.0, gamma=1.0, lam=0.95, clip_eps=0.2,
       value_clip_eps=0.2, vf_coef=0.1, whiten_rewards=False, whiten_advantages=True,
       unbiased_whitening=False, shared_trunk=False, recompute_old_logprobs=False)
   c.ppo.optimizer = dict(name="tf_adam", learning_rate=1e-4, anneal=True, warmup_steps=0,
