@@ -64,18 +64,18 @@ def emit(record, out=None):
       f.write(line + "\n")
 
 
-def matmul_peak(n=2048, repeats=7):
-  """Best and median float32 GFLOP/s of an n^3 jitted matmul, measured now."""
+def matmul_peak(n=2048, repeats=7, dtype="float32"):
+  """Best and median GFLOP/s of an n^3 jitted matmul in ``dtype``, measured now."""
   import jax
   import jax.numpy as jnp
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32).astype(dtype)
+  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32).astype(dtype)
   f = jax.jit(lambda x, y: x @ y)
   f(a, b).block_until_ready()
   t = timeit(lambda: f(a, b).block_until_ready(), repeats)
   flops = 2 * n ** 3
   return {"gflops_best": flops / t["min"] / 1e9, "gflops_median": flops / t["median"] / 1e9,
-          "n": n}
+          "n": n, "dtype": dtype}
 
 
 def run_peer(venv, script, args, timeout=1800):

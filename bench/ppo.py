@@ -34,15 +34,15 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from rlhf_jax import ppo  # noqa: E402
+from rlhf_jax import generation, ppo  # noqa: E402
 from rlhf_jax.models import Transformer, TransformerConfig, init_params  # noqa: E402
 
 
-def model_cfg(size, dtype, remat, head):
+def model_cfg(size, dtype, remat, head, scan_unroll=1):
   s = _common.SIZES[size]
   return TransformerConfig(vocab_size=s["vocab"], d_model=s["n_embd"], n_layers=s["n_layer"],
                            n_heads=s["n_head"], max_len=s["n_positions"], dtype=dtype,
-                           remat=remat, head=head)
+                           remat=remat, head=head, scan_unroll=scan_unroll)
 
 
 def update_flops(cfg: TransformerConfig, batch, prompt_len, resp_len, epochs, shared_trunk):
@@ -65,8 +65,8 @@ def bench_ours(size, args, peak):
                       adaptive_kl=False, whiten_advantages=True,
                       shared_trunk=args.shared_trunk)
   policy = Transformer(model_cfg(size, args.dtype, args.remat,
-                                 "both" if args.shared_trunk else "lm"))
-  rm = Transformer(model_cfg(size, args.dtype, args.remat, "scalar"))
+                                 "both" if args.shared_trunk else "lm", args.scan_unroll))
+  rm = Transformer(model_cfg(size, args.dtype, args.remat, "scalar", args.scan_unroll))
   k = jax.random.split(jax.random.PRNGKey(0), 3)
   pp = init_params(policy, k[0])
   rp = init_params(rm, k[1])
@@ -101,15 +101,36 @@ def bench_ours(size, args, peak):
   t_roll = _common.timeit(lambda: jax.block_until_ready(rollout_j(st, frozen, ids, mask)),
                           args.iters)
   t_upd = _common.timeit(lambda: jax.block_until_ready(update_j(st, *ro)), args.iters)
+  # The sampler as the iteration runs it (a pure function inside the program, params as the
+  # state stores them) next to the public sampler that bench/generate.py times.
+  pol = st.params["policy"]
+  inner = jax.jit(lambda prm, r: ppo.sample_responses(policy, hp, prm, ids, mask, r)[0])
+  seeds = iter(range(1, 10_000))
+  jax.block_until_ready(inner(pol, jax.random.PRNGKey(0)))
+  t_inner = _common.timeit(
+      lambda: jax.block_until_ready(inner(pol, jax.random.PRNGKey(next(seeds)))), args.iters)
+
+  def public():
+    out = generation.sample(policy, pol, ids, mask, jax.random.PRNGKey(next(seeds)),
+                            max_new_tokens=n, eos_id=hp.eos_id, pad_id=hp.pad_id,
+                            temperature=1.0, top_k=0, top_p=1.0)
+    jax.block_until_ready(out.tokens_BN)
+
+  public()
+  t_public = _common.timeit(public, args.iters)
   flops = update_flops(policy.cfg, b, p, n, args.epochs, args.shared_trunk)
   upd_gflops = flops / t_upd["median"] / 1e9
   rec = {
       "tag": "ppo_rlhf_jax", "size": size, "dtype": args.dtype, "remat": args.remat,
+      "scan_unroll": args.scan_unroll,
       "shared_trunk": args.shared_trunk, "batch": b, "prompt_len": p, "response_len": n,
       "epochs": args.epochs, "minibatches": args.minibatches, "first_iter_s": first,
       "s_per_iter": whole, "samples_per_s_median": b / whole["median"],
       "samples_per_s_best": b / whole["min"], "rollout_phase_s": t_roll,
       "update_phase_s": t_upd, "update_gflop": flops / 1e9,
+      "sampler_in_iteration_s": t_inner, "generation_sample_s": t_public,
+      "sampler_in_iteration_tok_per_s": b * n / t_inner["median"],
+      "generation_sample_tok_per_s": b * n / t_public["median"],
       "update_gflops_median": upd_gflops,
       "update_fraction_of_peak": upd_gflops / peak["gflops_best"],
       "info": _common.info(),
@@ -129,6 +150,8 @@ def main():
   ap.add_argument("--iters", type=int, default=5)
   ap.add_argument("--dtype", default="float32")
   ap.add_argument("--remat", action="store_true")
+  ap.add_argument("--scan-unroll", type=int, default=1,
+                  help="layers per scan iteration (the layer count unrolls fully)")
   ap.add_argument("--shared-trunk", action="store_true")
   ap.add_argument("--no-peers", action="store_true")
   ap.add_argument("--out", default=None)
@@ -137,10 +160,14 @@ def main():
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   peak = _common.matmul_peak()
   _common.emit(dict(peak, tag="matmul_peak_f32", info=_common.info()), args.out)
+  if args.dtype != "float32":  # does XLA:CPU run this dtype's matmuls faster than float32?
+    _common.emit(dict(_common.matmul_peak(dtype=args.dtype), tag=f"matmul_peak_{args.dtype}",
+                      info=_common.info()), args.out)
   summary = []
   for size in args.sizes.split(","):
     ours = bench_ours(size, args, peak)
-    line = {"size": size, "ours_samples_per_s": ours["samples_per_s_median"],
+    line = {"size": size, "dtype": args.dtype, "shared_trunk": args.shared_trunk,
+            "ours_samples_per_s": ours["samples_per_s_median"],
             "update_fraction_of_peak": ours["update_fraction_of_peak"]}
     if not args.no_peers:
       iters = "6" if size == "small" else "4"
