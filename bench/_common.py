@@ -49,9 +49,29 @@ def timeit(fn, repeats, warmup=1):
   return summarize(ts)
 
 
+def cpu_model():
+  """The host CPU as /proc/cpuinfo names it: GEMM peaks differ 2x between hosts of one name."""
+  fields = {}
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("model name", "cpu family", "model") and key not in fields:
+          fields[key] = value.strip()
+  except OSError:
+    pass
+  return fields
+
+
+def unroll_arg(value):
+  """``--scan-unroll``: ``all`` unrolls every layer (0 works too), else layers per scan step."""
+  return 0 if value in ("all", "0") else int(value)
+
+
 def info():
   import jax
-  return {"python": platform.python_version(), "jax": jax.__version__,
+  return {"python": platform.python_version(), "jax": jax.__version__, "cpu": cpu_model(),
           "devices": str(jax.devices()), "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
           "loadavg": os.getloadavg(), "nproc": os.cpu_count()}
 

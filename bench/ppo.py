@@ -42,7 +42,7 @@ def model_cfg(size, dtype, remat, head, scan_unroll=1):
   s = _common.SIZES[size]
   return TransformerConfig(vocab_size=s["vocab"], d_model=s["n_embd"], n_layers=s["n_layer"],
                            n_heads=s["n_head"], max_len=s["n_positions"], dtype=dtype,
-                           remat=remat, head=head, scan_unroll=scan_unroll)
+                           remat=remat, head=head, scan_unroll=scan_unroll or s["n_layer"])
 
 
 def update_flops(cfg: TransformerConfig, batch, prompt_len, resp_len, epochs, shared_trunk):
@@ -122,7 +122,7 @@ def bench_ours(size, args, peak):
   upd_gflops = flops / t_upd["median"] / 1e9
   rec = {
       "tag": "ppo_rlhf_jax", "size": size, "dtype": args.dtype, "remat": args.remat,
-      "scan_unroll": args.scan_unroll,
+      "scan_unroll": policy.cfg.scan_unroll,
       "shared_trunk": args.shared_trunk, "batch": b, "prompt_len": p, "response_len": n,
       "epochs": args.epochs, "minibatches": args.minibatches, "first_iter_s": first,
       "s_per_iter": whole, "samples_per_s_median": b / whole["median"],
@@ -150,8 +150,8 @@ def main():
   ap.add_argument("--iters", type=int, default=5)
   ap.add_argument("--dtype", default="float32")
   ap.add_argument("--remat", action="store_true")
-  ap.add_argument("--scan-unroll", type=int, default=1,
-                  help="layers per scan iteration (the layer count unrolls fully)")
+  ap.add_argument("--scan-unroll", type=_common.unroll_arg, default="all",
+                  help="layers per scan iteration; 'all' (default) unrolls every layer")
   ap.add_argument("--shared-trunk", action="store_true")
   ap.add_argument("--no-peers", action="store_true")
   ap.add_argument("--out", default=None)

@@ -33,7 +33,7 @@ def bench_ours(size, args, peak):
   cfg = TransformerConfig(vocab_size=s["vocab"], d_model=s["n_embd"], n_layers=s["n_layer"],
                           n_heads=s["n_head"], max_len=s["n_positions"], head="scalar",
                           dtype=args.dtype, remat=args.remat,
-                          scan_unroll=args.scan_unroll)
+                          scan_unroll=args.scan_unroll or s["n_layer"])
   model = Transformer(cfg)
   hp = reward.RewardHparams(tie_model="bradley_terry", learn_tie_param=False)
   opt = optax.adamw(1e-5)
@@ -56,7 +56,7 @@ def bench_ours(size, args, peak):
   tokens = 2 * b * t
   flops = 6 * 12 * cfg.n_layers * cfg.d_model ** 2 * tokens + 12 * cfg.n_layers * cfg.d_model * t * tokens
   rec = {"tag": "reward_rlhf_jax", "size": size, "dtype": args.dtype, "remat": args.remat,
-         "scan_unroll": args.scan_unroll,
+         "scan_unroll": cfg.scan_unroll,
          "pairs_per_step": b, "seq_len": t, "s_per_step": t_step,
          "pairs_per_s_median": b / t_step["median"], "pairs_per_s_best": b / t_step["min"],
          "gflops_median": flops / t_step["median"] / 1e9,
@@ -74,8 +74,8 @@ def main():
   ap.add_argument("--steps", type=int, default=10)
   ap.add_argument("--dtype", default="float32")
   ap.add_argument("--remat", action="store_true")
-  ap.add_argument("--scan-unroll", type=int, default=1,
-                  help="layers per scan iteration (the layer count unrolls fully)")
+  ap.add_argument("--scan-unroll", type=_common.unroll_arg, default="all",
+                  help="layers per scan iteration; 'all' (default) unrolls every layer")
   ap.add_argument("--no-peers", action="store_true")
   ap.add_argument("--out", default=None)
   args = ap.parse_args()
