@@ -6,7 +6,9 @@ A training step cannot run faster than its matrix multiplications. This script t
 the policy — forward and backward (input and weight gradients), with no layer norm,
 activation, attention softmax, embedding or optimizer. Its time is the floor for any
 implementation that uses XLA's matmuls on this host; the goal "update phase at X% of the
-matmul peak" is reachable only if X% of the peak is below the ceiling's rate.
+matmul peak" is reachable only if X% of the peak is below the ceiling's rate. PyTorch's f32
+GEMM rate on the same host is measured too (the anchors' peak.py, when its venv exists): a
+goal "N x TRL" presumes a GEMM advantage that varies from host to host.
 
 Workloads are those of bench/ppo.py (16 minibatch steps of 16 x 64 tokens, policy + separate
 value model) and bench/reward.py (32 pairs x 64 tokens). Rates use the same model-FLOP
@@ -60,12 +62,18 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--sizes", default="small,medium")
   ap.add_argument("--repeats", type=int, default=7)
+  ap.add_argument("--no-peers", action="store_true")
   ap.add_argument("--out", default=None)
   args = ap.parse_args()
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   peak = _common.matmul_peak()
   _common.emit(dict(peak, tag="matmul_peak_f32", info=_common.info()), args.out)
+  if not args.no_peers:  # PyTorch's (MKL) f32 GEMM rate on the same host, for the ratios
+    for rec in _common.run_peer("torch", "peak.py", ["--lib", "torch", "--sizes", "2048",
+                                                     "--copy-mib", "64"]):
+      if rec.get("test") == "matmul":
+        _common.emit(dict(rec, tag="peer_matmul_peak_torch"), args.out)
 
   import ppo as bench_ppo  # the model-FLOP count the PPO benchmark reports against
   for size in args.sizes.split(","):
