@@ -98,6 +98,16 @@ def matmul_peak(n=2048, repeats=7, dtype="float32"):
           "n": n, "dtype": dtype}
 
 
+def begin(out):
+  """Create the folder of ``out`` (a JSONL path or None), then measure and record the f32
+  matmul peak of this invocation; returns the peak record."""
+  if out:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  peak = matmul_peak()
+  emit(dict(peak, tag="matmul_peak_f32", info=info()), out)
+  return peak
+
+
 def run_peer(venv, script, args, timeout=1800):
   """Run an anchor script in its venv; returns its RESULT records ([] if unavailable)."""
   python = os.path.join(VENVS, venv, "bin", "python")

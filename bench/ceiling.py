@@ -65,10 +65,7 @@ def main():
   ap.add_argument("--no-peers", action="store_true")
   ap.add_argument("--out", default=None)
   args = ap.parse_args()
-  if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  peak = _common.matmul_peak()
-  _common.emit(dict(peak, tag="matmul_peak_f32", info=_common.info()), args.out)
+  peak = _common.begin(args.out)
   if not args.no_peers:  # PyTorch's (MKL) f32 GEMM rate on the same host, for the ratios
     for rec in _common.run_peer("torch", "peak.py", ["--lib", "torch", "--sizes", "2048",
                                                      "--copy-mib", "64"]):

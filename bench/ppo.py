@@ -156,10 +156,7 @@ def main():
   ap.add_argument("--no-peers", action="store_true")
   ap.add_argument("--out", default=None)
   args = ap.parse_args()
-  if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  peak = _common.matmul_peak()
-  _common.emit(dict(peak, tag="matmul_peak_f32", info=_common.info()), args.out)
+  peak = _common.begin(args.out)
   if args.dtype != "float32":  # does XLA:CPU run this dtype's matmuls faster than float32?
     _common.emit(dict(_common.matmul_peak(dtype=args.dtype), tag=f"matmul_peak_{args.dtype}",
                       info=_common.info()), args.out)

@@ -79,10 +79,7 @@ def main():
   ap.add_argument("--no-peers", action="store_true")
   ap.add_argument("--out", default=None)
   args = ap.parse_args()
-  if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  peak = _common.matmul_peak()
-  _common.emit(dict(peak, tag="matmul_peak_f32", info=_common.info()), args.out)
+  peak = _common.begin(args.out)
   rows = []
   for size in args.sizes.split(","):
     ours = bench_ours(size, args, peak)
