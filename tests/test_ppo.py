@@ -1,6 +1,7 @@
 """PPO iteration: compiles once, skips non-finite updates, learns, shards, resumes."""
 
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
@@ -158,3 +159,20 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   np.testing.assert_array_equal(np.asarray(resumed.kl.beta), np.asarray(straight.kl.beta))
   assert hist2[-1]["score"] == hist[-1]["score"]
+
+
+def test_shipped_tiny_config_runs_on_presets(tmp_path):
+  """configs/ppo.py:tiny as written (model.path "" = a preset, no tokenizer to load)."""
+  import importlib.util
+
+  from rlhf_jax import main as entry
+
+  spec = importlib.util.spec_from_file_location(
+      "ppo_config", os.path.join(os.path.dirname(__file__), "..", "configs", "ppo.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  cfg = module.get_config("tiny")
+  cfg.iterations = 1
+  result = entry.run_task(cfg, str(tmp_path))
+  assert result["iteration"] == 1
+  assert np.isfinite(result["loss"]) and result["skipped_updates"] == 0

@@ -222,7 +222,7 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   reward_model, reward_params = common.load_model(cfg.reward, "scalar", k_reward, mesh)
   hp = cfg.ppo
   tokenizer = None
-  if cfg.policy.path is not None:
+  if cfg.policy.path:  # "" or None: a preset, no tokenizer
     from rlhf_jax.models import hf
 
     tokenizer = hf.load_tokenizer(cfg.policy.path)
