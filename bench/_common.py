@@ -27,6 +27,13 @@ SIZES = {
 }
 
 
+def reward_step_flops(n_layers, d_model, seq_len, sequences):
+  """Model FLOPs of one reward-model training step (forward + backward = 3x forward):
+  6 x dense params x tokens plus attention (QK^T and AV, full, not causal-halved)."""
+  tokens = sequences * seq_len
+  return 6 * 12 * n_layers * d_model ** 2 * tokens + 12 * n_layers * d_model * seq_len * tokens
+
+
 def set_xla_threads():
   """Same XLA threading as the anchors' JAX scripts (only when XLA_FLAGS is unset)."""
   os.environ.setdefault(
@@ -65,8 +72,8 @@ def cpu_model():
 
 
 def unroll_arg(value):
-  """``--scan-unroll``: ``all`` unrolls every layer (0 works too), else layers per scan step."""
-  return 0 if value in ("all", "0") else int(value)
+  """``--scan-unroll``: ``all`` (= 0) unrolls every layer, else layers per scan step."""
+  return 0 if value == "all" else int(value)
 
 
 def info():

@@ -31,6 +31,8 @@ _common.set_xla_threads()
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+import ppo as bench_ppo  # noqa: E402  (the model-FLOP count the PPO benchmark reports)
+
 
 def linear_trunk_grad(n_layers, d, vocab, tokens, head_tokens, models):
   """A jitted fwd+bwd over the model's dense matmuls only; returns (fn, weights, x)."""
@@ -72,7 +74,6 @@ def main():
       if rec.get("test") == "matmul":
         _common.emit(dict(rec, tag="peer_matmul_peak_torch"), args.out)
 
-  import ppo as bench_ppo  # the model-FLOP count the PPO benchmark reports against
   for size in args.sizes.split(","):
     s = _common.SIZES[size]
     n, d, vocab = s["n_layer"], s["n_embd"], s["vocab"]
@@ -91,8 +92,7 @@ def main():
     # Reward step: 64 sequences x 64 tokens, scalar head (a d-vector: no matmul worth timing).
     fn, params, x = linear_trunk_grad(n, d, vocab, 64 * 64, 0, models=1)
     t = _common.timeit(lambda: jax.block_until_ready(fn(params, x)), args.repeats)
-    tokens = 64 * 64
-    flops = 6 * 12 * n * d ** 2 * tokens + 12 * n * d * 64 * tokens  # as bench/reward.py
+    flops = _common.reward_step_flops(n, d, 64, 64)
     _common.emit({"tag": "ceiling_reward_step", "size": size, "step_s": t,
                   "ceiling_pairs_per_s": 32 / t["min"],
                   "ceiling_gflops": flops / t["min"] / 1e9,

@@ -42,7 +42,7 @@ def model_cfg(size, dtype, remat, head, scan_unroll=1):
   s = _common.SIZES[size]
   return TransformerConfig(vocab_size=s["vocab"], d_model=s["n_embd"], n_layers=s["n_layer"],
                            n_heads=s["n_head"], max_len=s["n_positions"], dtype=dtype,
-                           remat=remat, head=head, scan_unroll=scan_unroll or s["n_layer"])
+                           remat=remat, head=head, scan_unroll=scan_unroll)
 
 
 def update_flops(cfg: TransformerConfig, batch, prompt_len, resp_len, epochs, shared_trunk):

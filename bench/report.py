@@ -17,6 +17,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ppo import model_cfg, update_flops  # noqa: E402  (the FLOP count the benchmark uses)
 
 
 def _records(path):
@@ -51,7 +52,6 @@ def _latest(records, tag, **match):
 
 def ppo_rows(records):
   """One row per variant and peer for GPT-2 small (float32 unless stated)."""
-  from ppo import model_cfg, update_flops  # same FLOP count as the benchmark
   rows = []
   trl = _latest(records, "peer_ppo_trl112", size="small")
   tunix = _latest(records, "peer_ppo_tunix", size="small")
@@ -67,21 +67,19 @@ def ppo_rows(records):
                        update_s=r["update_phase_s"]["median"],
                        update_gflops=r["update_gflops_median"],
                        fraction=r["update_fraction_of_peak"], peak=r["_peak"]))
+
+  def peer(name, rec, update_s):
+    gflops = flops / update_s / 1e9 if update_s else None
+    return dict(name=name, samples_per_s=rec["samples_per_s_median"], rollout_s=None,
+                update_s=update_s, update_gflops=gflops, peak=rec["_peak"],
+                fraction=gflops / rec["_peak"] if gflops and rec["_peak"] else None)
+
   if trl:
-    upd = trl.get("train_rest_s_median")
-    rows.append(dict(name="TRL 1.12 PPOTrainer", samples_per_s=trl["samples_per_s_median"],
-                     rollout_s=None, update_s=upd,
-                     update_gflops=flops / upd / 1e9 if upd else None,
-                     fraction=flops / upd / 1e9 / trl["_peak"] if upd and trl["_peak"] else None,
-                     peak=trl["_peak"]))
+    rows.append(peer("TRL 1.12 PPOTrainer", trl, trl.get("train_rest_s_median")))
   if tunix:
     br = tunix.get("breakdown_median_s", {})
-    upd = br.get("update_actor", 0) + br.get("update_critic", 0) or None
-    rows.append(dict(name="Tunix PPOLearner (Qwen3, same matmul FLOPs)",
-                     samples_per_s=tunix["samples_per_s_median"], rollout_s=None, update_s=upd,
-                     update_gflops=flops / upd / 1e9 if upd else None,
-                     fraction=flops / upd / 1e9 / tunix["_peak"] if upd and tunix["_peak"] else None,
-                     peak=tunix["_peak"]))
+    rows.append(peer("Tunix PPOLearner (Qwen3, same matmul FLOPs)", tunix,
+                     br.get("update_actor", 0) + br.get("update_critic", 0) or None))
   for row in rows:
     row["vs_trl"] = row["samples_per_s"] / trl["samples_per_s_median"] if trl else None
     row["vs_tunix"] = row["samples_per_s"] / tunix["samples_per_s_median"] if tunix else None

@@ -33,7 +33,7 @@ def bench_ours(size, args, peak):
   cfg = TransformerConfig(vocab_size=s["vocab"], d_model=s["n_embd"], n_layers=s["n_layer"],
                           n_heads=s["n_head"], max_len=s["n_positions"], head="scalar",
                           dtype=args.dtype, remat=args.remat,
-                          scan_unroll=args.scan_unroll or s["n_layer"])
+                          scan_unroll=args.scan_unroll)
   model = Transformer(cfg)
   hp = reward.RewardHparams(tie_model="bradley_terry", learn_tie_param=False)
   opt = optax.adamw(1e-5)
@@ -53,8 +53,7 @@ def bench_ours(size, args, peak):
     jax.block_until_ready(m)
 
   t_step = _common.timeit(one, args.steps, warmup=2)
-  tokens = 2 * b * t
-  flops = 6 * 12 * cfg.n_layers * cfg.d_model ** 2 * tokens + 12 * cfg.n_layers * cfg.d_model * t * tokens
+  flops = _common.reward_step_flops(cfg.n_layers, cfg.d_model, t, 2 * b)
   rec = {"tag": "reward_rlhf_jax", "size": size, "dtype": args.dtype, "remat": args.remat,
          "scan_unroll": cfg.scan_unroll,
          "pairs_per_step": b, "seq_len": t, "s_per_step": t_step,

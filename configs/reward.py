@@ -23,7 +23,7 @@ def get_config(arg=None):
   c.task = "reward"
   c.distributed = dict(auto=False)
   c.model = dict(path="", preset="gpt2-small", vocab_size=8192, dtype="float32", remat=False,
-                 scan_unroll=4)  # all 4 layers unrolled: faster on CPU than a layer scan
+                 scan_unroll=0)  # every layer unrolled: faster on CPU than a layer scan
   c.preferences = ""
   c.heldout_fraction = 0.1
   c.prompt_len = 16

@@ -24,7 +24,7 @@ def get_config(arg=None):
   c.task = "sft"
   c.distributed = dict(auto=False)
   c.model = dict(path="", preset="gpt2-small", vocab_size=8192, dtype="float32", remat=False,
-                 scan_unroll=4)  # all 4 layers unrolled: faster on CPU than a layer scan
+                 scan_unroll=0)  # every layer unrolled: faster on CPU than a layer scan
   c.data = dict(source=source, path="", cache_dir="",
                 sources=("fortunes", "bible", "austen", "shakespeare"), vocab_size=8192,
                 seq_len=64)

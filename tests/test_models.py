@@ -135,7 +135,7 @@ def test_bfloat16_compute_close_to_float32(name):
 
 
 @pytest.mark.parametrize("variant", [dict(remat=True), dict(scan_unroll=2), dict(scan_unroll=64),
-                                     dict(remat=True, scan_unroll=2)])
+                                     dict(scan_unroll=0), dict(remat=True, scan_unroll=2)])
 def test_remat_and_unroll_same_outputs_and_grads(variant):
   """Recomputation and unrolling the layer scan change the schedule, not the numbers."""
   cfg = CONFIGS["llama"]
@@ -186,6 +186,7 @@ _BASE = dict(vocab_size=V, d_model=32, n_layers=1, n_heads=4)
     ({"activation": "tanh"}, "TransformerConfig.activation='tanh'"),
     ({"d_model": 0}, "TransformerConfig.d_model must be positive"),
     ({"n_layers": -1}, "TransformerConfig.n_layers must be positive"),
+    ({"scan_unroll": -1}, "TransformerConfig.scan_unroll must be >= 0"),
     ({"n_heads": 5}, "n_heads=5"),
     ({"n_kv_heads": 3}, "n_kv_heads=3"),
     ({"position": "rope", "head_dim": 7}, "head_dim, got 7"),

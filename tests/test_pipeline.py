@@ -96,3 +96,9 @@ def test_base_path_with_another_tokenizer_is_refused(smoke_run, tmp_path):
   with pytest.raises(ValueError, match="base.path=.*different vocabulary"):
     pl.pretrain_base(pl.BaseSpec(path=str(other)), workdir / "data", tmp_path / "unused",
                      tokenizer, mesh, 0)
+
+
+def test_rm_pairs_per_prompt_checked_before_any_work():
+  from rlhf_jax.train import pipeline as pl
+  with pytest.raises(ValueError, match=r"eval\.rm_pairs_per_prompt=0"):
+    pl.EvalSpec(rm_pairs_per_prompt=0)

@@ -53,7 +53,7 @@ class ModelSpec:
   vocab_size: int = 8192  # used without a path
   dtype: str = "float32"  # compute dtype ("bfloat16" on accelerators)
   remat: bool = False  # recompute each block in the backward pass
-  scan_unroll: int = 1  # layers per scan iteration (n_layers: fully unrolled, faster on CPU)
+  scan_unroll: int = 1  # layers per scan iteration (0: every layer unrolled, faster on CPU)
 
 
 @dataclasses.dataclass(frozen=True)

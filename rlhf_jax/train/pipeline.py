@@ -132,6 +132,10 @@ class EvalSpec:
   # without noise: 4 x 256 prompts gives the accuracy a standard error near 0.015.
   rm_pairs_per_prompt: int = 4
 
+  def __post_init__(self):
+    if self.rm_pairs_per_prompt < 1:
+      raise ValueError(f"eval.rm_pairs_per_prompt={self.rm_pairs_per_prompt}: expected >= 1")
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -454,8 +458,6 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   # Held-out pairs for reward-model evaluation: eval.rm_pairs_per_prompt pairs of reference
   # samples per eval prompt, drawn like round 1's labelled pairs, with noise-free gold labels.
   k = cfg.eval.rm_pairs_per_prompt
-  if k < 1:
-    raise ValueError(f"eval.rm_pairs_per_prompt={k}: expected >= 1")
   rep_ids, rep_mask = np.repeat(e_ids, k, axis=0), np.repeat(e_mask, k, axis=0)
   rep_prompts = [p for p in eval_prompts for _ in range(k)]
   sides = []
