@@ -91,10 +91,10 @@ def get_config(arg=None):
   c.ppo = mlc.ConfigDict()
   c.ppo.hparams = dict(
       response_len=16, num_minibatches=4, epochs=2, temperature=0.7, top_k=0, top_p=1.0,
-      missing_stop="none", missing_stop_value=-1.0, kl_estimator="k1", adaptive_kl=True,
-      kl_target=5.5, kl_horizon=250.0, gamma=1.0, lam=0.95, clip_eps=0.2,
+      missing_stop="none", missing_stop_score=-1.0, missing_stop_penalty=1.0,
+      kl_estimator="k1", adaptive_kl=True, kl_target=5.5, kl_horizon=250.0, gamma=1.0, lam=0.95, clip_eps=0.2,
       value_clip_eps=0.2, vf_coef=0.1, whiten_rewards=False, whiten_advantages=True,
-      unbiased_whitening=False, shared_trunk=False, recompute_old_logprobs=False)
+      unbiased_whitening=False, shared_trunk=False, recompute_old_logprobs=None)
   c.ppo.optimizer = dict(name="tf_adam", learning_rate=1e-4, anneal=True, warmup_steps=0,
                          b1=0.9, b2=0.999, eps=1e-5, weight_decay=0.0, max_grad_norm=1.0)
   c.ppo.iterations = 24

@@ -38,6 +38,7 @@ from rlhf_jax import advantages as adv_lib
 from rlhf_jax import generation
 from rlhf_jax import kl as kl_lib
 from rlhf_jax import losses, ops
+from rlhf_jax import reward as reward_lib
 from rlhf_jax.models import Transformer
 from rlhf_jax.models.transformer import unstack_layers
 from rlhf_jax.update import guarded_update
@@ -51,6 +52,7 @@ __all__ = [
     "make_sample_and_score",
     "sample_responses",
     "init_ppo_state",
+    "init_value_from_reward",
     "truncate_at_stop",
     "make_ppo_iteration",
 ]
@@ -60,21 +62,41 @@ __all__ = [
 class PPOHparams:
   """Static PPO settings (shapes and choices); values that vary live in ``PPOState``.
 
-  Defaults follow OAI's lm-human-preferences sentiment run (RLHF_DETAILS.md).
+  The defaults are lm-human-preferences' (Ziegler et al. 2019) sentiment settings where a
+  setting exists there (temperature 0.7, 4 epochs, clip 0.2 for policy and value, c_v 0.1,
+  γ 1, λ 0.95, adaptive KL to 6 nats with horizon 10 000, biased whitening), and differ
+  from that run in these ways (``configs/sentiment.py:openai`` sets all of them to OAI's):
+
+  * ``shared_trunk=False``: a separate value model; OAI puts the value head on the policy
+    trunk (``shared_trunk=True``).
+  * ``whiten_rewards=False``; OAI whitens the shaped rewards (without shifting the mean)
+    before GAE. OAI whitens rewards and advantages over each minibatch, this code over the
+    whole rollout batch; the two agree for ``num_minibatches=1`` (OAI's sentiment run).
+  * ``response_len=24`` and no stop token; OAI truncates at '.' found at a response index
+    ``>= truncate_after`` (16). Here the first stop token at index ``>= min_response_len - 1``
+    ends the response, so ``min_response_len = truncate_after + 1`` (17) reproduces OAI.
+  * ``missing_stop="none"``; OAI replaces the score of a response without the stop token
+    by -1 (``missing_stop="replace"``, ``missing_stop_score=-1``).
+  * batch size and minibatches are the trainer's (OAI: 512 rollouts, 1 minibatch).
+
+  Sampling for PPO is plain temperature sampling: ``top_k`` and ``top_p`` must stay off,
+  because the sampler's log-probs (and a recomputed ``log π_old``) are those of the full
+  temperature-scaled distribution; truncated sampling would bias the ratio and the KL.
   """
 
   response_len: int = 24
   num_minibatches: int = 1
   epochs: int = 4
   temperature: float = 0.7
-  top_k: int = 0
-  top_p: float = 1.0
+  top_k: int = 0  # must be 0 for PPO (see the class docstring)
+  top_p: float = 1.0  # must be 1.0 for PPO
   eos_id: int = 0
   pad_id: int = 1
   stop_token_id: Optional[int] = None  # truncate after this token (e.g. '.') ...
-  min_response_len: int = 0  # ... once the response has at least this many tokens
+  min_response_len: int = 0  # ... found at response index >= min_response_len - 1
   missing_stop: str = "none"  # "none" | "replace" (OAI) | "penalty" (TRL)
-  missing_stop_value: float = -1.0
+  missing_stop_score: float = -1.0  # "replace": the score of a response without a stop
+  missing_stop_penalty: float = 1.0  # "penalty": subtracted from it (>= 0, TRL's sign)
   kl_estimator: str = "k1"
   adaptive_kl: bool = True
   kl_target: float = 6.0  # nats per response (batch mean of per-sequence k1 sums)
@@ -88,12 +110,19 @@ class PPOHparams:
   whiten_advantages: bool = True
   unbiased_whitening: bool = False  # OAI: biased variance; TRL: unbiased
   shared_trunk: bool = False
-  recompute_old_logprobs: bool = False  # False: reuse the sampler's log-probs
+  # log π_old: False reuses the sampler's log-probs, True recomputes them with a full forward
+  # pass; None (default) recomputes when the policy computes in a dtype other than float32
+  # (bfloat16 sampler log-probs differ from a full forward by up to ~0.025 nats per token).
+  recompute_old_logprobs: Optional[bool] = None
 
   def __post_init__(self):
     if self.missing_stop not in ("none", "replace", "penalty"):
       raise ValueError(f"PPOHparams.missing_stop={self.missing_stop!r}; expected 'none', "
                        "'replace' or 'penalty'")
+    if self.missing_stop_penalty < 0:
+      raise ValueError(f"PPOHparams.missing_stop_penalty={self.missing_stop_penalty}: the "
+                       "penalty is subtracted from the score of a response without a stop "
+                       "token, so it must be >= 0")
     if self.kl_estimator not in kl_lib.ESTIMATORS:
       raise ValueError(f"PPOHparams.kl_estimator={self.kl_estimator!r}; expected one of "
                        f"{kl_lib.ESTIMATORS}")
@@ -103,6 +132,24 @@ class PPOHparams:
     if self.temperature <= 0:
       raise ValueError(f"PPOHparams.temperature must be > 0 for RL sampling, got "
                        f"{self.temperature}")
+    if self.top_k != 0 or self.top_p != 1.0:
+      raise ValueError(
+          f"PPOHparams.top_k={self.top_k}, top_p={self.top_p}: PPO samples from the full "
+          "temperature-scaled distribution (top_k=0, top_p=1.0). The ratio π/π_old and the "
+          "KL penalty use log-probs of that distribution; top-k/top-p sampling draws from a "
+          "truncated one, which biases both (and can make the KL negative)")
+
+  @property
+  def missing_stop_value(self) -> Optional[float]:
+    """The value :func:`rlhf_jax.advantages.shape_rewards` takes for ``missing_stop``."""
+    return {"none": None, "replace": self.missing_stop_score,
+            "penalty": self.missing_stop_penalty}[self.missing_stop]
+
+  def recomputes_old_logprobs(self, compute_dtype: str) -> bool:
+    """Whether ``log π_old`` comes from a full forward pass for a policy in ``compute_dtype``."""
+    if self.recompute_old_logprobs is None:
+      return jnp.dtype(compute_dtype) != jnp.float32
+    return bool(self.recompute_old_logprobs)
 
 
 class PPOState(flax.struct.PyTreeNode):
@@ -158,6 +205,39 @@ def init_ppo_state(params, optimizer: optax.GradientTransformation, init_kl_coef
   )
 
 
+def init_value_from_reward(reward_model: Transformer, reward_params, reward_gain,
+                           reward_bias, head: str = "reward"):
+  """The value model and its params, started from the reward model.
+
+  PPO's returns are in normalised reward units, ``gain · r + bias`` (mean 0, std 1 on
+  reference samples, :func:`rlhf_jax.advantages.fit_reward_normalization`). The value model
+  is the reward model's module with a bias on its scalar head (``scalar_bias=True``); with
+  ``head="reward"`` the head is ``gain · w`` and its bias ``gain · b + bias`` (``b = 0`` for a
+  head without one), so the value model's first predictions are exactly the normalised
+  reward of each prefix — at the last response token, the score PPO is trained on.
+  ``head="zero"`` keeps the reward trunk and zeroes the head (value 0 everywhere).
+
+  Returns ``(value_model, value_params)``; the params are fresh arrays (the caller's
+  ``reward_params`` may be donated or kept frozen independently).
+  """
+  if head not in ("reward", "zero"):
+    raise ValueError(f"value init head={head!r}; expected 'reward' or 'zero'")
+  if reward_model.cfg.head != "scalar":
+    raise ValueError(f"the value model starts from a scalar-head model, got head="
+                     f"{reward_model.cfg.head!r}")
+  value_model = Transformer(reward_model.cfg.replace(scalar_bias=True))
+  params = jax.tree.map(jnp.copy, dict(reward_params))
+  kernel = params["score"]["kernel"]
+  old_bias = params["score"].get("bias", jnp.zeros(kernel.shape[-1:], kernel.dtype))
+  gain = jnp.asarray(reward_gain, kernel.dtype)
+  if head == "zero":
+    params["score"] = {"kernel": jnp.zeros_like(kernel), "bias": jnp.zeros_like(old_bias)}
+  else:
+    params["score"] = {"kernel": kernel * gain,
+                       "bias": old_bias * gain + jnp.asarray(reward_bias, kernel.dtype)}
+  return value_model, params
+
+
 def truncate_at_stop(tokens_BN, mask_BN, stop_token_id, min_len, pad_id):
   """Cut each response after its first ``stop_token_id`` at index ``>= min_len - 1``.
 
@@ -208,12 +288,6 @@ def sample_responses(policy_model: Transformer, hp: PPOHparams, params, prompt_i
   return tokens, mask, sample.logprobs_BN, has_stop
 
 
-def _score(reward_model: Transformer, reward_params, seq_ids, seq_mask, p):
-  scores_BT = reward_model.apply({"params": reward_params}, seq_ids, seq_mask)
-  last_idx = p + jnp.maximum(jnp.sum(seq_mask[:, p:], axis=1), 1) - 1
-  return jnp.take_along_axis(scores_BT, last_idx[:, None], axis=1)[:, 0]
-
-
 def make_sample_and_score(policy_model: Transformer, reward_model: Transformer,
                           hp: PPOHparams) -> Callable:
   """``fn(policy_params, reward_params, prompt_ids, prompt_mask, rng) -> Scored``.
@@ -228,7 +302,7 @@ def make_sample_and_score(policy_model: Transformer, reward_model: Transformer,
                                                          prompt_ids, prompt_mask, rng)
     seq_ids = jnp.concatenate([prompt_ids, tokens], axis=1)
     seq_mask = jnp.concatenate([prompt_mask.astype(jnp.int32), mask], axis=1)
-    raw = _score(reward_model, reward_params, seq_ids, seq_mask, p)
+    raw = reward_lib.score_sequences(reward_model, reward_params, seq_ids, seq_mask)
     return Scored(tokens, mask, logprobs, has_stop, seq_ids, seq_mask, raw)
 
   return fn
@@ -252,6 +326,7 @@ def make_ppo_iteration(policy_model: Transformer, value_model: Optional[Transfor
   ref_model = Transformer(policy_model.cfg.replace(head="lm"))
   temperature = hp.temperature
   n = hp.response_len
+  recompute_old = hp.recomputes_old_logprobs(policy_model.cfg.dtype)
 
   def policy_out(params, ids, mask, p):
     """Response-position logits [B,N,V] (and values [B,N] with a shared trunk)."""
@@ -270,27 +345,29 @@ def make_ppo_iteration(policy_model: Transformer, value_model: Optional[Transfor
     seq_ids = jnp.concatenate([prompt_ids, tokens], axis=1)
     seq_mask = jnp.concatenate([prompt_mask.astype(jnp.int32), resp_mask], axis=1)
 
-    # The sampler's log-probs are those of the rollout policy; recomputing them with a full
-    # forward pass is optional (unused outputs are dropped by XLA when not needed).
+    # The sampler's log-probs are those of the rollout policy; a full forward pass recomputes
+    # them when asked (and by default outside float32, where the KV-cache path rounds
+    # differently). Unused outputs are dropped by XLA.
     values_shared = None
     logp_old = sampler_logp
-    if hp.recompute_old_logprobs or hp.shared_trunk:
+    if recompute_old or hp.shared_trunk:
       logits_old, values_shared = policy_out(policy_params, seq_ids, seq_mask, p)
-      if hp.recompute_old_logprobs:
+      if recompute_old:
         logp_old = ops.token_logprobs(logits_old, tokens, temperature)
     ref_logits = ref_model.apply({"params": frozen.ref_params}, seq_ids, seq_mask,
                                  head_slice=(p - 1, p + n - 1))
     logp_ref = ops.token_logprobs(ref_logits, tokens, temperature)
     values = (values_shared if hp.shared_trunk else
               value_out(state.params["value"], seq_ids, seq_mask, p))
-    raw_score = _score(reward_model, frozen.reward_params, seq_ids, seq_mask, p)
+    raw_score = reward_lib.score_sequences(reward_model, frozen.reward_params, seq_ids,
+                                           seq_mask)
     score = adv_lib.apply_reward_normalization(raw_score, frozen.reward_gain, frozen.reward_bias)
 
     logp_old = jax.lax.stop_gradient(logp_old)
     shaped = adv_lib.shape_rewards(
         score, logp_old, logp_ref, resp_mask, state.kl.beta, hp.kl_estimator,
         has_stop_B=has_stop, missing_stop=hp.missing_stop,
-        missing_stop_value=hp.missing_stop_value if hp.missing_stop != "none" else None)
+        missing_stop_value=hp.missing_stop_value)
     rewards = shaped.rewards
     if hp.whiten_rewards:
       rewards = ops.whiten(rewards, resp_mask, shift_mean=False, unbiased=hp.unbiased_whitening)

@@ -176,3 +176,83 @@ def test_shipped_tiny_config_runs_on_presets(tmp_path):
   result = entry.run_task(cfg, str(tmp_path))
   assert result["iteration"] == 1
   assert np.isfinite(result["loss"]) and result["skipped_updates"] == 0
+
+
+# ----------------------------------------------------------------------------- review fixes
+
+def test_value_model_starts_at_the_normalised_reward():
+  """The value model's first predictions are gain * r + bias at every position, in particular
+  at the last response token, where PPO's return is the normalised score."""
+  _, rm = _models()
+  rp = init_params(rm, jax.random.PRNGKey(3))
+  rng = np.random.default_rng(0)
+  ids = rng.integers(2, VOCAB, (B, P + 6)).astype(np.int32)
+  mask = np.ones_like(ids)
+  mask[:2, :2] = 0          # left padding
+  mask[2:4, P + 3:] = 0     # short responses
+  gain, bias = 1.7, -0.4
+  value_model, vp = ppo.init_value_from_reward(rm, rp, gain, bias)
+  assert value_model.cfg.scalar_bias and not rm.cfg.scalar_bias
+  values_BT = value_model.apply({"params": vp}, ids, mask)
+  scores_BT = rm.apply({"params": rp}, ids, mask)
+  np.testing.assert_allclose(values_BT, gain * scores_BT + bias, rtol=1e-5, atol=1e-5)
+  from rlhf_jax import reward as reward_lib
+  last_values = reward_lib.score_sequences(value_model, vp, ids, mask)
+  norm = gain * reward_lib.score_sequences(rm, rp, ids, mask) + bias
+  np.testing.assert_allclose(last_values, norm, rtol=1e-5, atol=1e-5)
+  # The reward params are not touched (no aliasing of the frozen reward model).
+  assert "bias" not in rp["score"]
+  _, zp = ppo.init_value_from_reward(rm, rp, gain, bias, "zero")
+  np.testing.assert_array_equal(value_model.apply({"params": zp}, ids, mask), 0.0)
+  with pytest.raises(ValueError, match="'reward' or 'zero'"):
+    ppo.init_value_from_reward(rm, rp, gain, bias, "copy")
+
+
+@pytest.mark.parametrize("mode, with_stop, without_stop", [
+    ("none", 0.5, 0.5), ("replace", 0.5, -1.0), ("penalty", 0.5, 0.5 - 1.0)])
+def test_missing_stop_penalises(mode, with_stop, without_stop):
+  """TRL's sign: a positive penalty is subtracted; 'replace' sets the configured score."""
+  from rlhf_jax import advantages as adv_lib
+  hp = dataclasses.replace(HP, missing_stop=mode)
+  scores = jnp.array([0.5, 0.5])
+  mask = jnp.ones((2, 3), jnp.int32)
+  zeros = jnp.zeros((2, 3))
+  out = adv_lib.shape_rewards(scores, zeros, zeros, mask, 0.0, has_stop_B=jnp.array([True, False]),
+                              missing_stop=hp.missing_stop,
+                              missing_stop_value=hp.missing_stop_value)
+  np.testing.assert_allclose(out.rewards[:, -1], [with_stop, without_stop], rtol=1e-6)
+  assert out.rewards[1, -1] <= out.rewards[0, -1]
+
+
+def test_missing_stop_penalty_must_be_positive():
+  with pytest.raises(ValueError, match="missing_stop_penalty"):
+    ppo.PPOHparams(missing_stop="penalty", missing_stop_penalty=-1.0)
+
+
+@pytest.mark.parametrize("kw", [dict(top_k=5), dict(top_p=0.9)])
+def test_ppo_refuses_truncated_sampling(kw):
+  with pytest.raises(ValueError, match="biases both"):
+    ppo.PPOHparams(**kw)
+
+
+def test_bfloat16_policy_recomputes_old_logprobs():
+  """In bfloat16 log π_old comes from a full forward pass (the sampler's cached log-probs
+  round differently); in float32 the sampler's are reused unless asked otherwise."""
+  assert HP.recomputes_old_logprobs("bfloat16")
+  assert not HP.recomputes_old_logprobs("float32")
+  assert dataclasses.replace(HP, recompute_old_logprobs=True).recomputes_old_logprobs("float32")
+  assert not dataclasses.replace(HP, recompute_old_logprobs=False).recomputes_old_logprobs(
+      "bfloat16")
+  policy = Transformer(BASE.replace(head="lm", dtype="bfloat16"))
+  rm = Transformer(BASE.replace(head="scalar"))
+  _, _, params, frozen, ids, mask = _setup()
+  rollout_phase, _ = ppo.make_ppo_iteration(policy, rm, rm, optax.sgd(0.0), HP, phases=True)
+  state = ppo.init_ppo_state(params, optax.sgd(0.0), 0.1, jax.random.PRNGKey(0))
+  rollout, _, _ = jax.jit(rollout_phase)(state, frozen, ids, mask)
+  p = ids.shape[1]
+  logits = policy.apply({"params": params["policy"]}, rollout.seq_ids, rollout.seq_mask,
+                        head_slice=(p - 1, p + HP.response_len - 1))
+  from rlhf_jax import ops
+  full = ops.token_logprobs(logits, rollout.seq_ids[:, p:], HP.temperature)
+  m = np.asarray(rollout.response_mask) > 0
+  np.testing.assert_allclose(np.asarray(rollout.logp_old)[m], np.asarray(full)[m], atol=1e-6)

@@ -26,11 +26,11 @@ import time
 from typing import Any, Dict, List, Tuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import data as data_lib
 from rlhf_jax import evaluation
+from rlhf_jax import ppo as ppo_lib
 from rlhf_jax.feedback import scorers as scorers_lib
 from rlhf_jax.feedback import simulated as simulated_lib
 from rlhf_jax.train import common
@@ -126,12 +126,13 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
                      "gold": float(np.mean(gold_P[rows_i, pick])) - base_gold,
                      "proxy": float(np.mean(proxy_P[rows_i, pick])) - base_proxy})
     # PPO, evaluated every `ppo_eval_every` iterations.
-    value_params = jax.tree.map(jnp.copy, rm_params)
+    value_model, value_params = ppo_lib.init_value_from_reward(models.scalar, rm_params, gain,
+                                                               bias, cfg.ppo.value_init)
     ppo_dir = root / f"ppo_{n_labels}"
     done = 0
     while done < cfg.ppo.iterations:
       state, _ = ppo_train.train_ppo(
-          policy_model=models.lm, policy_params=base_params, value_model=models.scalar,
+          policy_model=models.lm, policy_params=base_params, value_model=value_model,
           value_params=value_params, reward_model=models.scalar, reward_params=rm_params,
           ref_params=base_params, prompt_ids=p_ids, prompt_mask=p_mask, hp=hp,
           optim_spec=cfg.ppo.optimizer, batch_size=cfg.ppo.batch_size,

@@ -121,7 +121,11 @@ class PPOSpec:
   batch_size: int = 64
   init_kl_coef: float = 0.15
   norm_samples: int = 256
-  value_init: str = "reward"  # "reward" | "zero"
+  value_init: str = "reward"  # "reward": normalised reward head | "zero": zero head
+
+  def __post_init__(self):
+    if self.value_init not in ("reward", "zero"):
+      raise ValueError(f"ppo.value_init={self.value_init!r}; expected 'reward' or 'zero'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,8 +331,8 @@ class _Sampler:
       return ops.token_logprobs(logits, tokens, temp)
 
     self._logp = jax.jit(logp)
-    self._score = jax.jit(lambda params, ids, mask: ppo_lib._score(
-        models.scalar, params, ids, mask, ids.shape[1] - n))
+    self._score = jax.jit(lambda params, ids, mask: reward_lib.score_sequences(
+        models.scalar, params, ids, mask))
 
   def sample(self, params, prompt_ids, prompt_mask, seed: int, temperature: float,
              desc: str = ""):
@@ -532,14 +536,13 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
 
     # c. PPO from the current policy against the fixed reference.
     t0 = time.perf_counter()
-    value_params = jax.tree.map(jnp.copy, rm_params)
-    if cfg.ppo.value_init == "zero":
-      value_params["score"] = jax.tree.map(jnp.zeros_like, value_params["score"])
     gain, bias = ppo_train.fit_reward_norm(models.lm, ref_params, models.scalar, rm_params,
                                            p_ids, p_mask, hp, cfg.ppo.norm_samples,
                                            cfg.ppo.batch_size, mesh, cfg.seed + r)
+    value_model, value_params = ppo_lib.init_value_from_reward(models.scalar, rm_params, gain,
+                                                               bias, cfg.ppo.value_init)
     state, history = ppo_train.train_ppo(
-        policy_model=models.lm, policy_params=policy_params, value_model=models.scalar,
+        policy_model=models.lm, policy_params=policy_params, value_model=value_model,
         value_params=value_params, reward_model=models.scalar, reward_params=rm_params,
         ref_params=ref_params, prompt_ids=p_ids, prompt_mask=p_mask, hp=hp,
         optim_spec=cfg.ppo.optimizer, batch_size=cfg.ppo.batch_size,

@@ -214,6 +214,8 @@ def encode_left_padded(tokenizer, texts, length: int, pad_id: int):
 
 def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   """Config-driven PPO: load or initialise the four models, normalise the reward, train."""
+  if cfg.value_init not in ("reward", "zero"):
+    raise ValueError(f"value_init={cfg.value_init!r}; expected 'reward' or 'zero'")
   mesh = common.build_mesh(cfg.mesh)
   rng = jax.random.PRNGKey(cfg.seed)
   k_policy, k_value, k_reward = jax.random.split(rng, 3)
@@ -228,14 +230,6 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     tokenizer = hf.load_tokenizer(cfg.policy.path)
     hp = dataclasses.replace(hp, eos_id=int(tokenizer.eos_token_id),
                              pad_id=int(tokenizer.pad_token_id))
-  value_model, value_params = None, None
-  if not hp.shared_trunk:
-    if cfg.value_init not in ("reward", "zero"):
-      raise ValueError(f"value_init={cfg.value_init!r}; expected 'reward' or 'zero'")
-    value_model = Transformer(reward_model.cfg)
-    value_params = jax.tree.map(jnp.copy, reward_params)
-    if cfg.value_init == "zero":
-      value_params["score"] = jax.tree.map(jnp.zeros_like, value_params["score"])
   ref_params = {k: v for k, v in policy_params.items() if k != "score"}
   ref_params = jax.tree.map(jnp.copy, ref_params)
   prompt_ids, prompt_mask = _load_prompts(cfg.prompts, tokenizer, policy_model.cfg.vocab_size,
@@ -246,6 +240,11 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     gain, bias = fit_reward_norm(ref_model, ref_params, reward_model, reward_params, prompt_ids,
                                  prompt_mask, dataclasses.replace(hp, shared_trunk=False),
                                  cfg.norm_samples, cfg.batch_size, mesh, cfg.seed)
+  value_model, value_params = None, None
+  if not hp.shared_trunk:
+    # Started at the normalised reward (or a zero head): the returns' units.
+    value_model, value_params = ppo_lib.init_value_from_reward(reward_model, reward_params,
+                                                               gain, bias, cfg.value_init)
   state, history = train_ppo(
       policy_model=policy_model, policy_params=policy_params, value_model=value_model,
       value_params=value_params, reward_model=reward_model, reward_params=reward_params,
