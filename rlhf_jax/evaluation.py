@@ -31,6 +31,7 @@ __all__ = [
     "Z_95",
     "WinRate",
     "win_rate",
+    "gold_labels",
     "wilson_interval",
     "Interval",
     "bootstrap_ci",
@@ -102,12 +103,32 @@ def wilson_interval(p_hat: float, n: int, z: float = Z_95) -> tuple[float, float
   return max(0.0, center - half), min(1.0, center + half)
 
 
+def gold_labels(gold_a: Any, gold_b: Any, tie_threshold: float = 0.0) -> np.ndarray:
+  """Labels ``0 = a``, ``1 = b``, ``2 = tie`` from gold scores: the one tie convention.
+
+  A pair is a tie when ``|g_a - g_b| < tie_threshold`` or the scores are equal, else the
+  higher score wins — the rule of the simulated annotators
+  (:func:`rlhf_jax.feedback.simulated.simulate_labels`), so label agreement, reward-model
+  accuracy and win rates all count near-ties the same way.
+  """
+  a = _float_1d("gold_labels: gold_a", gold_a)
+  b = _float_1d("gold_labels: gold_b", gold_b)
+  if a.shape != b.shape:
+    raise ValueError(f"gold_labels: gold_a {a.shape} and gold_b {b.shape} differ")
+  if tie_threshold < 0:
+    raise ValueError(f"gold_labels: tie_threshold must be >= 0, got {tie_threshold}")
+  d = a - b
+  tie = (np.abs(d) < tie_threshold) | (d == 0)
+  return np.where(tie, 2, np.where(d > 0, 0, 1)).astype(np.int32)
+
+
 def win_rate(gold_policy: Any, gold_reference: Any, tie_eps: float = 0.0,
              z: float = Z_95) -> WinRate:
   """Win rate of the policy over the reference under the gold scorer, ties counting half.
 
-  Prompt ``i`` is a win when ``gold_policy[i] - gold_reference[i] > tie_eps``, a loss when
-  ``< -tie_eps``, a tie otherwise; ``rate = (wins + ties / 2) / n``.
+  Prompt ``i`` is a tie when ``|gold_policy[i] - gold_reference[i]| < tie_eps`` or the two are
+  equal (:func:`gold_labels`), else a win or a loss by the sign of the difference;
+  ``rate = (wins + ties / 2) / n``.
 
   Interval: the Wilson score interval (:func:`wilson_interval`) with ``p̂ = rate``. Each prompt
   scores ``s ∈ {0, ½, 1}`` with mean ``p``; its variance ``p - p² - t/4`` (``t`` the tie
@@ -119,7 +140,7 @@ def win_rate(gold_policy: Any, gold_reference: Any, tie_eps: float = 0.0,
   Args:
     gold_policy: float [N], gold reward of the policy's response to prompt i.
     gold_reference: float [N], gold reward of the reference's response to the same prompt.
-    tie_eps: scores closer than this (inclusive) are a tie.
+    tie_eps: scores closer than this are a tie (the annotators' ``tie_threshold``).
     z: normal quantile of the interval (``Z_95`` → 95%).
   """
   pol = _float_1d("win_rate: gold_policy", gold_policy)
@@ -130,10 +151,10 @@ def win_rate(gold_policy: Any, gold_reference: Any, tie_eps: float = 0.0,
     raise ValueError("win_rate: no prompts")
   if tie_eps < 0:
     raise ValueError(f"win_rate: tie_eps must be >= 0, got {tie_eps}")
-  diff = pol - ref
-  wins = int(np.sum(diff > tie_eps))
-  losses = int(np.sum(diff < -tie_eps))
-  n = int(diff.size)
+  labels = gold_labels(pol, ref, tie_eps)
+  wins = int(np.sum(labels == 0))
+  losses = int(np.sum(labels == 1))
+  n = int(labels.size)
   ties = n - wins - losses
   rate = (wins + 0.5 * ties) / n
   lo, hi = wilson_interval(rate, n, z)

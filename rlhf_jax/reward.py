@@ -32,6 +32,8 @@ __all__ = [
     "init_reward_state",
     "score_sequences",
     "tie_parameter",
+    "raw_tie",
+    "reward_optimizer",
     "make_reward_step",
     "make_pair_scorer",
     "preference_metrics",
@@ -40,9 +42,21 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class RewardHparams:
+  """Static reward-model settings.
+
+  Ties: under Rao-Kupper a tie is the most probable outcome at equal rewards only when
+  θ > 2 (``P(tie | Δ=0) = (θ - 1)/(θ + 1)``), so θ must be fitted to the labels for tie
+  predictions to mean anything. The tie parameter gets its own Adam learning rate
+  (``tie_learning_rate``; the trunk's rate would move it by ~0.001 in a run), and with
+  ``refit_tie_param`` it is refitted by maximum likelihood on the training pairs' final
+  scores after training (:func:`rlhf_jax.losses.fit_tie_parameter`).
+  """
+
   tie_model: str = "rao_kupper"  # "bradley_terry" | "rao_kupper" | "davidson"
   init_tie_param: float = 1.5  # θ >= 1 (Rao-Kupper) or ν >= 0 (Davidson)
   learn_tie_param: bool = True
+  tie_learning_rate: float = 0.05  # Adam learning rate of the (unconstrained) tie parameter
+  refit_tie_param: bool = True  # maximum-likelihood refit on the final training scores
   center_coef: float = 0.0  # TRL's reward centring: coef * mean((r_a + r_b)^2)
 
   def __post_init__(self):
@@ -55,6 +69,9 @@ class RewardHparams:
     if self.tie_model == "davidson" and self.init_tie_param < 0:
       raise ValueError(f"RewardHparams.init_tie_param={self.init_tie_param}: Davidson needs "
                        "nu >= 0")
+    if self.tie_learning_rate < 0:
+      raise ValueError(f"RewardHparams.tie_learning_rate={self.tie_learning_rate}: expected "
+                       ">= 0")
 
 
 class RewardState(flax.struct.PyTreeNode):
@@ -67,14 +84,24 @@ class RewardState(flax.struct.PyTreeNode):
   skipped_updates: jax.Array
 
 
-def _raw_tie(hp: RewardHparams) -> float:
-  """Inverse of the library's constraint maps (θ = exp(softplus(raw)), ν = exp(raw))."""
-  if hp.tie_model == "rao_kupper":
-    log_theta = max(float(np.log(hp.init_tie_param)), 1e-6)
+def raw_tie(value: float, tie_model: str) -> float:
+  """The unconstrained scalar whose :func:`tie_parameter` is ``value`` (θ or ν)."""
+  if tie_model == "rao_kupper":
+    log_theta = max(float(np.log(value)), 1e-6)
     return float(np.log(np.expm1(log_theta)))
-  if hp.tie_model == "davidson":
-    return float(np.log(max(hp.init_tie_param, 1e-6)))
+  if tie_model == "davidson":
+    return float(np.log(max(value, 1e-6)))
   return 0.0
+
+
+def reward_optimizer(model_optimizer: optax.GradientTransformation,
+                     hp: RewardHparams) -> optax.GradientTransformation:
+  """``model_optimizer`` for the model params and Adam at ``hp.tie_learning_rate`` for the
+  tie parameter (params ``{"model": ..., "tie": scalar}``)."""
+  labels = lambda params: {"model": jax.tree.map(lambda _: "model", params["model"]),
+                           "tie": "tie"}
+  return optax.multi_transform({"model": model_optimizer,
+                                "tie": optax.adam(hp.tie_learning_rate)}, labels)
 
 
 def tie_parameter(raw: jax.Array, tie_model: str) -> jax.Array:
@@ -88,7 +115,8 @@ def tie_parameter(raw: jax.Array, tie_model: str) -> jax.Array:
 
 def init_reward_state(model_params, optimizer: optax.GradientTransformation,
                       hp: RewardHparams) -> RewardState:
-  params = {"model": model_params, "tie": jnp.asarray(_raw_tie(hp), jnp.float32)}
+  params = {"model": model_params,
+            "tie": jnp.asarray(raw_tie(hp.init_tie_param, hp.tie_model), jnp.float32)}
   return RewardState(params=params, opt_state=optimizer.init(params),
                      step=jnp.zeros((), jnp.int32), skipped_updates=jnp.zeros((), jnp.int32))
 

@@ -237,3 +237,22 @@ def test_perplexity_is_token_weighted():
   assert E.perplexity(np.array([2.0, 0.0]), np.array([1, 3])) == pytest.approx(math.exp(0.5))
   with pytest.raises(ValueError, match="n_tokens"):
     E.perplexity(1.0, 0)
+
+
+def test_gold_labels_use_the_annotators_tie_rule():
+  """One convention: gold labels tie exactly where noise-free simulated annotators tie."""
+  from rlhf_jax.feedback import simulated
+  rng = np.random.default_rng(0)
+  a = np.round(rng.uniform(-1, 1, 500), 2)
+  b = np.round(rng.uniform(-1, 1, 500), 2)
+  b[:20] = a[:20]  # exact ties
+  for tau in (0.0, 0.05, 0.3):
+    sim = simulated.simulate_labels(a, b, temperature=1e-9, tie_threshold=tau, flip_prob=0.0,
+                                    seed=0)
+    np.testing.assert_array_equal(E.gold_labels(a, b, tau), sim.labels)
+  labels = E.gold_labels([0.5, 0.52, 0.4, 0.3], [0.5, 0.5, 0.5, 0.36], 0.05)
+  np.testing.assert_array_equal(labels, [2, 2, 1, 1])
+  wr = E.win_rate([0.5, 0.52, 0.4, 0.3], [0.5, 0.5, 0.5, 0.36], tie_eps=0.05)
+  assert (wr.wins, wr.ties, wr.losses) == (0, 2, 2)
+  with pytest.raises(ValueError, match="tie_threshold"):
+    E.gold_labels([1.0], [0.0], -0.1)

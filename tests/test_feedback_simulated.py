@@ -27,7 +27,7 @@ def test_bradley_terry_prob():
 @pytest.mark.parametrize("flip_prob", [0.0, 0.15])
 def test_label_frequencies_match_the_formula(flip_prob):
     temperature, n = 0.3, 4000
-    for d in (-0.6, -0.2, 0.0, 0.2, 0.6):
+    for d in (-0.6, -0.2, 0.2, 0.6):
         sim = simulate_labels(np.full(n, d), np.zeros(n), temperature=temperature, flip_prob=flip_prob, seed=11)
         p = _sigmoid(d / temperature)
         q = (1 - flip_prob) * p + flip_prob * (1 - p)
@@ -35,6 +35,13 @@ def test_label_frequencies_match_the_formula(flip_prob):
         assert abs(freq - q) <= 4 * np.sqrt(q * (1 - q) / n), (d, freq, q)
         assert np.all(sim.labels != 2)
         np.testing.assert_allclose(sim.prob_a, q)
+
+
+def test_equal_scores_are_a_tie_even_without_a_threshold():
+    sim = simulate_labels(np.array([0.0, 0.3, 0.2]), np.array([0.0, 0.3, 0.1]), temperature=0.2,
+                          tie_threshold=0.0, flip_prob=0.3, seed=0)
+    np.testing.assert_array_equal(sim.labels[:2], [2, 2])
+    assert sim.labels[2] != 2
 
 
 def test_ties_occur_exactly_below_tau():

@@ -87,3 +87,27 @@ def test_invalid_hparams_name_the_field():
     reward.RewardHparams(tie_model="thurstone")
   with pytest.raises(ValueError, match="init_tie_param"):
     reward.RewardHparams(tie_model="rao_kupper", init_tie_param=0.5)
+
+
+def test_reward_training_fits_the_tie_parameter(tmp_path):
+  """With 40% tie labels the trained model's θ is refitted far above its 1.5 start, ties
+  become predictable (tie accuracy > 0) and the implied tie rate matches the labels'."""
+  from rlhf_jax.train import common
+  from rlhf_jax.train import reward as reward_train
+  rng = np.random.default_rng(0)
+  batches = [_toy_batch(rng, b=32) for _ in range(8)]
+  pairs = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+  tie = rng.random(len(pairs["label"])) < 0.4
+  pairs["ids_b"][tie] = pairs["ids_a"][tie]  # identical responses: a tie
+  pairs["mask_b"][tie] = pairs["mask_a"][tie]
+  pairs["label"][tie] = losses.LABEL_TIE
+  hp = reward.RewardHparams(tie_model="rao_kupper", init_tie_param=1.5)
+  mesh = common.build_mesh(common.MeshSpec())
+  _, result = reward_train.train_reward_model(
+      MODEL, init_params(MODEL, jax.random.PRNGKey(0)), pairs, pairs, hp=hp,
+      optim_spec=common.OptimSpec(name="adamw", learning_rate=3e-3, warmup_steps=0),
+      epochs=2, batch_size=32, mesh=mesh, seed=0, workdir=str(tmp_path))
+  assert result["rm_tie_param"] > 2.0
+  assert result["rm_tie_accuracy"] > 0.5
+  assert abs(result["rm_train_tie_rate_implied"] - result["rm_train_tie_rate_labels"]) < 0.05
+  assert result["rm_tie_rate_labels"] == pytest.approx(np.mean(tie))

@@ -3,11 +3,11 @@
 For a pair with gold scores g_a, g_b (d = g_a - g_b), an annotator population with temperature T,
 tie threshold τ and flip rate f labels
 
-    tie                           if |d| < τ                       (deterministic)
+    tie                           if |d| < τ or d = 0              (deterministic)
     a   with probability  q = (1 - f) · σ(d / T) + f · (1 - σ(d / T))   otherwise
     b   with probability  1 - q
 
-i.e. a Bradley-Terry choice σ(d / T) (T = 0: always the higher score, a coin flip when d = 0)
+i.e. a Bradley-Terry choice σ(d / T) (T = 0: always the higher score)
 whose answer is then swapped with probability f (annotator disagreement / mistakes). Draws come
 from `numpy.random.default_rng(seed)`: first one uniform per pair for the Bradley-Terry choice,
 then one per pair for the flip, so a (seed, pair index) reproduces a label exactly. The seed and
@@ -86,7 +86,8 @@ def simulate_labels(gold_a: np.ndarray, gold_b: np.ndarray, *, temperature: floa
     p = bradley_terry_prob(gold_a, gold_b, temperature)
     choose_a = rng.random(n) < p
     flip = rng.random(n) < flip_prob
-    tie = np.abs(gold_a - gold_b) < tie_threshold
+    # The one tie convention (rlhf_jax.evaluation.gold_labels): equal scores are a tie too.
+    tie = (np.abs(gold_a - gold_b) < tie_threshold) | (gold_a == gold_b)
     says_a = choose_a ^ flip
     labels = np.where(tie, LABEL_TIE, np.where(says_a, LABEL_A, LABEL_B)).astype(np.int32)
     q = (1.0 - flip_prob) * p + flip_prob * (1.0 - p)

@@ -407,11 +407,6 @@ def _collect_labels(spec: FeedbackSpec, workdir: pathlib.Path, round_idx: int, s
   return judges_lib.judge_records(_make_judge(spec), prompts, resp_a, resp_b, metadata=meta)
 
 
-def _gold_labels(gold_a: np.ndarray, gold_b: np.ndarray) -> np.ndarray:
-  return np.where(gold_a > gold_b, losses.LABEL_A,
-                  np.where(gold_b > gold_a, losses.LABEL_B, losses.LABEL_TIE)).astype(np.int32)
-
-
 # ----------------------------------------------------------------------------- reward model
 
 def _label_index(records) -> np.ndarray:
@@ -472,7 +467,7 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     sides.append((tok, m, np.asarray(gold(rep_prompts, _decode(tokenizer, tok, m)), np.float64)))
   (a_tok, a_m, a_gold), (b_tok, b_m, b_gold) = sides
   rm_eval_pairs = _pairs_arrays(rep_ids, rep_mask, a_tok, a_m, b_tok, b_m,
-                                _gold_labels(a_gold, b_gold))
+                                evaluation.gold_labels(a_gold, b_gold, cfg.feedback.tie_threshold))
 
   policy_params = base_params
   all_pairs: Optional[dict] = None
@@ -512,8 +507,8 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
                                 _decode(tokenizer, ta, ma), _decode(tokenizer, tb, mb))
       data_lib.write_preferences_jsonl(records, rdir / "preferences.jsonl")
       text_a, text_b = [r.response_a for r in records], [r.response_b for r in records]
-      gold_lab = _gold_labels(np.asarray(gold(prompts_r, text_a)), np.asarray(gold(prompts_r,
-                                                                                   text_b)))
+      gold_lab = evaluation.gold_labels(gold(prompts_r, text_a), gold(prompts_r, text_b),
+                                        cfg.feedback.tie_threshold)
       agree = evaluation.agreement(_label_index(records), gold_lab)
       data_lib.atomic_write_json(rdir / "labels.json", {
           "n": len(records), "agreement_with_gold": agree.rate, "kappa_with_gold": agree.kappa,
@@ -558,7 +553,7 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     # d. evaluation on held-out prompts.
     ev = _evaluate_policy(sampler, tokenizer, gold, policy_params, ref_params, rm_params,
                           eval_prompts, e_ids, e_mask, ref_text, ref_gold, ref_ppl, hp,
-                          cfg.seed + 10 * r, gain, bias)
+                          cfg.seed + 10 * r, gain, bias, cfg.feedback.tie_threshold)
     ev.update(rm_eval)
     ev.update({"label_" + k: v for k, v in _read_json(rdir / "labels.json").items()
                if k != "n"})
@@ -603,7 +598,7 @@ def _pairs_arrays(prompt_ids, prompt_mask, ta, ma, tb, mb, labels) -> dict:
 
 def _evaluate_policy(sampler: _Sampler, tokenizer, gold, policy_params, ref_params, rm_params,
                      prompts, e_ids, e_mask, ref_text, ref_gold, ref_ppl, hp, seed, gain,
-                     bias) -> dict:
+                     bias, tie_threshold: float) -> dict:
   tok, m = sampler.sample(policy_params, e_ids, e_mask, seed, hp.temperature)
   text = _decode(tokenizer, tok, m)
   pol_gold = np.asarray(gold(prompts, text), np.float64)
@@ -613,7 +608,7 @@ def _evaluate_policy(sampler: _Sampler, tokenizer, gold, policy_params, ref_para
   kl = float(np.mean(np.sum((logp_pol - logp_ref) * m, 1)))
   nll_ref_on_policy = -sampler.logprobs(ref_params, *seq, tok, 1.0)
   proxy = gain * sampler.scores(rm_params, *seq) + bias
-  wr = evaluation.win_rate(pol_gold, ref_gold)
+  wr = evaluation.win_rate(pol_gold, ref_gold, tie_eps=tie_threshold)
   n_tok = max(float(np.sum(m)), 1.0)
   samples = [{"prompt": prompts[i], "before": ref_text[i], "after": text[i],
               "gold_before": float(ref_gold[i]), "gold_after": float(pol_gold[i])}

@@ -78,6 +78,7 @@ def train_reward_model(model: Transformer, base_params, pairs: Dict[str, np.ndar
   steps_per_epoch = n // batch_size
   total = steps_per_epoch * epochs
   optimizer, schedule = common.make_optimizer(optim_spec, total)
+  optimizer = reward_lib.reward_optimizer(optimizer, hp)
   state = sharding.commit(reward_lib.init_reward_state(params, optimizer, hp), mesh)
   step = sharding.jit_step(reward_lib.make_reward_step(model, optimizer, hp), state, mesh)
   rng = np.random.default_rng(seed)
@@ -97,27 +98,52 @@ def train_reward_model(model: Transformer, base_params, pairs: Dict[str, np.ndar
           bar.set_postfix(loss=host["loss"], acc=host["accuracy"])
         bar.update(1)
     bar.close()
-  result = {}
+  tie_info = {}
+  if hp.refit_tie_param and hp.tie_model != "bradley_terry":
+    # Maximum-likelihood tie parameter at the scores the trained model gives its training
+    # pairs: what the labels' tie rate says θ (ν) is, whatever the gradient steps reached.
+    ra, rb = _score_pairs(model, state.params["model"], pairs, batch_size, mesh)
+    learned = float(reward_lib.tie_parameter(state.params["tie"], hp.tie_model))
+    fitted = float(losses.fit_tie_parameter(ra, rb, pairs["label"], hp.tie_model))
+    params = dict(state.params, tie=jnp.asarray(reward_lib.raw_tie(fitted, hp.tie_model),
+                                                jnp.float32))
+    state = state.replace(params=sharding.commit(params, mesh))
+    p_tie = np.asarray(losses.preference_probs(ra, rb, hp.tie_model,
+                                               reward_lib.tie_parameter(params["tie"],
+                                                                        hp.tie_model))[2])
+    tie_info = {"rm_tie_param_learned": learned,
+                "rm_train_tie_rate_labels": float(np.mean(pairs["label"] == losses.LABEL_TIE)),
+                "rm_train_tie_rate_implied": float(np.mean(p_tie))}
+  result = dict(tie_info)
   if eval_pairs is not None:
-    result = evaluate_reward_model(model, state.params, hp, eval_pairs, batch_size, mesh)
+    result.update(evaluate_reward_model(model, state.params, hp, eval_pairs, batch_size, mesh))
     with MetricWriter(workdir) as writer:
       writer.write(total, {"eval_" + key: v for key, v in result.items()})
   return state.params["model"], dict(result, rm_train_pairs=int(n),
                                      rm_skipped_updates=int(state.skipped_updates))
 
 
-def evaluate_reward_model(model: Transformer, params, hp: reward_lib.RewardHparams,
-                          eval_pairs: Dict[str, np.ndarray], batch_size: int, mesh) -> dict:
-  """Held-out accuracy (decided pairs), tie accuracy, ECE of P(a > b | decided), scores."""
+def _score_pairs(model: Transformer, model_params, pairs: Dict[str, np.ndarray],
+                 batch_size: int, mesh) -> Tuple[np.ndarray, np.ndarray]:
+  """Reward-model scores ``(r_a, r_b)`` of every pair, on the host, in fixed-size batches."""
   scorer = jax.jit(reward_lib.make_pair_scorer(model))
-  n = len(eval_pairs["label"])
+  n = len(pairs["label"])
   ra, rb = [], []
   for s, e in _batches(n, batch_size):
-    rows = {key: _pad_rows(v[s:e], batch_size) for key, v in eval_pairs.items()}
-    a, b = scorer(params["model"], sharding.shard_batch(rows, mesh))
+    rows = {key: _pad_rows(v[s:e], batch_size) for key, v in pairs.items()}
+    a, b = scorer(model_params, sharding.shard_batch(rows, mesh))
     ra.append(np.asarray(a)[: e - s])
     rb.append(np.asarray(b)[: e - s])
-  ra, rb = np.concatenate(ra), np.concatenate(rb)
+  return np.concatenate(ra), np.concatenate(rb)
+
+
+def evaluate_reward_model(model: Transformer, params, hp: reward_lib.RewardHparams,
+                          eval_pairs: Dict[str, np.ndarray], batch_size: int, mesh) -> dict:
+  """Held-out accuracy (decided pairs), tie accuracy (ties predicted as the most probable
+  outcome), the tie rate of the labels against the model's mean P(tie) and its predicted
+  tie rate, ECE of P(a > b | decided), scores."""
+  n = len(eval_pairs["label"])
+  ra, rb = _score_pairs(model, params["model"], eval_pairs, batch_size, mesh)
   gold = np.asarray(eval_pairs["label"])
   decided = gold != losses.LABEL_TIE
   pred_a = ra > rb
@@ -135,6 +161,9 @@ def evaluate_reward_model(model: Transformer, params, hp: reward_lib.RewardHpara
          if decided.any() else float("nan"))
   scores = np.concatenate([ra, rb])
   return {"rm_accuracy": acc, "rm_tie_accuracy": tie_acc, "rm_ece": float(ece),
+          "rm_tie_rate_labels": float(np.mean(ties)),
+          "rm_tie_rate_implied": float(np.mean(p_tie)),
+          "rm_tie_rate_predicted": float(np.mean(pred == losses.LABEL_TIE)),
           "rm_eval_pairs": int(n), "rm_score_mean": float(np.mean(scores)),
           "rm_score_std": float(np.std(scores)), "rm_tie_param": float(tie)}
 
