@@ -66,7 +66,7 @@ def test_flip_rate_is_honoured():
     wrong = sim.labels != truth
     np.testing.assert_array_equal(wrong, sim.flipped)
     assert abs(wrong.mean() - flip) <= 4 * np.sqrt(flip * (1 - flip) / n)
-    coin = simulate_labels(np.zeros(n), np.zeros(n), temperature=0.0, seed=5)
+    coin = simulate_labels(np.full(n, 1e-12), np.zeros(n), temperature=1e6, seed=5)
     assert abs(np.mean(coin.labels == 0) - 0.5) <= 4 * np.sqrt(0.25 / n)
 
 
