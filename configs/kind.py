@@ -5,7 +5,8 @@ trained classifier (alt-profanity-check), `kind_and_clean`. Labeller: deliberate
 simulated annotators built on AFINN word valences minus a word-list offensiveness score
 (`afinn_kindness`) — no negation handling, a different lexicon, no classifier. The report
 gives the labeller's agreement with the gold judge (label_agreement_with_gold), so the gap
-between what the reward model learns and what is evaluated is visible.
+between what the reward model learns and what is evaluated is visible. Independent second
+judge (no label came from it): VADER sentiment alone, `vader_sentiment`.
 
   python -m rlhf_jax.main --config configs/kind.py --workdir runs/kind
   python -m rlhf_jax.main --config configs/kind.py:smoke --workdir runs/kind_smoke
@@ -38,5 +39,7 @@ def get_config(arg=None):
   c.feedback.gold_scorer = "kind_and_clean"
   c.feedback.labeller_scorer = "afinn_kindness"
   c.feedback.temperature = 0.15
+  # A judge no label came from (the labeller is AFINN-based): VADER sentiment alone.
+  c.eval.independent_judges = ("vader_sentiment",)
   c.targets = dict(win_rate=">= 0.7", kl="<= 6")
   return c

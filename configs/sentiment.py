@@ -15,6 +15,11 @@ Smoke variant (under 3 minutes; what CI runs):
 
   python -m rlhf_jax.main --config configs/sentiment.py:smoke --workdir runs/smoke
 
+OpenAI's sentiment hyper-parameters (lm-human-preferences; value head on the policy trunk,
+truncation at '.', whitened rewards, batch 512) on this task; `openai_smoke` is its CI size:
+
+  python -m rlhf_jax.main --config configs/sentiment.py:openai --workdir runs/openai
+
 Targets (checked in report.md): gold win rate of the final policy against the reference
 >= 80% at a KL <= 6 nats per response, reward-model accuracy >= 0.75 on held-out pairs
 against noise-free gold labels, round 2 at least as good as round 1, and reference-scored
@@ -36,9 +41,9 @@ import ml_collections as mlc
 
 def get_config(arg=None):
   variant = arg or "default"
-  if variant not in ("default", "smoke"):
-    raise ValueError(f"configs/sentiment.py: unknown variant {variant!r}; use 'default' or "
-                     "'smoke'")
+  if variant not in ("default", "smoke", "openai", "openai_smoke"):
+    raise ValueError(f"configs/sentiment.py: unknown variant {variant!r}; use 'default', "
+                     "'smoke', 'openai' or 'openai_smoke'")
   c = mlc.ConfigDict()
   c.task = "pipeline"
   # Multi-host runs (TPU pods, SLURM GPU clusters): set auto=True so jax.distributed
@@ -91,8 +96,8 @@ def get_config(arg=None):
   c.ppo = mlc.ConfigDict()
   c.ppo.hparams = dict(
       response_len=16, num_minibatches=4, epochs=2, temperature=0.7, top_k=0, top_p=1.0,
-      missing_stop="none", missing_stop_score=-1.0, missing_stop_penalty=1.0,
-      kl_estimator="k1", adaptive_kl=True, kl_target=5.5, kl_horizon=250.0, gamma=1.0, lam=0.95, clip_eps=0.2,
+      min_response_len=0, missing_stop="none", missing_stop_score=-1.0,
+      missing_stop_penalty=1.0, kl_estimator="k1", adaptive_kl=True, kl_target=5.5, kl_horizon=250.0, gamma=1.0, lam=0.95, clip_eps=0.2,
       value_clip_eps=0.2, vf_coef=0.1, whiten_rewards=False, whiten_advantages=True,
       unbiased_whitening=False, shared_trunk=False, recompute_old_logprobs=None)
   c.ppo.optimizer = dict(name="tf_adam", learning_rate=1e-4, anneal=True, warmup_steps=0,
@@ -101,17 +106,47 @@ def get_config(arg=None):
   c.ppo.batch_size = 64
   c.ppo.init_kl_coef = 0.2
   c.ppo.norm_samples = 256
-  c.ppo.value_init = "reward"
+  c.ppo.value_init = "reward"  # the value model starts at the normalised reward
+  c.ppo.stop_text = ""  # "" or one token that ends a response (OAI: ".")
 
   c.eval = mlc.ConfigDict()
   c.eval.num_samples_in_report = 8
+  c.eval.rm_pairs_per_prompt = 4  # held-out reward-model pairs per evaluation prompt
+  # Judges no label came from: AFINN is a different sentiment lexicon than the labeller's
+  # (VADER), so a policy that games VADER's lexicon shows up as a gap between the two.
+  c.eval.independent_judges = ("afinn_sentiment",)
 
   c.mesh = dict(data=1, fsdp=-1, tensor=1)
   # Checked against the last round in report.md.
   c.targets = dict(win_rate=">= 0.8", kl="<= 6", rm_accuracy=">= 0.75",
                    perplexity_ratio="<= 1.5")
 
-  if variant == "smoke":
+  if variant.startswith("openai"):
+    # lm-human-preferences' sentiment hyper-parameters (Ziegler et al. 2019): value head on
+    # the policy trunk (zero-initialised), truncation at '.' found at response index >= 16
+    # (min_response_len = truncate_after + 1), score -1 for a response without one, whitened
+    # rewards, one minibatch of 512 rollouts, 4 epochs, lr 1e-5 annealed with TF-style Adam
+    # (eps 1e-5), adaptive KL from 0.15 to 6 nats over a 10 000-sample horizon; reward model
+    # with Bradley-Terry loss, lr 5e-5, 1 epoch, batch 32. Model size, prompts and the
+    # number of PPO iterations stay this run's.
+    c.ppo.hparams.update(
+        response_len=24, num_minibatches=1, epochs=4, temperature=0.7, min_response_len=17,
+        missing_stop="replace", missing_stop_score=-1.0, kl_estimator="k1", adaptive_kl=True,
+        kl_target=6.0, kl_horizon=10000.0, gamma=1.0, lam=0.95, clip_eps=0.2,
+        value_clip_eps=0.2, vf_coef=0.1, whiten_rewards=True, whiten_advantages=True,
+        unbiased_whitening=False, shared_trunk=True)
+    c.ppo.stop_text = "."
+    c.ppo.optimizer.update(name="tf_adam", learning_rate=1e-5, anneal=True, warmup_steps=0,
+                           eps=1e-5, max_grad_norm=0.0)
+    c.ppo.batch_size = 512
+    c.ppo.init_kl_coef = 0.15
+    c.reward.hparams.update(tie_model="bradley_terry")
+    c.reward.optimizer.update(learning_rate=5e-5)
+    c.reward.epochs = 1
+    c.reward.batch_size = 32
+    c.targets = {}
+
+  if variant.endswith("smoke"):
     c.data.sources = ("fortunes",)
     c.data.vocab_size = 1024
     c.data.max_train_texts = 4000
@@ -124,7 +159,9 @@ def get_config(arg=None):
     c.reward.epochs = 1
     c.reward.batch_size = 16
     c.ppo.hparams.response_len = 8
-    c.ppo.hparams.num_minibatches = 2
+    c.ppo.hparams.num_minibatches = 1 if variant == "openai_smoke" else 2
+    if variant == "openai_smoke":
+      c.ppo.hparams.min_response_len = 4
     c.ppo.hparams.epochs = 2
     c.ppo.iterations = 3
     c.ppo.batch_size = 32

@@ -21,8 +21,10 @@ or the strings ``"a"``, ``"b"``, ``"tie"``.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
+import re
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -48,6 +50,8 @@ __all__ = [
     "peak",
     "bon_kl",
     "perplexity",
+    "words",
+    "degenerate",
 ]
 
 Z_95 = 1.959963984540054
@@ -452,3 +456,44 @@ def perplexity(nll_sum: Any, n_tokens: Any) -> float:
   if not math.isfinite(total_nll):
     raise ValueError("perplexity: nll_sum is not finite")
   return math.exp(total_nll / total_tok)
+
+
+# ----------------------------------------------------------------------------- degenerate text
+
+_WORD_RE = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
+
+
+def words(text: str) -> list[str]:
+  """Lower-cased alphabetic words of ``text`` (apostrophes inside a word kept)."""
+  return [w.lower() for w in _WORD_RE.findall(text)]
+
+
+def degenerate(texts: Any, vocabulary: Any = None, *, max_top_word_share: float = 0.5,
+               max_unknown_share: float = 1 / 3) -> np.ndarray:
+  """Which responses are degenerate text: bool ``[N]``.
+
+  A response is degenerate when it has no word; or it is repetitive — with at least four
+  words, one word makes up more than ``max_top_word_share`` of them or a word trigram occurs
+  twice; or, given a ``vocabulary`` (a set of lower-cased words, e.g. the training
+  corpus's), more than ``max_unknown_share`` of its words are not in it (non-words). These
+  are the failure modes of a policy that games a lexicon scorer: strings of rewarded words,
+  loops, and broken tokens.
+  """
+  vocab = None if vocabulary is None else frozenset(vocabulary)
+  out = np.zeros(len(texts), bool)
+  for i, text in enumerate(texts):
+    ws = words(str(text))
+    if not ws:
+      out[i] = True
+      continue
+    if len(ws) >= 4:
+      if collections.Counter(ws).most_common(1)[0][1] > max_top_word_share * len(ws):
+        out[i] = True
+        continue
+      trigrams = list(zip(ws, ws[1:], ws[2:]))
+      if len(set(trigrams)) < len(trigrams):
+        out[i] = True
+        continue
+    if vocab is not None and sum(w not in vocab for w in ws) > max_unknown_share * len(ws):
+      out[i] = True
+  return out

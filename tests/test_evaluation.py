@@ -256,3 +256,19 @@ def test_gold_labels_use_the_annotators_tie_rule():
   assert (wr.wins, wr.ties, wr.losses) == (0, 2, 2)
   with pytest.raises(ValueError, match="tie_threshold"):
     E.gold_labels([1.0], [0.0], -0.1)
+
+
+def test_degenerate_flags_empty_repetitive_and_non_word_responses():
+  vocab = {"the", "sun", "is", "warm", "and", "bright", "today", "good", "love"}
+  texts = ["The sun is warm and bright today.",   # fine
+           "",                                    # empty
+           "!!! ...",                              # no word
+           "good good good love good",           # one word dominates
+           "the sun is the sun is warm",         # a repeated trigram
+           "the sun xqzt blorf wug is",          # half non-words
+           "the sun is warm xqzt"]               # one unknown word of five: fine
+  got = E.degenerate(texts, vocab)
+  np.testing.assert_array_equal(got, [False, True, True, True, True, True, False])
+  # Without a vocabulary only emptiness and repetition count.
+  np.testing.assert_array_equal(E.degenerate(texts), [False, True, True, True, True, False, False])
+  assert E.words("It's GOOD, isn't it?") == ["it's", "good", "isn't", "it"]

@@ -53,6 +53,17 @@ def test_smoke_pipeline_report_numbers_are_sane(smoke_run):
     assert ev["rm_eval_pairs"] == 4 * 64
     assert 1.0 <= ev["response_length"] <= 8.0
     assert 0.0 <= ev["label_agreement_with_gold"] <= 1.0
+    # An independent judge no label came from (AFINN), and the degenerate-text fraction.
+    assert ev["independent_win_rate"] == ev["afinn_sentiment_win_rate"]
+    assert 0.0 <= ev["afinn_sentiment_win_ci_low"] <= ev["independent_win_rate"] <= 1.0
+    assert 0.0 <= ev["degenerate_fraction"] <= 1.0
+    assert 0.0 <= ev["degenerate_fraction_ref"] <= 1.0
+    # The tie parameter is fitted and reported against the labels' tie rate.
+    assert ev["rm_tie_param"] >= 1.0 and 0.0 <= ev["rm_train_tie_rate_implied"] <= 1.0
+  assert "win rate, independent judge" in report and "afinn_sentiment" in report
+  assert "### Details" in report
+  assert "differ by less than 0.05" in report  # the tie convention is stated
+  assert (workdir / "data" / "words.json").exists()
   # Labels accumulate across rounds.
   assert evals[1]["n_labels"] == 2 * evals[0]["n_labels"] == 256
   assert result["round"] == 2
@@ -102,3 +113,24 @@ def test_rm_pairs_per_prompt_checked_before_any_work():
   from rlhf_jax.train import pipeline as pl
   with pytest.raises(ValueError, match=r"eval\.rm_pairs_per_prompt=0"):
     pl.EvalSpec(rm_pairs_per_prompt=0)
+
+
+def test_openai_variant_runs_with_value_head_on_the_policy_trunk(smoke_run, tmp_path):
+  """configs/sentiment.py:openai_smoke: shared trunk, '.' truncation, score replacement,
+  whitened rewards — one round on the smoke run's base model."""
+  workdir, _, _ = smoke_run
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("sentiment_cfg2", CONFIGS / "sentiment.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  cfg = module.get_config("openai_smoke")
+  cfg.rounds = 1
+  cfg.base.path = str(workdir / "base" / "model")
+  result = entry.run_task(cfg, str(tmp_path / "openai"))
+  assert result["round"] == 1 and math.isfinite(result["kl"])
+  rows = [json.loads(l) for l in (tmp_path / "openai" / "round_1" / "ppo" / "metrics.jsonl")
+          .read_text().splitlines()]
+  assert all(math.isfinite(r["value_loss"]) for r in rows if "value_loss" in r)
+  # The exported policy is a plain LM: the value head stays behind.
+  config = json.loads((tmp_path / "openai" / "round_1" / "policy" / "config.json").read_text())
+  assert not any("Classification" in a for a in config.get("architectures", []))

@@ -31,7 +31,8 @@ def _rounds():
                        proxy_reward_mean=np.float32(1.5 * r), kl=np.float64(2.0 * r),
                        rm_accuracy=0.7, rm_tie_accuracy=0.6, rm_ece=0.05, response_length=30,
                        perplexity_policy=6.5, perplexity_ref=5.0, ppo_seconds=120.0,
-                       rm_kappa=0.42))
+                       rm_kappa=0.42, independent_win_rate=0.5 + 0.05 * r,
+                       degenerate_fraction=0.1 * r, perplexity_ratio=1.3))
   return rounds
 
 
@@ -50,13 +51,15 @@ def test_round_report_tables_plots_and_escaping(tmp_path):
   assert path == os.path.join(workdir, "report.md")
   text = open(path, encoding="utf-8").read()
 
-  # Round table: known columns in order, then the extra key.
-  assert ("| round | labels | win rate [CI] | gold (policy) | gold (ref) | proxy | KL | RM acc "
-          "| RM tie acc | RM ECE | resp. len | ppl (policy) | ppl (ref) | PPO s | rm_kappa |"
-          ) in text
-  assert ("| 1 | 500 | 0.600 [0.550, 0.650] | 0.25 | 0 | 1.5 | 2 | 0.7 | 0.6 | 0.05 | 30 | 6.5 "
-          "| 5 | 120 | 0.42 |") in text
-  assert "| 2 | 1000 | 0.700 [0.650, 0.750] | 0.5 | 0 | 3 | 4 |" in text
+  # Headline table: the eight columns that matter; every other key in the details table.
+  assert ("| round | labels | win rate [CI] | win rate, independent judge | KL | RM acc "
+          "| degenerate | ppl ratio |") in text
+  assert "| 1 | 500 | 0.600 [0.550, 0.650] | 0.55 | 2 | 0.7 | 0.1 | 1.3 |" in text
+  assert "| 2 | 1000 | 0.700 [0.650, 0.750] | 0.6 | 4 | 0.7 | 0.2 | 1.3 |" in text
+  assert "| metric | round 1 | round 2 |" in text
+  assert "| gold_reward_mean | 0.25 | 0.5 |" in text
+  assert "| rm_kappa | 0.42 | 0.42 |" in text
+  assert "| win_ci_low |" not in text
 
   # Targets from the last round (and timings), with yes / no.
   assert "2 of 4 met" in text
@@ -87,7 +90,8 @@ def test_missing_and_nan_values_render_dash_and_skip_plots(tmp_path):
   path = R.write_round_report(tmp_path, rounds, samples, {}, {"rollout": None},
                               {"gold_reward_mean": 0.1})
   text = open(path, encoding="utf-8").read()
-  assert "| 1 | – | 0.550 | – | – | – | – | – | – | – | – | – | – | – |" in text
+  assert "| 1 | – | 0.550 | – | – | – | – | – |" in text
+  assert "| metric | round 1 | round 2 |" in text
   assert "| 2 | – | 0.600 [0.500, 0.700] | – |" in text
   assert "| 0 | p | – | x | – | – | – |" in text
   assert "| gold_reward_mean | >= 0.1 | – | no |" in text and "0 of 1 met" in text

@@ -29,7 +29,7 @@ import os
 import pathlib
 import shutil
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -122,6 +122,9 @@ class PPOSpec:
   init_kl_coef: float = 0.15
   norm_samples: int = 256
   value_init: str = "reward"  # "reward": normalised reward head | "zero": zero head
+  # Responses end at this text's token once long enough (hparams.min_response_len), e.g.
+  # "." as in OAI's sentiment run; "" for none. It must be one token of the run's tokenizer.
+  stop_text: str = ""
 
   def __post_init__(self):
     if self.value_init not in ("reward", "zero"):
@@ -135,6 +138,9 @@ class EvalSpec:
   # (two reference samples at feedback.sample_temperature) and labelled by the gold scorer
   # without noise: 4 x 256 prompts gives the accuracy a standard error near 0.015.
   rm_pairs_per_prompt: int = 4
+  # Scorers no label came from (built-in names or "module:function"): the report's win rate
+  # under each, which sees exploits of the labeller that the gold win rate cannot.
+  independent_judges: Tuple[str, ...] = ()
 
   def __post_init__(self):
     if self.rm_pairs_per_prompt < 1:
@@ -177,6 +183,7 @@ class _Models:
   def __init__(self, base_cfg):
     self.lm = Transformer(base_cfg.replace(head="lm"))
     self.scalar = Transformer(base_cfg.replace(head="scalar"))
+    self.both = Transformer(base_cfg.replace(head="both"))  # value head on the policy trunk
 
 
 def _decode(tokenizer, tokens_BN: np.ndarray, mask_BN: np.ndarray) -> List[str]:
@@ -219,6 +226,7 @@ def prepare_data(spec: DataSpec, out: pathlib.Path, seed: int):
   if len(prompts) < spec.num_prompts + spec.num_eval_prompts:
     raise ValueError(f"data: only {len(prompts)} prompts could be cut from held-out text; "
                      f"lower data.num_prompts / data.num_eval_prompts")
+  _write_words(out, train_texts)
   tfds_dir = out / "tfds"
   data_lib.write_token_rows_tfds(tfds_dir, {"train": (ids, mask), "heldout": (h_ids, h_mask)},
                                  name="corpus_rows", overwrite=True)
@@ -229,6 +237,38 @@ def prepare_data(spec: DataSpec, out: pathlib.Path, seed: int):
                    "prompts": len(prompts), "words": stats["train"]["total"]["words"],
                    "seconds": time.perf_counter() - t0})
   return tokenizer
+
+
+def _write_words(out: pathlib.Path, texts: Sequence[str]) -> None:
+  vocab = sorted({w for t in texts for w in evaluation.words(t)})
+  data_lib.atomic_write_json(out / "words.json", vocab)
+
+
+def corpus_words(spec: DataSpec, out: pathlib.Path, seed: int) -> frozenset:
+  """The training corpus's words (lower-cased): the vocabulary that tells non-words apart.
+
+  Written by :func:`prepare_data`; a data stage finished before it existed gets it here
+  from the cached corpus.
+  """
+  path = out / "words.json"
+  if not path.exists():
+    texts = data_lib.prepare_corpus(spec.cache_dir or _default_cache(), spec.sources).texts(
+        "train")
+    if spec.max_train_texts:
+      keep = np.random.default_rng(seed).permutation(len(texts))[:spec.max_train_texts]
+      texts = [texts[i] for i in sorted(keep)]
+    _write_words(out, texts)
+  return frozenset(_read_json(path))
+
+
+def _stop_token_id(tokenizer, stop_text: str, default: Optional[int]) -> Optional[int]:
+  if not stop_text:
+    return default
+  ids = tokenizer.encode(stop_text, add_special_tokens=False)
+  if len(ids) != 1:
+    raise ValueError(f"ppo.stop_text={stop_text!r} is {len(ids)} tokens of the run's tokenizer; "
+                     "it must be exactly one")
+  return int(ids[0])
 
 
 def _read_rows(out: pathlib.Path, split: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -426,12 +466,20 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     gold = scorers_lib.get_scorer(cfg.feedback.gold_scorer)
   except (ValueError, judges_lib.JudgeSpecError) as e:
     raise ValueError(f"feedback.gold_scorer: {e}") from None
+  independent = {}
+  for name in cfg.eval.independent_judges:
+    try:
+      independent[name] = scorers_lib.get_scorer(name)
+    except (ValueError, judges_lib.JudgeSpecError) as e:
+      raise ValueError(f"eval.independent_judges: {e}") from None
 
   t0 = time.perf_counter()
   tokenizer = prepare_data(cfg.data, root / "data", cfg.seed)
   timings["data"] = time.perf_counter() - t0
   eos, pad = int(tokenizer.eos_token_id), int(tokenizer.pad_token_id)
-  hp = dataclasses.replace(cfg.ppo.hparams, eos_id=eos, pad_id=pad)
+  hp = dataclasses.replace(cfg.ppo.hparams, eos_id=eos, pad_id=pad,
+                           stop_token_id=_stop_token_id(tokenizer, cfg.ppo.stop_text,
+                                                        cfg.ppo.hparams.stop_token_id))
 
   t0 = time.perf_counter()
   base_model, base_params = pretrain_base(cfg.base, root / "data", root / "base", tokenizer,
@@ -453,6 +501,11 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   ref_seq = _seq(e_ids, e_mask, ref_tok, ref_m)
   ref_nll = -sampler.logprobs(ref_params, *ref_seq, ref_tok, 1.0) * ref_m
   ref_ppl = float(np.exp(np.sum(ref_nll) / max(float(np.sum(ref_m)), 1.0)))
+  vocabulary = corpus_words(cfg.data, root / "data", cfg.seed)
+  reference = _Reference(text=ref_text, gold=ref_gold, perplexity=ref_ppl,
+                         judged={k: np.asarray(j(eval_prompts, ref_text), np.float64)
+                                 for k, j in independent.items()},
+                         degenerate=float(np.mean(evaluation.degenerate(ref_text, vocabulary))))
 
   # Held-out pairs for reward-model evaluation: eval.rm_pairs_per_prompt pairs of reference
   # samples per eval prompt, drawn like round 1's labelled pairs, with noise-free gold labels.
@@ -534,25 +587,32 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     gain, bias = ppo_train.fit_reward_norm(models.lm, ref_params, models.scalar, rm_params,
                                            p_ids, p_mask, hp, cfg.ppo.norm_samples,
                                            cfg.ppo.batch_size, mesh, cfg.seed + r)
-    value_model, value_params = ppo_lib.init_value_from_reward(models.scalar, rm_params, gain,
-                                                               bias, cfg.ppo.value_init)
+    policy_model, start_params = models.lm, policy_params
+    value_model, value_params = None, None
+    if hp.shared_trunk:  # OAI: the value head on the policy trunk, initialised to zero
+      policy_model = models.both
+      start_params = dict(policy_params, score={
+          "kernel": jnp.zeros((models.both.cfg.d_model, 1), jnp.float32)})
+    else:
+      value_model, value_params = ppo_lib.init_value_from_reward(
+          models.scalar, rm_params, gain, bias, cfg.ppo.value_init)
     state, history = ppo_train.train_ppo(
-        policy_model=models.lm, policy_params=policy_params, value_model=value_model,
+        policy_model=policy_model, policy_params=start_params, value_model=value_model,
         value_params=value_params, reward_model=models.scalar, reward_params=rm_params,
         ref_params=ref_params, prompt_ids=p_ids, prompt_mask=p_mask, hp=hp,
         optim_spec=cfg.ppo.optimizer, batch_size=cfg.ppo.batch_size,
         iterations=cfg.ppo.iterations, init_kl_coef=cfg.ppo.init_kl_coef, reward_gain=gain,
         reward_bias=bias, mesh=mesh, seed=cfg.seed + r, workdir=str(rdir / "ppo"),
         desc=f"ppo round {r}")
-    policy_params = state.params["policy"]
+    policy_params = {k: v for k, v in state.params["policy"].items() if k != "score"}
     t_ppo = time.perf_counter() - t0
     for h in history:
       curve.append({"round": r, "iteration": h["iteration"], "kl": h["kl"],
                     "proxy": h["score"]})
 
     # d. evaluation on held-out prompts.
-    ev = _evaluate_policy(sampler, tokenizer, gold, policy_params, ref_params, rm_params,
-                          eval_prompts, e_ids, e_mask, ref_text, ref_gold, ref_ppl, hp,
+    ev = _evaluate_policy(sampler, tokenizer, gold, independent, vocabulary, policy_params,
+                          ref_params, rm_params, eval_prompts, e_ids, e_mask, reference, hp,
                           cfg.seed + 10 * r, gain, bias, cfg.feedback.tie_threshold)
     ev.update(rm_eval)
     ev.update({"label_" + k: v for k, v in _read_json(rdir / "labels.json").items()
@@ -582,6 +642,9 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   summary = {"model": dataclasses.asdict(models.lm.cfg), "rounds": cfg.rounds,
              "pairs_per_round": cfg.feedback.pairs_per_round,
              "feedback": cfg.feedback.source, "gold": cfg.feedback.gold_scorer,
+             "labeller": cfg.feedback.labeller_scorer or cfg.feedback.gold_scorer,
+             "independent_judges": ", ".join(cfg.eval.independent_judges) or "none",
+             "tie_threshold": cfg.feedback.tie_threshold,
              "ppo_iterations": cfg.ppo.iterations, "ppo_batch": cfg.ppo.batch_size,
              "base_heldout_perplexity": base_info.get("heldout_perplexity")}
   report_lib.write_round_report(str(root), rounds, samples, summary, timings,
@@ -596,9 +659,20 @@ def _pairs_arrays(prompt_ids, prompt_mask, ta, ma, tb, mb, labels) -> dict:
           "label": np.asarray(labels, np.int32)}
 
 
-def _evaluate_policy(sampler: _Sampler, tokenizer, gold, policy_params, ref_params, rm_params,
-                     prompts, e_ids, e_mask, ref_text, ref_gold, ref_ppl, hp, seed, gain,
-                     bias, tie_threshold: float) -> dict:
+class _Reference(NamedTuple):
+  """The reference policy's samples on the evaluation prompts, judged once per run."""
+
+  text: List[str]
+  gold: np.ndarray
+  perplexity: float
+  judged: Dict[str, np.ndarray]  # independent judge -> scores
+  degenerate: float  # fraction of degenerate responses
+
+
+def _evaluate_policy(sampler: _Sampler, tokenizer, gold, independent, vocabulary,
+                     policy_params, ref_params, rm_params, prompts, e_ids, e_mask,
+                     reference: _Reference, hp, seed, gain, bias, tie_threshold: float) -> dict:
+  ref_text, ref_gold, ref_ppl = reference.text, reference.gold, reference.perplexity
   tok, m = sampler.sample(policy_params, e_ids, e_mask, seed, hp.temperature)
   text = _decode(tokenizer, tok, m)
   pol_gold = np.asarray(gold(prompts, text), np.float64)
@@ -613,9 +687,21 @@ def _evaluate_policy(sampler: _Sampler, tokenizer, gold, policy_params, ref_para
   samples = [{"prompt": prompts[i], "before": ref_text[i], "after": text[i],
               "gold_before": float(ref_gold[i]), "gold_after": float(pol_gold[i])}
              for i in range(len(prompts))]
+  judged = {}
+  for i, (name, judge) in enumerate(independent.items()):
+    scores = np.asarray(judge(prompts, text), np.float64)
+    jwr = evaluation.win_rate(scores, reference.judged[name])
+    judged.update({f"{name}_win_rate": jwr.rate, f"{name}_win_ci_low": jwr.ci_low,
+                   f"{name}_win_ci_high": jwr.ci_high, f"{name}_mean": float(np.mean(scores)),
+                   f"{name}_ref_mean": float(np.mean(reference.judged[name]))})
+    if i == 0:
+      judged["independent_win_rate"] = jwr.rate
   return {
       "win_rate": wr.rate, "win_ci_low": wr.ci_low, "win_ci_high": wr.ci_high,
       "wins": wr.wins, "ties": wr.ties, "losses": wr.losses,
+      **judged,
+      "degenerate_fraction": float(np.mean(evaluation.degenerate(text, vocabulary))),
+      "degenerate_fraction_ref": reference.degenerate,
       "gold_reward_mean": float(np.mean(pol_gold)),
       "gold_reward_ref_mean": float(np.mean(ref_gold)),
       "proxy_reward_mean": float(np.mean(proxy)),

@@ -160,20 +160,14 @@ ROUND_COLUMNS: tuple[tuple[str, str], ...] = (
     ("round", "round"),
     ("n_labels", "labels"),
     ("win_rate", "win rate [CI]"),
-    ("gold_reward_mean", "gold (policy)"),
-    ("gold_reward_ref_mean", "gold (ref)"),
-    ("proxy_reward_mean", "proxy"),
+    ("independent_win_rate", "win rate, independent judge"),
     ("kl", "KL"),
     ("rm_accuracy", "RM acc"),
-    ("rm_tie_accuracy", "RM tie acc"),
-    ("rm_ece", "RM ECE"),
-    ("response_length", "resp. len"),
-    ("perplexity_policy", "ppl (policy)"),
-    ("perplexity_ref", "ppl (ref)"),
-    ("ppo_seconds", "PPO s"),
+    ("degenerate_fraction", "degenerate"),
+    ("perplexity_ratio", "ppl ratio"),
 )
-"""``(key, header)`` of the known per-round keys, in table order. Other keys found in the
-round dicts follow as extra columns headed by their key."""
+"""``(key, header)`` of the headline per-round table, in order. Every other key of the round
+dicts goes to the details section (one row per key, one column per round)."""
 
 _CONSUMED = {k for k, _ in ROUND_COLUMNS} | {"win_ci_low", "win_ci_high"}
 _TARGET_RE = re.compile(r"^\s*(>=|<=|==|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
@@ -200,18 +194,21 @@ def _parse_target(name: str, spec: Any) -> tuple[str, float]:
 
 
 def _round_table(rounds: Sequence[Mapping[str, Any]]) -> str:
-  extra: list[str] = []
-  for r in rounds:
-    extra += [k for k in r if k not in _CONSUMED and k not in extra]
-  headers = [h for _, h in ROUND_COLUMNS] + extra
+  headers = [h for _, h in ROUND_COLUMNS]
   rows = []
   for r in rounds:
-    row = []
-    for key, _ in ROUND_COLUMNS:
-      row.append(_fmt_win(r) if key == "win_rate" else _fmt(r.get(key)))
-    row += [_fmt(r.get(k)) for k in extra]
-    rows.append(row)
+    rows.append([_fmt_win(r) if key == "win_rate" else _fmt(r.get(key))
+                 for key, _ in ROUND_COLUMNS])
   return markdown_table(headers, rows)
+
+
+def _details_table(rounds: Sequence[Mapping[str, Any]]) -> str:
+  """Every other per-round value: one row per key (first-seen order), one column per round."""
+  keys: list[str] = []
+  for r in rounds:
+    keys += [k for k in r if k not in _CONSUMED and k not in keys]
+  headers = ["metric"] + [f"round {_fmt(r.get('round', i + 1))}" for i, r in enumerate(rounds)]
+  return markdown_table(headers, [[k] + [_fmt(r.get(k)) for r in rounds] for k in keys])
 
 
 def _targets_section(targets: Mapping[str, Any], rounds: Sequence[Mapping[str, Any]],
@@ -395,13 +392,13 @@ def write_round_report(workdir: PathLike, rounds: Sequence[Mapping[str, Any]],
   Args:
     workdir: run directory (created if missing).
     rounds: one dict of host scalars per round. Known keys (any may be missing; shown ``–``):
-      ``round, n_labels, win_rate, win_ci_low, win_ci_high, gold_reward_mean,
-      gold_reward_ref_mean, proxy_reward_mean, kl, rm_accuracy, rm_tie_accuracy, rm_ece,
-      response_length, perplexity_policy, perplexity_ref, ppo_seconds``; other keys become
-      extra columns.
+      the headline ``ROUND_COLUMNS`` (``round, n_labels, win_rate, win_ci_low, win_ci_high,
+      independent_win_rate, kl, rm_accuracy, degenerate_fraction, perplexity_ratio``); every
+      other key is listed in the details table.
     samples: dicts ``prompt, before, after, gold_before, gold_after`` (responses of the
       reference / initial policy and of the trained policy, with their gold rewards).
-    config_summary: ``{name: value}`` (nested dicts are flattened with dots).
+    config_summary: ``{name: value}`` (nested dicts are flattened with dots); ``gold``,
+      ``independent_judges`` and ``tie_threshold`` are also named in the rounds' legend.
     timings: ``{phase: seconds}``.
     targets: ``{key: spec}`` checked against the last round's value of ``key`` (or
       ``timings[key]``). ``spec``: a number (goal ``>= number``), a string such as
@@ -433,10 +430,23 @@ def write_round_report(workdir: PathLike, rounds: Sequence[Mapping[str, Any]],
 
   lines += ["## Rounds", ""]
   if rounds:
-    lines += ["Win rate: policy vs reference under the gold judge, ties counted half, with its "
-              "confidence interval. Gold / proxy: mean reward of the policy's responses under the "
-              "gold scorer and the learned reward model; KL: mean sequence KL(policy ‖ "
-              "reference).", "", _round_table(rounds), ""]
+    gold = config_summary.get("gold", "the gold scorer")
+    judges = config_summary.get("independent_judges") or ()
+    tau = config_summary.get("tie_threshold")
+    tie_rule = (f"two responses tie when their scores differ by less than {_fmt(tau)} (the "
+                "simulated annotators' rule; it applies to labels, reward-model accuracy and "
+                "win rates alike)" if tau is not None else "ties count half")
+    lines += [f"Win rate: policy vs reference on held-out prompts under the gold judge "
+              f"({gold}), ties counted half, with its 95% Wilson interval; {tie_rule}. "
+              f"Independent judge: the win rate under "
+              f"{', '.join(map(str, judges)) if judges else 'no independent judge'} — a scorer "
+              "no label came from, which sees exploits of the labeller that the gold win rate "
+              "cannot. KL: mean sequence KL(policy ‖ reference) in nats. RM acc: the reward "
+              "model's accuracy on decided held-out pairs with noise-free gold labels. "
+              "Degenerate: fraction of the policy's responses that are empty, repetitive or "
+              "mostly non-words. ppl ratio: perplexity of the policy's text under the reference "
+              "over that of the reference's own samples.", "", _round_table(rounds), "",
+              "### Details", "", _details_table(rounds), ""]
   else:
     lines += ["No rounds yet.", ""]
 
