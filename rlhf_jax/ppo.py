@@ -27,6 +27,7 @@ fused log-softmax gather (:func:`rlhf_jax.ops.token_logprobs`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, NamedTuple, Optional
 
 import flax.struct
@@ -308,6 +309,19 @@ def make_sample_and_score(policy_model: Transformer, reward_model: Transformer,
   return fn
 
 
+class _UpdateCarry(NamedTuple):
+  """What the minibatch scan threads through the update epochs."""
+
+  params: Any
+  opt_state: Any
+  skipped: jax.Array  # int32: minibatch updates skipped for a non-finite loss or gradient
+
+
+def _identity(x, mask):
+  del mask
+  return x
+
+
 def make_ppo_iteration(policy_model: Transformer, value_model: Optional[Transformer],
                        reward_model: Transformer, optimizer: optax.GradientTransformation,
                        hp: PPOHparams, phases: bool = False) -> Callable:
@@ -318,63 +332,80 @@ def make_ppo_iteration(policy_model: Transformer, value_model: Optional[Transfor
   instead, ``(rollout_phase, update_phase)`` — ``rollout_phase(state, frozen, ids, mask) ->
   (rollout, stats, observed_kl)`` and ``update_phase(state, rollout, stats, observed_kl) ->
   (state, metrics)`` — for profiling each separately.
+
+  Every choice the hyper-parameters make (value head on the policy trunk or a separate
+  value model, where ``log π_old`` comes from, reward and advantage whitening, the KL
+  controller) is made here, once, as a choice of function; the iteration below reads
+  rollout → score → shaped rewards → GAE → updates with no branches on ``hp``.
   """
   if hp.shared_trunk != (policy_model.cfg.head == "both"):
     raise ValueError("shared_trunk=True needs a policy with head='both' (and False needs "
                      f"head='lm'); got shared_trunk={hp.shared_trunk}, "
                      f"head={policy_model.cfg.head!r}")
+  if not hp.shared_trunk and value_model is None:
+    raise ValueError("a separate value model is needed unless shared_trunk=True")
   ref_model = Transformer(policy_model.cfg.replace(head="lm"))
   temperature = hp.temperature
   n = hp.response_len
   recompute_old = hp.recomputes_old_logprobs(policy_model.cfg.dtype)
 
-  def policy_out(params, ids, mask, p):
-    """Response-position logits [B,N,V] (and values [B,N] with a shared trunk)."""
-    out = policy_model.apply({"params": params}, ids, mask, head_slice=(p - 1, p + n - 1))
-    return out if hp.shared_trunk else (out, None)
+  # --- choices, made once -------------------------------------------------------------------
+  def heads(p):
+    return (p - 1, p + n - 1)  # the positions whose outputs score response tokens
 
-  def value_out(params, ids, mask, p):
-    return value_model.apply({"params": params}, ids, mask, head_slice=(p - 1, p + n - 1))
+  if hp.shared_trunk:
+    def policy_and_values(params, ids, mask, p):
+      """Response-position logits ``[B,N,V]`` and values ``[B,N]`` from one trunk."""
+      return policy_model.apply({"params": params["policy"]}, ids, mask, head_slice=heads(p))
+  else:
+    def policy_and_values(params, ids, mask, p):
+      logits = policy_model.apply({"params": params["policy"]}, ids, mask, head_slice=heads(p))
+      values = value_model.apply({"params": params["value"]}, ids, mask, head_slice=heads(p))
+      return logits, values
 
+  if recompute_old:
+    def old_logprobs_and_values(params, ids, mask, p, sampler_logp):
+      del sampler_logp
+      logits, values = policy_and_values(params, ids, mask, p)
+      return ops.token_logprobs(logits, ids[:, p:], temperature), values
+  else:
+    def old_logprobs_and_values(params, ids, mask, p, sampler_logp):
+      # The sampler's log-probs are those of the rollout policy; XLA drops the unused
+      # logits of this forward pass.
+      return sampler_logp, policy_and_values(params, ids, mask, p)[1]
+
+  whiten_rewards = (functools.partial(ops.whiten, shift_mean=False,
+                                      unbiased=hp.unbiased_whitening)
+                    if hp.whiten_rewards else _identity)
+  whiten_advantages = (functools.partial(ops.whiten, shift_mean=True,
+                                         unbiased=hp.unbiased_whitening)
+                       if hp.whiten_advantages else _identity)
+  kl_update = kl_lib.adaptive_kl_update if hp.adaptive_kl else kl_lib.fixed_kl_update
+
+  # --- rollout → score → shaped rewards → GAE -------------------------------------------------
   def rollout_and_score(state: PPOState, frozen: PPOFrozen, prompt_ids, prompt_mask, rng):
     p = prompt_ids.shape[1]
-    policy_params = state.params["policy"]
-
     tokens, resp_mask, sampler_logp, has_stop = sample_responses(
-        policy_model, hp, policy_params, prompt_ids, prompt_mask, rng)
+        policy_model, hp, state.params["policy"], prompt_ids, prompt_mask, rng)
     seq_ids = jnp.concatenate([prompt_ids, tokens], axis=1)
     seq_mask = jnp.concatenate([prompt_mask.astype(jnp.int32), resp_mask], axis=1)
 
-    # The sampler's log-probs are those of the rollout policy; a full forward pass recomputes
-    # them when asked (and by default outside float32, where the KV-cache path rounds
-    # differently). Unused outputs are dropped by XLA.
-    values_shared = None
-    logp_old = sampler_logp
-    if recompute_old or hp.shared_trunk:
-      logits_old, values_shared = policy_out(policy_params, seq_ids, seq_mask, p)
-      if recompute_old:
-        logp_old = ops.token_logprobs(logits_old, tokens, temperature)
+    logp_old, values = old_logprobs_and_values(state.params, seq_ids, seq_mask, p, sampler_logp)
+    logp_old = jax.lax.stop_gradient(logp_old)
     ref_logits = ref_model.apply({"params": frozen.ref_params}, seq_ids, seq_mask,
-                                 head_slice=(p - 1, p + n - 1))
+                                 head_slice=heads(p))
     logp_ref = ops.token_logprobs(ref_logits, tokens, temperature)
-    values = (values_shared if hp.shared_trunk else
-              value_out(state.params["value"], seq_ids, seq_mask, p))
     raw_score = reward_lib.score_sequences(reward_model, frozen.reward_params, seq_ids,
                                            seq_mask)
     score = adv_lib.apply_reward_normalization(raw_score, frozen.reward_gain, frozen.reward_bias)
 
-    logp_old = jax.lax.stop_gradient(logp_old)
     shaped = adv_lib.shape_rewards(
         score, logp_old, logp_ref, resp_mask, state.kl.beta, hp.kl_estimator,
         has_stop_B=has_stop, missing_stop=hp.missing_stop,
         missing_stop_value=hp.missing_stop_value)
-    rewards = shaped.rewards
-    if hp.whiten_rewards:
-      rewards = ops.whiten(rewards, resp_mask, shift_mean=False, unbiased=hp.unbiased_whitening)
-    advantages, returns = adv_lib.gae(rewards, values, resp_mask, hp.gamma, hp.lam)
-    if hp.whiten_advantages:
-      advantages = ops.whiten(advantages, resp_mask, shift_mean=True,
-                              unbiased=hp.unbiased_whitening)
+    advantages, returns = adv_lib.gae(whiten_rewards(shaped.rewards, resp_mask), values,
+                                      resp_mask, hp.gamma, hp.lam)
+    advantages = whiten_advantages(advantages, resp_mask)
     rollout = Rollout(seq_ids, seq_mask, resp_mask, logp_old, values, advantages, returns)
 
     seq_kl_k1 = kl_lib.sequence_kl(logp_old, logp_ref, resp_mask, "k1")
@@ -394,14 +425,12 @@ def make_ppo_iteration(policy_model: Transformer, value_model: Optional[Transfor
     }
     return rollout, stats, jnp.mean(seq_kl_k1)
 
+  # --- the clipped update of one minibatch ------------------------------------------------------
   def loss_fn(params, mb: Rollout, p):
-    logits, values_shared = policy_out(params["policy"], mb.seq_ids, mb.seq_mask, p)
-    tokens = mb.seq_ids[:, p:]
-    logp = ops.token_logprobs(logits, tokens, temperature)
+    logits, values = policy_and_values(params, mb.seq_ids, mb.seq_mask, p)
+    logp = ops.token_logprobs(logits, mb.seq_ids[:, p:], temperature)
     pg_loss, pg_info = losses.ppo_policy_loss(logp, mb.logp_old, mb.advantages,
                                               mb.response_mask, hp.clip_eps)
-    values = (values_shared if hp.shared_trunk else
-              value_out(params["value"], mb.seq_ids, mb.seq_mask, p))
     vf_loss, vf_info = losses.ppo_value_loss(values, mb.values_old, mb.returns, mb.response_mask,
                                              hp.value_clip_eps)
     loss = pg_loss + hp.vf_coef * vf_loss
@@ -417,14 +446,14 @@ def make_ppo_iteration(policy_model: Transformer, value_model: Optional[Transfor
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def update_minibatch(carry, mb: Rollout, p):
-    params, opt_state, skipped = carry
-    (loss, info), grads = grad_fn(params, mb, p)
-    params, opt_state, finite, grad_norm = guarded_update(optimizer, params, opt_state, grads,
-                                                          loss)
-    info = dict(info, grad_norm=grad_norm)
-    return (params, opt_state, skipped + (~finite).astype(jnp.int32)), info
+  def update_minibatch(carry: _UpdateCarry, mb: Rollout, p):
+    (loss, info), grads = grad_fn(carry.params, mb, p)
+    params, opt_state, finite, grad_norm = guarded_update(optimizer, carry.params,
+                                                          carry.opt_state, grads, loss)
+    skipped = carry.skipped + (~finite).astype(jnp.int32)
+    return _UpdateCarry(params, opt_state, skipped), dict(info, grad_norm=grad_norm)
 
+  # --- the two phases of an iteration -----------------------------------------------------------
   def rollout_phase(state: PPOState, frozen: PPOFrozen, prompt_ids_BP, prompt_mask_BP):
     """Sample, score, shape rewards, GAE: ``(rollout, stats, observed_kl)``."""
     key = jax.random.fold_in(state.rng, state.step)
@@ -446,20 +475,17 @@ def make_ppo_iteration(policy_model: Transformer, value_model: Optional[Transfor
       batches = jax.tree.map(lambda x: x[perm], rollout)
       return jax.lax.scan(lambda c, mb: update_minibatch(c, mb, p), carry, batches)
 
-    carry = (state.params, state.opt_state, state.skipped_updates)
-    epoch_keys = jax.random.split(shuffle_key, hp.epochs)
-    (params, opt_state, skipped), infos = jax.lax.scan(epoch, carry, epoch_keys)
+    carry = _UpdateCarry(state.params, state.opt_state, state.skipped_updates)
+    carry, infos = jax.lax.scan(epoch, carry, jax.random.split(shuffle_key, hp.epochs))
 
-    if hp.adaptive_kl:
-      kl_state = kl_lib.adaptive_kl_update(state.kl, observed_kl, b, hp.kl_target, hp.kl_horizon)
-    else:
-      kl_state = kl_lib.fixed_kl_update(state.kl, observed_kl, b, hp.kl_target, hp.kl_horizon)
     metrics = dict(stats)
     metrics.update({k: jnp.mean(v) for k, v in infos.items()})
     metrics["beta"] = state.kl.beta
-    metrics["skipped_updates"] = skipped
-    new_state = state.replace(params=params, opt_state=opt_state, kl=kl_state,
-                              step=state.step + 1, skipped_updates=skipped)
+    metrics["skipped_updates"] = carry.skipped
+    new_state = state.replace(
+        params=carry.params, opt_state=carry.opt_state,
+        kl=kl_update(state.kl, observed_kl, b, hp.kl_target, hp.kl_horizon),
+        step=state.step + 1, skipped_updates=carry.skipped)
     return new_state, metrics
 
   def iteration(state: PPOState, frozen: PPOFrozen, prompt_ids_BP, prompt_mask_BP):
