@@ -154,8 +154,8 @@ def process_slice(n_items: int, process_index: Optional[int] = None,
 def per_process_seed(seed: int, process_index: Optional[int] = None) -> int:
   """A seed for this process's host-side randomness (data order, host sampling).
 
-  Deterministic in ``(seed, process_index)`` and different across processes (RLHF detail 11:
-  different data order and sampling seed per process). Returns an int in ``[0, 2**31)``,
+  Deterministic in ``(seed, process_index)`` and different across processes (each process
+  draws its own data order and samples, as lm-human-preferences does). Returns an int in ``[0, 2**31)``,
   valid for ``np.random.default_rng`` and ``jax.random.key``. Device-side randomness of a
   global computation should instead fold a shared key (all processes must agree on it).
   """

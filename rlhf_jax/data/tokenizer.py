@@ -1,6 +1,6 @@
 """Tokenizers: train a byte-level BPE, load one, and turn text into fixed-shape int32 arrays.
 
-Conventions (DESIGN.md, "Tokens"): PAD and EOS are distinct ids; prompts are LEFT-padded so the
+Conventions (docs/architecture.md, "Tokens"): PAD and EOS are distinct ids; prompts are LEFT-padded so the
 last prompt token sits at the last column; texts for language modelling are right-padded (one row
 per text) or packed (one token stream cut into rows). Every helper returns numpy int32 arrays of a
 fixed width so the jitted steps downstream never see a new shape.
