@@ -21,6 +21,7 @@ from rlhf_jax.data.files import (
     atomic_write_json,
     atomic_write_jsonl,
     atomic_write_text,
+    read_jsonl,
 )
 from rlhf_jax.data.preferences import (
     LABELS,
@@ -74,6 +75,7 @@ __all__ = [
     "split_sentences",
     # files
     "atomic_directory",
+    "read_jsonl",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_jsonl",

@@ -24,6 +24,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_jsonl",
     "atomic_directory",
+    "read_jsonl",
 ]
 
 
@@ -129,3 +130,22 @@ def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool = False) -
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_jsonl(path: str | os.PathLike, error: type[Exception] = ValueError
+               ) -> Iterator[tuple[str, Any]]:
+    """``(location, record)`` for each non-blank line of a JSONL file, ``location`` being
+    ``"path:line"``; a line that is not JSON raises ``error`` naming that location.
+
+    Callers validate the records' fields and name the same location in their own errors.
+    """
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            loc = f"{os.fspath(path)}:{lineno}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise error(f"{loc}: invalid JSON ({e.msg} at column {e.colno})") from None
+            yield loc, record

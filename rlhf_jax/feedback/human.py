@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import pathlib
 import time
@@ -29,6 +28,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from rlhf_jax.data import files
 from rlhf_jax.data.files import atomic_write_jsonl
 from rlhf_jax.data.preferences import LABELS, PreferenceRecord, check_metadata
 
@@ -68,17 +68,10 @@ def _read(path: pathlib.Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise QueueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from e
-            if not isinstance(row, dict) or not isinstance(row.get("id"), str):
-                raise QueueError(f"{path}:{lineno}: field 'id': expected an object with a string id")
-            rows.append(row)
+    for loc, row in files.read_jsonl(path, QueueError):
+        if not isinstance(row, dict) or not isinstance(row.get("id"), str):
+            raise QueueError(f"{loc}: field 'id': expected an object with a string id")
+        rows.append(row)
     return rows
 
 

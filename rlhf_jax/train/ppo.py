@@ -13,7 +13,6 @@ a resumed run sees the same data without iterator state), one call of the jitted
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -24,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import checkpoint, generation, sharding
+from rlhf_jax import data as data_lib
 from rlhf_jax import ppo as ppo_lib
 from rlhf_jax.advantages import fit_reward_normalization
 from rlhf_jax.models import Transformer
@@ -183,18 +183,10 @@ def _load_prompts(spec: PromptSpec, tokenizer, vocab_size: int, pad_id: int, see
     raise ValueError("prompts.source='jsonl' needs a tokenizer: set policy.path to a "
                      "checkpoint directory that contains tokenizer files")
   texts = []
-  with open(spec.path) as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{spec.path}:{lineno}: invalid JSON ({e.msg})") from None
-      if not isinstance(record, dict) or not isinstance(record.get(spec.field), str):
-        raise ValueError(f"{spec.path}:{lineno}: expected an object with a string field "
-                         f"{spec.field!r}")
-      texts.append(record[spec.field])
+  for loc, record in data_lib.read_jsonl(spec.path):
+    if not isinstance(record, dict) or not isinstance(record.get(spec.field), str):
+      raise ValueError(f"{loc}: expected an object with a string field {spec.field!r}")
+    texts.append(record[spec.field])
   if not texts:
     raise ValueError(f"{spec.path}: no prompts found")
   return encode_left_padded(tokenizer, texts, spec.prompt_len, pad_id)

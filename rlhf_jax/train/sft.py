@@ -16,7 +16,6 @@ written in Hugging Face layout to ``workdir/model``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Dict, Tuple
 
@@ -63,22 +62,15 @@ def load_sft_rows(spec: DataSpec, tokenizer) -> Tuple[np.ndarray, np.ndarray, np
   if not spec.path or not os.path.isfile(spec.path):
     raise FileNotFoundError(f"data.path={spec.path!r} is not a file")
   texts, pairs = [], []
-  with open(spec.path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        rec = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{spec.path}:{lineno}: invalid JSON ({e.msg})") from None
-      if isinstance(rec, dict) and isinstance(rec.get("text"), str):
-        texts.append(rec["text"])
-      elif (isinstance(rec, dict) and isinstance(rec.get("prompt"), str)
-            and isinstance(rec.get("response"), str)):
-        pairs.append((rec["prompt"], rec["response"]))
-      else:
-        raise ValueError(f"{spec.path}:{lineno}: expected {{\"text\": str}} or "
-                         "{\"prompt\": str, \"response\": str}")
+  for loc, rec in data_lib.read_jsonl(spec.path):
+    if isinstance(rec, dict) and isinstance(rec.get("text"), str):
+      texts.append(rec["text"])
+    elif (isinstance(rec, dict) and isinstance(rec.get("prompt"), str)
+          and isinstance(rec.get("response"), str)):
+      pairs.append((rec["prompt"], rec["response"]))
+    else:
+      raise ValueError(f"{loc}: expected {{\"text\": str}} or "
+                       "{\"prompt\": str, \"response\": str}")
   if texts and pairs:
     raise ValueError(f"{spec.path}: mixes 'text' records and 'prompt'/'response' records")
   if texts:
