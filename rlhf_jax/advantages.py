@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from rlhf_jax.kl import kl_penalty
-from rlhf_jax.ops import _acc_dtype
+from rlhf_jax.ops import acc_dtype
 
 __all__ = [
     "ShapedRewards",
@@ -97,7 +97,7 @@ def shape_rewards(scores_B, logp_BT, logp_ref_BT, mask_BT, beta, estimator="k1",
     chex.assert_rank([scores_B, logp_BT], [1, 2])
     chex.assert_equal_shape([logp_BT, logp_ref_BT, mask_BT])
     chex.assert_equal_shape_prefix([logp_BT, scores_B], 1)
-    dtype = _acc_dtype(scores_B, logp_BT, logp_ref_BT)
+    dtype = acc_dtype(scores_B, logp_BT, logp_ref_BT)
     scores_B = scores_B.astype(dtype)
     if missing_stop != "none":
         if has_stop_B is None or missing_stop_value is None:
@@ -139,7 +139,7 @@ def gae(rewards_BT, values_BT, mask_BT, gamma, lam):
     rewards_BT, values_BT, mask_BT = (jnp.asarray(a) for a in (rewards_BT, values_BT, mask_BT))
     chex.assert_rank(rewards_BT, 2)
     chex.assert_equal_shape([rewards_BT, values_BT, mask_BT])
-    dtype = _acc_dtype(rewards_BT, values_BT)
+    dtype = acc_dtype(rewards_BT, values_BT)
     valid_BT = mask_BT != 0
     rewards_BT = jnp.where(valid_BT, rewards_BT.astype(dtype), 0)
     values_BT = jnp.where(valid_BT, values_BT.astype(dtype), 0)
@@ -179,7 +179,7 @@ def fit_reward_normalization(scores, target_mean=0.0, target_std=1.0):
         ``(gain, bias)`` scalars in the accumulation dtype.
     """
     scores = jnp.asarray(scores)
-    dtype = _acc_dtype(scores)
+    dtype = acc_dtype(scores)
     scores = scores.astype(dtype)
     mean = jnp.mean(scores)
     std = jnp.sqrt(jnp.mean(jnp.square(scores - mean)))
@@ -191,5 +191,5 @@ def fit_reward_normalization(scores, target_mean=0.0, target_std=1.0):
 def apply_reward_normalization(scores, gain, bias):
     """Normalised scores ``g · scores + b`` (see :func:`fit_reward_normalization`)."""
     scores = jnp.asarray(scores)
-    dtype = _acc_dtype(scores)
+    dtype = acc_dtype(scores)
     return jnp.asarray(gain, dtype) * scores.astype(dtype) + jnp.asarray(bias, dtype)

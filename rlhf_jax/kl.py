@@ -19,7 +19,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax.ops import _acc_dtype, masked_sum
+from rlhf_jax.ops import acc_dtype, masked_sum
 
 __all__ = [
     "ESTIMATORS",
@@ -65,7 +65,7 @@ def kl_penalty(logp, logp_ref, estimator="k1", mask=None):
         raise ValueError(f"kl_penalty: estimator must be one of {ESTIMATORS}, got {estimator!r}.")
     logp, logp_ref = jnp.asarray(logp), jnp.asarray(logp_ref)
     chex.assert_equal_shape([logp, logp_ref])
-    dtype = _acc_dtype(logp, logp_ref)
+    dtype = acc_dtype(logp, logp_ref)
     log_ratio = logp_ref.astype(dtype) - logp.astype(dtype)
     if mask is not None:
         valid = jnp.broadcast_to(jnp.asarray(mask), log_ratio.shape) != 0
@@ -108,7 +108,7 @@ class KLControllerState(NamedTuple):
 def adaptive_kl_init(init_beta):
     """Initial state of the adaptive controller: ``β = init_beta`` (e.g. 0.15 in OAI)."""
     init_beta = jnp.asarray(init_beta)
-    return KLControllerState(beta=init_beta.astype(_acc_dtype(init_beta)))
+    return KLControllerState(beta=init_beta.astype(acc_dtype(init_beta)))
 
 
 def adaptive_kl_update(state, observed_kl, n_steps, target, horizon):

@@ -19,7 +19,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax.ops import _acc_dtype, masked_mean, token_entropy
+from rlhf_jax.ops import acc_dtype, masked_mean, token_entropy
 
 __all__ = [
     "LABEL_A",
@@ -53,7 +53,7 @@ _TIE_MODELS = ("bradley_terry", "rao_kupper", "davidson")
 def _cast_pair(r_a, r_b):
     r_a, r_b = jnp.asarray(r_a), jnp.asarray(r_b)
     chex.assert_equal_shape([r_a, r_b])
-    dtype = _acc_dtype(r_a, r_b)
+    dtype = acc_dtype(r_a, r_b)
     return r_a.astype(dtype), r_b.astype(dtype), dtype
 
 
@@ -295,7 +295,7 @@ def ppo_policy_loss(logp, logp_old, advantages, mask, clip_eps):
     """
     logp, logp_old, advantages, mask = (jnp.asarray(a) for a in (logp, logp_old, advantages, mask))
     chex.assert_equal_shape([logp, logp_old, advantages, mask])
-    dtype = _acc_dtype(logp, logp_old, advantages)
+    dtype = acc_dtype(logp, logp_old, advantages)
     valid = mask != 0
     logp_old = jax.lax.stop_gradient(logp_old)
     advantages = jax.lax.stop_gradient(jnp.where(valid, advantages.astype(dtype), 0))
@@ -348,7 +348,7 @@ def ppo_value_loss(values, values_old, returns, mask, clip_eps):
     values, values_old, returns, mask = (
         jnp.asarray(a) for a in (values, values_old, returns, mask))
     chex.assert_equal_shape([values, values_old, returns, mask])
-    dtype = _acc_dtype(values, values_old, returns)
+    dtype = acc_dtype(values, values_old, returns)
     valid = mask != 0
     values = jnp.where(valid, values.astype(dtype), 0)
     values_old = jax.lax.stop_gradient(jnp.where(valid, values_old.astype(dtype), 0))

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
+        "acc_dtype",
         "masked_sum",
         "masked_mean",
         "masked_var",
@@ -27,7 +28,7 @@ __all__ = [
 ]
 
 
-def _acc_dtype(*arrays) -> jnp.dtype:
+def acc_dtype(*arrays) -> jnp.dtype:
     """Accumulation dtype: the promoted dtype of ``arrays``, at least float32."""
     dtype = jnp.dtype(jnp.float32)
     for a in arrays:
@@ -38,7 +39,7 @@ def _acc_dtype(*arrays) -> jnp.dtype:
 def _prepare(x, mask):
     """Returns ``(x, weights, valid)``: ``x`` zeroed where masked, in the accumulation dtype."""
     x = jnp.asarray(x)
-    dtype = _acc_dtype(x)
+    dtype = acc_dtype(x)
     mask = jnp.broadcast_to(jnp.asarray(mask), x.shape)
     valid = mask != 0
     weights = jnp.where(valid, mask.astype(dtype), 0)
@@ -158,7 +159,7 @@ def token_logprobs(logits_BTV, tokens_BT, temperature=1.0):
         raise ValueError(
                 f"token_logprobs: tokens shape {tokens_BT.shape} must equal logits shape "
                 f"without the vocabulary axis {logits_BTV.shape[:-1]}.")
-    dtype = _acc_dtype(logits_BTV)
+    dtype = acc_dtype(logits_BTV)
     temperature = jnp.asarray(temperature, dtype)
     chosen_BT = jnp.take_along_axis(logits_BTV, tokens_BT[..., None], axis=-1)[..., 0]
     chosen_BT = chosen_BT.astype(dtype) / temperature
@@ -181,7 +182,7 @@ def token_entropy(logits_BTV, temperature=1.0):
         ``entropy_BT`` of shape ``logits.shape[:-1]`` in the accumulation dtype.
     """
     logits_BTV = jnp.asarray(logits_BTV)
-    dtype = _acc_dtype(logits_BTV)
+    dtype = acc_dtype(logits_BTV)
     z_BTV = logits_BTV.astype(dtype) / jnp.asarray(temperature, dtype)
     z_BTV = z_BTV - jax.lax.stop_gradient(jnp.max(z_BTV, axis=-1, keepdims=True))
     lse_BT1 = jax.nn.logsumexp(z_BTV, axis=-1, keepdims=True)
@@ -210,7 +211,7 @@ def explained_variance(pred, target, mask):
     if pred.shape != target.shape:
         raise ValueError(
             f"explained_variance: pred shape {pred.shape} != target shape {target.shape}.")
-    dtype = _acc_dtype(pred, target)
+    dtype = acc_dtype(pred, target)
     pred, target = pred.astype(dtype), target.astype(dtype)
     var_target = masked_var(target, mask)
     var_resid = masked_var(target - pred, mask)

@@ -30,6 +30,7 @@ __all__ = [
     "load_tokenizer",
     "load_gpt2_bpe",
     "fetch_gpt2_bpe_files",
+    "encode_batch",
     "encode_prompts",
     "encode_texts",
     "pack_texts",
@@ -269,7 +270,9 @@ def fetch_gpt2_bpe_files(cache_dir: str | os.PathLike[str], *, version: str = "1
 # Encoding to fixed shapes
 
 
-def _encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+def encode_batch(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text, without special tokens, in one batched call of the fast
+    tokenizer (HF ``PreTrainedTokenizerFast`` or a ``tokenizers.Tokenizer``)."""
     if isinstance(texts, str):
         raise TypeError("expected a list of strings, got a single str")
     if not texts:
@@ -301,7 +304,7 @@ def encode_prompts(tokenizer, prompts: Sequence[str], max_len: int, *, add_bos: 
         raise ValueError("add_bos=True but the tokenizer has no BOS token")
     ids_BP = np.full((len(prompts), max_len), tokenizer.pad_token_id, dtype=np.int32)
     mask_BP = np.zeros((len(prompts), max_len), dtype=np.int32)
-    for i, ids in enumerate(_encode(tokenizer, prompts)):
+    for i, ids in enumerate(encode_batch(tokenizer, prompts)):
         if add_bos:
             ids = [tokenizer.bos_token_id] + ids
         if len(ids) > max_len:
@@ -327,7 +330,7 @@ def encode_texts(tokenizer, texts: Sequence[str], seq_len: int, *, add_bos: bool
         raise ValueError("add_bos=True but the tokenizer has no BOS token")
     ids_BT = np.full((len(texts), seq_len), tokenizer.pad_token_id, dtype=np.int32)
     mask_BT = np.zeros((len(texts), seq_len), dtype=np.int32)
-    for i, ids in enumerate(_encode(tokenizer, texts)):
+    for i, ids in enumerate(encode_batch(tokenizer, texts)):
         ids = ([tokenizer.bos_token_id] if add_bos else []) + ids + ([tokenizer.eos_token_id] if add_eos else [])
         ids = ids[:seq_len]
         ids_BT[i, : len(ids)] = ids
@@ -354,7 +357,7 @@ def pack_texts(tokenizer, texts: Sequence[str], seq_len: int, *, add_bos: bool =
     pieces: list[np.ndarray] = []
     bar = tqdm(total=len(texts), desc="tokenize", unit="text", disable=not progress)
     for start in range(0, len(texts), batch_size):
-        for ids in _encode(tokenizer, texts[start : start + batch_size]):
+        for ids in encode_batch(tokenizer, texts[start : start + batch_size]):
             ids = ([tokenizer.bos_token_id] if add_bos else []) + ids + [tokenizer.eos_token_id]
             pieces.append(np.asarray(ids, dtype=np.int32))
         bar.update(min(batch_size, len(texts) - start))

@@ -58,7 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax.data.tokenizer import TokenizerFileError, _encode, load_tokenizer
+from rlhf_jax.data.tokenizer import TokenizerFileError, encode_batch, load_tokenizer
 from rlhf_jax.feedback.judges import LABEL_A, LABEL_B, LABEL_TIE, JudgeOutput, normalize_judge_output
 
 __all__ = [
@@ -295,7 +295,7 @@ class AIJudge:
         for name, text in (("answer_a", answer_a), ("answer_b", answer_b)):
             if not isinstance(text, str) or not text:
                 raise ValueError(f"{name}: expected a non-empty string, got {text!r}")
-            tokens = _encode(self.tokenizer, [text])[0]
+            tokens = encode_batch(self.tokenizer, [text])[0]
             if len(tokens) != 1:
                 pieces = self.tokenizer.convert_ids_to_tokens(tokens)
                 raise ValueError(f"{name}={text!r} encodes to {len(tokens)} tokens {pieces}; the judge reads one "
@@ -313,7 +313,7 @@ class AIJudge:
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         bos = [self.tokenizer.bos_token_id] if self.add_bos else []
-        return [bos + ids for ids in _encode(self.tokenizer, texts)]
+        return [bos + ids for ids in encode_batch(self.tokenizer, texts)]
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
@@ -347,7 +347,7 @@ class AIJudge:
             raise ValueError(f"pair {i}: the template, principles and prompt take {overhead} tokens, leaving no room for "
                              f"the responses within max_len={self.max_len}; raise max_len or shorten the prompt or "
                              f"principles (only responses are truncated)")
-        tok_a, tok_b = _encode(self.tokenizer, [a, b])
+        tok_a, tok_b = encode_batch(self.tokenizer, [a, b])
         for _ in range(8):  # decode/re-encode can merge across the cut: shrink by the excess and retry
             k_a, k_b = _share(len(tok_a), len(tok_b), room)
             cut_a, cut_b = self._decode(tok_a[:k_a]), self._decode(tok_b[:k_b])

@@ -2,10 +2,10 @@
 
 from rlhf_jax.models.hf import from_pretrained, save_pretrained
 from rlhf_jax.models.transformer import (KVCache, RopeScaling, Transformer, TransformerConfig,
-                                         init_cache, init_params, param_logical_axes,
-                                         positions_from_mask)
+                                         boxed_init_fn, init_cache, init_params,
+                                         param_logical_axes, positions_from_mask)
 
 __all__ = [
-    "KVCache", "RopeScaling", "Transformer", "TransformerConfig", "from_pretrained",
+    "KVCache", "RopeScaling", "Transformer", "TransformerConfig", "boxed_init_fn", "from_pretrained",
     "init_cache", "init_params", "param_logical_axes", "positions_from_mask", "save_pretrained",
 ]

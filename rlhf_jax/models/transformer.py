@@ -42,6 +42,7 @@ __all__ = [
     "init_cache",
     "positions_from_mask",
     "init_params",
+    "boxed_init_fn",
     "param_logical_axes",
     "unstack_layers",
 ]
@@ -505,11 +506,15 @@ def unstack_layers(params: Any) -> Any:
   return out
 
 
+def boxed_init_fn(model: Transformer, seq_len: int = 8):
+  """``init(rng) -> params`` with logical-axis boxes kept: what
+  :func:`rlhf_jax.sharding.params_shardings` and ``init_sharded`` take."""
+  return lambda rng: model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
+
+
 def init_params(model: Transformer, rng: jax.Array, seq_len: int = 8) -> Any:
   """Initialise a params pytree (plain arrays, logical-axis boxes removed)."""
-  ids = jnp.zeros((1, seq_len), jnp.int32)
-  variables = model.init(rng, ids)
-  return nn.meta.unbox(variables["params"])
+  return nn.meta.unbox(boxed_init_fn(model, seq_len)(rng))
 
 
 def param_logical_axes(model: Transformer) -> Any:

@@ -10,13 +10,11 @@ import dataclasses
 import os
 from typing import Any, Callable, Optional, Tuple
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import optax
 
 from rlhf_jax import optim, sharding
-from rlhf_jax.models import Transformer, TransformerConfig
+from rlhf_jax.models import Transformer, TransformerConfig, boxed_init_fn, init_params
 
 __all__ = [
     "PRESETS",
@@ -97,7 +95,7 @@ def load_model(spec: ModelSpec, head: str, rng: jax.Array, mesh) -> Tuple[Transf
     cfg = preset_config(spec.preset, spec.vocab_size, head=head, dtype=spec.dtype,
                         remat=spec.remat, scan_unroll=spec.scan_unroll)
     model = Transformer(cfg)
-    init = lambda r: model.init(r, jnp.zeros((1, 8), jnp.int32))["params"]
+    init = boxed_init_fn(model)
     params, _ = sharding.init_sharded(init, rng, mesh=mesh)
     return model, params
   from rlhf_jax.models import hf  # local import: only needed for checkpoints
@@ -109,7 +107,7 @@ def load_model(spec: ModelSpec, head: str, rng: jax.Array, mesh) -> Tuple[Transf
   if cfg.head != head:
     cfg = cfg.replace(head=head)
     new_model = Transformer(cfg)
-    fresh = nn.meta.unbox(new_model.init(rng, jnp.zeros((1, 8), jnp.int32))["params"])
+    fresh = init_params(new_model, rng)
     trunk = {k: v for k, v in params.items() if k not in ("lm_head", "score")}
     merged = dict(fresh)
     merged.update(trunk)
@@ -119,14 +117,14 @@ def load_model(spec: ModelSpec, head: str, rng: jax.Array, mesh) -> Tuple[Transf
     model = new_model
   else:
     model = Transformer(cfg)
-  init = lambda r: model.init(r, jnp.zeros((1, 8), jnp.int32))["params"]
+  init = boxed_init_fn(model)
   shardings = sharding.params_shardings(init, rng, mesh=mesh)
   return model, sharding.shard_tree(params, shardings)
 
 
 def shard_params(model: Transformer, params, mesh):
   """Place ``params`` on ``mesh`` by the model's logical axis rules."""
-  init = lambda r: model.init(r, jnp.zeros((1, 8), jnp.int32))["params"]
+  init = boxed_init_fn(model)
   return sharding.shard_tree(params, sharding.params_shardings(init, jax.random.PRNGKey(0),
                                                                mesh=mesh))
 

@@ -43,7 +43,7 @@ from rlhf_jax import sft as sft_lib
 from rlhf_jax.feedback import judges as judges_lib
 from rlhf_jax.feedback import scorers as scorers_lib
 from rlhf_jax.feedback import simulated as simulated_lib
-from rlhf_jax.models import Transformer, init_params
+from rlhf_jax.models import Transformer, boxed_init_fn, init_params
 from rlhf_jax.train import common
 from rlhf_jax.train import ppo as ppo_train
 from rlhf_jax.train import reward as reward_train
@@ -299,7 +299,7 @@ def pretrain_base(spec: BaseSpec, data_dir: pathlib.Path, out: pathlib.Path, tok
   h_ids, h_mask = _read_rows(data_dir, "heldout")
   cfg = common.preset_config(spec.preset, len(tokenizer), head="lm")
   model = Transformer(cfg)
-  init = lambda r: model.init(r, jnp.zeros((1, 8), jnp.int32))["params"]
+  init = boxed_init_fn(model)
   params, _ = sharding.init_sharded(init, jax.random.PRNGKey(seed), mesh=mesh)
   optimizer, schedule = common.make_optimizer(spec.optimizer, spec.steps)
   state = sharding.commit(sft_lib.init_lm_state(params, optimizer), mesh)

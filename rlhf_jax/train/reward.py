@@ -22,7 +22,7 @@ import numpy as np
 from rlhf_jax import evaluation, losses, sharding
 from rlhf_jax import data as data_lib
 from rlhf_jax import reward as reward_lib
-from rlhf_jax.models import Transformer, init_params
+from rlhf_jax.models import Transformer, boxed_init_fn, init_params
 from rlhf_jax.train import common
 from rlhf_jax.train.metrics import MetricWriter, fetch, progress
 
@@ -69,7 +69,7 @@ def train_reward_model(model: Transformer, base_params, pairs: Dict[str, np.ndar
   k = jax.random.PRNGKey(seed)
   params = dict(init_params(model, k))
   params.update({key: v for key, v in base_params.items() if key not in ("lm_head", "score")})
-  init = lambda r: model.init(r, jnp.zeros((1, 8), jnp.int32))["params"]
+  init = boxed_init_fn(model)
   params = sharding.shard_tree(params, sharding.params_shardings(init, k, mesh=mesh))
   params = jax.tree.map(jnp.copy, params)  # the state is donated; keep the caller's trunk alive
   n = len(pairs["label"])
