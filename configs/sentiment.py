@@ -118,7 +118,7 @@ def get_config(arg=None):
 
   c.mesh = dict(data=1, fsdp=-1, tensor=1)
   # Checked against the last round in report.md.
-  c.targets = dict(win_rate=">= 0.8", kl="<= 6", rm_accuracy=">= 0.75",
+  c.targets = dict(win_rate=">= 0.9", kl="<= 6", rm_accuracy=">= 0.8",
                    perplexity_ratio="<= 1.5")
 
   if variant.startswith("openai"):

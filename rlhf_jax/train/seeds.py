@@ -1,0 +1,112 @@
+"""Across-seed summary of finished pipeline runs: the headline numbers with their spread.
+
+A quality claim needs more than one seed. ``summarize(workdirs)`` reads each run's per-round
+``round_<r>/eval.json``, and ``write_seed_summary`` writes a markdown table with, per round and
+metric, every seed's value, the mean, and a 95% Student-t interval for the mean over seeds::
+
+  python -m rlhf_jax.train.seeds runs/s0 runs/s1 runs/s2 --out docs/results/sentiment_seeds.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from rlhf_jax.data import files
+from rlhf_jax.train.metrics import markdown_table
+
+__all__ = ["HEADLINE", "summarize", "t_interval", "write_seed_summary"]
+
+HEADLINE: Tuple[Tuple[str, str], ...] = (
+    ("win_rate", "win rate (gold)"),
+    ("independent_win_rate", "win rate (independent judge)"),
+    ("kl", "KL (nats)"),
+    ("rm_accuracy", "RM accuracy"),
+    ("rm_tie_param", "RM tie parameter"),
+    ("degenerate_fraction", "degenerate fraction"),
+    ("perplexity_ratio", "perplexity ratio"),
+    ("gold_reward_mean", "gold reward"),
+)
+"""``(key, label)`` of the per-round values summarised across seeds."""
+
+# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom.
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+        2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_interval(values: Sequence[float]) -> Tuple[float, float, float]:
+  """``(mean, low, high)``: the 95% Student-t interval for the mean of ``values``
+  (``low = high = mean`` for a single value)."""
+  x = np.asarray(values, np.float64)
+  if x.size == 0:
+    raise ValueError("t_interval: no values")
+  mean = float(np.mean(x))
+  if x.size == 1:
+    return mean, mean, mean
+  half = (_T95[min(x.size - 1, len(_T95)) - 1] * float(np.std(x, ddof=1)) / math.sqrt(x.size))
+  return mean, mean - half, mean + half
+
+
+def summarize(workdirs: Sequence[os.PathLike | str]) -> Dict[int, Dict[str, List[float]]]:
+  """``{round: {key: [value per seed]}}`` over the rounds every run has finished."""
+  per_run = []
+  for w in workdirs:
+    w = pathlib.Path(w)
+    evals = sorted(w.glob("round_*/eval.json"), key=lambda p: int(p.parent.name.split("_")[1]))
+    if not evals:
+      raise FileNotFoundError(f"{w}: no finished round (round_*/eval.json)")
+    per_run.append({int(p.parent.name.split("_")[1]): json.loads(p.read_text()) for p in evals})
+  rounds = sorted(set.intersection(*(set(r) for r in per_run)))
+  out: Dict[int, Dict[str, List[float]]] = {}
+  for r in rounds:
+    out[r] = {}
+    for key, _ in HEADLINE:
+      vals = [run[r].get(key) for run in per_run]
+      if all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals):
+        out[r][key] = [float(v) for v in vals]
+  return out
+
+
+def write_seed_summary(workdirs: Sequence[os.PathLike | str], out: os.PathLike | str,
+                       title: str = "Across seeds",
+                       note: Optional[str] = None) -> str:
+  """Markdown table of :data:`HEADLINE` per round: each seed's value, mean [95% t interval]."""
+  data = summarize(workdirs)
+  names = [pathlib.Path(w).name for w in workdirs]
+  lines = [f"# {title}", "", f"{len(workdirs)} runs: " + ", ".join(f"`{w}`" for w in workdirs)
+           + ". Interval: 95% Student-t for the mean over runs.", ""]
+  if note:
+    lines += [note, ""]
+  rows = []
+  for r, values in data.items():
+    for key, label in HEADLINE:
+      if key not in values:
+        continue
+      mean, lo, hi = t_interval(values[key])
+      rows.append([r, label] + [f"{v:.3f}" for v in values[key]]
+                  + [f"{mean:.3f} [{lo:.3f}, {hi:.3f}]", f"{min(values[key]):.3f}"])
+  lines += [markdown_table(["round", "metric"] + names + ["mean [95% CI]", "min"], rows), ""]
+  text = "\n".join(lines)
+  files.atomic_write_text(out, text)
+  return text
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("workdirs", nargs="+", help="finished pipeline workdirs, one per seed")
+  parser.add_argument("--out", required=True, help="markdown file to write")
+  parser.add_argument("--title", default="Across seeds")
+  parser.add_argument("--note", default=None, help="a paragraph under the title")
+  args = parser.parse_args(argv)
+  print(write_seed_summary(args.workdirs, args.out, args.title, args.note))
+
+
+if __name__ == "__main__":
+  _main()
