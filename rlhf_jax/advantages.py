@@ -1,13 +1,19 @@
-"""Reward shaping, generalised advantage estimation and reward normalisation.
+"""Reward shaping, generalised advantage estimation, group advantages and reward normalisation.
 
 Arrays are batch-major: ``[B, T]`` with time on the last axis, ``mask_BT`` marking response
 tokens. Responses are right-padded after their stop token, so each row's mask is ones then zeros;
 the functions below only rely on "the last position with mask 1 ends the response" and skip
 masked positions, so padding (with any garbage values) never changes a result.
+
+The critic-free group advantages (:func:`grpo_advantages`, :func:`rloo_advantages`) take one
+score per sampled response, ``scores_B``, with the ``G = group_size`` samples of one prompt in
+consecutive rows: rows ``g·G … g·G + G - 1`` form group ``g``. They return one advantage per
+response (``[B]``), broadcast over its tokens by :func:`rlhf_jax.losses.ppo_policy_loss`.
 """
 
 from __future__ import annotations
 
+import operator
 from typing import NamedTuple
 
 import chex
@@ -22,6 +28,8 @@ __all__ = [
     "shape_rewards",
     "last_token_index",
     "gae",
+    "grpo_advantages",
+    "rloo_advantages",
     "fit_reward_normalization",
     "apply_reward_normalization",
 ]
@@ -160,6 +168,89 @@ def gae(rewards_BT, values_BT, mask_BT, gamma, lam):
     advantages_BT = adv_TB.T
     returns_BT = jnp.where(valid_BT, advantages_BT + values_BT, 0)
     return advantages_BT, returns_BT
+
+
+def _grouped_scores(scores_B, group_size, fn_name):
+    """Checks the group layout and returns ``(centred_NG, dtype)``.
+
+    ``centred_NG = r - mean_g`` per group, set to exactly 0 in a group whose scores are all
+    equal (rounding of the mean would otherwise leave ``±1 ulp``, which ``1 / (std + eps)``
+    amplifies).
+    """
+    try:
+        G = operator.index(group_size)
+    except TypeError:
+        raise ValueError(f"{fn_name}: group_size must be a Python int (static), "
+                         f"got {group_size!r}.") from None
+    if G < 2:
+        raise ValueError(
+            f"{fn_name}: group_size must be >= 2, got {G}: a group of one sample has no baseline "
+            "but itself (its advantage would be 0 or, with the unbiased std, undefined).")
+    scores_B = jnp.asarray(scores_B)
+    chex.assert_rank(scores_B, 1)
+    B = scores_B.shape[0]
+    if B % G:
+        raise ValueError(f"{fn_name}: the batch of {B} scores is not a whole number of groups of "
+                         f"group_size={G}; expected B = num_prompts * group_size.")
+    dtype = acc_dtype(scores_B)
+    r_NG = scores_B.astype(dtype).reshape(B // G, G)
+    constant_N1 = jnp.all(r_NG == r_NG[:, :1], axis=1, keepdims=True)
+    centred_NG = jnp.where(constant_N1, 0, r_NG - jnp.mean(r_NG, axis=1, keepdims=True))
+    return centred_NG, dtype
+
+
+def grpo_advantages(scores_B, group_size, scale_by_std=True, eps=1e-4):
+    """Group-relative advantages of GRPO (Shao et al. 2024, DeepSeekMath) and Dr.GRPO.
+
+    For the ``G`` samples of one prompt with scores ``r_1 … r_G``:
+    ``A_i = (r_i - mean_g) / (std_g + eps)`` with the unbiased std
+    ``std_g = sqrt(Σ_j (r_j - mean_g)² / (G - 1))`` (as DeepSeekMath and TRL);
+    ``scale_by_std=False`` gives ``A_i = r_i - mean_g`` (Dr.GRPO, Liu et al. 2025, which drops
+    the std because it up-weights too easy or too hard prompts). A group whose scores are all
+    equal gets advantage exactly 0 (it carries no signal).
+
+    Args:
+        scores_B: ``[B]`` one score per response, ``B = num_prompts · G``, groups consecutive.
+        group_size: ``G``, a Python int ``>= 2`` (static). ``G = 1`` is rejected for both
+            variants: the unbiased std is undefined, and without it every advantage is 0.
+        scale_by_std: divide by ``std_g + eps`` (a Python bool, static).
+        eps: added to the std (may be traced).
+
+    Returns:
+        ``advantages_B`` in the accumulation dtype.
+
+    Raises:
+        ValueError: ``group_size`` is not an int ``>= 2``, or ``B`` is not a multiple of it.
+    """
+    centred_NG, dtype = _grouped_scores(scores_B, group_size, "grpo_advantages")
+    if scale_by_std:
+        G = centred_NG.shape[1]
+        std_N1 = jnp.sqrt(jnp.sum(jnp.square(centred_NG), axis=1, keepdims=True) / (G - 1))
+        centred_NG = centred_NG / (std_N1 + jnp.asarray(eps, dtype))
+    return centred_NG.reshape(-1)
+
+
+def rloo_advantages(scores_B, group_size):
+    """REINFORCE leave-one-out advantages (Kool et al. 2019; Ahmadian et al. 2024).
+
+    Each sample's baseline is the mean score of the other ``G - 1`` samples of its prompt:
+    ``A_i = r_i - (Σ_g r - r_i) / (G - 1)``, computed as the identical
+    ``G / (G - 1) · (r_i - mean_g)`` (no cancellation against a large sum). A group whose
+    scores are all equal gets advantage exactly 0.
+
+    Args:
+        scores_B: ``[B]`` one score per response, ``B = num_prompts · G``, groups consecutive.
+        group_size: ``G``, a Python int ``>= 2`` (static).
+
+    Returns:
+        ``advantages_B`` in the accumulation dtype.
+
+    Raises:
+        ValueError: ``group_size`` is not an int ``>= 2``, or ``B`` is not a multiple of it.
+    """
+    centred_NG, dtype = _grouped_scores(scores_B, group_size, "rloo_advantages")
+    G = centred_NG.shape[1]
+    return (jnp.asarray(G / (G - 1), dtype) * centred_NG).reshape(-1)
 
 
 def fit_reward_normalization(scores, target_mean=0.0, target_std=1.0):
