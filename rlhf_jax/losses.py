@@ -1,14 +1,17 @@
-"""Reward-model and PPO losses.
+"""Reward-model and PPO-family losses.
 
 Preference losses (:func:`bradley_terry_loss`, :func:`reward_centering_loss`,
-:func:`preference_loss`) return one value per pair, unreduced: the caller takes the mean. PPO
-losses (:func:`ppo_policy_loss`, :func:`ppo_value_loss`) and :func:`entropy_from_logits` return
-the token-mean over every masked token of the batch (``Σ m ℓ / Σ m``) plus logging info.
+:func:`preference_loss`) return one value per pair, unreduced: the caller
+takes the mean. PPO losses (:func:`ppo_policy_loss`, :func:`ppo_value_loss`) and
+:func:`entropy_from_logits` return the token-mean over every masked token of the batch
+(``Σ m ℓ / Σ m``) plus logging info; :func:`ppo_policy_loss` can instead reduce per sequence
+(GRPO) or by a constant (Dr.GRPO).
 
 Inputs may be float32 or bfloat16 (or float64 under ``jax.enable_x64``); everything is computed
 in ``promote_types(dtype, float32)``. Hyper-parameters (``margin``, ``clip_eps``, ``tie_param``,
-``coef``) may be traced arrays, so changing them does not recompile. Gradients never flow into
-``logp_old``, ``advantages``, ``values_old`` or ``returns`` (they are data).
+``coef``) may be traced arrays, so changing them does not
+recompile. Gradients never flow into ``logp_old``, ``advantages``, ``values_old``, ``returns``
+(they are data).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax.ops import acc_dtype, masked_mean, token_entropy
+from rlhf_jax.ops import acc_dtype, masked_mean, masked_sum, token_entropy
 
 __all__ = [
     "LABEL_A",
@@ -34,6 +37,7 @@ __all__ = [
     "preference_loss",
     "fit_tie_parameter",
     "PolicyLossInfo",
+    "POLICY_LOSS_REDUCTIONS",
     "ppo_policy_loss",
     "ValueLossInfo",
     "ppo_value_loss",
@@ -262,11 +266,14 @@ def fit_tie_parameter(r_a, r_b, label, tie_model, iters=64):
 
 
 class PolicyLossInfo(NamedTuple):
-    """Logging statistics of :func:`ppo_policy_loss` (token-means over the mask).
+    """Logging statistics of :func:`ppo_policy_loss`.
+
+    Always token-means over the mask (``Σ m x / Σ m``), whatever the loss's ``reduction``, so
+    they mean the same thing for PPO, GRPO, DAPO and Dr.GRPO runs and can be compared.
 
     Attributes:
         clip_frac: fraction of tokens where the clipped term is the larger loss (OAI's
-            ``pg_clipfrac``), i.e. where clipping removes the gradient.
+            ``pg_clipfrac``), i.e. where clipping removes the gradient (either bound).
         approx_kl: ``½ mean((log π - log π_old)²)``.
         ratio_mean: mean of ``ρ = π / π_old``.
     """
@@ -276,35 +283,74 @@ class PolicyLossInfo(NamedTuple):
     ratio_mean: jax.Array
 
 
-def ppo_policy_loss(logp, logp_old, advantages, mask, clip_eps):
-    """PPO clipped surrogate policy loss, token-mean over the mask.
+POLICY_LOSS_REDUCTIONS = ("token", "sequence", "constant")
+
+
+def ppo_policy_loss(logp, logp_old, advantages, mask, clip_eps, clip_eps_high=None,
+                    reduction="token"):
+    """PPO clipped surrogate policy loss, with DAPO's asymmetric clip and three reductions.
 
     ``ρ = exp(log π - log π_old)``,
-    ``L = Σ_t m_t max(-A_t ρ_t, -A_t clip(ρ_t, 1-ε, 1+ε)) / Σ_t m_t`` over all masked tokens
-    of the batch (Schulman et al. 2017; OAI lm-human-preferences).
+    ``ℓ_t = max(-A_t ρ_t, -A_t clip(ρ_t, 1 - ε, 1 + ε_high))`` (Schulman et al. 2017; OAI
+    lm-human-preferences), with ``ε_high = ε`` by default and ``ε_high > ε`` for DAPO's
+    clip-higher (Yu et al. 2025). With ``m`` the mask, ``B`` sequences and ``T`` the last axis:
+
+    * ``"token"``: ``L = Σ m ℓ / Σ m`` over every masked token of the batch (PPO, DAPO;
+      the only behaviour before ``reduction`` existed).
+    * ``"sequence"``: ``L = mean_b (Σ_t m ℓ / Σ_t m)``, the mean over sequences of each
+      sequence's token-mean (GRPO, Shao et al. 2024). Rows with an all-zero mask are padding:
+      they are left out of the mean over sequences.
+    * ``"constant"``: ``L = Σ m ℓ / (B · T)`` (Dr.GRPO, Liu et al. 2025), ``B · T`` being
+      ``logp.size``: the padded length, not the lengths of the responses, normalises, so
+      unlike the two others this value changes when the arrays are padded further; pad to the
+      generation budget (``max_new_tokens``) for Dr.GRPO's constant.
 
     Args:
         logp: ``[B, T]`` (any shape) log-probs under the current policy.
         logp_old: log-probs under the rollout policy, same shape (no gradient).
-        advantages: same shape (no gradient; whiten beforehand if wanted).
-        mask: same shape; zeros (padding) never affect the loss, its gradient or the info.
-        clip_eps: ε, scalar (may be traced).
+        advantages: same shape as ``logp``, or without its last axis (``[B]``: one advantage
+            per sequence, e.g. :func:`rlhf_jax.advantages.grpo_advantages`, broadcast over its
+            tokens). No gradient; whiten beforehand if wanted.
+        mask: same shape as ``logp``; zeros (padding) never affect the loss, its gradient or
+            the info.
+        clip_eps: ε, the lower clip ``1 - ε``; scalar (may be traced).
+        clip_eps_high: ε_high, the upper clip ``1 + ε_high``; scalar (may be traced) or
+            ``None`` for ``ε`` (symmetric PPO clip).
+        reduction: ``"token"``, ``"sequence"`` or ``"constant"`` (static).
 
     Returns:
-        ``(loss, PolicyLossInfo)``; scalars in the accumulation dtype.
+        ``(loss, PolicyLossInfo)``; scalars in the accumulation dtype. The info is always
+        token-means (see :class:`PolicyLossInfo`).
     """
+    if reduction not in POLICY_LOSS_REDUCTIONS:
+        raise ValueError(f"ppo_policy_loss: reduction must be one of {POLICY_LOSS_REDUCTIONS}, "
+                         f"got {reduction!r}.")
     logp, logp_old, advantages, mask = (jnp.asarray(a) for a in (logp, logp_old, advantages, mask))
-    chex.assert_equal_shape([logp, logp_old, advantages, mask])
+    chex.assert_equal_shape([logp, logp_old, mask])
+    if advantages.shape != logp.shape:
+        if advantages.shape != logp.shape[:-1]:
+            raise ValueError(f"ppo_policy_loss: advantages must have the shape of logp "
+                             f"{logp.shape} or that shape without its last (token) axis "
+                             f"{logp.shape[:-1]}, got {advantages.shape}.")
+        advantages = jnp.broadcast_to(advantages[..., None], logp.shape)
     dtype = acc_dtype(logp, logp_old, advantages)
     valid = mask != 0
     logp_old = jax.lax.stop_gradient(logp_old)
     advantages = jax.lax.stop_gradient(jnp.where(valid, advantages.astype(dtype), 0))
     log_ratio = jnp.where(valid, logp.astype(dtype) - logp_old.astype(dtype), 0)
     ratio = jnp.exp(log_ratio)
-    eps = jnp.asarray(clip_eps, dtype)
+    eps_low = jnp.asarray(clip_eps, dtype)
+    eps_high = eps_low if clip_eps_high is None else jnp.asarray(clip_eps_high, dtype)
     loss_unclipped = -advantages * ratio
-    loss_clipped = -advantages * jnp.clip(ratio, 1 - eps, 1 + eps)
-    loss = masked_mean(jnp.maximum(loss_unclipped, loss_clipped), mask)
+    loss_clipped = -advantages * jnp.clip(ratio, 1 - eps_low, 1 + eps_high)
+    per_token = jnp.maximum(loss_unclipped, loss_clipped)
+    if reduction == "token":
+        loss = masked_mean(per_token, mask)
+    elif reduction == "sequence":
+        nonempty = jnp.any(valid, axis=-1)
+        loss = masked_mean(masked_mean(per_token, mask, axis=-1), nonempty)
+    else:
+        loss = masked_sum(per_token, mask) / jnp.asarray(max(per_token.size, 1), dtype)
     info = PolicyLossInfo(
         clip_frac=masked_mean((loss_clipped > loss_unclipped).astype(dtype), mask),
         approx_kl=0.5 * masked_mean(jnp.square(jax.lax.stop_gradient(log_ratio)), mask),

@@ -358,3 +358,162 @@ def test_fit_tie_parameter_recovers_the_generating_value(tie_model, true_param):
   assert float(losses.fit_tie_parameter(r_a, r_b, no_ties, "rao_kupper")) < 1.01
   with pytest.raises(ValueError, match="rao_kupper"):
     losses.fit_tie_parameter(r_a, r_b, label, "bradley_terry")
+
+
+def _ppo_reduction_oracle(logp, logp_old, adv, mask, eps, eps_high, reduction):
+    """float64 loop: per-token clipped loss with [1 - ε, 1 + ε_high], then the reduction."""
+    B, T = np.shape(logp)
+    adv = np.asarray(adv, np.float64)
+    if adv.ndim == 1:
+        adv = np.repeat(adv[:, None], T, axis=1)
+    total = tokens = clipped = 0.0
+    seq_means = []
+    for b in range(B):
+        seq_total = seq_tokens = 0.0
+        for t in range(T):
+            if not mask[b][t]:
+                continue
+            ratio = np.exp(float(logp[b][t]) - float(logp_old[b][t]))
+            a = float(adv[b][t])
+            l1, l2 = -a * ratio, -a * min(max(ratio, 1 - eps), 1 + eps_high)
+            seq_total += max(l1, l2)
+            seq_tokens += 1
+            clipped += l2 > l1
+        total += seq_total
+        tokens += seq_tokens
+        if seq_tokens:
+            seq_means.append(seq_total / seq_tokens)
+    loss = {"token": total / tokens, "sequence": sum(seq_means) / len(seq_means),
+            "constant": total / (B * T)}[reduction]
+    return loss, clipped / tokens
+
+
+@pytest.fixture
+def ragged_policy_batch():
+    rng = np.random.default_rng(7)
+    B, T = 5, 6
+    lengths = np.array([6, 3, 1, 0, 4])  # row 3 is an all-padding row
+    mask = (np.arange(T)[None] < lengths[:, None]).astype(np.int32)
+    logp = (rng.normal(size=(B, T)) * 0.3 - 2).astype(np.float32)
+    logp_old = (logp + rng.normal(size=(B, T)) * 0.3).astype(np.float32)
+    adv_BT = rng.normal(size=(B, T)).astype(np.float32)
+    adv_B = rng.normal(size=B).astype(np.float32)
+    for x in (logp, logp_old, adv_BT):
+        x[mask == 0] = np.nan
+    return dict(logp=logp, logp_old=logp_old, adv_BT=adv_BT, adv_B=adv_B, mask=mask)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("reduction", ["token", "sequence", "constant"])
+@pytest.mark.parametrize("adv_key", ["adv_BT", "adv_B"])
+@pytest.mark.parametrize("eps_high", [None, 0.28])
+def test_ppo_policy_loss_reductions_match_float64_loop(ragged_policy_batch, variant, reduction,
+                                                       adv_key, eps_high):
+    r = ragged_policy_batch
+    fn = variant(functools.partial(losses.ppo_policy_loss, reduction=reduction))
+    high = None if eps_high is None else jnp.float32(eps_high)
+    loss, info = fn(r["logp"], r["logp_old"], r[adv_key], r["mask"], jnp.float32(0.2), high)
+    want, want_clip = _ppo_reduction_oracle(r["logp"], r["logp_old"], r[adv_key], r["mask"], 0.2,
+                                            0.2 if eps_high is None else eps_high, reduction)
+    assert loss.dtype == jnp.float32
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
+    # The info is a token-mean for every reduction.
+    np.testing.assert_allclose(info.clip_frac, want_clip, rtol=1e-6)
+    token_loss, token_info = losses.ppo_policy_loss(r["logp"], r["logp_old"], r[adv_key],
+                                                    r["mask"], 0.2, eps_high)
+    for got, expected in zip(info, token_info):
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_ppo_policy_loss_backward_compatible_defaults(ragged_policy_batch):
+    r = ragged_policy_batch
+    args = (r["logp"], r["logp_old"], r["adv_BT"], r["mask"], 0.2)
+    old = losses.ppo_policy_loss(*args)
+    for new in (losses.ppo_policy_loss(*args, None, "token"),
+                losses.ppo_policy_loss(*args, clip_eps_high=0.2, reduction="token")):
+        for got, expected in zip(jax.tree.leaves(new), jax.tree.leaves(old)):
+            np.testing.assert_array_equal(got, expected)
+    # [B] advantages are the [B, T] ones repeated over tokens.
+    adv_rep = np.repeat(r["adv_B"][:, None], 6, axis=1)
+    for reduction in ("token", "sequence", "constant"):
+        a = losses.ppo_policy_loss(r["logp"], r["logp_old"], r["adv_B"], r["mask"], 0.2,
+                                   reduction=reduction)
+        b = losses.ppo_policy_loss(r["logp"], r["logp_old"], adv_rep, r["mask"], 0.2,
+                                   reduction=reduction)
+        np.testing.assert_allclose(a[0], b[0], rtol=1e-6)
+
+
+def test_ppo_policy_loss_padding_per_reduction(ragged_policy_batch):
+    r = ragged_policy_batch
+    pad_t = lambda x, v: np.concatenate([x, np.full((5, 3), v, x.dtype)], axis=1)
+    pad_b = lambda x, v: np.concatenate([x, np.full((2,) + x.shape[1:], v, x.dtype)], axis=0)
+    for reduction in ("token", "sequence", "constant"):
+        fn = functools.partial(losses.ppo_policy_loss, clip_eps=0.2, clip_eps_high=0.3,
+                               reduction=reduction)
+        base, _ = fn(r["logp"], r["logp_old"], r["adv_BT"], r["mask"])
+        more_t, _ = fn(pad_t(r["logp"], 1e4), pad_t(r["logp_old"], -1e4),
+                       pad_t(r["adv_BT"], np.nan), pad_t(r["mask"], 0))
+        more_b, _ = fn(pad_b(r["logp"], 1e4), pad_b(r["logp_old"], -1e4),
+                       pad_b(r["adv_BT"], np.nan), pad_b(r["mask"], 0))
+        if reduction == "constant":  # Σ m ℓ / (B·T): padding changes the constant, by design
+            np.testing.assert_allclose(more_t, base * 6 / 9, rtol=1e-6)
+            np.testing.assert_allclose(more_b, base * 5 / 7, rtol=1e-6)
+        else:  # padded tokens and all-padding rows change nothing
+            np.testing.assert_allclose(more_t, base, rtol=1e-6)
+            np.testing.assert_allclose(more_b, base, rtol=1e-6)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_ppo_policy_loss_clip_higher_hand(variant):
+    # ρ = [1.25, 1.25, 0.75], A = [1, -1, -1], ε = 0.2, ε_high = 0.28.
+    #   Symmetric [0.8, 1.2]: token 0 max(-1.25, -1.2) = -1.2 clipped; token 1 max(1.25, 1.2) =
+    #   1.25; token 2 max(0.75, 0.8) = 0.8 clipped. Loss 0.85 / 3, clip_frac 2/3.
+    #   DAPO [0.8, 1.28]: token 0 is no longer clipped: (-1.25 + 1.25 + 0.8) / 3; clip_frac 1/3.
+    # Each row is one real token and one pad token.
+    ratio = np.array([[1.25, 1.0], [1.25, 1.0], [0.75, 1.0]])
+    logp = jnp.asarray(np.log(ratio), jnp.float32)
+    zeros = jnp.zeros((3, 2))
+    adv = jnp.array([1.0, -1.0, -1.0])
+    mask = jnp.array([[1, 0], [1, 0], [1, 0]])
+    fn = variant(losses.ppo_policy_loss)
+    loss, info = fn(logp, zeros, adv, mask, 0.2)
+    np.testing.assert_allclose([loss, info.clip_frac], [0.85 / 3, 2 / 3], rtol=1e-6)
+    loss, info = fn(logp, zeros, adv, mask, 0.2, jnp.float32(0.28))
+    np.testing.assert_allclose([loss, info.clip_frac], [0.8 / 3, 1 / 3], rtol=1e-6)
+    loss, _ = variant(functools.partial(losses.ppo_policy_loss, reduction="constant"))(
+        logp, zeros, adv, mask, 0.2, 0.28)
+    np.testing.assert_allclose(loss, 0.8 / 6, rtol=1e-6)
+    # d/dlogp_0 = -A ρ / 3 = -1.25 / 3 under clip-higher; 0 under the symmetric clip.
+    g_sym = jax.grad(lambda lp: losses.ppo_policy_loss(lp, zeros, adv, mask, 0.2)[0])(logp)
+    g_high = jax.grad(lambda lp: losses.ppo_policy_loss(lp, zeros, adv, mask, 0.2, 0.28)[0])(logp)
+    np.testing.assert_allclose(g_sym[:, 0], [0.0, 1.25 / 3, 0.0], atol=1e-6)
+    np.testing.assert_allclose(g_high[:, 0], [-1.25 / 3, 1.25 / 3, 0.0], atol=1e-6)
+    assert np.all(np.asarray(g_high)[:, 1] == 0)
+
+
+def test_ppo_policy_loss_vmap_traced_clip_and_errors(ragged_policy_batch):
+    r = ragged_policy_batch
+    stacked = [np.stack([r[k], r[k][::-1]]) for k in ("logp", "logp_old", "adv_B", "mask")]
+    fn = functools.partial(losses.ppo_policy_loss, reduction="sequence")
+    loss_v, _ = jax.vmap(fn, in_axes=(0, 0, 0, 0, None, None))(*stacked, 0.2, 0.3)
+    for i in range(2):
+        want, _ = _ppo_reduction_oracle(*(s[i] for s in stacked), 0.2, 0.3, "sequence")
+        np.testing.assert_allclose(loss_v[i], want, rtol=1e-5)
+    traces = []
+
+    @jax.jit
+    def f(eps_high):
+        traces.append(1)
+        return losses.ppo_policy_loss(r["logp"], r["logp_old"], r["adv_B"], r["mask"], 0.2,
+                                      eps_high, "constant")[0]
+
+    for eps_high in (0.2, 0.28):
+        want, _ = _ppo_reduction_oracle(r["logp"], r["logp_old"], r["adv_B"], r["mask"], 0.2,
+                                        eps_high, "constant")
+        np.testing.assert_allclose(f(jnp.float32(eps_high)), want, rtol=1e-5)
+    assert len(traces) == 1
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        losses.ppo_policy_loss(r["logp"], r["logp_old"], r["adv_B"], r["mask"], 0.2,
+                               reduction="mean")
+    with pytest.raises(ValueError, match=r"advantages must have the shape of logp \(5, 6\)"):
+        losses.ppo_policy_loss(r["logp"], r["logp_old"], r["adv_B"][:4], r["mask"], 0.2)
