@@ -1,7 +1,7 @@
-"""Reward-model and PPO-family losses.
+"""Reward-model, direct-preference and PPO-family losses.
 
 Preference losses (:func:`bradley_terry_loss`, :func:`reward_centering_loss`,
-:func:`preference_loss`) return one value per pair, unreduced: the caller
+:func:`preference_loss`, :func:`dpo_loss`) return one value per pair, unreduced: the caller
 takes the mean. PPO losses (:func:`ppo_policy_loss`, :func:`ppo_value_loss`) and
 :func:`entropy_from_logits` return the token-mean over every masked token of the batch
 (``Σ m ℓ / Σ m``) plus logging info; :func:`ppo_policy_loss` can instead reduce per sequence
@@ -9,9 +9,9 @@ takes the mean. PPO losses (:func:`ppo_policy_loss`, :func:`ppo_value_loss`) and
 
 Inputs may be float32 or bfloat16 (or float64 under ``jax.enable_x64``); everything is computed
 in ``promote_types(dtype, float32)``. Hyper-parameters (``margin``, ``clip_eps``, ``tie_param``,
-``coef``) may be traced arrays, so changing them does not
+``coef``, ``beta``, ``label_smoothing``) may be traced arrays, so changing them does not
 recompile. Gradients never flow into ``logp_old``, ``advantages``, ``values_old``, ``returns``
-(they are data).
+or the reference log-probs of :func:`dpo_loss` (they are data).
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ __all__ = [
     "preference_probs",
     "preference_loss",
     "fit_tie_parameter",
+    "dpo_loss",
+    "DPO_LOSS_TYPES",
     "PolicyLossInfo",
     "POLICY_LOSS_REDUCTIONS",
     "ppo_policy_loss",
@@ -263,6 +265,86 @@ def fit_tie_parameter(r_a, r_b, label, tie_model, iters=64):
 
     a, b = jax.lax.fori_loop(0, iters, body, (jnp.asarray(lo, dtype), jnp.asarray(hi, dtype)))
     return jnp.exp((a + b) / 2)
+
+
+DPO_LOSS_TYPES = ("sigmoid", "ipo")
+
+
+def _is_static_zero(x):
+    return isinstance(x, (int, float)) and x == 0
+
+
+def dpo_loss(logp_a, logp_b, ref_logp_a, ref_logp_b, label, beta, loss_type="sigmoid",
+             tie_model="bradley_terry", tie_param=None, label_smoothing=0.0):
+    """Per-pair direct preference optimisation loss: DPO (with ties) or IPO.
+
+    ``logp_*`` are the summed log-probs of each response under the policy, ``ref_logp_*``
+    under the frozen reference; ``h = (logp_a - ref_logp_a) - (logp_b - ref_logp_b)``.
+
+    * ``"sigmoid"``, DPO (Rafailov et al. 2023): the implicit rewards
+      ``r_a = β (logp_a - ref_logp_a)``, ``r_b = β (logp_b - ref_logp_b)`` go through
+      :func:`preference_loss` ``(r_a, r_b, label, tie_model, tie_param)``. With
+      ``"bradley_terry"`` and label A this is ``-log σ(β h)``; a tie is half a win each way
+      (minimised at ``h = 0``); ``"rao_kupper"`` / ``"davidson"`` give DPO with ties, the
+      likelihood of a tie being maximal at ``h = 0``. ``label_smoothing`` ε is conservative
+      DPO (Mitchell 2023): ``(1 - ε) ℓ(label) + ε ℓ(swapped label)`` for A/B pairs; ties are
+      unchanged (the swapped tie is a tie).
+    * ``"ipo"``, IPO (Azar et al. 2023): ``(h - 1/(2β))²`` for label A, ``(h + 1/(2β))²`` for
+      label B, ``h²`` for a tie. Ties are native, so ``tie_model`` must be left at
+      ``"bradley_terry"`` (or ``"none"``) and ``label_smoothing`` at 0; anything else is a
+      ValueError rather than silently ignored.
+
+    Any other label value gives NaN. Unreduced: take the mean over pairs.
+
+    Args:
+        logp_a: ``[B]`` summed response log-probs of the first responses under the policy.
+        logp_b: ``[B]`` same for the second responses.
+        ref_logp_a: ``[B]`` reference-model log-probs of the first responses (no gradient).
+        ref_logp_b: ``[B]`` same for the second responses (no gradient).
+        label: ``[B]`` int labels :data:`LABEL_A`, :data:`LABEL_B`, :data:`LABEL_TIE`.
+        beta: β > 0, scalar (may be traced).
+        loss_type: ``"sigmoid"`` or ``"ipo"`` (static).
+        tie_model: see :func:`preference_log_probs` (static; ``"sigmoid"`` only).
+        tie_param: θ or ν (may be traced; ``"sigmoid"`` only).
+        label_smoothing: ε in ``[0, ½)`` (may be traced; ``"sigmoid"`` only).
+
+    Returns:
+        ``loss_B`` in the accumulation dtype.
+    """
+    if loss_type not in DPO_LOSS_TYPES:
+        raise ValueError(f"dpo_loss: loss_type must be one of {DPO_LOSS_TYPES}, "
+                         f"got {loss_type!r}.")
+    arrays = [jnp.asarray(a) for a in (logp_a, logp_b, ref_logp_a, ref_logp_b, label)]
+    chex.assert_equal_shape(arrays)
+    logp_a, logp_b, ref_logp_a, ref_logp_b, label = arrays
+    dtype = acc_dtype(logp_a, logp_b, ref_logp_a, ref_logp_b)
+    ref_logp_a, ref_logp_b = (jax.lax.stop_gradient(x.astype(dtype))
+                              for x in (ref_logp_a, ref_logp_b))
+    log_ratio_a = logp_a.astype(dtype) - ref_logp_a
+    log_ratio_b = logp_b.astype(dtype) - ref_logp_b
+    beta = jnp.asarray(beta, dtype)
+    if loss_type == "ipo":
+        if _normalise_tie_model(tie_model, tie_param) != "bradley_terry" or tie_param is not None:
+            raise ValueError(f"dpo_loss: loss_type='ipo' models ties itself (h² for a tie); "
+                             f"leave tie_model='bradley_terry' and tie_param=None, got "
+                             f"tie_model={tie_model!r}, tie_param={tie_param!r}.")
+        if not _is_static_zero(label_smoothing):
+            raise ValueError(f"dpo_loss: label_smoothing applies to loss_type='sigmoid' only; "
+                             f"expected 0.0 with 'ipo', got {label_smoothing!r}.")
+        h = log_ratio_a - log_ratio_b
+        target = 1 / (2 * beta)
+        return jnp.where(
+            label == LABEL_A, jnp.square(h - target),
+            jnp.where(label == LABEL_B, jnp.square(h + target),
+                      jnp.where(label == LABEL_TIE, jnp.square(h), jnp.nan)))
+    r_a, r_b = beta * log_ratio_a, beta * log_ratio_b
+    loss = preference_loss(r_a, r_b, label, tie_model, tie_param)
+    if _is_static_zero(label_smoothing):
+        return loss
+    swapped = jnp.where(label == LABEL_A, LABEL_B, jnp.where(label == LABEL_B, LABEL_A, label))
+    loss_swapped = preference_loss(r_a, r_b, swapped, tie_model, tie_param)
+    eps = jnp.asarray(label_smoothing, dtype)
+    return (1 - eps) * loss + eps * loss_swapped
 
 
 class PolicyLossInfo(NamedTuple):
