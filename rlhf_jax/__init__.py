@@ -2,9 +2,10 @@
 
 Public API (stable names; anything not listed here may change):
 
-* ``rlhf_jax.losses``      preference losses with ties, PPO policy/value losses, entropy
+* ``rlhf_jax.losses``      preference losses with ties, DPO/IPO, PPO/GRPO policy and value
+  losses, entropy
 * ``rlhf_jax.kl``          KL estimators k1/k2/k3, adaptive and fixed KL controllers
-* ``rlhf_jax.advantages``  reward shaping, GAE, reward normalisation
+* ``rlhf_jax.advantages``  reward shaping, GAE, GRPO/RLOO group advantages, reward normalisation
 * ``rlhf_jax.ops``         masked statistics, whitening, fused token log-probs
 * ``rlhf_jax.optim``       TensorFlow-style Adam
 * ``rlhf_jax.generation``  KV-cache sampling (``sample``, ``sample_fn``)
