@@ -324,7 +324,7 @@ def dpo_loss(logp_a, logp_b, ref_logp_a, ref_logp_b, label, beta, loss_type="sig
     log_ratio_b = logp_b.astype(dtype) - ref_logp_b
     beta = jnp.asarray(beta, dtype)
     if loss_type == "ipo":
-        if _normalise_tie_model(tie_model, tie_param) != "bradley_terry" or tie_param is not None:
+        if tie_model not in ("bradley_terry", "none") or tie_param is not None:
             raise ValueError(f"dpo_loss: loss_type='ipo' models ties itself (h² for a tie); "
                              f"leave tie_model='bradley_terry' and tie_param=None, got "
                              f"tie_model={tie_model!r}, tie_param={tie_param!r}.")

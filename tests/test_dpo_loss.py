@@ -171,7 +171,7 @@ def test_dpo_loss_bf16_vmap_traced_hyperparameters_and_invalid_labels():
                                    want, rtol=2e-5, atol=1e-6)
     assert len(traces) == 1
     bad = np.array([LABEL_A, 3, -1, LABEL_TIE], np.int32)
-    for kwargs in (dict(), dict(label_smoothing=0.1), dict(loss_type="ipo")):
+    for kwargs in ({}, {"label_smoothing": 0.1}, {"loss_type": "ipo"}):
         out = np.asarray(losses.dpo_loss(logp_a[:4], logp_b[:4], ref_a[:4], ref_b[:4], bad, 0.3,
                                          **kwargs))
         assert np.isfinite(out[[0, 3]]).all() and np.isnan(out[[1, 2]]).all()
@@ -187,6 +187,8 @@ def test_dpo_loss_errors():
         losses.dpo_loss(*args, tie_model="thurstone", tie_param=1.0)
     with pytest.raises(ValueError, match="'ipo' models ties itself"):
         losses.dpo_loss(*args, loss_type="ipo", tie_model="rao_kupper", tie_param=2.0)
+    with pytest.raises(ValueError, match="'ipo' models ties itself"):
+        losses.dpo_loss(*args, loss_type="ipo", tie_model="davidson")
     with pytest.raises(ValueError, match="label_smoothing applies to loss_type='sigmoid'"):
         losses.dpo_loss(*args, loss_type="ipo", label_smoothing=0.1)
     with pytest.raises(AssertionError):
@@ -222,8 +224,8 @@ def _toy_train(pairs, labels, loss_kwargs, w0, steps=300, lr=0.5, beta=0.5):
     return gaps(jnp.asarray(w0, jnp.float32)), gaps(w), float(mean_loss(w0)), float(mean_loss(w))
 
 
-TOY_LOSSES = [dict(), dict(label_smoothing=0.1), dict(tie_model="rao_kupper", tie_param=2.0),
-              dict(tie_model="davidson", tie_param=1.0), dict(loss_type="ipo")]
+TOY_LOSSES = [{}, {"label_smoothing": 0.1}, {"tie_model": "rao_kupper", "tie_param": 2.0},
+              {"tie_model": "davidson", "tie_param": 1.0}, {"loss_type": "ipo"}]
 
 
 @pytest.mark.parametrize("loss_kwargs", TOY_LOSSES, ids=lambda k: "-".join(map(str, k.values()))
@@ -248,7 +250,7 @@ def test_dpo_toy_policy_moves_preference_probabilities_the_right_way(loss_kwargs
     assert np.all(p_pref > p_pref0 + 0.01)
 
 
-@pytest.mark.parametrize("loss_kwargs", TOY_LOSSES[2:] + [dict()],
+@pytest.mark.parametrize("loss_kwargs", TOY_LOSSES[2:] + [{}],
                          ids=["rao_kupper", "davidson", "ipo", "bradley_terry"])
 def test_dpo_toy_all_ties_keep_the_implicit_reward_gap_at_zero(loss_kwargs):
     pairs = [(0, 1), (1, 2), (2, 3), (0, 3), (1, 3)]

@@ -400,7 +400,7 @@ def ragged_policy_batch():
     adv_B = rng.normal(size=B).astype(np.float32)
     for x in (logp, logp_old, adv_BT):
         x[mask == 0] = np.nan
-    return dict(logp=logp, logp_old=logp_old, adv_BT=adv_BT, adv_B=adv_B, mask=mask)
+    return {"logp": logp, "logp_old": logp_old, "adv_BT": adv_BT, "adv_B": adv_B, "mask": mask}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -419,8 +419,8 @@ def test_ppo_policy_loss_reductions_match_float64_loop(ragged_policy_batch, vari
     np.testing.assert_allclose(loss, want, rtol=1e-5)
     # The info is a token-mean for every reduction.
     np.testing.assert_allclose(info.clip_frac, want_clip, rtol=1e-6)
-    token_loss, token_info = losses.ppo_policy_loss(r["logp"], r["logp_old"], r[adv_key],
-                                                    r["mask"], 0.2, eps_high)
+    _, token_info = losses.ppo_policy_loss(r["logp"], r["logp_old"], r[adv_key], r["mask"], 0.2,
+                                           eps_high)
     for got, expected in zip(info, token_info):
         np.testing.assert_allclose(got, expected, rtol=1e-6)
 
