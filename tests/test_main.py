@@ -77,7 +77,7 @@ def _parse_and_run(argv, monkeypatch):
   flags.FLAGS.unparse_flags()
   try:
     flags.FLAGS(argv)
-    entry.main(["rlhf-jax"])
+    entry.run_task(flags.FLAGS.config, flags.FLAGS.workdir)  # main() minus the exit status
   finally:
     flags.FLAGS.unparse_flags()
     for name in [n for n in flags.FLAGS if n.startswith("config.")]:
@@ -101,7 +101,7 @@ def test_overrides_dataclass_and_snapshot(tmp_path, fake_task, monkeypatch):
 def test_unknown_field_and_bad_type_fail_before_snapshot(tmp_path, fake_task, monkeypatch):
   path = _write_config(tmp_path, extra="c.ppo.kl_targt = 1.0")
   with pytest.raises(ConfigError, match=r"config\.ppo\.kl_targt: unknown field; did you mean "
-                                        r"'kl_target'\?"):
+                                        r"config\.ppo\.kl_target\?"):
     _parse_and_run([f"--config={path}", f"--workdir={tmp_path / 'a'}"], monkeypatch)
   path = _write_config(tmp_path, extra='c.names = ("a", 3)')
   with pytest.raises(ConfigError, match=r"config\.names\[1\]: expected str, got int 3"):
