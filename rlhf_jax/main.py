@@ -205,6 +205,8 @@ def _check_workdir_config(workdir: str, snapshot: dict, module) -> None:
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return
+  if not set(os.listdir(workdir)) - {"config.json", "config.json.tmp"}:
+    return  # nothing was made yet (e.g. the last attempt failed its start-up checks)
   try:
     with open(path, encoding="utf-8") as f:
       old = json.load(f)

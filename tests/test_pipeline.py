@@ -102,3 +102,75 @@ def test_rm_pairs_per_prompt_checked_before_any_work():
   from rlhf_jax.train import pipeline as pl
   with pytest.raises(ValueError, match=r"eval\.rm_pairs_per_prompt=0"):
     pl.EvalSpec(rm_pairs_per_prompt=0)
+
+
+def _fake_scorers(monkeypatch):
+  import sys
+  import types
+
+  import numpy as np
+
+  module = types.ModuleType("fake_feedback")
+  module.nan_scorer = lambda prompts, responses: np.full(len(responses), np.nan)
+  module.short_scorer = lambda prompts, responses: np.zeros(1)
+  module.good_scorer = lambda prompts, responses: np.arange(len(responses), dtype=float)
+  module.one_arg = lambda responses: np.zeros(len(responses))
+  module.bad_judge = lambda prompts, a, b: [0.5] * (len(a) + 1)
+  module.good_judge = lambda prompts, a, b: [0.5] * len(a)
+  monkeypatch.setitem(sys.modules, "fake_feedback", module)
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"gold_scorer": "fake_feedback:nan_scorer", "labeller_scorer": "fake_feedback:good_scorer"},
+     r"config\.feedback\.gold_scorer='fake_feedback:nan_scorer': returned non-finite scores"),
+    ({"labeller_scorer": "fake_feedback:short_scorer"},
+     r"config\.feedback\.labeller_scorer='fake_feedback:short_scorer': a scorer returns one "
+     r"number per response; got shape \[1\] for 2 responses"),
+    ({"gold_scorer": "fake_feedback:one_arg"},
+     r"config\.feedback\.gold_scorer='fake_feedback:one_arg': calling it as scorer\(prompts, "
+     r"responses\) on a probe batch of 2 failed: TypeError"),
+    ({"gold_scorer": "os:getcwd"},
+     r"config\.feedback\.gold_scorer='os:getcwd': calling it as scorer\(prompts, responses\)"),
+    ({"source": "fake_feedback:bad_judge"},
+     r"config\.feedback\.source='fake_feedback:bad_judge': calling it as judge\(prompts, "
+     r"responses_a, responses_b\) on a probe batch of 2 failed: .*3 verdicts for 2 pairs"),
+    ({"source": "fake_feedback:nope"},
+     r"config\.feedback\.source: callable spec 'fake_feedback:nope'.*no attribute"),
+])
+def test_custom_scorers_and_judges_are_probed_at_start(monkeypatch, fields, message):
+  from rlhf_jax.train import pipeline as pl
+
+  _fake_scorers(monkeypatch)
+  with pytest.raises(ValueError, match=message):
+    pl.load_scorers(pl.FeedbackSpec(**fields))
+  ok = pl.load_scorers(pl.FeedbackSpec(gold_scorer="fake_feedback:good_scorer",
+                                       source="fake_feedback:good_judge"))
+  assert list(ok(["p"], ["r"])) == [0.0]
+
+
+def test_pipeline_sizes_checked_before_any_work():
+  from rlhf_jax.config_schema import ConfigError, from_config
+  from rlhf_jax.train import pipeline as pl
+
+  cfg = from_config(pl.Config, {"ppo": {"batch_size": 0, "iterations": -5},
+                                "reward": {"batch_size": -1}, "rounds": 0,
+                                "feedback": {"pairs_per_round": 16},
+                                "base": {"optimizer": {"learning_rate": 0.0}}})
+  with pytest.raises(ConfigError) as e:
+    pl.check_config(cfg)
+  lines = str(e.value).splitlines()
+  for expected in ("config.ppo.batch_size=0: expected >= 1",
+                   "config.ppo.iterations=-5: expected >= 1",
+                   "config.reward.batch_size=-1: expected >= 1",
+                   "config.rounds=0: expected >= 1",
+                   "config.base.optimizer.learning_rate=0.0: expected > 0"):
+    assert expected in lines, lines
+  cfg = from_config(pl.Config, {"ppo": {"batch_size": 6}, "feedback": {"pairs_per_round": 8},
+                                "reward": {"batch_size": 16}})
+  with pytest.raises(ConfigError) as e:
+    pl.check_config(cfg)
+  assert str(e.value).splitlines() == [
+      "config.ppo.batch_size=6: must be divisible by config.ppo.hparams.num_minibatches=4",
+      "config.reward.batch_size=16: larger than the 8 labelled pairs of round 1 "
+      "(feedback.pairs_per_round, data.num_prompts)"]
+  pl.check_config(pl.Config())  # the defaults pass

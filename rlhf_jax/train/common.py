@@ -24,6 +24,7 @@ __all__ = [
     "check_output_paths",
     "OPTIM_BOUNDS",
     "spec_errors",
+    "check_batch_sizes",
     "PRESETS",
     "ModelSpec",
     "MeshSpec",
@@ -244,3 +245,17 @@ def _get(cfg: Any, dotted: str) -> Any:
   for part in dotted.split("."):
     cfg = getattr(cfg, part)
   return cfg
+
+
+def check_batch_sizes(mesh, sizes) -> None:
+  """Batches are split over the mesh's ``data`` x ``fsdp`` devices: refuses, at start-up,
+  batch sizes they do not divide (``sizes``: config field -> batch size).
+
+  Raises:
+    ValueError: naming every offending field and the device count.
+  """
+  n = int(mesh.shape["data"]) * int(mesh.shape["fsdp"])
+  bad = [f"{field}={size}" for field, size in sizes.items() if size % n]
+  if bad:
+    raise ValueError(f"{', '.join(bad)}: must be divisible by the {n} devices of the mesh's "
+                     "batch axes (data x fsdp); change the batch size or config.mesh")

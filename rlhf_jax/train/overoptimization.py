@@ -94,6 +94,8 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
                             [root / "points.json", root / "fits.json",
                              root / "preferences.jsonl"])
   mesh = common.build_mesh(cfg.mesh)
+  common.check_batch_sizes(mesh, {"config.base.batch_size": cfg.base.batch_size,
+                                  "config.ppo.batch_size": cfg.ppo.batch_size})
   gold = pl.load_scorers(cfg.feedback)
   labeller = scorers_lib.get_scorer(cfg.feedback.labeller_scorer or cfg.feedback.gold_scorer)
   tokenizer = pl.prepare_data(cfg.data, root / "data", cfg.seed)

@@ -598,6 +598,9 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   if cfg.feedback.human_queue_dir:
     common.check_output_paths("config.feedback.human_queue_dir", [cfg.feedback.human_queue_dir])
   mesh = common.build_mesh(cfg.mesh)
+  common.check_batch_sizes(mesh, {"config.base.batch_size": cfg.base.batch_size,
+                                  "config.reward.batch_size": cfg.reward.batch_size,
+                                  "config.ppo.batch_size": cfg.ppo.batch_size})
   gold = load_scorers(cfg.feedback)  # fail before any work on a misnamed or broken scorer
 
   t0 = time.perf_counter()

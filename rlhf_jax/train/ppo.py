@@ -274,6 +274,7 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   common.check_output_paths("workdir", [os.path.join(workdir, "checkpoints")],
                             [os.path.join(workdir, "metrics.jsonl")])
   mesh = common.build_mesh(cfg.mesh)
+  common.check_batch_sizes(mesh, {"config.batch_size": cfg.batch_size})
   rng = jax.random.PRNGKey(cfg.seed)
   k_policy, k_value, k_reward = jax.random.split(rng, 3)
   policy_head = "both" if cfg.ppo.shared_trunk else "lm"

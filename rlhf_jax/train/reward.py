@@ -236,6 +236,7 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     raise ValueError(f"config.batch_size={cfg.batch_size}: only {len(records) - n_eval} "
                      f"training pairs in {cfg.preferences} after holding out {n_eval}")
   mesh = common.build_mesh(cfg.mesh)
+  common.check_batch_sizes(mesh, {"config.batch_size": cfg.batch_size})
   tokenizer = hf.load_tokenizer(cfg.model.path)
   perm = np.random.default_rng(cfg.seed).permutation(len(records))
   eval_records = [records[i] for i in perm[:n_eval]]

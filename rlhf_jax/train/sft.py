@@ -140,6 +140,7 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
                                         ("model", "tokenizer", "checkpoints")],
                             [os.path.join(workdir, "metrics.jsonl")])
   mesh = common.build_mesh(cfg.mesh)
+  common.check_batch_sizes(mesh, {"config.batch_size": cfg.batch_size})
   if cfg.data.source == "corpus":
     corpus = data_lib.prepare_corpus(cfg.data.cache_dir or os.environ.get(
         "RLHF_JAX_DATA", os.path.expanduser("~/.cache/rlhf_jax")), cfg.data.sources)
