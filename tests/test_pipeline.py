@@ -174,3 +174,131 @@ def test_pipeline_sizes_checked_before_any_work():
       "config.reward.batch_size=16: larger than the 8 labelled pairs of round 1 "
       "(feedback.pairs_per_round, data.num_prompts)"]
   pl.check_config(pl.Config())  # the defaults pass
+
+
+# ----------------------------------------------------------------------------- preemption
+
+def _sigterm_during(stack, monkeypatch, stage: str, at: int = 1):
+  """Sends this process SIGTERM inside ``stage``: at step / iteration ``at`` of a training
+  loop's progress bar (``desc`` = stage), or when the pipeline enters a stage function
+  (``data``: packing the corpus, ``labels``: labelling pairs, ``evaluation``)."""
+  import signal
+
+  from rlhf_jax import data as data_lib
+  from rlhf_jax.train import pipeline as pl
+  from rlhf_jax.train import ppo as ppo_train
+  from rlhf_jax.train import reward as reward_train
+
+  mp = stack.enter_context(monkeypatch.context())
+  fired = []
+
+  def kill():
+    if not fired:
+      fired.append(stage)
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  functions = {"data": (data_lib, "pack_texts"), "labels": (pl, "_collect_labels"),
+               "evaluation": (pl, "_evaluate_policy")}
+  if stage in functions:
+    module, name = functions[stage]
+    real = getattr(module, name)
+
+    def wrapped(*args, **kwargs):
+      kill()
+      return real(*args, **kwargs)
+
+    mp.setattr(module, name, wrapped)
+    return fired
+
+  def wrap(real):
+    def progress(*args, **kwargs):
+      bar = real(*args, **kwargs)
+      if kwargs.get("desc", args[1] if len(args) > 1 else "") == stage:
+        update = bar.update
+
+        def update_then_kill(n=1):
+          update(n)
+          if bar.n >= at:
+            kill()
+
+        bar.update = update_then_kill
+      return bar
+    return progress
+
+  for module in (pl, reward_train, ppo_train):
+    mp.setattr(module, "progress", wrap(module.progress))
+  return fired
+
+
+def _preempt_and_resume(config, workdir, monkeypatch, stops):
+  """Runs the pipeline once per (stage, at) in ``stops``, each attempt stopped by SIGTERM in
+  that stage, then once to the end; returns the final result."""
+  import contextlib
+
+  from rlhf_jax import checkpoint
+
+  for stage, at in stops:
+    with contextlib.ExitStack() as stack:
+      fired = _sigterm_during(stack, monkeypatch, stage, at)
+      with pytest.raises(checkpoint.Preempted):
+        entry.run_task(config, str(workdir))
+    assert fired == [stage]
+    assert not (workdir / "report.md").exists()  # nothing reported from half-trained stages
+  return entry.run_task(config, str(workdir))
+
+
+def _same_round(workdir, reference, r):
+  """The round's policy is byte-identical and its report numbers equal (timings aside)."""
+  a = (workdir / f"round_{r}" / "policy" / "model.safetensors").read_bytes()
+  b = (reference / f"round_{r}" / "policy" / "model.safetensors").read_bytes()
+  assert a == b, f"round {r}: policy differs from the uninterrupted run"
+  timing = ("rm_seconds", "ppo_seconds", "round_seconds")
+  ev = {k: v for k, v in json.loads((workdir / f"round_{r}" / "eval.json").read_text()).items()
+        if k not in timing}
+  ref = {k: v for k, v in json.loads((reference / f"round_{r}" / "eval.json").read_text()).items()
+         if k not in timing}
+  assert ev == ref
+  done = json.loads((workdir / f"round_{r}" / "DONE").read_text())
+  ref_done = json.loads((reference / f"round_{r}" / "DONE").read_text())
+  assert done["curve"] == ref_done["curve"]  # the curve holds every iteration, once
+  return ev
+
+
+def _steps(path):
+  from rlhf_jax.train.metrics import read_metrics
+  return [r["step"] for r in read_metrics(path)]
+
+
+def test_sigterm_in_training_stages_resumes_to_the_uninterrupted_result(smoke_run, tmp_path,
+                                                                       monkeypatch):
+  """SIGTERM inside base pretraining, reward-model training and PPO (round 1 of a one-round
+  run): each attempt saves, raises Preempted and marks nothing done; the last rerun ends
+  with the uninterrupted run's round-1 policy (byte-identical), numbers and curve."""
+  reference, _, _ = smoke_run
+  config = _smoke_config()
+  config.rounds = 1
+  workdir = tmp_path / "preempted"
+  stops = [("pretrain base", 25), ("reward model round 1", 4), ("ppo round 1", 2)]
+  result = _preempt_and_resume(config, workdir, monkeypatch, stops)
+  ev = _same_round(workdir, reference, 1)
+  assert result["win_rate"] == ev["win_rate"] and ev["ppo_iterations"] == 3
+  # Metrics survive the resumes: every logged step once.
+  assert _steps(workdir / "base") == [50, 60]
+  assert _steps(workdir / "round_1" / "ppo") == [1, 2, 3]
+  assert _steps(workdir / "round_1" / "reward") == [8, 8]  # training row, evaluation row
+
+
+@pytest.mark.slow
+def test_sigterm_in_every_stage_of_both_rounds(smoke_run, tmp_path, monkeypatch):
+  """Every stage — data, base pretraining, pairs and labels, reward model, PPO, evaluation —
+  of the two-round smoke run, then round 2's reward model and PPO."""
+  reference, reference_result, _ = smoke_run
+  workdir = tmp_path / "preempted"
+  stops = [("data", 1), ("pretrain base", 10), ("labels", 1), ("reward model round 1", 2),
+           ("ppo round 1", 1), ("evaluation", 1), ("reward model round 2", 12),
+           ("ppo round 2", 2)]
+  result = _preempt_and_resume(_smoke_config(), workdir, monkeypatch, stops)
+  for r in (1, 2):
+    _same_round(workdir, reference, r)
+  assert result["win_rate"] == reference_result["win_rate"]
+  assert result["kl"] == reference_result["kl"]
