@@ -375,3 +375,31 @@ def test_readme_error_example_is_what_the_cli_prints(tmp_path, monkeypatch, caps
   assert _cli(["--config=configs/sentiment.py:smoke", f"--workdir={tmp_path}", m.group(1)],
               monkeypatch) == entry.EXIT_USER_ERROR
   assert f"error: {m.group(2)}" in capsys.readouterr().err
+
+
+def test_verbosity_levels(monkeypatch):
+  """Default (warning): our progress lines and everyone's warnings; library INFO (absl, which
+  orbax and TFDS log through, and JAX) silenced. info: library INFO too. debug: ours at DEBUG."""
+  import tensorflow_datasets as tfds
+  from tensorflow_datasets.core.utils import tqdm_utils
+
+  names = ("", "rlhf_jax")
+  saved = {n: logging.getLogger(n).level for n in names}
+  try:
+    entry.configure_logging(entry._VERBOSITY_NAMES["warning"])
+    assert logging.getLogger("rlhf_jax.train.metrics").isEnabledFor(logging.INFO)
+    for lib in ("absl", "jax._src.dispatch", "orbax.checkpoint"):
+      assert not logging.getLogger(lib).isEnabledFor(logging.INFO), lib
+      assert logging.getLogger(lib).isEnabledFor(logging.WARNING), lib
+    assert not tqdm_utils._active  # TFDS progress bars off
+    entry.configure_logging(entry._VERBOSITY_NAMES["info"])
+    assert logging.getLogger("absl").isEnabledFor(logging.INFO)
+    assert not logging.getLogger("rlhf_jax").isEnabledFor(logging.DEBUG)
+    entry.configure_logging(entry._VERBOSITY_NAMES["debug"])
+    assert logging.getLogger("rlhf_jax.train").isEnabledFor(logging.DEBUG)
+  finally:
+    for n, level in saved.items():
+      logging.getLogger(n).setLevel(level)
+    tfds.enable_progress_bar()
+  assert flags.FLAGS["verbosity"].parser.parse("debug") == 1
+  assert flags.FLAGS["verbosity"].parser.parse("2") == 2

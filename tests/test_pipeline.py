@@ -302,3 +302,20 @@ def test_sigterm_in_every_stage_of_both_rounds(smoke_run, tmp_path, monkeypatch)
     _same_round(workdir, reference, r)
   assert result["win_rate"] == reference_result["win_rate"]
   assert result["kl"] == reference_result["kl"]
+
+
+def test_rerun_with_another_seed_is_refused_listing_the_fields(smoke_run):
+  """A finished workdir rerun with --config.seed=1 used to exit 0, overwrite config.json and
+  rewrite the report from seed 0's results."""
+  workdir, _, _ = smoke_run
+  before = (workdir / "config.json").read_text()
+  config = _smoke_config()
+  config.seed = 1
+  config.base.preset = "gpt2-small"
+  config.eval.num_samples_in_report = 2  # may change: it cannot change results
+  with pytest.raises(entry.UsageError) as e:
+    entry.run_task(config, str(workdir))
+  message = str(e.value)
+  assert "seed: 0 -> 1" in message and "base.preset: 'tiny' -> 'gpt2-small'" in message
+  assert "num_samples_in_report" not in message and "pass a new --workdir" in message
+  assert (workdir / "config.json").read_text() == before

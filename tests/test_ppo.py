@@ -150,8 +150,14 @@ def _train(workdir, stop_after=None, iterations=4, reward_gain=1.0, **kwargs):
       stop_after=stop_after, **kwargs)
 
 
-def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
-  straight, hist = _train(tmp_path / "straight")
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  """One uninterrupted 4-iteration run, the reference of the resume tests."""
+  return _train(tmp_path_factory.mktemp("straight"))
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, straight_run):
+  straight, hist = straight_run
   first, _ = _train(tmp_path / "resumed", stop_after=2)
   assert int(first.step) == 2
   resumed, hist2 = _train(tmp_path / "resumed")
@@ -165,7 +171,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
   assert [h["score"] for h in hist2] == [h["score"] for h in hist]
 
 
-def test_sigterm_saves_raises_preempted_and_resumes(tmp_path):
+def test_sigterm_saves_raises_preempted_and_resumes(tmp_path, straight_run):
   """SIGTERM ends the call with a checkpoint and Preempted (never a normal return that a
   caller would take for a finished run); the rerun continues the same trajectory."""
   import signal
@@ -173,7 +179,7 @@ def test_sigterm_saves_raises_preempted_and_resumes(tmp_path):
   from rlhf_jax import checkpoint
   from rlhf_jax.train import metrics as metrics_lib
 
-  straight, _ = _train(tmp_path / "straight")
+  straight, _ = straight_run
   real = metrics_lib.MetricWriter.write
 
   def write_then_sigterm(self, step, values):
@@ -206,9 +212,10 @@ def test_diverging_run_stops_naming_the_iteration(tmp_path):
                            rf"max_skipped_fraction=0.1 of the run's {4 * updates} updates"):
     _train(tmp_path / "nan", reward_gain=float("nan"))
   assert not os.listdir(tmp_path / "nan" / "checkpoints")  # nothing saved from it
-  # A lenient fraction lets the same run finish (params unchanged by skipped updates).
-  state, _ = _train(tmp_path / "lenient", reward_gain=float("nan"), max_skipped_fraction=1.0)
-  assert int(state.skipped_updates) == 4 * updates
+  # A lenient fraction lets the same run go on (params unchanged by skipped updates).
+  state, _ = _train(tmp_path / "lenient", reward_gain=float("nan"), max_skipped_fraction=1.0,
+                    stop_after=1)
+  assert int(state.skipped_updates) == updates
 
 
 def test_corrupt_checkpoint_stops_the_resume_naming_the_step(tmp_path):
