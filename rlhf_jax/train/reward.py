@@ -227,10 +227,10 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
                             [os.path.join(workdir, "metrics.jsonl")])
   if not os.path.isdir(cfg.model.path):
     raise FileNotFoundError(f"config.model.path={cfg.model.path!r} is not a directory")
-  try:
+  try:  # errors in records name the file and line themselves
     records = data_lib.read_preferences(cfg.preferences)
-  except (OSError, ValueError) as e:
-    raise type(e)(f"config.preferences: {e}") from None
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"config.preferences: {e}") from None
   n_eval = max(1, int(round(cfg.heldout_fraction * len(records))))
   if len(records) - n_eval < cfg.batch_size:
     raise ValueError(f"config.batch_size={cfg.batch_size}: only {len(records) - n_eval} "
