@@ -120,6 +120,7 @@ def configure_logging(level: int) -> None:
   std = {1: logging.DEBUG, 0: logging.INFO, -1: logging.WARNING}.get(
       max(min(level, 1), -2), logging.ERROR)
   logging.root.setLevel(logging.INFO if std == logging.DEBUG else std)
+  logging.getLogger("absl").setLevel(logging.NOTSET)  # absl, orbax, TFDS: the root's level
   ours = logging.getLogger("rlhf_jax")
   ours.setLevel(std if std in (logging.DEBUG, logging.ERROR) else logging.INFO)
   if std >= logging.WARNING and importlib.util.find_spec("tensorflow_datasets") is not None:

@@ -215,7 +215,7 @@ def _parsed(argv, monkeypatch):
   remaining argv. Flag and logging state are restored afterwards."""
   argv = ["rlhf-jax", *argv]
   monkeypatch.setattr(sys, "argv", argv)
-  levels = {n: logging.getLogger(n).level for n in ("", "rlhf_jax")}
+  levels = {n: logging.getLogger(n).level for n in ("", "rlhf_jax", "absl")}
   flags.FLAGS.unparse_flags()
   try:
     yield entry._parse_flags(argv)
@@ -383,8 +383,9 @@ def test_verbosity_levels(monkeypatch):
   import tensorflow_datasets as tfds
   from tensorflow_datasets.core.utils import tqdm_utils
 
-  names = ("", "rlhf_jax")
+  names = ("", "rlhf_jax", "absl")
   saved = {n: logging.getLogger(n).level for n in names}
+  logging.getLogger("absl").setLevel(logging.WARNING)  # as absl.logging.set_verbosity leaves it
   try:
     entry.configure_logging(entry._VERBOSITY_NAMES["warning"])
     assert logging.getLogger("rlhf_jax.train.metrics").isEnabledFor(logging.INFO)
