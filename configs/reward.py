@@ -1,6 +1,6 @@
 r"""Reward-model training on a preference file, starting from a base LM checkpoint.
 
-The preference file is JSONL/JSON/parquet with {prompt, chosen, rejected} or {prompt,
+The preference file is JSONL/JSON/parquet (or a Hugging Face dataset directory) with {prompt, chosen, rejected} or {prompt,
 response_a, response_b, label in a/b/tie}, or the column layout of Hugging Face preference
 datasets (plain text or chat messages). The model directory must hold config.json,
 safetensors weights and tokenizer files (e.g. runs/sentiment/base/model from the main job,
@@ -18,7 +18,9 @@ import ml_collections as mlc
 
 
 def get_config(arg=None):
-  del arg
+  if arg:
+    raise ValueError(f"configs/reward.py: unknown variant {arg!r}; this config has no variants "
+                     "(use configs/reward.py)")
   c = mlc.ConfigDict()
   c.task = "reward"
   c.distributed = dict(auto=False)

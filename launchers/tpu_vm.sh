@@ -21,4 +21,10 @@ python3 -m venv .venv && .venv/bin/pip install -q -U pip
 .venv/bin/pip install -q 'jax[tpu]' -e .
 .venv/bin/python -m rlhf_jax.main --config '$config' --workdir '$workdir' \
   --config.distributed.auto=True $overrides"
-exec gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" --worker=all --command "$remote_cmd"
+status=0
+gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" --worker=all --command "$remote_cmd" \
+  || status=$?
+if [ "$status" -eq 75 ]; then  # EX_TEMPFAIL: preempted after saving a checkpoint
+  echo "preempted (exit 75): rerun this command (same WORKDIR) to resume" >&2
+fi
+exit "$status"

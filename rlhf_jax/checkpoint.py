@@ -25,12 +25,21 @@ On-disk layout of one step ``<directory>/<step>/``:
   ``opt_state/0/mu/...``), so any pytree (dicts, flax ``struct`` dataclasses, NamedTuples such
   as optax states, tuples) round-trips and a structural mismatch can be reported by key.
 * ``extra/`` — a JSON dict (data-iterator position, config snapshot, metrics, ...).
-* ``meta/`` — JSON written by this module: the PRNG implementation of every typed key leaf.
+* ``meta/`` — JSON written by this module: the PRNG implementation of every typed key leaf and
+  a checksum of every array (two position-weighted wrap-around sums of its bit patterns,
+  independent of the sharding), verified on restore so flipped bytes stop the run instead of
+  poisoning it. A state with non-finite floating-point values is never saved.
 
 Typed PRNG keys (``jax.random.key``) are supported: they are stored as their raw ``uint32``
 key data (``jax.random.key_data``) and re-wrapped (``jax.random.wrap_key_data``) on restore
 when the abstract leaf has a key dtype. Raw ``uint32`` keys (``jax.random.PRNGKey``) are
 ordinary arrays and need nothing special.
+
+Preemption: :class:`PreemptionGuard` turns SIGTERM into a stop flag; a loop that stopped for it
+saves and raises :class:`Preempted`, and the entry point exits with :data:`EXIT_PREEMPTED`
+(75, ``EX_TEMPFAIL``: "temporary failure, rerun me"), never 0. The signal is also recorded for
+the whole process, so an orchestrating loop (the pipeline) can stop at its next stage boundary
+with :func:`check_preemption`.
 
 Writes are atomic: orbax writes each step into ``<step>.orbax-checkpoint-tmp-*`` and renames it
 only after every item is complete, so a failed or interrupted save never touches the steps
@@ -47,10 +56,13 @@ import threading
 from typing import Any, Iterable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
 __all__ = [
+    "EXIT_PREEMPTED",
+    "Preempted",
     "CheckpointError",
     "open_manager",
     "save",
@@ -59,6 +71,9 @@ __all__ = [
     "restore",
     "abstract_like",
     "PreemptionGuard",
+    "preemption_requested",
+    "check_preemption",
+    "clear_preemption",
 ]
 
 _log = logging.getLogger(__name__)
@@ -67,8 +82,18 @@ _FORMAT = "rlhf_jax.checkpoint/1"
 _ITEMS = ("state", "extra", "meta")
 
 
+# Exit status of a run stopped by SIGTERM after saving what it needs to resume (sysexits.h
+# EX_TEMPFAIL). Launchers treat it as "preempted: rerun the same command".
+EXIT_PREEMPTED = 75
+
+
 class CheckpointError(ValueError):
-  """A checkpoint cannot be read or does not match the expected state structure."""
+  """A checkpoint cannot be read, is corrupt, or does not match the expected state structure;
+  or a state with non-finite values was about to be saved."""
+
+
+class Preempted(Exception):
+  """A stop signal ended the run early; what is needed to resume has been saved."""
 
 
 # ----------------------------------------------------------------------------- manager
@@ -176,6 +201,43 @@ def _is_key_dtype(dtype) -> bool:
   return jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
 
 
+# ----------------------------------------------------------------------------- checksums
+
+_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32}
+
+
+def _leaf_digest(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(checksum uint32[2], all_finite bool)`` of one array, independent of its sharding.
+
+  The checksum is two wrap-around sums of the elements' bit patterns, the second weighted by
+  the (odd) flat position, so a flipped bit or swapped elements change it.
+  """
+  x = jnp.asarray(x)
+  finite = jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.array(True)
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  size = x.dtype.itemsize
+  if size in _UINT:
+    bits = jax.lax.bitcast_convert_type(x, _UINT[size]).astype(jnp.uint32)
+  else:  # 8-byte types (x64): two uint32 words per element
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+  bits = bits.reshape(-1)
+  pos = jnp.arange(bits.shape[0], dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
+  return jnp.stack([jnp.sum(bits, dtype=jnp.uint32),
+                    jnp.sum(bits * pos, dtype=jnp.uint32)]), finite
+
+
+@jax.jit
+def _digests(leaves: list) -> tuple[list, list]:
+  out = [_leaf_digest(x) for x in leaves]
+  return [d for d, _ in out], [f for _, f in out]
+
+
+def _host_digests(leaves: list) -> tuple[list[list[int]], list[bool]]:
+  sums, finite = jax.device_get(_digests(list(leaves)))
+  return [[int(v) for v in np.asarray(d)] for d in sums], [bool(f) for f in finite]
+
+
 # ----------------------------------------------------------------------------- save
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, extra: Optional[dict] = None,
@@ -197,6 +259,9 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, extra: Optional[
 
   Returns:
     Whether a checkpoint was started for this step.
+
+  Raises:
+    CheckpointError: a floating-point leaf holds NaN or inf (nothing is written).
   """
   extra = {} if extra is None else extra
   if not isinstance(extra, dict):
@@ -216,7 +281,15 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, extra: Optional[
       prng_impls["/".join(path)] = str(jax.random.key_impl(leaf))
       leaf = jax.random.key_data(leaf)
     stored.append(leaf)
-  meta = {"format": _FORMAT, "prng_impls": prng_impls}
+  names = ["/".join(p) for p in paths]
+  checksums, finite = _host_digests(stored)
+  bad = [name for name, ok in zip(names, finite) if not ok]
+  if bad:
+    raise CheckpointError(f"refusing to save step {step} in {os.fspath(manager.directory)!r}: "
+                          f"non-finite values in {bad[0]!r} ({len(bad)} of {len(names)} arrays);"
+                          " the training has diverged")
+  meta = {"format": _FORMAT, "prng_impls": prng_impls,
+          "checksums": dict(zip(names, checksums))}
   saved = manager.save(
       int(step),
       args=ocp.args.Composite(state=ocp.args.StandardSave(_nest(paths, stored)),
@@ -279,8 +352,9 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any,
 
   Raises:
     FileNotFoundError: no checkpoint (at that step) in the directory.
-    CheckpointError: the checkpoint cannot be read, or its structure / shapes differ from
-      ``abstract_state`` (the message names the step directory and the first differing key).
+    CheckpointError: the checkpoint cannot be read, is corrupt (an array's checksum differs
+      from the one stored at save time, or it holds non-finite values), or its structure /
+      shapes differ from ``abstract_state`` (the message names the step directory and key).
   """
   directory = os.fspath(manager.directory)
   if step is None:
@@ -342,6 +416,17 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any,
     raise CheckpointError(f"{step_dir}: cannot read checkpoint: {type(e).__name__}: {e}") from e
 
   flat = {"/".join(p): v for p, v in _walk(out["state"])}
+  checksums = meta.get("checksums") or {}
+  values = [flat[name] for name in wanted]
+  got, finite = _host_digests(values)
+  for name, value, digest, ok in zip(wanted, values, got, finite):
+    want = checksums.get(name)
+    same_dtype = np.dtype(value.dtype) == np.dtype(getattr(saved[name], "dtype", value.dtype))
+    if (want is not None and same_dtype and list(want) != digest) or not ok:
+      what = "checksum mismatch" if ok else "non-finite values"
+      raise CheckpointError(f"{step_dir}: the checkpoint of step {step} is corrupt ({what} in "
+                            f"{name!r}); delete {step_dir} to resume from an earlier step, or "
+                            "start a new workdir")
   restored = []
   for name, leaf in zip(wanted, leaves):
     value = flat[name]
@@ -353,6 +438,32 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any,
 
 
 # ----------------------------------------------------------------------------- preemption
+
+# Signals received by any PreemptionGuard of this process (signal handlers are process-wide,
+# so this record is too): an orchestrating loop checks it at its stage boundaries.
+_RECEIVED: list[int] = []
+
+
+def preemption_requested() -> bool:
+  """Whether this process received a stop signal under a :class:`PreemptionGuard`."""
+  return bool(_RECEIVED)
+
+
+def clear_preemption() -> None:
+  """Forgets received stop signals (a new run in the same process)."""
+  _RECEIVED.clear()
+
+
+def check_preemption(where: str) -> None:
+  """Raises :class:`Preempted` when a stop signal was received (by any process: collective
+  when ``jax.process_count() > 1``, so every process must call it at the same points)."""
+  flag = preemption_requested()
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    flag = bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
+  if flag:
+    raise Preempted(f"stopped by a signal before {where}; finished stages and checkpoints are "
+                    "kept: rerun the same command to resume")
 
 class PreemptionGuard:
   """Turns SIGTERM (TPU/GCE preemption, SLURM ``scancel``, k8s eviction) into a stop flag.
@@ -388,6 +499,7 @@ class PreemptionGuard:
       raise KeyboardInterrupt
     self._flag = True
     self.signal_received = signum
+    _RECEIVED.append(signum)
     _log.warning("received signal %s: will stop at the next check", signal.Signals(signum).name)
 
   def __enter__(self) -> "PreemptionGuard":

@@ -28,12 +28,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import numbers
+import os
 import types
 import typing
 from typing import Any, Literal, Mapping, Union
 
-__all__ = ["ConfigError", "from_config", "to_dict"]
+__all__ = ["ConfigError", "from_config", "to_dict", "check_bounds", "nearest_path",
+           "field_paths", "flatten", "diff"]
 
 
 class ConfigError(ValueError):
@@ -172,14 +175,82 @@ def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
   raise _Invalid(path, f"unsupported field type {_type_name(tp)}")
 
 
+def _dataclass_of(tp: Any) -> Any:
+  """The dataclass type inside ``tp`` (itself, or the X of ``Optional[X]``), else ``None``."""
+  if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+    return tp
+  if typing.get_origin(tp) is Union or (hasattr(types, "UnionType")
+                                        and isinstance(tp, types.UnionType)):
+    inner = [_dataclass_of(a) for a in typing.get_args(tp)]
+    inner = [a for a in inner if a is not None]
+    return inner[0] if len(inner) == 1 else None
+  return None
+
+
+def field_paths(cls: type, prefix: str = "") -> list[str]:
+  """Every dotted field path of a (nested) dataclass type: ``['ppo', 'ppo.kl_target', ...]``."""
+  out = []
+  hints = typing.get_type_hints(cls)
+  for f in dataclasses.fields(cls):
+    if not f.init:
+      continue
+    path = f"{prefix}{f.name}"
+    out.append(path)
+    inner = _dataclass_of(hints[f.name])
+    if inner is not None:
+      out.extend(field_paths(inner, path + "."))
+  return out
+
+
+def nearest_path(wanted: str, paths: Any) -> str | None:
+  """The valid dotted path closest to a misspelt or misplaced ``wanted`` (``ppo.kl_targt`` ->
+  ``ppo.hparams.kl_target``): the closest last component, ties broken by the shared prefix;
+  else the closest full path. ``None`` when nothing is close."""
+  paths = list(paths)
+  head, _, last = wanted.rpartition(".")
+  best, best_key = None, None
+  for p in paths:
+    p_head, _, p_last = p.rpartition(".")
+    ratio = difflib.SequenceMatcher(None, last, p_last).ratio()
+    if ratio < 0.7:
+      continue
+    shared = len(os.path.commonprefix([head.split("."), p_head.split(".")])) if head else 0
+    key = (ratio, shared, -len(p))
+    if best_key is None or key > best_key:
+      best, best_key = p, key
+  if best is not None:
+    return best
+  close = difflib.get_close_matches(wanted, paths, n=1, cutoff=0.75)
+  return close[0] if close else None
+
+
+class _Errors(list):
+  """The error list of one ``from_config`` call, with every valid path of its root class."""
+
+  def __init__(self, root: str = "config", paths: Any = ()):
+    super().__init__()
+    self.root = root
+    self.paths = list(paths)
+
+
+def _unknown_field_hint(errors: list, path: str, key: str, fields: Any) -> str:
+  root = getattr(errors, "root", None)
+  if root and (path == root or path.startswith(root + ".")):
+    rel = f"{path[len(root) + 1:]}.{key}" if path != root else str(key)
+    near = nearest_path(rel, errors.paths)  # siblings first among equally close names
+    if near is not None:
+      return f"; did you mean {root}.{near}?"
+  close = difflib.get_close_matches(str(key), list(fields), n=1)
+  return f"; did you mean {path}.{close[0]}?" if close else ""
+
+
 def _build(cls: type, mapping: Mapping, path: str, errors: list[str]) -> Any:
   hints = typing.get_type_hints(cls)
   fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
   kwargs = {}
   for key in mapping:
     if key not in fields:
-      close = difflib.get_close_matches(str(key), list(fields), n=1)
-      hint = f"; did you mean {close[0]!r}?" if close else ""
+      hint = _unknown_field_hint(errors, path, key, fields)
       errors.append(f"{path}.{key}: unknown field{hint} (fields of {cls.__name__}: "
                     f"{', '.join(fields)})")
   for name, field in fields.items():
@@ -195,7 +266,11 @@ def _build(cls: type, mapping: Mapping, path: str, errors: list[str]) -> Any:
       errors.append(str(e))
   if errors:
     return None
-  return cls(**kwargs)
+  try:
+    return cls(**kwargs)
+  except (ValueError, TypeError) as e:  # a dataclass's own checks (__post_init__)
+    errors.append(f"{path}: {e}")
+    return None
 
 
 def from_config(cls: type, config: Any, path: str = "config") -> Any:
@@ -219,7 +294,7 @@ def from_config(cls: type, config: Any, path: str = "config") -> Any:
   mapping = _as_mapping(config)
   if mapping is None:
     raise ConfigError(f"{path}: expected a ConfigDict or mapping, got {_describe(config)}")
-  errors: list[str] = []
+  errors = _Errors(path, field_paths(cls))
   out = _build(cls, mapping, path, errors)
   if errors:
     raise ConfigError("\n".join(errors))
@@ -241,3 +316,82 @@ def to_dict(config: Any) -> dict:
     return x
 
   return plain(config)
+
+
+# ----------------------------------------------------------------------------- value checks
+
+def _values(obj: Any, parts: list[str], path: str):
+  if not parts:
+    yield path, obj
+    return
+  part, rest = parts[0], parts[1:]
+  if part == "[*]":
+    for i, v in enumerate(obj or ()):
+      yield from _values(v, rest, f"{path}[{i}]")
+    return
+  yield from _values(getattr(obj, part), rest, f"{path}.{part}")
+
+
+def _split(path: str) -> list[str]:
+  return [p for p in path.replace("[*]", ".[*]").split(".") if p]
+
+
+def check_bounds(cfg: Any, rules: Mapping[str, str], root: str = "config") -> list[str]:
+  """Checks numeric fields of a built config against simple bounds; returns error lines.
+
+  Args:
+    cfg: a dataclass instance (e.g. from :func:`from_config`).
+    rules: dotted path (``ppo.batch_size``; ``label_counts[*]`` for every element of a
+      tuple) -> ``">= 1"``, ``"> 0"``, ``">= 0"``, ``"in [0, 1]"`` or ``"in (0, 1)"``
+      (bounds may be any numbers). ``None`` values pass (optional fields).
+    root: name of the root in messages.
+
+  Returns:
+    ``["config.ppo.batch_size=0: expected >= 1", ...]``.
+  """
+  errors = []
+  for path, rule in rules.items():
+    op, _, bound = rule.strip().partition(" ")
+    for where, value in _values(cfg, _split(path), root):
+      if value is None:
+        continue
+      ok = isinstance(value, numbers.Real) and math.isfinite(value)
+      if ok and op in (">=", ">", "<=", "<"):
+        b = float(bound)
+        ok = {">=": value >= b, ">": value > b, "<=": value <= b, "<": value < b}[op]
+      elif ok and op == "in":
+        lo, hi = (float(x) for x in bound.strip("[]() ").split(","))
+        ok = ((value >= lo if bound.startswith("[") else value > lo)
+              and (value <= hi if bound.endswith("]") else value < hi))
+      if not ok:
+        errors.append(f"{where}={value!r}: expected {rule}")
+  return errors
+
+
+def flatten(tree: Any, prefix: str = "") -> dict:
+  """Nested dicts (e.g. a ``config.json`` snapshot) -> ``{"a.b.c": leaf}``."""
+  out = {}
+  if isinstance(tree, Mapping) and tree:
+    for k, v in tree.items():
+      out.update(flatten(v, f"{prefix}{k}."))
+  else:
+    out[prefix[:-1]] = tree
+  return out
+
+
+def diff(old: Mapping, new: Mapping, ignore: Any = ()) -> list[str]:
+  """Fields whose values differ between two snapshots, as ``"path: old -> new"`` lines.
+
+  Paths equal to or under an entry of ``ignore`` are skipped; paths present in only one
+  snapshot (a field added or removed by another version of the code) are not compared."""
+  a, b = flatten(old), flatten(new)
+  ignore = tuple(ignore)
+
+  def ignored(p):
+    return any(p == i or p.startswith(i + ".") for i in ignore)
+
+  lines = []
+  for p in sorted(set(a) & set(b)):
+    if not ignored(p) and a[p] != b[p]:
+      lines.append(f"{p}: {a[p]!r} -> {b[p]!r}")
+  return lines

@@ -16,6 +16,13 @@ from rlhf_jax import checkpoint as ckpt
 from rlhf_jax.sharding import make_mesh
 
 
+@pytest.fixture(autouse=True)
+def _forget_signals():
+  """Signals sent by these tests are recorded process-wide; later tests start clean."""
+  yield
+  ckpt.clear_preemption()
+
+
 @struct.dataclass
 class ToyState:
   params: dict
@@ -256,3 +263,58 @@ def test_interrupted_equals_uninterrupted(tmp_path):
   assert int(resumed.step) == 10
   _assert_same(resumed.params, straight.params)
   _assert_same(resumed.opt_state, straight.opt_state)
+
+
+# ----------------------------------------------------------------------------- integrity
+
+def _flip_a_byte(step_dir, frac=0.5):
+  """Flips one bit in the middle of the largest array-data file of a saved step (what a bad
+  disk or a torn copy does): the data still decodes, to wrong values."""
+  files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(step_dir, "state"))
+           for f in fs if os.sep + "d" + os.sep in os.path.join(r, f)]
+  big = max(files, key=os.path.getsize)
+  data = bytearray(open(big, "rb").read())
+  data[int(len(data) * frac)] ^= 0x10
+  with open(big, "wb") as f:
+    f.write(bytes(data))
+
+
+@pytest.mark.parametrize("frac", [0.3, 0.7])
+def test_flipped_bytes_stop_the_restore_naming_the_step(tmp_path, frac):
+  state = {"w": jax.random.normal(jax.random.PRNGKey(0), (4096,)), "b": jnp.ones(3)}
+  mgr = ckpt.open_manager(tmp_path, async_save=False)
+  ckpt.save(mgr, 1, state, wait=True)
+  ckpt.save(mgr, 2, state, wait=True)
+  _flip_a_byte(tmp_path / "2", frac)
+  with pytest.raises(ckpt.CheckpointError, match=r"2: the checkpoint of step 2 is corrupt "
+                                                 r"\(checksum mismatch in 'w'\)"):
+    ckpt.restore(mgr, state)
+  out, _ = ckpt.restore(mgr, state, step=1)  # the intact step still restores exactly
+  _assert_same(out, state)
+  mgr.close()
+
+
+def test_save_refuses_non_finite_state(tmp_path):
+  mgr = ckpt.open_manager(tmp_path, async_save=False)
+  state = {"params": {"w": jnp.array([1.0, jnp.nan]), "b": jnp.ones(2)}, "step": jnp.int32(3)}
+  with pytest.raises(ckpt.CheckpointError, match=r"refusing to save step 3 .*non-finite values "
+                                                 r"in 'params/w'"):
+    ckpt.save(mgr, 3, state, wait=True)
+  assert ckpt.all_steps(mgr) == []
+  mgr.close()
+
+
+def test_a_signal_is_recorded_for_the_stage_boundary_check():
+  """A SIGTERM that arrives under any guard (after the loop's last check, say) stops an
+  orchestrating loop at its next stage boundary."""
+  ckpt.clear_preemption()
+  ckpt.check_preemption("nothing")  # no signal: no-op
+  try:
+    with ckpt.PreemptionGuard():
+      os.kill(os.getpid(), signal.SIGTERM)
+    assert ckpt.preemption_requested()
+    with pytest.raises(ckpt.Preempted, match="stopped by a signal before round 2"):
+      ckpt.check_preemption("round 2")
+  finally:
+    ckpt.clear_preemption()
+  assert ckpt.EXIT_PREEMPTED == 75

@@ -71,10 +71,51 @@ def test_unknown_field_names_dotted_path_and_suggests():
   c = _cfg()
   c.ppo.kl_targt = 1.0
   with pytest.raises(ConfigError, match=r"config\.ppo\.kl_targt: unknown field; did you mean "
-                                        r"'kl_target'\?"):
+                                        r"config\.ppo\.kl_target\?"):
     from_config(Config, c)
-  with pytest.raises(ConfigError, match=r"^cfg\.sede: unknown field; did you mean 'seed'\?"):
+  with pytest.raises(ConfigError, match=r"^cfg\.sede: unknown field; did you mean cfg\.seed\?"):
     from_config(Config, {"model": {"name": "x"}, "sede": 1}, path="cfg")
+
+
+def test_unknown_field_suggests_the_nearest_path_in_another_section():
+  """The README's own example: ``ppo.kl_targt`` in the pipeline config lives at
+  ``ppo.hparams.kl_target``; the suggestion is the full valid path, not a sibling."""
+  from rlhf_jax.train import pipeline
+
+  with pytest.raises(ConfigError, match=r"^config\.ppo\.kl_targt: unknown field; did you mean "
+                                        r"config\.ppo\.hparams\.kl_target\?"):
+    from_config(pipeline.Config, {"ppo": {"kl_targt": 3.0}})
+  with pytest.raises(ConfigError, match=r"^config\.kl_target: unknown field; did you mean "
+                                        r"config\.ppo\.hparams\.kl_target\?"):
+    from_config(pipeline.Config, {"kl_target": 3.0})
+
+
+def test_dataclass_own_checks_name_the_field_path():
+  """A nested dataclass's ``__post_init__`` refusal is reported under its config path."""
+  from rlhf_jax.train import pipeline
+
+  with pytest.raises(ConfigError, match=r"^config\.ppo\.hparams: PPOHparams\.epochs must be "
+                                        r">= 1, got 0"):
+    from_config(pipeline.Config, {"ppo": {"hparams": {"epochs": 0}}})
+
+
+def test_check_bounds_names_each_offending_field():
+  from rlhf_jax.config_schema import check_bounds
+  from rlhf_jax.train import pipeline, overoptimization
+
+  cfg = from_config(pipeline.Config, {"ppo": {"batch_size": 0, "iterations": -5},
+                                      "reward": {"batch_size": -1},
+                                      "feedback": {"flip_prob": 1.5}})
+  errors = check_bounds(cfg, {"ppo.batch_size": ">= 1", "ppo.iterations": ">= 1",
+                              "reward.batch_size": ">= 1", "feedback.flip_prob": "in [0, 1]",
+                              "feedback.temperature": "> 0", "data.prompt_words[*]": ">= 1"})
+  assert errors == ["config.ppo.batch_size=0: expected >= 1",
+                    "config.ppo.iterations=-5: expected >= 1",
+                    "config.reward.batch_size=-1: expected >= 1",
+                    "config.feedback.flip_prob=1.5: expected in [0, 1]"]
+  cfg = from_config(overoptimization.Config, {"label_counts": (32, 0)})
+  assert check_bounds(cfg, {"label_counts[*]": ">= 1"}) == [
+      "config.label_counts[1]=0: expected >= 1"]
 
 
 @pytest.mark.parametrize("key,value,message", [
@@ -109,7 +150,7 @@ def test_nested_type_literal_tuple_and_bool_errors():
   assert from_config(Config, {"model": {"name": "m"}, "weights": {"gold": 1}}).weights == {
       "gold": 1.0}
   with pytest.raises(ConfigError, match=r"config\.scorer\.nme: unknown field; did you mean "
-                                        r"'name'\?"):
+                                        r"config\.scorer\.name\?"):
     from_config(Config, {"model": {"name": "m"}, "scorer": {"nme": "g"}})
 
 

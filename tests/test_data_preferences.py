@@ -176,3 +176,66 @@ def test_import_preferences_writes_all_or_nothing(tmp_path):
     empty = _write_jsonl(tmp_path / "empty.jsonl", [])
     with pytest.raises(PreferenceFormatError, match="contains no records"):
         import_preferences(empty, tmp_path / "store3")
+
+
+_CHAT_ROWS = [
+    {"chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+     "rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Go away."}]},
+    {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Seven."},
+]
+
+
+def _arrow_stream(path, rows):
+    """An Arrow IPC stream file, as Hugging Face `datasets` writes (`data-*.arrow`)."""
+    import pyarrow as pa
+
+    table = pa.Table.from_pylist(rows)
+    with pa.OSFile(str(path), "wb") as f, pa.ipc.new_stream(f, table.schema) as w:
+        w.write_table(table)
+
+
+def test_hf_save_to_disk_directory(tmp_path):
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    _arrow_stream(ds / "data-00000-of-00001.arrow", [_CHAT_ROWS[0]])
+    _arrow_stream(ds / "data-00001-of-00001.arrow", [{"prompt": "Q", "chosen": "A", "rejected": "B"}])
+    (ds / "state.json").write_text(json.dumps({"_data_files": [
+        {"filename": "data-00000-of-00001.arrow"}, {"filename": "data-00001-of-00001.arrow"}]}))
+    (ds / "dataset_info.json").write_text("{}")
+    records = read_preferences(ds)
+    assert [(r.response_a.strip(), r.response_b, r.label) for r in records] == [
+        ("Hello!", " Go away.", "a"), ("A", "B", "a")]
+    # A saved DatasetDict: its train split is read.
+    dd = tmp_path / "dd"
+    (dd / "train").mkdir(parents=True)
+    for f in ds.iterdir():
+        (dd / "train" / f.name).write_bytes(f.read_bytes())
+    (dd / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "test"]}))
+    assert len(read_preferences(dd)) == 2
+    (dd / "dataset_dict.json").write_text(json.dumps({"splits": ["test"]}))
+    with pytest.raises(ValueError, match=r"without a 'train' split"):
+        read_preferences(dd)
+
+
+def test_hub_snapshot_directory_reads_the_train_split(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "snap" / "data"
+    data.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(_CHAT_ROWS[:1]), data / "train-00000-of-00002.parquet")
+    pq.write_table(pa.Table.from_pylist(_CHAT_ROWS[1:]), data / "train-00001-of-00002.parquet")
+    pq.write_table(pa.Table.from_pylist(_CHAT_ROWS[:1]), data / "test-00000-of-00001.parquet")
+    (tmp_path / "snap" / "README.md").write_text("card")
+    records = read_preferences(tmp_path / "snap")
+    assert len(records) == 2 and records[1].prompt == "Name a colour."
+
+
+def test_directory_without_data_names_the_supported_layouts(tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"empty: a directory with no preference data.*supported: a \.jsonl.*"
+                                         r"save_to_disk.*Hub snapshot"):
+        read_preferences(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match=r"no such preference file \(supported: a \.jsonl"):
+        read_preferences(tmp_path / "missing.jsonl")

@@ -101,3 +101,28 @@ def test_progress_logs_every_n_percent_when_not_a_tty(caplog):
 def test_progress_forced_bar_on_non_tty(capsys):
   list(M.progress(range(3), "forced", "it", disable=False))
   assert "forced" in capsys.readouterr().err
+
+
+def test_non_finite_metrics_are_strict_json_nulls(tmp_path):
+  with M.MetricWriter(tmp_path, tensorboard=False) as w:
+    w.write(1, {"loss": float("nan"), "kl": float("inf"), "ok": 1.5})
+  line = (tmp_path / "metrics.jsonl").read_text().strip()
+  assert line == '{"step": 1, "loss": null, "kl": null, "ok": 1.5}'
+  json.loads(line, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+
+
+def test_resume_drops_rows_past_the_restored_step(tmp_path):
+  """A killed attempt logged steps 1..14 after its checkpoint at 10: the resumed run keeps
+  1..10 once, so the curve reads 1..30 with no step twice."""
+  with M.MetricWriter(tmp_path, tensorboard=False) as w:
+    for step in range(1, 15):
+      w.write(step, {"x": float(step)})
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 15, "x": ')  # torn last line of the killed process
+  with M.MetricWriter(tmp_path, tensorboard=True, resume_step=10) as w:
+    for step in range(11, 31):
+      w.write(step, {"x": float(step)})
+  steps = [r["step"] for r in M.read_metrics(tmp_path)]
+  assert steps == list(range(1, 31))
+  assert M.truncate_metrics(tmp_path, 30, drop=lambda r: r["step"] % 2 == 0) == 15
+  assert [r["step"] for r in M.read_metrics(tmp_path)] == list(range(1, 31, 2))

@@ -8,6 +8,7 @@ import copy
 import functools
 import json
 import os
+import re
 import shutil
 import warnings
 
@@ -490,3 +491,38 @@ def test_save_is_atomic(tmp_path, monkeypatch):
   with pytest.raises(FileExistsError, match=r"notes\.txt"):
     save_pretrained(model, params, out)
   assert (out / "notes.txt").is_file()
+
+
+def test_error_non_finite_weights_name_the_tensor(gpt2_copy):
+  def edit(t):
+    w = t["transformer.h.0.mlp.c_fc.weight"].copy()
+    w[0, 0], w[1, 1] = np.nan, np.inf
+    t["transformer.h.0.mlp.c_fc.weight"] = w
+
+  _edit_tensors(gpt2_copy, edit)
+  with pytest.raises(ValueError, match=r"model\.safetensors: tensor 'transformer\.h\.0\.mlp\."
+                     r"c_fc\.weight' holds 1 NaN and 1 infinite values"):
+    from_pretrained(gpt2_copy)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbled"])
+def test_error_damaged_safetensors_names_the_file(gpt2_copy, damage):
+  file = gpt2_copy / "model.safetensors"
+  data = file.read_bytes()
+  if damage == "truncated":
+    file.write_bytes(data[:len(data) // 2])
+  else:
+    file.write_bytes(b"\xff" * 16 + data[16:])
+  with pytest.raises(ValueError, match=re.escape(str(file)) + r".*(truncated or corrupt)"):
+    from_pretrained(gpt2_copy)
+
+
+def test_export_refuses_non_finite_params(tmp_path):
+  cfg = EXPORT_CASES["gpt2"]
+  params = jax.tree.map(np.array, _random_params(cfg))
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  _, leaf = leaves[len(leaves) // 2]
+  leaf.reshape(-1)[0] = np.nan
+  with pytest.raises(ValueError, match=r"save_pretrained\(.*out\): tensor '.*' holds 1 NaN"):
+    save_pretrained(Transformer(cfg), params, tmp_path / "out", pad_token_id=PAD)
+  assert not (tmp_path / "out").exists()

@@ -134,3 +134,219 @@ def test_openai_variant_runs_with_value_head_on_the_policy_trunk(smoke_run, tmp_
   # The exported policy is a plain LM: the value head stays behind.
   config = json.loads((tmp_path / "openai" / "round_1" / "policy" / "config.json").read_text())
   assert not any("Classification" in a for a in config.get("architectures", []))
+
+def _fake_scorers(monkeypatch):
+  import sys
+  import types
+
+  import numpy as np
+
+  module = types.ModuleType("fake_feedback")
+  module.nan_scorer = lambda prompts, responses: np.full(len(responses), np.nan)
+  module.short_scorer = lambda prompts, responses: np.zeros(1)
+  module.good_scorer = lambda prompts, responses: np.arange(len(responses), dtype=float)
+  module.one_arg = lambda responses: np.zeros(len(responses))
+  module.bad_judge = lambda prompts, a, b: [0.5] * (len(a) + 1)
+  module.good_judge = lambda prompts, a, b: [0.5] * len(a)
+  monkeypatch.setitem(sys.modules, "fake_feedback", module)
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"gold_scorer": "fake_feedback:nan_scorer", "labeller_scorer": "fake_feedback:good_scorer"},
+     r"config\.feedback\.gold_scorer='fake_feedback:nan_scorer': returned non-finite scores"),
+    ({"labeller_scorer": "fake_feedback:short_scorer"},
+     r"config\.feedback\.labeller_scorer='fake_feedback:short_scorer': a scorer returns one "
+     r"number per response; got shape \[1\] for 2 responses"),
+    ({"gold_scorer": "fake_feedback:one_arg"},
+     r"config\.feedback\.gold_scorer='fake_feedback:one_arg': calling it as scorer\(prompts, "
+     r"responses\) on a probe batch of 2 failed: TypeError"),
+    ({"gold_scorer": "os:getcwd"},
+     r"config\.feedback\.gold_scorer='os:getcwd': calling it as scorer\(prompts, responses\)"),
+    ({"source": "fake_feedback:bad_judge"},
+     r"config\.feedback\.source='fake_feedback:bad_judge': calling it as judge\(prompts, "
+     r"responses_a, responses_b\) on a probe batch of 2 failed: .*3 verdicts for 2 pairs"),
+    ({"source": "fake_feedback:nope"},
+     r"config\.feedback\.source: callable spec 'fake_feedback:nope'.*no attribute"),
+])
+def test_custom_scorers_and_judges_are_probed_at_start(monkeypatch, fields, message):
+  from rlhf_jax.train import pipeline as pl
+
+  _fake_scorers(monkeypatch)
+  with pytest.raises(ValueError, match=message):
+    pl.load_scorers(pl.FeedbackSpec(**fields))
+  ok = pl.load_scorers(pl.FeedbackSpec(gold_scorer="fake_feedback:good_scorer",
+                                       source="fake_feedback:good_judge"))
+  assert list(ok(["p"], ["r"])) == [0.0]
+
+
+def test_pipeline_sizes_checked_before_any_work():
+  from rlhf_jax.config_schema import ConfigError, from_config
+  from rlhf_jax.train import pipeline as pl
+
+  cfg = from_config(pl.Config, {"ppo": {"batch_size": 0, "iterations": -5},
+                                "reward": {"batch_size": -1}, "rounds": 0,
+                                "feedback": {"pairs_per_round": 16},
+                                "base": {"optimizer": {"learning_rate": 0.0}}})
+  with pytest.raises(ConfigError) as e:
+    pl.check_config(cfg)
+  lines = str(e.value).splitlines()
+  for expected in ("config.ppo.batch_size=0: expected >= 1",
+                   "config.ppo.iterations=-5: expected >= 1",
+                   "config.reward.batch_size=-1: expected >= 1",
+                   "config.rounds=0: expected >= 1",
+                   "config.base.optimizer.learning_rate=0.0: expected > 0"):
+    assert expected in lines, lines
+  cfg = from_config(pl.Config, {"ppo": {"batch_size": 6}, "feedback": {"pairs_per_round": 8},
+                                "reward": {"batch_size": 16}})
+  with pytest.raises(ConfigError) as e:
+    pl.check_config(cfg)
+  assert str(e.value).splitlines() == [
+      "config.ppo.batch_size=6: must be divisible by config.ppo.hparams.num_minibatches=4",
+      "config.reward.batch_size=16: larger than the 8 labelled pairs of round 1 "
+      "(feedback.pairs_per_round, data.num_prompts)"]
+  pl.check_config(pl.Config())  # the defaults pass
+
+
+# ----------------------------------------------------------------------------- preemption
+
+def _sigterm_during(stack, monkeypatch, stage: str, at: int = 1):
+  """Sends this process SIGTERM inside ``stage``: at step / iteration ``at`` of a training
+  loop's progress bar (``desc`` = stage), or when the pipeline enters a stage function
+  (``data``: packing the corpus, ``labels``: labelling pairs, ``evaluation``)."""
+  import signal
+
+  from rlhf_jax import data as data_lib
+  from rlhf_jax.train import pipeline as pl
+  from rlhf_jax.train import ppo as ppo_train
+  from rlhf_jax.train import reward as reward_train
+
+  mp = stack.enter_context(monkeypatch.context())
+  fired = []
+
+  def kill():
+    if not fired:
+      fired.append(stage)
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  functions = {"data": (data_lib, "pack_texts"), "labels": (pl, "_collect_labels"),
+               "evaluation": (pl, "_evaluate_policy")}
+  if stage in functions:
+    module, name = functions[stage]
+    real = getattr(module, name)
+
+    def wrapped(*args, **kwargs):
+      kill()
+      return real(*args, **kwargs)
+
+    mp.setattr(module, name, wrapped)
+    return fired
+
+  def wrap(real):
+    def progress(*args, **kwargs):
+      bar = real(*args, **kwargs)
+      if kwargs.get("desc", args[1] if len(args) > 1 else "") == stage:
+        update = bar.update
+
+        def update_then_kill(n=1):
+          update(n)
+          if bar.n >= at:
+            kill()
+
+        bar.update = update_then_kill
+      return bar
+    return progress
+
+  for module in (pl, reward_train, ppo_train):
+    mp.setattr(module, "progress", wrap(module.progress))
+  return fired
+
+
+def _preempt_and_resume(config, workdir, monkeypatch, stops):
+  """Runs the pipeline once per (stage, at) in ``stops``, each attempt stopped by SIGTERM in
+  that stage, then once to the end; returns the final result."""
+  import contextlib
+
+  from rlhf_jax import checkpoint
+
+  for stage, at in stops:
+    with contextlib.ExitStack() as stack:
+      fired = _sigterm_during(stack, monkeypatch, stage, at)
+      with pytest.raises(checkpoint.Preempted):
+        entry.run_task(config, str(workdir))
+    assert fired == [stage]
+    assert not (workdir / "report.md").exists()  # nothing reported from half-trained stages
+  return entry.run_task(config, str(workdir))
+
+
+def _same_round(workdir, reference, r):
+  """The round's policy is byte-identical and its report numbers equal (timings aside)."""
+  a = (workdir / f"round_{r}" / "policy" / "model.safetensors").read_bytes()
+  b = (reference / f"round_{r}" / "policy" / "model.safetensors").read_bytes()
+  assert a == b, f"round {r}: policy differs from the uninterrupted run"
+  timing = ("rm_seconds", "ppo_seconds", "round_seconds")
+  ev = {k: v for k, v in json.loads((workdir / f"round_{r}" / "eval.json").read_text()).items()
+        if k not in timing}
+  ref = {k: v for k, v in json.loads((reference / f"round_{r}" / "eval.json").read_text()).items()
+         if k not in timing}
+  assert ev == ref
+  done = json.loads((workdir / f"round_{r}" / "DONE").read_text())
+  ref_done = json.loads((reference / f"round_{r}" / "DONE").read_text())
+  assert done["curve"] == ref_done["curve"]  # the curve holds every iteration, once
+  return ev
+
+
+def _steps(path):
+  from rlhf_jax.train.metrics import read_metrics
+  return [r["step"] for r in read_metrics(path)]
+
+
+def test_sigterm_in_training_stages_resumes_to_the_uninterrupted_result(smoke_run, tmp_path,
+                                                                       monkeypatch):
+  """SIGTERM inside base pretraining, reward-model training and PPO (round 1 of a one-round
+  run): each attempt saves, raises Preempted and marks nothing done; the last rerun ends
+  with the uninterrupted run's round-1 policy (byte-identical), numbers and curve."""
+  reference, _, _ = smoke_run
+  config = _smoke_config()
+  config.rounds = 1
+  workdir = tmp_path / "preempted"
+  stops = [("pretrain base", 25), ("reward model round 1", 4), ("ppo round 1", 2)]
+  result = _preempt_and_resume(config, workdir, monkeypatch, stops)
+  ev = _same_round(workdir, reference, 1)
+  assert result["win_rate"] == ev["win_rate"] and ev["ppo_iterations"] == 3
+  # Metrics survive the resumes: every logged step once.
+  assert _steps(workdir / "base") == [50, 60]
+  assert _steps(workdir / "round_1" / "ppo") == [1, 2, 3]
+  assert _steps(workdir / "round_1" / "reward") == [8, 8]  # training row, evaluation row
+
+
+@pytest.mark.slow
+def test_sigterm_in_every_stage_of_both_rounds(smoke_run, tmp_path, monkeypatch):
+  """Every stage — data, base pretraining, pairs and labels, reward model, PPO, evaluation —
+  of the two-round smoke run, then round 2's reward model and PPO."""
+  reference, reference_result, _ = smoke_run
+  workdir = tmp_path / "preempted"
+  stops = [("data", 1), ("pretrain base", 10), ("labels", 1), ("reward model round 1", 2),
+           ("ppo round 1", 1), ("evaluation", 1), ("reward model round 2", 12),
+           ("ppo round 2", 2)]
+  result = _preempt_and_resume(_smoke_config(), workdir, monkeypatch, stops)
+  for r in (1, 2):
+    _same_round(workdir, reference, r)
+  assert result["win_rate"] == reference_result["win_rate"]
+  assert result["kl"] == reference_result["kl"]
+
+
+def test_rerun_with_another_seed_is_refused_listing_the_fields(smoke_run):
+  """A finished workdir rerun with --config.seed=1 used to exit 0, overwrite config.json and
+  rewrite the report from seed 0's results."""
+  workdir, _, _ = smoke_run
+  before = (workdir / "config.json").read_text()
+  config = _smoke_config()
+  config.seed = 1
+  config.base.preset = "gpt2-small"
+  config.eval.num_samples_in_report = 2  # may change: it cannot change results
+  with pytest.raises(entry.UsageError) as e:
+    entry.run_task(config, str(workdir))
+  message = str(e.value)
+  assert "seed: 0 -> 1" in message and "base.preset: 'tiny' -> 'gpt2-small'" in message
+  assert "num_samples_in_report" not in message and "pass a new --workdir" in message
+  assert (workdir / "config.json").read_text() == before

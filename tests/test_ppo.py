@@ -137,7 +137,7 @@ def test_sharded_iteration_equals_single_device():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=2e-5)
 
 
-def _train(workdir, stop_after=None, iterations=4):
+def _train(workdir, stop_after=None, iterations=4, reward_gain=1.0, **kwargs):
   policy, rm, params, frozen, ids, mask = _setup()
   mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   return ppo_train.train_ppo(
@@ -145,12 +145,19 @@ def _train(workdir, stop_after=None, iterations=4):
       value_params=params["value"], reward_model=rm, reward_params=frozen.reward_params,
       ref_params=frozen.ref_params, prompt_ids=np.repeat(ids, 4, 0),
       prompt_mask=np.repeat(mask, 4, 0), hp=HP, optim_spec=common.OptimSpec(learning_rate=1e-3),
-      batch_size=B, iterations=iterations, init_kl_coef=0.1, reward_gain=1.0, reward_bias=0.0,
-      mesh=mesh, seed=3, workdir=str(workdir), checkpoint_every=1, stop_after=stop_after)
+      batch_size=B, iterations=iterations, init_kl_coef=0.1, reward_gain=reward_gain,
+      reward_bias=0.0, mesh=mesh, seed=3, workdir=str(workdir), checkpoint_every=1,
+      stop_after=stop_after, **kwargs)
 
 
-def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
-  straight, hist = _train(tmp_path / "straight")
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  """One uninterrupted 4-iteration run, the reference of the resume tests."""
+  return _train(tmp_path_factory.mktemp("straight"))
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, straight_run):
+  straight, hist = straight_run
   first, _ = _train(tmp_path / "resumed", stop_after=2)
   assert int(first.step) == 2
   resumed, hist2 = _train(tmp_path / "resumed")
@@ -159,6 +166,74 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   np.testing.assert_array_equal(np.asarray(resumed.kl.beta), np.asarray(straight.kl.beta))
   assert hist2[-1]["score"] == hist[-1]["score"]
+  # The curve of a resumed run holds every iteration once, the first attempt's included.
+  assert [h["iteration"] for h in hist2] == [1, 2, 3, 4]
+  assert [h["score"] for h in hist2] == [h["score"] for h in hist]
+
+
+def test_sigterm_saves_raises_preempted_and_resumes(tmp_path, straight_run):
+  """SIGTERM ends the call with a checkpoint and Preempted (never a normal return that a
+  caller would take for a finished run); the rerun continues the same trajectory."""
+  import signal
+
+  from rlhf_jax import checkpoint
+  from rlhf_jax.train import metrics as metrics_lib
+
+  straight, _ = straight_run
+  real = metrics_lib.MetricWriter.write
+
+  def write_then_sigterm(self, step, values):
+    real(self, step, values)
+    if step == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  metrics_lib.MetricWriter.write = write_then_sigterm
+  try:
+    with pytest.raises(checkpoint.Preempted, match=r"ppo: stopped by a signal at iteration 2 "
+                                                   r"of 4; checkpoint saved"):
+      _train(tmp_path / "resumed")
+  finally:
+    metrics_lib.MetricWriter.write = real
+    checkpoint.clear_preemption()
+  assert sorted(os.listdir(tmp_path / "resumed" / "checkpoints"))[-1] == "2"
+  resumed, hist = _train(tmp_path / "resumed")
+  for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(straight.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert [h["iteration"] for h in hist] == [1, 2, 3, 4]
+
+
+def test_diverging_run_stops_naming_the_iteration(tmp_path):
+  """A reward that turns every update non-finite: the run stops at the first iteration whose
+  skipped updates exceed max_skipped_fraction of the run's, instead of training on NaN."""
+  updates = HP.epochs * HP.num_minibatches
+  with pytest.raises(common.DivergenceError,
+                     match=rf"ppo: {updates} of the {updates} updates so far were skipped for a "
+                           rf"non-finite loss or gradient \(at iteration 1\), more than "
+                           rf"max_skipped_fraction=0.1 of the run's {4 * updates} updates"):
+    _train(tmp_path / "nan", reward_gain=float("nan"))
+  assert not os.listdir(tmp_path / "nan" / "checkpoints")  # nothing saved from it
+  # A lenient fraction lets the same run go on (params unchanged by skipped updates).
+  state, _ = _train(tmp_path / "lenient", reward_gain=float("nan"), max_skipped_fraction=1.0,
+                    stop_after=1)
+  assert int(state.skipped_updates) == updates
+
+
+def test_corrupt_checkpoint_stops_the_resume_naming_the_step(tmp_path):
+  """Flipped bytes in the newest checkpoint used to restore, skip every later update as
+  non-finite and finish with NaN metrics; now the restore stops naming the step."""
+  from rlhf_jax import checkpoint
+
+  _train(tmp_path / "run", stop_after=2)
+  step_dir = tmp_path / "run" / "checkpoints" / "2"
+  files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir / "state") for f in fs
+           if os.sep + "d" + os.sep in os.path.join(r, f)]
+  big = max(files, key=os.path.getsize)
+  data = bytearray(open(big, "rb").read())
+  data[len(data) // 2] ^= 0x10
+  open(big, "wb").write(bytes(data))
+  with pytest.raises(checkpoint.CheckpointError, match=r"checkpoints/2: the checkpoint of "
+                                                       r"step 2 is corrupt"):
+    _train(tmp_path / "run")
 
 
 def test_shipped_tiny_config_runs_on_presets(tmp_path):

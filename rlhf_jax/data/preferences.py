@@ -16,6 +16,11 @@ Readers accept these layouts, per row (JSONL line, JSON array element or Parquet
    are full transcripts; the prompt is their shared text up to and including the last
    `"\\n\\nAssistant:"`, the response is the rest.
 
+Files: `.jsonl`, `.json` (an array) or `.parquet`; or a directory in a Hugging Face dataset
+layout: `save_to_disk` output (`state.json` + `.arrow` files, or `dataset_dict.json` with a
+`train` split), or a Hub dataset snapshot (`.parquet` / `.jsonl` / `.json` data files, e.g.
+`data/train-00000-of-00001.parquet`; files naming a split other than `train` are skipped).
+
 Other columns are ignored. Metadata comes only from an optional `metadata` object; its known keys
 are type-checked (annotator: str, source: str, round: int, seed: int, probability: float in
 [0, 1]); other keys must be JSON values.
@@ -389,13 +394,94 @@ def _parquet_rows(path: pathlib.Path) -> Iterator[tuple[str, Any]]:
         yield f"{path}: row {i}", row
 
 
+_SUPPORTED_LAYOUTS = (
+    "a .jsonl, .json (array) or .parquet file; or a Hugging Face dataset directory: "
+    "save_to_disk output (state.json + .arrow files, or dataset_dict.json with a 'train' "
+    "split) or a Hub snapshot of data files (e.g. data/train-00000-of-00001.parquet)")
+_SPLIT_WORDS = ("train", "test", "validation", "valid", "dev", "eval")
+
+
+def _arrow_rows(path: pathlib.Path) -> Iterator[tuple[str, Any]]:
+    import pyarrow as pa
+
+    try:
+        with pa.OSFile(str(path)) as f:
+            try:
+                table = pa.ipc.open_stream(f).read_all()
+            except pa.ArrowInvalid:
+                f.seek(0)
+                table = pa.ipc.open_file(f).read_all()
+    except Exception as e:
+        yield str(path), _RowError(f"{path}: not a readable Arrow file ({type(e).__name__}: {e})")
+        return
+    for i, row in enumerate(table.to_pylist(), 1):
+        yield f"{path}: row {i}", row
+
+
+def _file_rows(path: pathlib.Path) -> Iterator[tuple[str, Any]]:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _jsonl_rows(path)
+    if suffix == ".json":
+        return _json_rows(path)
+    if suffix == ".parquet":
+        return _parquet_rows(path)
+    if suffix == ".arrow":
+        return _arrow_rows(path)
+    raise ValueError(f"{path}: unsupported preference file type {suffix!r}; expected .jsonl, .json or .parquet")
+
+
+def _split_of(path: pathlib.Path, root: pathlib.Path) -> str | None:
+    for part in reversed(path.relative_to(root).parts):
+        stem = part.split(".")[0].lower()
+        for word in _SPLIT_WORDS:
+            if stem == word or stem.startswith(word + "-") or stem.startswith(word + "_"):
+                return word
+    return None
+
+
+def _directory_files(path: pathlib.Path) -> list[pathlib.Path]:
+    """The data files of a Hugging Face dataset directory (the `train` split), or raises."""
+    dict_file = path / "dataset_dict.json"
+    if dict_file.is_file():  # DatasetDict.save_to_disk: one sub-directory per split
+        try:
+            splits = json.loads(dict_file.read_text(encoding="utf-8")).get("splits", [])
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+            raise ValueError(f"{dict_file}: invalid JSON ({e})") from None
+        if "train" not in splits:
+            raise ValueError(f"{path}: a saved DatasetDict without a 'train' split (splits: {splits}); pass the "
+                             f"split's directory, e.g. {path / (splits[0] if splits else 'train')}")
+        return _directory_files(path / "train")
+    state = path / "state.json"
+    if state.is_file():  # Dataset.save_to_disk
+        try:
+            names = [d["filename"] for d in json.loads(state.read_text(encoding="utf-8"))["_data_files"]]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{state}: not a Hugging Face save_to_disk state file ({type(e).__name__}: {e})") from None
+        files = [path / n for n in names]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{state} names data files missing from {path}: {missing}")
+        return files
+    data = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (".parquet", ".jsonl", ".json")
+                  and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                  and p.name not in ("dataset_info.json", "dataset_infos.json"))
+    if any(_split_of(p, path) for p in data):
+        data = [p for p in data if _split_of(p, path) == "train"]
+    if not data:
+        raise ValueError(f"{path}: a directory with no preference data rlhf_jax can read; supported: {_SUPPORTED_LAYOUTS}")
+    return data
+
+
 def read_preferences(path: str | os.PathLike[str], *, max_errors: int = _DEFAULT_MAX_ERRORS,
                      render: Callable[[Sequence[Mapping[str, str]]], str] = render_chat,
                      assistant_marker: str = _ASSISTANT_MARKER) -> list[PreferenceRecord]:
-    """Read and validate every record of a `.jsonl`, `.json` (array) or `.parquet` file.
+    """Read and validate every record of a `.jsonl`, `.json` (array) or `.parquet` file, or of a
+    Hugging Face dataset directory (`save_to_disk` output or a Hub snapshot of data files; the
+    `train` split).
 
     Args:
-      path: the file.
+      path: the file or directory.
       max_errors: how many error messages to list (all are counted).
       render, assistant_marker: see `parse_preference_row`.
     Returns:
@@ -405,17 +491,13 @@ def read_preferences(path: str | os.PathLike[str], *, max_errors: int = _DEFAULT
       PreferenceFormatError: listing `path:line: field 'x': ...` for the invalid records.
     """
     path = pathlib.Path(path)
+    if path.is_dir():
+        files = _directory_files(path)
+        rows = (row for f in files for row in _file_rows(f))
+        return _collect(rows, str(path), max_errors, render=render, assistant_marker=assistant_marker)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such preference file")
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        rows = _jsonl_rows(path)
-    elif suffix == ".json":
-        rows = _json_rows(path)
-    elif suffix == ".parquet":
-        rows = _parquet_rows(path)
-    else:
-        raise ValueError(f"{path}: unsupported preference file type {suffix!r}; expected .jsonl, .json or .parquet")
+        raise FileNotFoundError(f"{path}: no such preference file (supported: {_SUPPORTED_LAYOUTS})")
+    rows = _file_rows(path)
     return _collect(rows, str(path), max_errors, render=render, assistant_marker=assistant_marker)
 
 

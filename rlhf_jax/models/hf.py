@@ -575,7 +575,12 @@ def _checkpoint_files(path: Path) -> Tuple[list, Optional[Dict[str, str]], Path]
 def _index_tensors(files, weight_map, index_file) -> Dict[str, _TensorInfo]:
   infos: Dict[str, _TensorInfo] = {}
   for f in files:
-    with safe_open(str(f), framework="np") as h:
+    try:
+      h = safe_open(str(f), framework="np")
+    except Exception as e:  # safetensors raises its own error types for a bad header
+      raise ValueError(f"{f}: not a readable safetensors file (truncated or corrupt?): "
+                       f"{type(e).__name__}: {e}") from e
+    with h:
       for name in h.keys():
         sl = h.get_slice(name)
         if name in infos:
@@ -632,6 +637,17 @@ def _init_head(cfg: TransformerConfig, name: str, rng: jax.Array) -> Dict[str, A
     layer = _tf._dense(cfg, cfg.vocab_size, ("embed", "vocab"), False, "lm_head")
   variables = layer.init(rng, jnp.zeros((1, cfg.d_model), jnp.dtype(cfg.dtype)))
   return jax.device_get(nn.meta.unbox(variables["params"]))
+
+
+def _check_finite(x: np.ndarray, what: str) -> None:
+  """Raises ValueError when ``x`` holds NaN or infinite values (``what`` names the tensor)."""
+  if x.dtype.kind not in "fc" and "float" not in x.dtype.name:  # bfloat16 has kind 'V'
+    return
+  x = np.asarray(x, np.float32) if x.dtype.kind != "c" else x
+  if not np.all(np.isfinite(x)):
+    nan = int(np.sum(np.isnan(x)))
+    raise ValueError(f"{what} holds {nan} NaN and {int(x.size - nan - np.sum(np.isfinite(x)))} "
+                     f"infinite values (of {x.size}); refusing non-finite weights")
 
 
 def _check_tree(params: Any, cfg: TransformerConfig, what: str) -> None:
@@ -698,10 +714,12 @@ def from_pretrained(path: PathLike, *, dtype: str = "float32", param_dtype: str 
       handles[info.file] = safe_open(str(info.file), framework="np").__enter__()
     try:
       x = handles[info.file].get_tensor(name)
-    except Exception as e:  # e.g. an old safetensors without bfloat16 numpy support
+    except Exception as e:  # a truncated file, or an old safetensors without bfloat16 support
       raise ValueError(f"{info.file}: cannot read tensor {name!r} ({info.dtype}) with"
-                       f" safetensors.numpy: {e}") from e
-    return np.asarray(x).astype(out_dtype)
+                       f" safetensors.numpy (truncated or corrupt file?): {e}") from e
+    x = np.asarray(x).astype(out_dtype)
+    _check_finite(x, f"{info.file}: tensor {name!r}")
+    return x
 
   try:
     params = _from_hf(arch.family, abstract, prefix, get)
@@ -812,6 +830,8 @@ def save_pretrained(model: Transformer, params: Any, path: PathLike, *, tokenize
   out_dtype = None if dtype is None else jnp.dtype(dtype)
   tensors = {k: np.ascontiguousarray(np.asarray(v, out_dtype or np.asarray(v).dtype))
              for k, v in tensors.items()}
+  for k, v in tensors.items():  # before anything is written: never export a diverged model
+    _check_finite(v, f"save_pretrained({path}): tensor {k!r}")
   dtypes = {str(v.dtype) for v in tensors.values()}
   dtype_name = dtypes.pop() if len(dtypes) == 1 else "float32"
   hf = config_to_hf(cfg, pad_token_id=pad_token_id, bos_token_id=bos_token_id,

@@ -17,6 +17,12 @@ from rlhf_jax import optim, sharding
 from rlhf_jax.models import Transformer, TransformerConfig, boxed_init_fn, init_params
 
 __all__ = [
+    "DivergenceError",
+    "check_skipped",
+    "check_output_paths",
+    "OPTIM_BOUNDS",
+    "spec_errors",
+    "check_batch_sizes",
     "PRESETS",
     "ModelSpec",
     "MeshSpec",
@@ -157,3 +163,97 @@ def make_optimizer(spec: OptimSpec, total_steps: int) -> Tuple[optax.GradientTra
   if spec.max_grad_norm:
     tx = optax.chain(optax.clip_by_global_norm(spec.max_grad_norm), tx)
   return tx, schedule
+
+
+class DivergenceError(RuntimeError):
+  """Training diverged: too many updates were skipped for a non-finite loss or gradient."""
+
+
+def check_skipped(desc: str, skipped: int, updates_so_far: int, planned_updates: int,
+                  max_fraction: float, where: str) -> None:
+  """Stops a run whose skipped (non-finite) updates exceed ``max_fraction`` of its planned
+  updates: past that point the run cannot end below the fraction, and a state that keeps
+  producing NaN (a corrupt or divergent one) would otherwise train on silently.
+
+  Raises:
+    DivergenceError: naming ``where`` (the step) and the counts.
+  """
+  skipped = int(skipped)
+  if skipped > max_fraction * planned_updates:
+    raise DivergenceError(
+        f"{desc}: {skipped} of the {updates_so_far} updates so far were skipped for a "
+        f"non-finite loss or gradient (at {where}), more than max_skipped_fraction="
+        f"{max_fraction} of the run's {planned_updates} updates; the training has diverged "
+        "(lower the learning rate, check the data, or start from an earlier checkpoint)")
+
+
+def check_output_paths(field: str, directories=(), files=()) -> None:
+  """Refuses, before any work, output paths that collide with existing files: a directory
+  to be written that is a file, or a file to be written that is a directory.
+
+  Raises:
+    FileExistsError: naming ``field`` (what decides the path) and the path.
+  """
+  for d in directories:
+    if os.path.exists(d) and not os.path.isdir(d):
+      raise FileExistsError(f"{field}: output directory {os.fspath(d)} exists and is a file; "
+                            "move it away or choose another workdir")
+  for f in files:
+    if os.path.isdir(f):
+      raise FileExistsError(f"{field}: output file {os.fspath(f)} exists and is a directory; "
+                            "move it away or choose another workdir")
+
+
+# Bounds of every OptimSpec field (see rlhf_jax.config_schema.check_bounds).
+OPTIM_BOUNDS = {"learning_rate": "> 0", "warmup_steps": ">= 0", "b1": "in [0, 1)",
+                "b2": "in [0, 1)", "eps": ">= 0", "weight_decay": ">= 0",
+                "max_grad_norm": ">= 0"}
+
+
+def spec_errors(cfg: Any, *, optimizers=(), meshes=(), models=(), root: str = "config") -> list:
+  """Problems in the shared specs of a trainer config, as error lines naming each field:
+  optimizer names and bounds, mesh axis sizes (>= 1, or -1 for one axis), model presets."""
+  from rlhf_jax import config_schema
+
+  errors = []
+  for name in optimizers:
+    spec = _get(cfg, name)
+    if spec.name not in ("adam", "adamw", "tf_adam"):
+      errors.append(f"{root}.{name}.name={spec.name!r}: expected 'adam', 'adamw' or 'tf_adam'")
+    errors += config_schema.check_bounds(
+        cfg, {f"{name}.{k}": v for k, v in OPTIM_BOUNDS.items()}, root)
+  for name in meshes:
+    spec = _get(cfg, name)
+    sizes = {"data": spec.data, "fsdp": spec.fsdp, "tensor": spec.tensor}
+    for axis, size in sizes.items():
+      if size == 0 or size < -1:
+        errors.append(f"{root}.{name}.{axis}={size}: expected a size >= 1, or -1 (the rest)")
+    if list(sizes.values()).count(-1) > 1:
+      errors.append(f"{root}.{name}: at most one axis may be -1, got {sizes}")
+  for name in models:
+    spec = _get(cfg, name)
+    if not spec.path and spec.preset not in PRESETS:
+      errors.append(f"{root}.{name}.preset={spec.preset!r}: expected one of {sorted(PRESETS)}")
+    if not spec.path and spec.vocab_size < 1:
+      errors.append(f"{root}.{name}.vocab_size={spec.vocab_size}: expected >= 1")
+  return errors
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+  for part in dotted.split("."):
+    cfg = getattr(cfg, part)
+  return cfg
+
+
+def check_batch_sizes(mesh, sizes) -> None:
+  """Batches are split over the mesh's ``data`` x ``fsdp`` devices: refuses, at start-up,
+  batch sizes they do not divide (``sizes``: config field -> batch size).
+
+  Raises:
+    ValueError: naming every offending field and the device count.
+  """
+  n = int(mesh.shape["data"]) * int(mesh.shape["fsdp"])
+  bad = [f"{field}={size}" for field, size in sizes.items() if size % n]
+  if bad:
+    raise ValueError(f"{', '.join(bad)}: must be divisible by the {n} devices of the mesh's "
+                     "batch axes (data x fsdp); change the batch size or config.mesh")

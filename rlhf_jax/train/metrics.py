@@ -19,7 +19,7 @@ import numbers
 import os
 import sys
 import time
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import jax
 import numpy as np
@@ -28,6 +28,7 @@ __all__ = [
     "MetricWriter",
     "fetch",
     "read_metrics",
+    "truncate_metrics",
     "markdown_table",
     "progress",
     "Progress",
@@ -69,23 +70,66 @@ def _scalar(key: str, value: Any) -> Union[int, float]:
                   + (f" of shape {shape}" if shape is not None else ""))
 
 
+def _json_value(x: Any) -> Any:
+  """Strict JSON: non-finite floats become ``None`` (``null``)."""
+  if isinstance(x, float) and not math.isfinite(x):
+    return None
+  return x
+
+
+def truncate_metrics(workdir: Union[str, os.PathLike], step: int,
+                     drop: Optional[Callable[[dict], bool]] = None) -> int:
+  """Drops the records of ``workdir/metrics.jsonl`` past ``step`` (and those ``drop`` picks).
+
+  A run resumed from a checkpoint of ``step`` calls this first, so the steps a killed attempt
+  logged after its last checkpoint are not kept twice. The file is rewritten atomically; a
+  torn last line (killed mid-write) is dropped too. Returns the number of records removed.
+  """
+  path = os.path.join(os.fspath(workdir), "metrics.jsonl")
+  if not os.path.exists(path):
+    return 0
+  kept, removed = [], 0
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        removed += 1
+        continue
+      if record.get("step", 0) > step or (drop is not None and drop(record)):
+        removed += 1
+      else:
+        kept.append(line if line.endswith("\n") else line + "\n")
+  if removed:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.writelines(kept)
+    os.replace(tmp, path)
+  return removed
+
+
 class MetricWriter:
   """Writes scalar metrics to ``workdir/metrics.jsonl`` and TensorBoard (``workdir/tb``).
 
   Each :meth:`write` appends one line ``{"step": step, "name": value, ...}`` (flushed at
-  once, so a crashed run keeps every line written). A resumed run appends to the same file;
-  :func:`read_metrics` with ``last_per_step=True`` keeps the newest record for each step.
-  Text (sample tables, generations) goes to TensorBoard and ``workdir/text.jsonl``.
+  once, so a crashed run keeps every line written); the lines are strict JSON (NaN and
+  infinities are written as ``null``). A run resumed from the checkpoint of step ``k`` passes
+  ``resume_step=k``: records (and TensorBoard events) past ``k`` from the killed attempt are
+  dropped, so every step appears once. Text (sample tables, generations) goes to TensorBoard
+  and ``workdir/text.jsonl``.
 
   Args:
     workdir: run directory (created if missing).
     process_index: the caller's process; defaults to ``jax.process_index()``. Only process 0
       writes.
     tensorboard: also write TensorBoard event files.
+    resume_step: the step the run resumes from (``None``: a fresh run, or appending).
   """
 
   def __init__(self, workdir: Union[str, os.PathLike], *, process_index: Optional[int] = None,
-               tensorboard: bool = True):
+               tensorboard: bool = True, resume_step: Optional[int] = None):
     self.workdir = os.fspath(workdir)
     self.process_index = jax.process_index() if process_index is None else process_index
     self.active = self.process_index == 0
@@ -95,10 +139,13 @@ class MetricWriter:
     if not self.active:
       return
     os.makedirs(self.workdir, exist_ok=True)
+    if resume_step is not None:
+      truncate_metrics(self.workdir, resume_step)
     self._jsonl = open(os.path.join(self.workdir, "metrics.jsonl"), "a", encoding="utf-8")
     if tensorboard:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(self.workdir, "tb"))
+      kwargs = {} if resume_step is None else {"purge_step": int(resume_step) + 1}
+      self._tb = SummaryWriter(os.path.join(self.workdir, "tb"), **kwargs)
 
   @property
   def path(self) -> str:
@@ -123,7 +170,8 @@ class MetricWriter:
       if key == "step":
         raise ValueError("metric name 'step' is reserved for the step number")
       record[str(key)] = _scalar(str(key), value)
-    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.write(json.dumps({k: _json_value(v) for k, v in record.items()},
+                                 allow_nan=False) + "\n")
     self._jsonl.flush()
     if self._tb is not None:
       for key, value in record.items():

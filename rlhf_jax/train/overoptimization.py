@@ -39,7 +39,7 @@ from rlhf_jax.train import ppo as ppo_train
 from rlhf_jax.train import reward as reward_train
 from rlhf_jax.train import report as report_lib
 
-__all__ = ["Config", "run"]
+__all__ = ["Config", "check_config", "run"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,20 +55,55 @@ class Config:
   ppo_eval_every: int = 4
   num_eval_prompts: int = 128
   seed: int = 0
+  max_skipped_fraction: float = 0.1  # stop when more updates are skipped as non-finite
+
+
+# Fields a rerun of a workdir may change (see rlhf_jax.main): caches, layout, stop criterion.
+RESULT_NEUTRAL_FIELDS = ("data.cache_dir", "mesh", "max_skipped_fraction")
+
+_BOUNDS = {"label_counts[*]": ">= 1", "bon_ns[*]": ">= 1", "ppo_eval_every": ">= 1",
+           "num_eval_prompts": ">= 1", "max_skipped_fraction": "in [0, 1]"}
+
+
+def check_config(cfg: Config) -> None:
+  """Every check of ``cfg`` that needs no files or devices (run at start-up, before any work).
+
+  Raises:
+    ConfigError: one line per problem, each naming the field.
+  """
+  from rlhf_jax import config_schema
+
+  errors = pl.stage_errors(cfg) + config_schema.check_bounds(cfg, _BOUNDS)
+  if not cfg.label_counts:
+    errors.append("config.label_counts: expected at least one label count")
+  if not cfg.bon_ns:
+    errors.append("config.bon_ns: expected at least one n")
+  if cfg.feedback.source != "simulated":
+    errors.append(f"config.feedback.source={cfg.feedback.source!r}: the over-optimisation "
+                  "study uses simulated annotators ('simulated')")
+  if errors:
+    raise config_schema.ConfigError("\n".join(errors))
 
 
 def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   root = pathlib.Path(workdir)
   root.mkdir(parents=True, exist_ok=True)
   t_start = time.perf_counter()
+  check_config(cfg)
+  common.check_output_paths("workdir", [root / "data", root / "base"],
+                            [root / "points.json", root / "fits.json",
+                             root / "preferences.jsonl"])
   mesh = common.build_mesh(cfg.mesh)
-  gold = scorers_lib.get_scorer(cfg.feedback.gold_scorer)
+  common.check_batch_sizes(mesh, {"config.base.batch_size": cfg.base.batch_size,
+                                  "config.ppo.batch_size": cfg.ppo.batch_size})
+  gold = pl.load_scorers(cfg.feedback)
   labeller = scorers_lib.get_scorer(cfg.feedback.labeller_scorer or cfg.feedback.gold_scorer)
   tokenizer = pl.prepare_data(cfg.data, root / "data", cfg.seed)
   hp = dataclasses.replace(cfg.ppo.hparams, eos_id=int(tokenizer.eos_token_id),
                            pad_id=int(tokenizer.pad_token_id))
   base_model, base_params = pl.pretrain_base(cfg.base, root / "data", root / "base", tokenizer,
-                                             mesh, cfg.seed)
+                                             mesh, cfg.seed,
+                                             max_skipped_fraction=cfg.max_skipped_fraction)
   models = pl._Models(base_model.cfg)
   sampler = pl._Sampler(models, hp, cfg.ppo.batch_size, mesh)
   train_prompts = pl._read_prompts(root / "data", "train")
@@ -108,7 +143,7 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
         models.scalar, base_params, sub, None, hp=cfg.reward.hparams,
         optim_spec=cfg.reward.optimizer, epochs=cfg.reward.epochs,
         batch_size=min(cfg.reward.batch_size, n_labels), mesh=mesh, seed=cfg.seed + n_labels,
-        workdir=str(root / f"rm_{n_labels}"))
+        workdir=str(root / f"rm_{n_labels}"), max_skipped_fraction=cfg.max_skipped_fraction)
     gain, bias = ppo_train.fit_reward_norm(models.lm, base_params, models.scalar, rm_params,
                                            p_ids, p_mask, hp, cfg.ppo.norm_samples,
                                            cfg.ppo.batch_size, mesh, cfg.seed)
@@ -138,7 +173,8 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
           optim_spec=cfg.ppo.optimizer, batch_size=cfg.ppo.batch_size,
           iterations=cfg.ppo.iterations, init_kl_coef=cfg.ppo.init_kl_coef, reward_gain=gain,
           reward_bias=bias, mesh=mesh, seed=cfg.seed + n_labels, workdir=str(ppo_dir),
-          stop_after=cfg.ppo_eval_every, desc=f"ppo ({n_labels} labels)")
+          stop_after=cfg.ppo_eval_every, desc=f"ppo ({n_labels} labels)",
+          max_skipped_fraction=cfg.max_skipped_fraction)
       done = int(state.step)
       policy = state.params["policy"]
       tok, m = sampler.sample(policy, e_ids, e_mask, cfg.seed + 7 * done, hp.temperature)

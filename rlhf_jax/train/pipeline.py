@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import data as data_lib
-from rlhf_jax import evaluation, generation, losses, ops, sharding
+from rlhf_jax import checkpoint, evaluation, generation, losses, ops, sharding
 from rlhf_jax import ppo as ppo_lib
 from rlhf_jax import reward as reward_lib
 from rlhf_jax import sft as sft_lib
@@ -48,11 +48,12 @@ from rlhf_jax.train import common
 from rlhf_jax.train import ppo as ppo_train
 from rlhf_jax.train import reward as reward_train
 from rlhf_jax.train import report as report_lib
-from rlhf_jax.train.metrics import MetricWriter, fetch, progress
+from rlhf_jax.train.metrics import MetricWriter, fetch, progress, truncate_metrics
 
 __all__ = [
     "DataSpec", "BaseSpec", "FeedbackSpec", "RewardSpec", "PPOSpec", "EvalSpec", "Config",
-    "run",
+    "check_config", "stage_errors", "load_scorers", "load_independent_judges", "probe_scorer",
+    "probe_judge", "corpus_words", "run",
 ]
 
 _log = logging.getLogger(__name__)
@@ -160,6 +161,159 @@ class Config:
   seed: int = 0
   # Checked against the last round: key -> ">= x" / "<= x" (see train/report.py).
   targets: Dict[str, str] = dataclasses.field(default_factory=dict)
+  # Stop with an error when more than this fraction of a stage's updates are skipped for a
+  # non-finite loss or gradient (a corrupt or divergent state).
+  max_skipped_fraction: float = 0.1
+
+
+# Fields a rerun of a workdir may change: they cannot change its results (report sample
+# counts, targets, caches, the human queue's place and patience, the stop criterion; the mesh
+# is the layout only, so a preempted run may resume on another slice).
+RESULT_NEUTRAL_FIELDS = ("eval.num_samples_in_report", "targets", "data.cache_dir",
+                         "feedback.human_queue_dir", "feedback.human_timeout_s", "mesh",
+                         "max_skipped_fraction")
+
+# Bounds of the fields shared with other trainers built on these stages (overoptimization).
+_STAGE_BOUNDS = {
+    "data.vocab_size": ">= 1", "data.seq_len": ">= 2", "data.max_train_texts": ">= 0",
+    "data.prompt_words[*]": ">= 1", "data.prompt_len": ">= 1", "data.num_prompts": ">= 1",
+    "data.num_eval_prompts": ">= 1", "base.steps": ">= 1", "base.batch_size": ">= 1",
+    "feedback.temperature": "> 0", "feedback.tie_threshold": ">= 0",
+    "feedback.flip_prob": "in [0, 1]", "feedback.pairs_per_round": ">= 1",
+    "feedback.sample_temperature": "> 0", "feedback.human_timeout_s": "> 0",
+    "reward.epochs": ">= 1", "reward.batch_size": ">= 1", "reward.hparams.center_coef": ">= 0",
+    "ppo.iterations": ">= 1", "ppo.batch_size": ">= 1", "ppo.init_kl_coef": ">= 0",
+    "ppo.norm_samples": ">= 1", "ppo.hparams.top_k": ">= 0", "ppo.hparams.top_p": "in (0, 1]",
+    "ppo.hparams.kl_target": "> 0", "ppo.hparams.kl_horizon": "> 0",
+    "ppo.hparams.gamma": "in [0, 1]", "ppo.hparams.lam": "in [0, 1]",
+    "ppo.hparams.clip_eps": "> 0", "ppo.hparams.value_clip_eps": "> 0",
+    "ppo.hparams.vf_coef": ">= 0",
+}
+_BOUNDS = {"rounds": ">= 1", "max_skipped_fraction": "in [0, 1]",
+           "eval.num_samples_in_report": ">= 0", "eval.rm_pairs_per_prompt": ">= 1"}
+
+
+def stage_errors(cfg) -> List[str]:
+  """Problems in the data / base / feedback / reward / ppo / mesh fields of ``cfg`` (a
+  pipeline or over-optimisation config), one line per problem naming the field."""
+  from rlhf_jax import config_schema
+
+  errors = config_schema.check_bounds(cfg, _STAGE_BOUNDS)
+  errors += common.spec_errors(cfg, optimizers=("base.optimizer", "reward.optimizer",
+                                                "ppo.optimizer"), meshes=("mesh",))
+  if not cfg.base.path and cfg.base.preset not in common.PRESETS:
+    errors.append(f"config.base.preset={cfg.base.preset!r}: expected one of "
+                  f"{sorted(common.PRESETS)} (or set base.path)")
+  lo, hi = cfg.data.prompt_words
+  if lo > hi:
+    errors.append(f"config.data.prompt_words={cfg.data.prompt_words!r}: expected (min, max) "
+                  "with min <= max")
+  mb = cfg.ppo.hparams.num_minibatches
+  if cfg.ppo.batch_size >= 1 and cfg.ppo.batch_size % mb:
+    errors.append(f"config.ppo.batch_size={cfg.ppo.batch_size}: must be divisible by "
+                  f"config.ppo.hparams.num_minibatches={mb}")
+  if cfg.ppo.value_init not in ("reward", "zero"):
+    errors.append(f"config.ppo.value_init={cfg.ppo.value_init!r}: expected 'reward' or 'zero'")
+  source = cfg.feedback.source
+  if source not in ("simulated", "ai_judge", "human") and ":" not in source:
+    errors.append(f"config.feedback.source={source!r}: expected 'simulated', 'ai_judge', "
+                  "'human' or a 'module:function' judge")
+  if source == "ai_judge" and not cfg.feedback.judge_model_path:
+    errors.append("config.feedback.judge_model_path: required with feedback.source='ai_judge'")
+  return errors
+
+
+def check_config(cfg: Config) -> None:
+  """Every check of ``cfg`` that needs no files or devices (run at start-up, before any work).
+
+  Raises:
+    ConfigError: one line per problem, each naming the field.
+  """
+  from rlhf_jax import config_schema
+
+  errors = stage_errors(cfg) + config_schema.check_bounds(cfg, _BOUNDS)
+  pairs = min(cfg.feedback.pairs_per_round, cfg.data.num_prompts)
+  if 1 <= pairs < cfg.reward.batch_size:
+    errors.append(f"config.reward.batch_size={cfg.reward.batch_size}: larger than the "
+                  f"{pairs} labelled pairs of round 1 (feedback.pairs_per_round, "
+                  "data.num_prompts)")
+  if errors:
+    raise config_schema.ConfigError("\n".join(errors))
+
+
+_PROBE_PROMPTS = ["The weather today", "She opened the door"]
+_PROBE_RESPONSES = ([" is lovely and warm.", " and smiled at us."],
+                    [" is cold and grey.", " and left without a word."])
+
+
+def probe_scorer(fn, field: str, spec: str) -> None:
+  """Calls a scorer once on a two-pair probe batch: ``fn(prompts, responses)`` must return
+  two finite numbers. Raises ValueError naming the config ``field``."""
+  where = f"{field}={spec!r}"
+  try:
+    out = fn(list(_PROBE_PROMPTS), list(_PROBE_RESPONSES[0]))
+  except Exception as e:  # any failure of user code on a valid probe
+    raise ValueError(f"{where}: calling it as scorer(prompts, responses) on a probe batch of "
+                     f"2 failed: {type(e).__name__}: {e}") from e
+  try:
+    arr = np.asarray(out, np.float64)
+  except (TypeError, ValueError):
+    raise ValueError(f"{where}: a scorer returns one number per response; got "
+                     f"{type(out).__name__} {str(out)[:60]!r}") from None
+  if arr.shape != (2,):
+    raise ValueError(f"{where}: a scorer returns one number per response; got shape "
+                     f"{list(arr.shape)} for 2 responses")
+  if not np.all(np.isfinite(arr)):
+    raise ValueError(f"{where}: returned non-finite scores {arr.tolist()} on a probe batch")
+
+
+def probe_judge(fn, field: str, spec: str) -> None:
+  """Calls a judge once on a two-pair probe batch (``fn(prompts, responses_a, responses_b)``
+  -> probabilities or labels, checked by :func:`judges.normalize_judge_output`). Raises
+  ValueError naming the config ``field``."""
+  try:
+    judges_lib.as_judge(fn)(list(_PROBE_PROMPTS), list(_PROBE_RESPONSES[0]),
+                            list(_PROBE_RESPONSES[1]))
+  except Exception as e:  # any failure of user code on a valid probe
+    raise ValueError(f"{field}={spec!r}: calling it as judge(prompts, responses_a, "
+                     f"responses_b) on a probe batch of 2 failed: {type(e).__name__}: "
+                     f"{e}") from e
+
+
+def load_scorers(spec: FeedbackSpec):
+  """The gold scorer (and the labeller's, and a ``module:function`` judge), loaded and probed
+  at start-up. Returns the gold scorer. Raises ValueError naming the config field."""
+  fields = [("config.feedback.gold_scorer", spec.gold_scorer)]
+  if spec.labeller_scorer and spec.source == "simulated":
+    fields.append(("config.feedback.labeller_scorer", spec.labeller_scorer))
+  loaded = []
+  for field, name in fields:
+    try:
+      fn = scorers_lib.get_scorer(name)
+    except (ValueError, judges_lib.JudgeSpecError) as e:
+      raise ValueError(f"{field}: {e}") from None
+    probe_scorer(fn, field, name)
+    loaded.append(fn)
+  if spec.source not in ("simulated", "ai_judge", "human"):
+    try:
+      judge = judges_lib.load_callable(spec.source)
+    except judges_lib.JudgeSpecError as e:
+      raise ValueError(f"config.feedback.source: {e}") from None
+    probe_judge(judge, "config.feedback.source", spec.source)
+  return loaded[0]
+
+
+def load_independent_judges(spec: EvalSpec) -> Dict[str, Any]:
+  """The evaluation's independent judges by name, loaded and probed at start-up. Raises
+  ValueError naming ``config.eval.independent_judges``."""
+  judges = {}
+  for name in spec.independent_judges:
+    try:
+      judges[name] = scorers_lib.get_scorer(name)
+    except (ValueError, judges_lib.JudgeSpecError) as e:
+      raise ValueError(f"config.eval.independent_judges: {e}") from None
+    probe_scorer(judges[name], "config.eval.independent_judges", name)
+  return judges
 
 
 # ----------------------------------------------------------------------------- utilities
@@ -286,8 +440,12 @@ def _read_prompts(out: pathlib.Path, split: str) -> List[str]:
 # ----------------------------------------------------------------------------- stage 1: base
 
 def pretrain_base(spec: BaseSpec, data_dir: pathlib.Path, out: pathlib.Path, tokenizer, mesh,
-                  seed: int):
-  """Pretrain (or load) the base LM; returns (module, params)."""
+                  seed: int, *, checkpoint_every: int = 200, max_skipped_fraction: float = 0.1):
+  """Pretrain (or load) the base LM; returns (module, params).
+
+  Checkpoints go to ``out/checkpoints`` every ``checkpoint_every`` steps, at the end and on
+  SIGTERM (then :class:`rlhf_jax.checkpoint.Preempted` is raised); a re-run resumes them.
+  """
   from rlhf_jax.models import hf
 
   if spec.path or _done(out):
@@ -304,11 +462,22 @@ def pretrain_base(spec: BaseSpec, data_dir: pathlib.Path, out: pathlib.Path, tok
   optimizer, schedule = common.make_optimizer(spec.optimizer, spec.steps)
   state = sharding.commit(sft_lib.init_lm_state(params, optimizer), mesh)
   step = sharding.jit_step(sft_lib.make_lm_step(model, optimizer), state, mesh)
+  manager = checkpoint.open_manager(out / "checkpoints", max_to_keep=2)
+  start = 0
+  if checkpoint.latest_step(manager) is not None:
+    state, extra = checkpoint.restore(manager, checkpoint.abstract_like(state))
+    start = int(extra["step"])
+    _log.info("pretrain base: resumed from step %d", start)
   rng = np.random.default_rng(seed)
+  for _ in range(start):  # replay the draws of the steps already taken: the same trajectory
+    rng.integers(0, len(ids), spec.batch_size)
   t0 = time.perf_counter()
-  with MetricWriter(out) as writer:
+  preempted = False
+  with MetricWriter(out, resume_step=start) as writer, \
+       checkpoint.PreemptionGuard() as guard:
     bar = progress(spec.steps, desc="pretrain base", unit="step")
-    for i in range(spec.steps):
+    bar.update(start)
+    for i in range(start, spec.steps):
       rows = rng.integers(0, len(ids), spec.batch_size)
       batch = sharding.shard_batch({"ids": ids[rows], "mask": mask[rows],
                                     "loss_mask": mask[rows]}, mesh)
@@ -318,8 +487,21 @@ def pretrain_base(spec: BaseSpec, data_dir: pathlib.Path, out: pathlib.Path, tok
         host["learning_rate"] = float(schedule(i + 1))
         writer.write(i + 1, host)
         bar.set_postfix(loss=host["loss"])
+        common.check_skipped("pretrain base", host["skipped_updates"], i + 1, spec.steps,
+                             max_skipped_fraction, f"step {i + 1}")
       bar.update(1)
+      preempted = guard.should_stop()
+      if (i + 1) % checkpoint_every == 0 or i + 1 == spec.steps or preempted:
+        checkpoint.save(manager, i + 1, state, extra={"step": i + 1}, force=True,
+                        wait=preempted)
+      if preempted:
+        break
     bar.close()
+  manager.wait_until_finished()
+  manager.close()
+  if preempted:
+    raise checkpoint.Preempted(f"pretrain base: stopped by a signal at step {i + 1} of "
+                               f"{spec.steps}; checkpoint saved, rerun to resume")
   heldout_ppl = _perplexity(model, state.params, h_ids, h_mask, spec.batch_size, mesh)
   hf.save_pretrained(model, state.params, out / "model", tokenizer=tokenizer)
   _mark_done(out, {"steps": spec.steps, "heldout_perplexity": heldout_ppl,
@@ -461,21 +643,24 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   root.mkdir(parents=True, exist_ok=True)
   timings: Dict[str, float] = {}
   t_start = time.perf_counter()
+  check_config(cfg)
+  common.check_output_paths(
+      "workdir", [root / d for d in ["data", "base"] + [f"round_{r}" for r in
+                                                          range(1, cfg.rounds + 1)]],
+      [root / "report.md", root / "metrics.jsonl"])
+  if cfg.feedback.human_queue_dir:
+    common.check_output_paths("config.feedback.human_queue_dir", [cfg.feedback.human_queue_dir])
   mesh = common.build_mesh(cfg.mesh)
-  try:  # fail before any work when the gold scorer is misnamed
-    gold = scorers_lib.get_scorer(cfg.feedback.gold_scorer)
-  except (ValueError, judges_lib.JudgeSpecError) as e:
-    raise ValueError(f"feedback.gold_scorer: {e}") from None
-  independent = {}
-  for name in cfg.eval.independent_judges:
-    try:
-      independent[name] = scorers_lib.get_scorer(name)
-    except (ValueError, judges_lib.JudgeSpecError) as e:
-      raise ValueError(f"eval.independent_judges: {e}") from None
+  common.check_batch_sizes(mesh, {"config.base.batch_size": cfg.base.batch_size,
+                                  "config.reward.batch_size": cfg.reward.batch_size,
+                                  "config.ppo.batch_size": cfg.ppo.batch_size})
+  gold = load_scorers(cfg.feedback)  # fail before any work on a misnamed or broken scorer
+  independent = load_independent_judges(cfg.eval)
 
   t0 = time.perf_counter()
   tokenizer = prepare_data(cfg.data, root / "data", cfg.seed)
   timings["data"] = time.perf_counter() - t0
+  checkpoint.check_preemption("base-model pretraining")
   eos, pad = int(tokenizer.eos_token_id), int(tokenizer.pad_token_id)
   hp = dataclasses.replace(cfg.ppo.hparams, eos_id=eos, pad_id=pad,
                            stop_token_id=_stop_token_id(tokenizer, cfg.ppo.stop_text,
@@ -483,7 +668,8 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
 
   t0 = time.perf_counter()
   base_model, base_params = pretrain_base(cfg.base, root / "data", root / "base", tokenizer,
-                                          mesh, cfg.seed)
+                                          mesh, cfg.seed,
+                                          max_skipped_fraction=cfg.max_skipped_fraction)
   timings["base"] = time.perf_counter() - t0
   models = _Models(base_model.cfg)
   ref_params = base_params
@@ -522,6 +708,11 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   rm_eval_pairs = _pairs_arrays(rep_ids, rep_mask, a_tok, a_m, b_tok, b_m,
                                 evaluation.gold_labels(a_gold, b_gold, cfg.feedback.tie_threshold))
 
+  n_done = 0
+  while n_done < cfg.rounds and _done(root / f"round_{n_done + 1}"):
+    n_done += 1
+  if jax.process_index() == 0:  # rows of rounds that a killed attempt did not finish
+    truncate_metrics(root, n_done)
   policy_params = base_params
   all_pairs: Optional[dict] = None
   rounds: List[dict] = []
@@ -546,6 +737,7 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
       curve.extend(done["curve"])
       samples = done["samples"]
       continue
+    checkpoint.check_preemption(f"round {r}")
     if pairs_file.exists():
       new_pairs = dict(np.load(pairs_file))
     else:
@@ -574,15 +766,18 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
         k: np.concatenate([all_pairs[k], new_pairs[k]]) for k in new_pairs}
 
     # b. reward model on all labels so far.
+    checkpoint.check_preemption(f"round {r}: reward model")
     t0 = time.perf_counter()
     rm_params, rm_eval = reward_train.train_reward_model(
         models.scalar, base_params, all_pairs, rm_eval_pairs, hp=cfg.reward.hparams,
         optim_spec=cfg.reward.optimizer, epochs=cfg.reward.epochs,
         batch_size=cfg.reward.batch_size, mesh=mesh, seed=cfg.seed + r,
-        workdir=str(rdir / "reward"))
+        workdir=str(rdir / "reward"), max_skipped_fraction=cfg.max_skipped_fraction,
+        desc=f"reward model round {r}")
     t_rm = time.perf_counter() - t0
 
     # c. PPO from the current policy against the fixed reference.
+    checkpoint.check_preemption(f"round {r}: PPO")
     t0 = time.perf_counter()
     gain, bias = ppo_train.fit_reward_norm(models.lm, ref_params, models.scalar, rm_params,
                                            p_ids, p_mask, hp, cfg.ppo.norm_samples,
@@ -603,7 +798,7 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
         optim_spec=cfg.ppo.optimizer, batch_size=cfg.ppo.batch_size,
         iterations=cfg.ppo.iterations, init_kl_coef=cfg.ppo.init_kl_coef, reward_gain=gain,
         reward_bias=bias, mesh=mesh, seed=cfg.seed + r, workdir=str(rdir / "ppo"),
-        desc=f"ppo round {r}")
+        desc=f"ppo round {r}", max_skipped_fraction=cfg.max_skipped_fraction)
     policy_params = {k: v for k, v in state.params["policy"].items() if k != "score"}
     t_ppo = time.perf_counter() - t0
     for h in history:
@@ -611,6 +806,7 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
                     "proxy": h["score"]})
 
     # d. evaluation on held-out prompts.
+    checkpoint.check_preemption(f"round {r}: evaluation")
     ev = _evaluate_policy(sampler, tokenizer, gold, independent, vocabulary, policy_params,
                           ref_params, rm_params, eval_prompts, e_ids, e_mask, reference, hp,
                           cfg.seed + 10 * r, gain, bias, cfg.feedback.tie_threshold)
@@ -630,9 +826,9 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     from rlhf_jax.models import hf
 
     hf.save_pretrained(models.lm, policy_params, rdir / "policy", tokenizer=tokenizer)
-    _mark_done(rdir, {"eval": ev, "curve": round_curve, "samples": samples})
-    with MetricWriter(root) as writer:
+    with MetricWriter(root) as writer:  # before DONE: a rerun drops it if DONE is missing
       writer.write(r, {k: v for k, v in ev.items() if isinstance(v, (int, float))})
+    _mark_done(rdir, {"eval": ev, "curve": round_curve, "samples": samples})
     _log.info("round %d: win rate %.3f [%.3f, %.3f], gold %.3f (ref %.3f), KL %.2f, RM acc %.3f",
               r, ev["win_rate"], ev["win_ci_low"], ev["win_ci_high"], ev["gold_reward_mean"],
               ev["gold_reward_ref_mean"], ev["kl"], ev["rm_accuracy"])

@@ -28,9 +28,9 @@ from rlhf_jax import ppo as ppo_lib
 from rlhf_jax.advantages import fit_reward_normalization
 from rlhf_jax.models import Transformer
 from rlhf_jax.train import common
-from rlhf_jax.train.metrics import MetricWriter, fetch, progress
+from rlhf_jax.train.metrics import MetricWriter, fetch, progress, read_metrics
 
-__all__ = ["PromptSpec", "Config", "train_ppo", "fit_reward_norm", "run", "prompt_rows"]
+__all__ = ["PromptSpec", "Config", "check_config", "train_ppo", "fit_reward_norm", "run", "prompt_rows"]
 
 _log = logging.getLogger(__name__)
 
@@ -62,6 +62,43 @@ class Config:
   log_every: int = 1
   checkpoint_every: int = 10
   keep_checkpoints: int = 3
+  max_skipped_fraction: float = 0.1  # stop when more updates are skipped as non-finite
+
+
+# Fields a rerun of a workdir may change (see rlhf_jax.main): logging, checkpoint cadence,
+# layout, stop criterion.
+RESULT_NEUTRAL_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "mesh",
+                         "max_skipped_fraction")
+
+_BOUNDS = {"batch_size": ">= 1", "iterations": ">= 1", "init_kl_coef": ">= 0",
+           "norm_samples": ">= 1", "log_every": ">= 1", "checkpoint_every": ">= 1",
+           "keep_checkpoints": ">= 1", "max_skipped_fraction": "in [0, 1]",
+           "prompts.prompt_len": ">= 1", "prompts.num_random": ">= 1",
+           "ppo.top_k": ">= 0", "ppo.top_p": "in (0, 1]", "ppo.kl_target": "> 0",
+           "ppo.kl_horizon": "> 0", "ppo.gamma": "in [0, 1]", "ppo.lam": "in [0, 1]",
+           "ppo.clip_eps": "> 0", "ppo.value_clip_eps": "> 0", "ppo.vf_coef": ">= 0"}
+
+
+def check_config(cfg: Config) -> None:
+  """Every check of ``cfg`` that needs no files or devices (run at start-up, before any work).
+
+  Raises:
+    ConfigError: one line per problem, each naming the field.
+  """
+  from rlhf_jax import config_schema
+
+  errors = config_schema.check_bounds(cfg, _BOUNDS)
+  errors += common.spec_errors(cfg, optimizers=("optimizer",), meshes=("mesh",),
+                               models=("policy", "reward"))
+  if cfg.batch_size >= 1 and cfg.batch_size % cfg.ppo.num_minibatches:
+    errors.append(f"config.batch_size={cfg.batch_size}: must be divisible by "
+                  f"config.ppo.num_minibatches={cfg.ppo.num_minibatches}")
+  if cfg.value_init not in ("reward", "zero"):
+    errors.append(f"config.value_init={cfg.value_init!r}: expected 'reward' or 'zero'")
+  if cfg.prompts.source not in ("random", "jsonl"):
+    errors.append(f"config.prompts.source={cfg.prompts.source!r}: expected 'random' or 'jsonl'")
+  if errors:
+    raise config_schema.ConfigError("\n".join(errors))
 
 
 def prompt_rows(n_prompts: int, batch_size: int, iteration: int, seed: int) -> np.ndarray:
@@ -96,14 +133,21 @@ def train_ppo(*, policy_model: Transformer, policy_params, value_model: Optional
               init_kl_coef: float, reward_gain: float, reward_bias: float, mesh, seed: int,
               workdir: str, log_every: int = 1, checkpoint_every: int = 10,
               keep_checkpoints: int = 3, desc: str = "ppo",
-              stop_after: Optional[int] = None) -> Tuple[ppo_lib.PPOState,
-                                                                      List[Dict[str, float]]]:
+              stop_after: Optional[int] = None,
+              max_skipped_fraction: float = 0.1) -> Tuple[ppo_lib.PPOState,
+                                                          List[Dict[str, float]]]:
   """Run ``iterations`` PPO iterations; resumes from ``workdir/checkpoints`` if present.
 
-  Returns the final state and the logged metrics (one dict per logged iteration). The
-  metrics also go to ``workdir/metrics.jsonl`` and TensorBoard. ``stop_after=k`` ends this
-  call after k iterations with a checkpoint, exactly as a SIGTERM would (time-boxed jobs);
-  calling again continues the same trajectory.
+  Returns the final state and the logged metrics (one dict per logged iteration, those of
+  earlier attempts included when resuming). The metrics also go to ``workdir/metrics.jsonl``
+  and TensorBoard. ``stop_after=k`` ends this call after k iterations with a checkpoint
+  (time-boxed jobs); calling again continues the same trajectory. SIGTERM saves a checkpoint
+  and raises :class:`rlhf_jax.checkpoint.Preempted`.
+
+  Raises:
+    DivergenceError: more than ``max_skipped_fraction`` of the run's updates were skipped
+      for a non-finite loss or gradient (names the iteration).
+    rlhf_jax.checkpoint.Preempted: stopped by a signal after saving a checkpoint.
   """
   if batch_size % (hp.num_minibatches) or batch_size % jax.process_count():
     raise ValueError(f"batch_size={batch_size} must be divisible by ppo.num_minibatches="
@@ -136,10 +180,15 @@ def train_ppo(*, policy_model: Transformer, policy_params, value_model: Optional
   history: List[Dict[str, float]] = []
   pc, pi = jax.process_count(), jax.process_index()
   local = batch_size // pc
-  with MetricWriter(workdir) as writer, checkpoint.PreemptionGuard() as guard:
+  with MetricWriter(workdir, resume_step=start) as writer, \
+       checkpoint.PreemptionGuard() as guard:
+    if start and os.path.exists(writer.path):  # the curve of the attempts before this one
+      history = [dict({k: v for k, v in r.items() if k != "step"}, iteration=r["step"])
+                 for r in read_metrics(writer.path, last_per_step=True)]
     bar = progress(iterations, desc=desc, unit="iter")
     bar.update(start)
     t_last = time.perf_counter()
+    preempted, done = False, start
     for it in range(start, iterations):
       rows = prompt_rows(len(prompt_ids), batch_size, it, seed)[pi * local:(pi + 1) * local]
       batch = sharding.shard_batch({"ids": prompt_ids[rows], "mask": prompt_mask[rows]}, mesh)
@@ -155,8 +204,12 @@ def train_ppo(*, policy_model: Transformer, policy_params, value_model: Optional
         writer.write(done, host)
         history.append(dict(host, iteration=done))
         bar.set_postfix(score=host["score"], kl=host["kl"], beta=host["beta"])
+        common.check_skipped(desc, host["skipped_updates"], done * updates_per_iter,
+                             iterations * updates_per_iter, max_skipped_fraction,
+                             f"iteration {done}")
       bar.update(1)
-      stop = guard.should_stop() or (stop_after is not None and done - start >= stop_after)
+      preempted = guard.should_stop()
+      stop = preempted or (stop_after is not None and done - start >= stop_after)
       if done % checkpoint_every == 0 or done == iterations or stop:
         checkpoint.save(manager, done, state, extra={"iteration": done}, force=True,
                         wait=stop)
@@ -166,6 +219,9 @@ def train_ppo(*, policy_model: Transformer, policy_params, value_model: Optional
     bar.close()
   manager.wait_until_finished()
   manager.close()
+  if preempted:
+    raise checkpoint.Preempted(f"{desc}: stopped by a signal at iteration {done} of "
+                               f"{iterations}; checkpoint saved, rerun to resume")
   return state, history
 
 
@@ -206,9 +262,11 @@ def encode_left_padded(tokenizer, texts, length: int, pad_id: int):
 
 def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   """Config-driven PPO: load or initialise the four models, normalise the reward, train."""
-  if cfg.value_init not in ("reward", "zero"):
-    raise ValueError(f"value_init={cfg.value_init!r}; expected 'reward' or 'zero'")
+  check_config(cfg)
+  common.check_output_paths("workdir", [os.path.join(workdir, "checkpoints")],
+                            [os.path.join(workdir, "metrics.jsonl")])
   mesh = common.build_mesh(cfg.mesh)
+  common.check_batch_sizes(mesh, {"config.batch_size": cfg.batch_size})
   rng = jax.random.PRNGKey(cfg.seed)
   k_policy, k_value, k_reward = jax.random.split(rng, 3)
   policy_head = "both" if cfg.ppo.shared_trunk else "lm"
@@ -244,5 +302,6 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
       optim_spec=cfg.optimizer, batch_size=cfg.batch_size, iterations=cfg.iterations,
       init_kl_coef=cfg.init_kl_coef, reward_gain=gain, reward_bias=bias, mesh=mesh,
       seed=cfg.seed, workdir=workdir, log_every=cfg.log_every,
-      checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints)
+      checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints,
+      max_skipped_fraction=cfg.max_skipped_fraction)
   return history[-1] if history else {}

@@ -19,14 +19,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax import evaluation, losses, sharding
+from rlhf_jax import checkpoint, evaluation, losses, sharding
 from rlhf_jax import data as data_lib
 from rlhf_jax import reward as reward_lib
 from rlhf_jax.models import Transformer, boxed_init_fn, init_params
 from rlhf_jax.train import common
-from rlhf_jax.train.metrics import MetricWriter, fetch, progress
+from rlhf_jax.train.metrics import MetricWriter, fetch, progress, truncate_metrics
 
-__all__ = ["Config", "run", "train_reward_model", "evaluate_reward_model", "tokenize_pairs"]
+__all__ = ["Config", "check_config", "run", "train_reward_model", "evaluate_reward_model", "tokenize_pairs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +43,35 @@ class Config:
   epochs: int = 1
   batch_size: int = 32
   seed: int = 0
+  max_skipped_fraction: float = 0.1  # stop when more updates are skipped as non-finite
+
+
+# Fields a rerun of a workdir may change (see rlhf_jax.main): layout, stop criterion.
+RESULT_NEUTRAL_FIELDS = ("mesh", "max_skipped_fraction")
+
+_BOUNDS = {"heldout_fraction": "in (0, 1)", "prompt_len": ">= 1", "response_len": ">= 1",
+           "epochs": ">= 1", "batch_size": ">= 1", "max_skipped_fraction": "in [0, 1]",
+           "hparams.center_coef": ">= 0"}
+
+
+def check_config(cfg: Config) -> None:
+  """Every check of ``cfg`` that needs no files or devices (run at start-up, before any work).
+
+  Raises:
+    ConfigError: one line per problem, each naming the field.
+  """
+  from rlhf_jax import config_schema
+
+  errors = config_schema.check_bounds(cfg, _BOUNDS)
+  errors += common.spec_errors(cfg, optimizers=("optimizer",), meshes=("mesh",))
+  if not cfg.model.path:
+    errors.append("config.model.path: required; the reward trainer starts from a checkpoint "
+                  "directory (base LM and tokenizer)")
+  if not cfg.preferences:
+    errors.append("config.preferences: required; a preference file (.jsonl, .json, .parquet) "
+                  "or a Hugging Face dataset directory")
+  if errors:
+    raise config_schema.ConfigError("\n".join(errors))
 
 
 def _batches(n: int, size: int):
@@ -60,11 +89,20 @@ def _pad_rows(x: np.ndarray, size: int) -> np.ndarray:
 def train_reward_model(model: Transformer, base_params, pairs: Dict[str, np.ndarray],
                        eval_pairs: Optional[Dict[str, np.ndarray]], *,
                        hp: reward_lib.RewardHparams, optim_spec: common.OptimSpec, epochs: int,
-                       batch_size: int, mesh, seed: int, workdir: str) -> Tuple[Any, dict]:
+                       batch_size: int, mesh, seed: int, workdir: str,
+                       checkpoint_every: int = 500, keep_checkpoints: int = 2,
+                       max_skipped_fraction: float = 0.1,
+                       desc: str = "reward model") -> Tuple[Any, dict]:
   """A fresh scalar-head model on the trunk of ``base_params``, trained on ``pairs``.
 
   ``pairs``: ``ids_a, mask_a, ids_b, mask_b`` ``[N, T]`` and ``label`` ``[N]``. Returns the
   trained model params and the held-out evaluation (empty without ``eval_pairs``).
+  Checkpoints go to ``workdir/checkpoints`` every ``checkpoint_every`` steps, at the end and
+  on SIGTERM; a call with the same arguments resumes (a finished run only re-evaluates).
+
+  Raises:
+    DivergenceError: more than ``max_skipped_fraction`` of the updates were non-finite.
+    rlhf_jax.checkpoint.Preempted: stopped by a signal after saving a checkpoint.
   """
   k = jax.random.PRNGKey(seed)
   params = dict(init_params(model, k))
@@ -81,23 +119,51 @@ def train_reward_model(model: Transformer, base_params, pairs: Dict[str, np.ndar
   optimizer = reward_lib.reward_optimizer(optimizer, hp)
   state = sharding.commit(reward_lib.init_reward_state(params, optimizer, hp), mesh)
   step = sharding.jit_step(reward_lib.make_reward_step(model, optimizer, hp), state, mesh)
+  os.makedirs(workdir, exist_ok=True)
+  manager = checkpoint.open_manager(os.path.join(workdir, "checkpoints"),
+                                    max_to_keep=keep_checkpoints)
+  start = 0
+  if checkpoint.latest_step(manager) is not None:
+    state, extra = checkpoint.restore(manager, checkpoint.abstract_like(state))
+    start = int(extra["step"])
+  if jax.process_index() == 0:  # the evaluation rows are written again below
+    truncate_metrics(workdir, start, drop=lambda r: any(k.startswith("eval_") for k in r))
   rng = np.random.default_rng(seed)
-  with MetricWriter(workdir) as writer:
-    bar = progress(total, desc="reward model", unit="step")
+  preempted = False
+  with MetricWriter(workdir, resume_step=start) as writer, \
+       checkpoint.PreemptionGuard() as guard:
+    bar = progress(total, desc=desc, unit="step")
+    bar.update(start)
     i = 0
     for _ in range(epochs):
-      perm = rng.permutation(n)
+      perm = rng.permutation(n)  # drawn for every epoch, so a resumed run sees the same order
       for s in range(steps_per_epoch):
+        i += 1
+        if i <= start:
+          continue
         rows = perm[s * batch_size:(s + 1) * batch_size]
         batch = sharding.shard_batch({key: v[rows] for key, v in pairs.items()}, mesh)
         state, metrics = step(state, batch)
-        i += 1
         if i % 20 == 0 or i == total:
           host = dict(fetch(metrics), learning_rate=float(schedule(i)))
           writer.write(i, host)
           bar.set_postfix(loss=host["loss"], acc=host["accuracy"])
+          common.check_skipped(desc, host["skipped_updates"], i, total, max_skipped_fraction,
+                               f"step {i}")
         bar.update(1)
+        preempted = guard.should_stop()
+        if i % checkpoint_every == 0 or i == total or preempted:
+          checkpoint.save(manager, i, state, extra={"step": i}, force=True, wait=preempted)
+        if preempted:
+          break
+      if preempted:
+        break
     bar.close()
+  manager.wait_until_finished()
+  manager.close()
+  if preempted:
+    raise checkpoint.Preempted(f"{desc}: stopped by a signal at step {i} of {total}; "
+                               "checkpoint saved, rerun to resume")
   tie_info = {}
   if hp.refit_tie_param and hp.tie_model != "bradley_terry":
     # Maximum-likelihood tie parameter at the scores the trained model gives its training
@@ -184,18 +250,24 @@ def tokenize_pairs(tokenizer, records, prompt_len: int, response_len: int) -> Di
 def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   from rlhf_jax.models import hf
 
-  if not cfg.model.path:
-    raise ValueError("model.path: the reward trainer starts from a checkpoint directory (base "
-                     "LM and tokenizer)")
-  if not cfg.preferences:
-    raise ValueError("preferences: path to a preference file is required")
-  if not 0.0 < cfg.heldout_fraction < 1.0:
-    raise ValueError(f"heldout_fraction={cfg.heldout_fraction}: expected a value in (0, 1)")
-  mesh = common.build_mesh(cfg.mesh)
-  tokenizer = hf.load_tokenizer(cfg.model.path)
-  records = data_lib.read_preferences(cfg.preferences)
-  perm = np.random.default_rng(cfg.seed).permutation(len(records))
+  check_config(cfg)
+  common.check_output_paths("workdir", [os.path.join(workdir, d) for d in
+                                        ("model", "checkpoints")],
+                            [os.path.join(workdir, "metrics.jsonl")])
+  if not os.path.isdir(cfg.model.path):
+    raise FileNotFoundError(f"config.model.path={cfg.model.path!r} is not a directory")
+  try:  # errors in records name the file and line themselves
+    records = data_lib.read_preferences(cfg.preferences)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"config.preferences: {e}") from None
   n_eval = max(1, int(round(cfg.heldout_fraction * len(records))))
+  if len(records) - n_eval < cfg.batch_size:
+    raise ValueError(f"config.batch_size={cfg.batch_size}: only {len(records) - n_eval} "
+                     f"training pairs in {cfg.preferences} after holding out {n_eval}")
+  mesh = common.build_mesh(cfg.mesh)
+  common.check_batch_sizes(mesh, {"config.batch_size": cfg.batch_size})
+  tokenizer = hf.load_tokenizer(cfg.model.path)
+  perm = np.random.default_rng(cfg.seed).permutation(len(records))
   eval_records = [records[i] for i in perm[:n_eval]]
   train_records = [records[i] for i in perm[n_eval:]]
   pairs = tokenize_pairs(tokenizer, train_records, cfg.prompt_len, cfg.response_len)
@@ -204,7 +276,8 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   model = Transformer(base_model.cfg.replace(head="scalar", remat=cfg.model.remat))
   params, result = train_reward_model(
       model, base_params, pairs, eval_pairs, hp=cfg.hparams, optim_spec=cfg.optimizer,
-      epochs=cfg.epochs, batch_size=cfg.batch_size, mesh=mesh, seed=cfg.seed, workdir=workdir)
+      epochs=cfg.epochs, batch_size=cfg.batch_size, mesh=mesh, seed=cfg.seed, workdir=workdir,
+      max_skipped_fraction=cfg.max_skipped_fraction)
   hf.save_pretrained(model, params, os.path.join(workdir, "model"), tokenizer=tokenizer,
                      pad_token_id=int(tokenizer.pad_token_id))
   return result

@@ -29,7 +29,7 @@ from rlhf_jax import sft as sft_lib
 from rlhf_jax.train import common
 from rlhf_jax.train.metrics import MetricWriter, fetch, progress
 
-__all__ = ["DataSpec", "Config", "run", "load_sft_rows"]
+__all__ = ["DataSpec", "Config", "check_config", "run", "load_sft_rows"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +55,38 @@ class Config:
   log_every: int = 50
   checkpoint_every: int = 500
   keep_checkpoints: int = 3
+  max_skipped_fraction: float = 0.1  # stop when more updates are skipped as non-finite
+
+
+# Fields a rerun of a workdir may change (see rlhf_jax.main): logging, checkpoint cadence,
+# caches, layout, stop criterion.
+RESULT_NEUTRAL_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "data.cache_dir",
+                         "mesh", "max_skipped_fraction")
+
+_BOUNDS = {"steps": ">= 1", "batch_size": ">= 1", "log_every": ">= 1",
+           "checkpoint_every": ">= 1", "keep_checkpoints": ">= 1",
+           "max_skipped_fraction": "in [0, 1]", "data.vocab_size": ">= 1",
+           "data.seq_len": ">= 2"}
+
+
+def check_config(cfg: Config) -> None:
+  """Every check of ``cfg`` that needs no files or devices (run at start-up, before any work).
+
+  Raises:
+    ConfigError: one line per problem, each naming the field.
+  """
+  from rlhf_jax import config_schema
+
+  errors = config_schema.check_bounds(cfg, _BOUNDS)
+  errors += common.spec_errors(cfg, optimizers=("optimizer",), meshes=("mesh",),
+                               models=("model",))
+  if cfg.data.source not in ("corpus", "jsonl"):
+    errors.append(f"config.data.source={cfg.data.source!r}: expected 'corpus' or 'jsonl'")
+  elif cfg.data.source == "jsonl" and not cfg.model.path:
+    errors.append("config.model.path: data.source='jsonl' needs a checkpoint directory with "
+                  "tokenizer files")
+  if errors:
+    raise config_schema.ConfigError("\n".join(errors))
 
 
 def load_sft_rows(spec: DataSpec, tokenizer) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -95,7 +127,12 @@ def load_sft_rows(spec: DataSpec, tokenizer) -> Tuple[np.ndarray, np.ndarray, np
 def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   from rlhf_jax.models import hf
 
+  check_config(cfg)
+  common.check_output_paths("workdir", [os.path.join(workdir, d) for d in
+                                        ("model", "tokenizer", "checkpoints")],
+                            [os.path.join(workdir, "metrics.jsonl")])
   mesh = common.build_mesh(cfg.mesh)
+  common.check_batch_sizes(mesh, {"config.batch_size": cfg.batch_size})
   if cfg.data.source == "corpus":
     corpus = data_lib.prepare_corpus(cfg.data.cache_dir or os.environ.get(
         "RLHF_JAX_DATA", os.path.expanduser("~/.cache/rlhf_jax")), cfg.data.sources)
@@ -126,7 +163,9 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     state, extra = checkpoint.restore(manager, checkpoint.abstract_like(state))
     start = int(extra["step"])
   last: Dict[str, Any] = {}
-  with MetricWriter(workdir) as writer, checkpoint.PreemptionGuard() as guard:
+  preempted = False
+  with MetricWriter(workdir, resume_step=start) as writer, \
+       checkpoint.PreemptionGuard() as guard:
     bar = progress(cfg.steps, desc="sft", unit="step")
     bar.update(start)
     for i in range(start, cfg.steps):
@@ -139,15 +178,20 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
         last = dict(fetch(metrics), learning_rate=float(schedule(done)))
         writer.write(done, last)
         bar.set_postfix(loss=last["loss"])
+        common.check_skipped("sft", last["skipped_updates"], done, cfg.steps,
+                             cfg.max_skipped_fraction, f"step {done}")
       bar.update(1)
-      stop = guard.should_stop()
-      if done % cfg.checkpoint_every == 0 or done == cfg.steps or stop:
-        checkpoint.save(manager, done, state, extra={"step": done}, force=True, wait=stop)
-      if stop:
+      preempted = guard.should_stop()
+      if done % cfg.checkpoint_every == 0 or done == cfg.steps or preempted:
+        checkpoint.save(manager, done, state, extra={"step": done}, force=True, wait=preempted)
+      if preempted:
         break
     bar.close()
   manager.wait_until_finished()
   manager.close()
+  if preempted:
+    raise checkpoint.Preempted(f"sft: stopped by a signal at step {done} of {cfg.steps}; "
+                               "checkpoint saved, rerun to resume")
   if int(state.step) == cfg.steps:
     hf.save_pretrained(model, state.params, os.path.join(workdir, "model"), tokenizer=tokenizer)
   return last
