@@ -503,9 +503,12 @@ def make_ppo_iteration(policy_model: Transformer, value_model: Optional[Transfor
     return (p - 1, p + n - 1)  # the positions whose outputs score response tokens
 
   if hp.group_size == 1:
-    repeat_prompts = lambda x: x  # noqa: E731
+    def repeat_prompts(x_BP):
+      return x_BP
   else:
-    repeat_prompts = functools.partial(jnp.repeat, repeats=hp.group_size, axis=0)
+    def repeat_prompts(x_BP):
+      """``[B, P] -> [B·G, P]``: rows ``g·G … g·G + G - 1`` are prompt ``g``."""
+      return jnp.repeat(x_BP, hp.group_size, axis=0)
 
   if hp.shared_trunk:
     def policy_and_values(params, ids, mask, p):
@@ -543,11 +546,17 @@ def make_ppo_iteration(policy_model: Transformer, value_model: Optional[Transfor
   # Where the KL goes: the β of the per-token reward penalty (0 when the KL is a loss term)
   # and whether the rollout keeps log π_ref for the loss.
   if kl_in_loss:
-    reward_beta = lambda kl_state: jnp.zeros_like(kl_state.beta)  # noqa: E731
-    keep_ref = lambda logp_ref: logp_ref  # noqa: E731
+    def reward_beta(kl_state):
+      return jnp.zeros_like(kl_state.beta)
+
+    def keep_ref(logp_ref):
+      return logp_ref
   else:
-    reward_beta = lambda kl_state: kl_state.beta  # noqa: E731
-    keep_ref = lambda logp_ref: None  # noqa: E731
+    def reward_beta(kl_state):
+      return kl_state.beta
+
+    def keep_ref(logp_ref):
+      del logp_ref
 
   # The advantage estimator: ``estimate(shaped, values_BN, mask_BN) -> (advantages_BN,
   # returns_BN or None, stats)``.
@@ -565,7 +574,8 @@ def make_ppo_iteration(policy_model: Transformer, value_model: Optional[Transfor
       del values
       to_go, _ = adv_lib.gae(shaped.rewards, jnp.zeros_like(shaped.rewards), mask, hp.gamma,
                              1.0)
-      return whiten_advantages(to_go, mask), None, {"return_mean": ops.masked_mean(to_go, mask)}
+      stats = {"return_mean": ops.masked_mean(to_go, mask)}
+      return whiten_advantages(to_go, mask), None, stats
   else:
     group_advantages = {
         "grpo": functools.partial(adv_lib.grpo_advantages, scale_by_std=True),
