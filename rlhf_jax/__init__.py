@@ -11,7 +11,8 @@ Public API (stable names; anything not listed here may change):
 * ``rlhf_jax.generation``  KV-cache sampling (``sample``, ``sample_fn``)
 * ``rlhf_jax.models``      the Flax transformer, Hugging Face import/export
 * ``rlhf_jax.sharding``    meshes and logical-axis shardings
-* ``rlhf_jax.ppo``, ``rlhf_jax.reward``, ``rlhf_jax.sft``   step builders
+* ``rlhf_jax.ppo``, ``rlhf_jax.reward``, ``rlhf_jax.sft``   step builders (``ppo``: one
+  compiled iteration for PPO and the critic-free GRPO, Dr.GRPO, RLOO, REINFORCE++)
 * ``rlhf_jax.data``, ``rlhf_jax.feedback``, ``rlhf_jax.train``   data, judges, loops
   (imported on use: they pull in heavier dependencies)
 """

@@ -1,4 +1,4 @@
-"""PPO-RLHF as pure functions: one iteration = rollout, scoring, advantages, K×M updates.
+"""PPO-family RLHF as pure functions: one iteration = rollout, scoring, advantages, K×M updates.
 
 ``make_ppo_iteration(...)`` returns a function ``iteration(state, frozen, prompt_ids_BP,
 prompt_mask_BP) -> (state, metrics)`` that is meant to be jitted whole (with the state
@@ -22,6 +22,26 @@ Roles (one module definition each, see ``rlhf_jax.models``):
 
 The LM head runs only on the response positions (``head_slice``), log-probs come from a
 fused log-softmax gather (:func:`rlhf_jax.ops.token_logprobs`).
+
+One skeleton, five algorithms (``PPOHparams.algorithm``). They differ only in how the
+advantages are estimated and which terms the loss has; both are chosen once, as functions,
+when the iteration is built, and the rollout, scoring, minibatch scan and update are one path:
+
+=============  ==========================================  =====================  ==========
+algorithm      advantage                                   KL (default)           reduction
+=============  ==========================================  =====================  ==========
+ppo            GAE with a critic, whitened                 β·k per token, reward  token
+grpo           (r - mean_g) / (std_g + eps) per group      β·k3 loss term         sequence
+dr_grpo        r - mean_g per group                        β·k3 loss term         constant
+rloo           r - mean of the other G-1 of the group      β·k per token, reward  token
+reinforce_pp   Σ_{s≥t} γ^{s-t} r_s (KL-shaped), whitened   β·k per token, reward  token
+=============  ==========================================  =====================  ==========
+
+For the group methods ``r`` is the response's total reward: its score, minus ``β·Σ_t k_t``
+when the KL is a reward penalty. The critic-free algorithms (all but ``ppo``) take
+``value_model=None`` and ``params={"policy": ...}``. With ``group_size = G`` each prompt is
+sampled ``G`` times inside the iteration: a batch of ``B`` prompts gives ``B·G`` rollouts,
+rows ``g·G … g·G + G - 1`` being prompt ``g``'s samples.
 """
 
 from __future__ import annotations
@@ -56,7 +76,19 @@ __all__ = [
     "init_value_from_reward",
     "truncate_at_stop",
     "make_ppo_iteration",
+  "ALGORITHMS",
+  "CRITIC_FREE_ALGORITHMS",
+  "GROUP_ALGORITHMS",
 ]
+
+ALGORITHMS = ("ppo", "grpo", "dr_grpo", "rloo", "reinforce_pp")
+CRITIC_FREE_ALGORITHMS = ("grpo", "dr_grpo", "rloo", "reinforce_pp")
+GROUP_ALGORITHMS = ("grpo", "dr_grpo", "rloo")
+# The papers' choices, used where PPOHparams leaves kl_in_loss / loss_reduction as None.
+_DEFAULT_KL_IN_LOSS = {"ppo": False, "grpo": True, "dr_grpo": True, "rloo": False,
+                       "reinforce_pp": False}
+_DEFAULT_REDUCTION = {"ppo": "token", "grpo": "sequence", "dr_grpo": "constant",
+                      "rloo": "token", "reinforce_pp": "token"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +115,28 @@ class PPOHparams:
   Sampling for PPO is plain temperature sampling: ``top_k`` and ``top_p`` must stay off,
   because the sampler's log-probs (and a recomputed ``log π_old``) are those of the full
   temperature-scaled distribution; truncated sampling would bias the ratio and the KL.
+
+  Critic-free algorithms (``algorithm`` other than ``"ppo"``, see the module docstring):
+
+  * ``group_size``: samples per prompt, drawn inside the iteration (``>= 2`` for the group
+    methods grpo / dr_grpo / rloo; ppo and reinforce_pp may also take several).
+  * ``kl_in_loss``: the KL as a loss term ``β · reduce(k(π_θ, π_ref))`` with the estimator
+    ``kl_loss_estimator`` (GRPO's k3) instead of the per-token reward penalty
+    ``-β · k(π_old, π_ref)`` (``kl_estimator``). β is the KL controller's ``state.kl.beta``
+    wherever the KL goes (an array: changing it never recompiles; ``adaptive_kl`` drives
+    either placement, ``init_kl_coef = 0`` turns the KL off). ``None``: the algorithm's
+    (True for grpo / dr_grpo).
+  * ``loss_reduction``: ``"token"``, ``"sequence"`` or ``"constant"``
+    (:func:`rlhf_jax.losses.ppo_policy_loss`), also used for the KL loss term. ``None``: the
+    algorithm's (token for ppo / rloo / reinforce_pp, sequence for grpo, constant for
+    dr_grpo).
+  * ``clip_eps_high``: DAPO's upper clip (``None``: ``clip_eps``). DAPO is
+    ``algorithm="grpo", loss_reduction="token", clip_eps_high=0.28``, β = 0.
+
+  Only ``ppo`` uses ``lam``, ``whiten_rewards``, ``value_clip_eps``, ``vf_coef`` and
+  ``shared_trunk``; ``whiten_advantages`` applies to ppo and reinforce_pp (batch whitening of
+  token advantages) and not to the group methods, whose advantages are already relative to
+  their group.
   """
 
   response_len: int = 24
@@ -115,8 +169,36 @@ class PPOHparams:
   # pass; None (default) recomputes when the policy computes in a dtype other than float32
   # (bfloat16 sampler log-probs differ from a full forward by up to ~0.025 nats per token).
   recompute_old_logprobs: Optional[bool] = None
+  algorithm: str = "ppo"  # "ppo" | "grpo" | "dr_grpo" | "rloo" | "reinforce_pp"
+  group_size: int = 1  # samples per prompt (rows g*G ... g*G+G-1 are one prompt's)
+  kl_in_loss: Optional[bool] = None  # None: the algorithm's (grpo, dr_grpo: True)
+  kl_loss_estimator: str = "k3"  # the KL loss term's estimator (kl_in_loss)
+  clip_eps_high: Optional[float] = None  # DAPO clip-higher; None: clip_eps
+  loss_reduction: Optional[str] = None  # None: the algorithm's (see the class docstring)
 
   def __post_init__(self):
+    if self.algorithm not in ALGORITHMS:
+      raise ValueError(f"PPOHparams.algorithm={self.algorithm!r}; expected one of {ALGORITHMS}")
+    if self.group_size < 1:
+      raise ValueError(f"PPOHparams.group_size must be >= 1, got {self.group_size}")
+    if self.algorithm in GROUP_ALGORITHMS and self.group_size < 2:
+      raise ValueError(
+          f"PPOHparams.group_size={self.group_size} with algorithm={self.algorithm!r}: a group "
+          "method's baseline is the other samples of the same prompt, so it needs "
+          "group_size >= 2 samples per prompt")
+    if self.algorithm in CRITIC_FREE_ALGORITHMS and self.shared_trunk:
+      raise ValueError(f"PPOHparams.shared_trunk=True with algorithm={self.algorithm!r}: "
+                       "critic-free algorithms have no value head; use shared_trunk=False")
+    if (self.loss_reduction is not None
+        and self.loss_reduction not in losses.POLICY_LOSS_REDUCTIONS):
+      raise ValueError(f"PPOHparams.loss_reduction={self.loss_reduction!r}; expected None or "
+                       f"one of {losses.POLICY_LOSS_REDUCTIONS}")
+    if self.kl_loss_estimator not in kl_lib.ESTIMATORS:
+      raise ValueError(f"PPOHparams.kl_loss_estimator={self.kl_loss_estimator!r}; expected "
+                       f"one of {kl_lib.ESTIMATORS}")
+    if self.clip_eps_high is not None and self.clip_eps_high < 0:
+      raise ValueError(f"PPOHparams.clip_eps_high={self.clip_eps_high}: expected None or "
+                       ">= 0 (the ratio is clipped to [1 - clip_eps, 1 + clip_eps_high])")
     if self.missing_stop not in ("none", "replace", "penalty"):
       raise ValueError(f"PPOHparams.missing_stop={self.missing_stop!r}; expected 'none', "
                        "'replace' or 'penalty'")
@@ -141,6 +223,23 @@ class PPOHparams:
           "truncated one, which biases both (and can make the KL negative)")
 
   @property
+  def critic_free(self) -> bool:
+    """Whether the algorithm has no value model (all but ``"ppo"``)."""
+    return self.algorithm in CRITIC_FREE_ALGORITHMS
+
+  @property
+  def kl_in_loss_resolved(self) -> bool:
+    """``kl_in_loss``, or the algorithm's default when it is None."""
+    return _DEFAULT_KL_IN_LOSS[self.algorithm] if self.kl_in_loss is None else self.kl_in_loss
+
+  @property
+  def loss_reduction_resolved(self) -> str:
+    """``loss_reduction``, or the algorithm's default when it is None."""
+    if self.loss_reduction is None:
+      return _DEFAULT_REDUCTION[self.algorithm]
+    return self.loss_reduction
+
+  @property
   def missing_stop_value(self) -> Optional[float]:
     """The value :func:`rlhf_jax.advantages.shape_rewards` takes for ``missing_stop``."""
     return {"none": None, "replace": self.missing_stop_score,
@@ -156,9 +255,10 @@ class PPOHparams:
 class PPOState(flax.struct.PyTreeNode):
   """Everything that changes during PPO, as one pytree.
 
-  params: ``{"policy": ..., "value": ...}`` (or only ``"policy"`` with a shared trunk).
+  params: ``{"policy": ..., "value": ...}`` (or only ``"policy"`` with a shared trunk or a
+    critic-free algorithm).
   opt_state: optax state over ``params``.
-  kl: ``KLControllerState`` (β).
+  kl: ``KLControllerState`` (β, the KL coefficient: reward penalty or loss term).
   rng: raw ``uint32[2]`` PRNG key; each iteration folds in ``step``.
   step: iteration counter (int32).
   skipped_updates: number of minibatch updates skipped for a non-finite loss or gradient.
@@ -182,15 +282,21 @@ class PPOFrozen(NamedTuple):
 
 
 class Rollout(NamedTuple):
-  """A scored batch of responses (all ``[B, ...]``), the data of the update epochs."""
+  """A scored batch of responses (all ``[B, ...]``), the data of the update epochs.
+
+  ``values_old`` and ``returns`` are None for critic-free algorithms; ``logp_ref`` is kept
+  only when the KL is a loss term. Group advantages (one per response) are broadcast over the
+  response tokens (0 on padding).
+  """
 
   seq_ids: jax.Array  # [B, P+N] prompt (left-padded) + response (PAD after the end)
   seq_mask: jax.Array  # [B, P+N]
   response_mask: jax.Array  # [B, N]
   logp_old: jax.Array  # [B, N]
-  values_old: jax.Array  # [B, N]
+  values_old: Optional[jax.Array]  # [B, N]
   advantages: jax.Array  # [B, N]
-  returns: jax.Array  # [B, N]
+  returns: Optional[jax.Array]  # [B, N]
+  logp_ref: Optional[jax.Array] = None  # [B, N]
 
 
 def init_ppo_state(params, optimizer: optax.GradientTransformation, init_kl_coef: float,
@@ -317,9 +423,31 @@ class _UpdateCarry(NamedTuple):
   skipped: jax.Array  # int32: minibatch updates skipped for a non-finite loss or gradient
 
 
+class _Forward(NamedTuple):
+  """The policy's (and critic's) outputs on a minibatch, what the loss terms read."""
+
+  logp: jax.Array  # [b, N] log-probs of the rollout tokens under the current policy
+  values: Optional[jax.Array]  # [b, N]; None without a critic
+
+
 def _identity(x, mask):
   del mask
   return x
+
+
+def _token_reduction(reduction: str) -> Callable:
+  """``reduce(x_BN, mask_BN) -> scalar``, the reduction of ``ppo_policy_loss(reduction=)``."""
+  if reduction == "token":
+    return ops.masked_mean
+  if reduction == "sequence":
+    def reduce(x, mask):
+      nonempty = jnp.any(jnp.asarray(mask) != 0, axis=-1)
+      return ops.masked_mean(ops.masked_mean(x, mask, axis=-1), nonempty)
+    return reduce
+
+  def reduce_constant(x, mask):
+    return ops.masked_sum(x, mask) / jnp.asarray(max(x.size, 1), ops.acc_dtype(x))
+  return reduce_constant
 
 
 def make_ppo_iteration(policy_model: Transformer, value_model: Optional[Transformer],
@@ -333,30 +461,63 @@ def make_ppo_iteration(policy_model: Transformer, value_model: Optional[Transfor
   (rollout, stats, observed_kl)`` and ``update_phase(state, rollout, stats, observed_kl) ->
   (state, metrics)`` — for profiling each separately.
 
-  Every choice the hyper-parameters make (value head on the policy trunk or a separate
-  value model, where ``log π_old`` comes from, reward and advantage whitening, the KL
-  controller) is made here, once, as a choice of function; the iteration below reads
-  rollout → score → shaped rewards → GAE → updates with no branches on ``hp``.
+  ``hp.algorithm`` picks PPO (``value_model`` given, or ``shared_trunk``) or a critic-free
+  algorithm (``value_model=None``, ``state.params = {"policy": ...}``); see the module
+  docstring. With ``hp.group_size = G`` the ``B`` prompts are each sampled ``G`` times, so
+  the rollout has ``B·G`` rows (``B·G`` must divide by ``num_minibatches``).
+
+  Every choice the hyper-parameters make (the advantage estimator: GAE with a critic, group
+  statistics or whitened returns-to-go; where the KL goes: reward penalty or loss term; value
+  head on the policy trunk or a separate value model; where ``log π_old`` comes from; reward
+  and advantage whitening; the loss reduction; the KL controller) is made here, once, as a
+  choice of function; the iteration below reads rollout → score → shaped rewards →
+  advantages → updates with no branches on ``hp``.
+
+  Metrics: every algorithm reports ``score``, ``score_raw``, ``kl``, ``kl_penalty``,
+  ``non_score_reward`` (0 when the KL is a loss term), ``response_length``, ``stop_rate``,
+  ``entropy_rollout``, ``advantage_mean``, ``loss``, ``policy_loss``, ``policy_clip_frac``,
+  ``approx_kl``, ``ratio_mean``, ``entropy``, ``grad_norm``, ``beta``, ``skipped_updates``.
+  Only with a critic: ``value_loss``, ``value_clip_frac``, ``value_mse``,
+  ``value_explained_variance``; ``return_mean`` with a critic and for reinforce_pp (mean
+  return-to-go); ``kl_loss`` (the reduced KL term, before β) when the KL is a loss term;
+  ``group_score_std`` (mean within-group std of the total reward) for group methods.
   """
   if hp.shared_trunk != (policy_model.cfg.head == "both"):
     raise ValueError("shared_trunk=True needs a policy with head='both' (and False needs "
                      f"head='lm'); got shared_trunk={hp.shared_trunk}, "
                      f"head={policy_model.cfg.head!r}")
-  if not hp.shared_trunk and value_model is None:
+  if hp.critic_free and value_model is not None:
+    raise ValueError(f"value_model must be None for the critic-free algorithm="
+                     f"{hp.algorithm!r} (it has no value function)")
+  if not hp.critic_free and not hp.shared_trunk and value_model is None:
     raise ValueError("a separate value model is needed unless shared_trunk=True")
   ref_model = Transformer(policy_model.cfg.replace(head="lm"))
   temperature = hp.temperature
   n = hp.response_len
   recompute_old = hp.recomputes_old_logprobs(policy_model.cfg.dtype)
+  kl_in_loss = hp.kl_in_loss_resolved
+  reduction = hp.loss_reduction_resolved
 
   # --- choices, made once -------------------------------------------------------------------
   def heads(p):
     return (p - 1, p + n - 1)  # the positions whose outputs score response tokens
 
+  if hp.group_size == 1:
+    def repeat_prompts(x_BP):
+      return x_BP
+  else:
+    def repeat_prompts(x_BP):
+      """``[B, P] -> [B·G, P]``: rows ``g·G … g·G + G - 1`` are prompt ``g``."""
+      return jnp.repeat(x_BP, hp.group_size, axis=0)
+
   if hp.shared_trunk:
     def policy_and_values(params, ids, mask, p):
       """Response-position logits ``[B,N,V]`` and values ``[B,N]`` from one trunk."""
       return policy_model.apply({"params": params["policy"]}, ids, mask, head_slice=heads(p))
+  elif hp.critic_free:
+    def policy_and_values(params, ids, mask, p):
+      return (policy_model.apply({"params": params["policy"]}, ids, mask, head_slice=heads(p)),
+              None)
   else:
     def policy_and_values(params, ids, mask, p):
       logits = policy_model.apply({"params": params["policy"]}, ids, mask, head_slice=heads(p))
@@ -371,7 +532,7 @@ def make_ppo_iteration(policy_model: Transformer, value_model: Optional[Transfor
   else:
     def old_logprobs_and_values(params, ids, mask, p, sampler_logp):
       # The sampler's log-probs are those of the rollout policy; XLA drops the unused
-      # logits of this forward pass.
+      # logits of this forward pass (and, without a critic, the whole pass).
       return sampler_logp, policy_and_values(params, ids, mask, p)[1]
 
   whiten_rewards = (functools.partial(ops.whiten, shift_mean=False,
@@ -382,9 +543,91 @@ def make_ppo_iteration(policy_model: Transformer, value_model: Optional[Transfor
                        if hp.whiten_advantages else _identity)
   kl_update = kl_lib.adaptive_kl_update if hp.adaptive_kl else kl_lib.fixed_kl_update
 
-  # --- rollout → score → shaped rewards → GAE -------------------------------------------------
+  # Where the KL goes: the β of the per-token reward penalty (0 when the KL is a loss term)
+  # and whether the rollout keeps log π_ref for the loss.
+  if kl_in_loss:
+    def reward_beta(kl_state):
+      return jnp.zeros_like(kl_state.beta)
+
+    def keep_ref(logp_ref):
+      return logp_ref
+  else:
+    def reward_beta(kl_state):
+      return kl_state.beta
+
+    def keep_ref(logp_ref):
+      del logp_ref
+
+  # The advantage estimator: ``estimate(shaped, values_BN, mask_BN) -> (advantages_BN,
+  # returns_BN or None, stats)``.
+  if hp.algorithm == "ppo":
+    def estimate(shaped, values, mask):
+      advantages, returns = adv_lib.gae(whiten_rewards(shaped.rewards, mask), values, mask,
+                                        hp.gamma, hp.lam)
+      stats = {"value_explained_variance": ops.explained_variance(values, returns, mask),
+               "return_mean": ops.masked_mean(returns, mask)}
+      return whiten_advantages(advantages, mask), returns, stats
+  elif hp.algorithm == "reinforce_pp":
+    def estimate(shaped, values, mask):
+      # REINFORCE++ (Hu 2025): the return-to-go of the KL-shaped rewards is GAE with V = 0
+      # and λ = 1; whitened over the whole batch.
+      del values
+      to_go, _ = adv_lib.gae(shaped.rewards, jnp.zeros_like(shaped.rewards), mask, hp.gamma,
+                             1.0)
+      stats = {"return_mean": ops.masked_mean(to_go, mask)}
+      return whiten_advantages(to_go, mask), None, stats
+  else:
+    group_advantages = {
+        "grpo": functools.partial(adv_lib.grpo_advantages, scale_by_std=True),
+        "dr_grpo": functools.partial(adv_lib.grpo_advantages, scale_by_std=False),
+        "rloo": adv_lib.rloo_advantages,
+    }[hp.algorithm]
+
+    def estimate(shaped, values, mask):
+      # One total reward per response: its score (after the missing-stop rule) minus the KL
+      # penalty summed over its tokens when the KL is a reward penalty.
+      del values
+      total_B = ops.masked_sum(shaped.rewards, mask, axis=1)
+      advantages_B = group_advantages(total_B, hp.group_size)
+      advantages = jnp.where(mask != 0, advantages_B[:, None], 0)
+      groups_NG = total_B.reshape(-1, hp.group_size)
+      stats = {"group_score_std": jnp.mean(jnp.std(groups_NG, axis=1, ddof=1))}
+      return advantages, None, stats
+
+  # The loss terms: ``term(fwd: _Forward, mb: Rollout, beta) -> (loss, info)``, summed in order.
+  policy_loss = functools.partial(losses.ppo_policy_loss, clip_eps=hp.clip_eps,
+                                  clip_eps_high=hp.clip_eps_high, reduction=reduction)
+
+  def policy_term(fwd: _Forward, mb: Rollout, beta):
+    del beta
+    pg_loss, pg_info = policy_loss(fwd.logp, mb.logp_old, mb.advantages, mb.response_mask)
+    return pg_loss, {"policy_loss": pg_loss, "policy_clip_frac": pg_info.clip_frac,
+                     "approx_kl": pg_info.approx_kl, "ratio_mean": pg_info.ratio_mean}
+
+  def value_term(fwd: _Forward, mb: Rollout, beta):
+    del beta
+    vf_loss, vf_info = losses.ppo_value_loss(fwd.values, mb.values_old, mb.returns,
+                                             mb.response_mask, hp.value_clip_eps)
+    return hp.vf_coef * vf_loss, {"value_loss": vf_loss, "value_clip_frac": vf_info.clip_frac,
+                                  "value_mse": vf_info.mse}
+
+  reduce_kl = _token_reduction(reduction)
+
+  def kl_term(fwd: _Forward, mb: Rollout, beta):
+    # GRPO: β · k3(π_θ, π_ref) per token, reduced like the policy loss; the gradient flows
+    # through log π_θ only (log π_ref is data).
+    k_BN = kl_lib.kl_penalty(fwd.logp, jax.lax.stop_gradient(mb.logp_ref),
+                             hp.kl_loss_estimator, mask=mb.response_mask)
+    kl_loss = reduce_kl(k_BN, mb.response_mask)
+    return beta * kl_loss, {"kl_loss": kl_loss}
+
+  loss_terms = ([policy_term] + ([] if hp.critic_free else [value_term])
+                + ([kl_term] if kl_in_loss else []))
+
+  # --- rollout → score → shaped rewards → advantages ------------------------------------------
   def rollout_and_score(state: PPOState, frozen: PPOFrozen, prompt_ids, prompt_mask, rng):
     p = prompt_ids.shape[1]
+    prompt_ids, prompt_mask = repeat_prompts(prompt_ids), repeat_prompts(prompt_mask)
     tokens, resp_mask, sampler_logp, has_stop = sample_responses(
         policy_model, hp, state.params["policy"], prompt_ids, prompt_mask, rng)
     seq_ids = jnp.concatenate([prompt_ids, tokens], axis=1)
@@ -399,14 +642,14 @@ def make_ppo_iteration(policy_model: Transformer, value_model: Optional[Transfor
                                            seq_mask)
     score = adv_lib.apply_reward_normalization(raw_score, frozen.reward_gain, frozen.reward_bias)
 
+    beta = reward_beta(state.kl)
     shaped = adv_lib.shape_rewards(
-        score, logp_old, logp_ref, resp_mask, state.kl.beta, hp.kl_estimator,
+        score, logp_old, logp_ref, resp_mask, beta, hp.kl_estimator,
         has_stop_B=has_stop, missing_stop=hp.missing_stop,
         missing_stop_value=hp.missing_stop_value)
-    advantages, returns = adv_lib.gae(whiten_rewards(shaped.rewards, resp_mask), values,
-                                      resp_mask, hp.gamma, hp.lam)
-    advantages = whiten_advantages(advantages, resp_mask)
-    rollout = Rollout(seq_ids, seq_mask, resp_mask, logp_old, values, advantages, returns)
+    advantages, returns, estimator_stats = estimate(shaped, values, resp_mask)
+    rollout = Rollout(seq_ids, seq_mask, resp_mask, logp_old, values, advantages, returns,
+                      keep_ref(logp_ref))
 
     seq_kl_k1 = kl_lib.sequence_kl(logp_old, logp_ref, resp_mask, "k1")
     length = jnp.sum(resp_mask, axis=1).astype(jnp.float32)
@@ -415,39 +658,33 @@ def make_ppo_iteration(policy_model: Transformer, value_model: Optional[Transfor
         "score_raw": jnp.mean(raw_score),
         "kl": jnp.mean(seq_kl_k1),
         "kl_penalty": jnp.mean(jnp.sum(shaped.kl, axis=1)),
-        "non_score_reward": -state.kl.beta * jnp.mean(jnp.sum(shaped.kl, axis=1)),
+        "non_score_reward": -beta * jnp.mean(jnp.sum(shaped.kl, axis=1)),
         "response_length": jnp.mean(length),
         "stop_rate": jnp.mean(has_stop.astype(jnp.float32)),
         "entropy_rollout": -ops.masked_mean(logp_old, resp_mask),
-        "value_explained_variance": ops.explained_variance(values, returns, resp_mask),
         "advantage_mean": ops.masked_mean(advantages, resp_mask),
-        "return_mean": ops.masked_mean(returns, resp_mask),
+        **estimator_stats,
     }
     return rollout, stats, jnp.mean(seq_kl_k1)
 
   # --- the clipped update of one minibatch ------------------------------------------------------
-  def loss_fn(params, mb: Rollout, p):
+  def loss_fn(params, mb: Rollout, p, beta):
     logits, values = policy_and_values(params, mb.seq_ids, mb.seq_mask, p)
-    logp = ops.token_logprobs(logits, mb.seq_ids[:, p:], temperature)
-    pg_loss, pg_info = losses.ppo_policy_loss(logp, mb.logp_old, mb.advantages,
-                                              mb.response_mask, hp.clip_eps)
-    vf_loss, vf_info = losses.ppo_value_loss(values, mb.values_old, mb.returns, mb.response_mask,
-                                             hp.value_clip_eps)
-    loss = pg_loss + hp.vf_coef * vf_loss
-    entropy = losses.entropy_from_logits(jax.lax.stop_gradient(logits), mb.response_mask,
-                                         temperature)
-    info = {
-        "loss": loss, "policy_loss": pg_loss, "value_loss": vf_loss,
-        "policy_clip_frac": pg_info.clip_frac, "approx_kl": pg_info.approx_kl,
-        "ratio_mean": pg_info.ratio_mean, "value_clip_frac": vf_info.clip_frac,
-        "value_mse": vf_info.mse, "entropy": entropy,
-    }
+    fwd = _Forward(ops.token_logprobs(logits, mb.seq_ids[:, p:], temperature), values)
+    loss, info = None, {}
+    for term in loss_terms:
+      term_loss, term_info = term(fwd, mb, beta)
+      loss = term_loss if loss is None else loss + term_loss
+      info.update(term_info)
+    info["loss"] = loss
+    info["entropy"] = losses.entropy_from_logits(jax.lax.stop_gradient(logits),
+                                                 mb.response_mask, temperature)
     return loss, info
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def update_minibatch(carry: _UpdateCarry, mb: Rollout, p):
-    (loss, info), grads = grad_fn(carry.params, mb, p)
+  def update_minibatch(carry: _UpdateCarry, mb: Rollout, p, beta):
+    (loss, info), grads = grad_fn(carry.params, mb, p, beta)
     params, opt_state, finite, grad_norm = guarded_update(optimizer, carry.params,
                                                           carry.opt_state, grads, loss)
     skipped = carry.skipped + (~finite).astype(jnp.int32)
@@ -455,7 +692,7 @@ def make_ppo_iteration(policy_model: Transformer, value_model: Optional[Transfor
 
   # --- the two phases of an iteration -----------------------------------------------------------
   def rollout_phase(state: PPOState, frozen: PPOFrozen, prompt_ids_BP, prompt_mask_BP):
-    """Sample, score, shape rewards, GAE: ``(rollout, stats, observed_kl)``."""
+    """Sample, score, shape rewards, advantages: ``(rollout, stats, observed_kl)``."""
     key = jax.random.fold_in(state.rng, state.step)
     sample_key, _ = jax.random.split(key)
     return rollout_and_score(state, frozen, prompt_ids_BP, prompt_mask_BP, sample_key)
@@ -465,15 +702,16 @@ def make_ppo_iteration(policy_model: Transformer, value_model: Optional[Transfor
     b = rollout.seq_ids.shape[0]
     p = rollout.seq_ids.shape[1] - n
     if b % hp.num_minibatches:
-      raise ValueError(f"batch of {b} rollouts is not divisible by num_minibatches="
-                       f"{hp.num_minibatches}")
+      raise ValueError(f"batch of {b} rollouts (prompts × group_size={hp.group_size}) is not "
+                       f"divisible by num_minibatches={hp.num_minibatches}")
     mb_size = b // hp.num_minibatches
     _, shuffle_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
+    beta = state.kl.beta
 
     def epoch(carry, epoch_key):
       perm = jax.random.permutation(epoch_key, b).reshape(hp.num_minibatches, mb_size)
       batches = jax.tree.map(lambda x: x[perm], rollout)
-      return jax.lax.scan(lambda c, mb: update_minibatch(c, mb, p), carry, batches)
+      return jax.lax.scan(lambda c, mb: update_minibatch(c, mb, p, beta), carry, batches)
 
     carry = _UpdateCarry(state.params, state.opt_state, state.skipped_updates)
     carry, infos = jax.lax.scan(epoch, carry, jax.random.split(shuffle_key, hp.epochs))
