@@ -34,7 +34,12 @@ def _sentiment():
   return module
 
 
+VARIANTS = ("default", "smoke", "openai", "openai_smoke")  # those of configs/sentiment.py
+
+
 def get_config(arg=None):
+  if (arg or "default") not in VARIANTS:
+    raise ValueError(f"configs/kind.py: unknown variant {arg!r}; use one of {VARIANTS}")
   c = _sentiment().get_config(arg)
   c.feedback.gold_scorer = "kind_and_clean"
   c.feedback.labeller_scorer = "afinn_kindness"

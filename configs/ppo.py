@@ -14,6 +14,7 @@ JSONL file of {"prompt": ...} records.
 import ml_collections as mlc
 
 _PRESETS = {"tiny": "tiny", "small": "gpt2-small", "medium": "gpt2-medium"}
+VARIANTS = tuple(_PRESETS)  # configs/ppo.py:<size>
 
 
 def get_config(arg=None):

@@ -17,6 +17,9 @@ labels; the trained model is written to WORKDIR/model in Hugging Face layout.
 import ml_collections as mlc
 
 
+VARIANTS = (None,)  # no variants: configs/reward.py
+
+
 def get_config(arg=None):
   if arg:
     raise ValueError(f"configs/reward.py: unknown variant {arg!r}; this config has no variants "

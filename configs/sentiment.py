@@ -39,9 +39,12 @@ iterations and ended at KL 7.7-12).
 import ml_collections as mlc
 
 
+VARIANTS = ("default", "smoke", "openai", "openai_smoke")  # configs/sentiment.py:<variant>
+
+
 def get_config(arg=None):
   variant = arg or "default"
-  if variant not in ("default", "smoke", "openai", "openai_smoke"):
+  if variant not in VARIANTS:
     raise ValueError(f"configs/sentiment.py: unknown variant {variant!r}; use 'default', "
                      "'smoke', 'openai' or 'openai_smoke'")
   c = mlc.ConfigDict()

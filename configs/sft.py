@@ -16,9 +16,12 @@ checkpoint directory with tokenizer files:
 import ml_collections as mlc
 
 
+VARIANTS = ("corpus", "jsonl")  # configs/sft.py:<data source>
+
+
 def get_config(arg=None):
   source = arg or "corpus"
-  if source not in ("corpus", "jsonl"):
+  if source not in VARIANTS:
     raise ValueError(f"configs/sft.py: unknown variant {source!r}; use 'corpus' or 'jsonl'")
   c = mlc.ConfigDict()
   c.task = "sft"
