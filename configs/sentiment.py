@@ -20,10 +20,21 @@ truncation at '.', whitened rewards, batch 512) on this task; `openai_smoke` is 
 
   python -m rlhf_jax.main --config configs/sentiment.py:openai --workdir runs/openai
 
+Judges: VADER sentiment (`vader_sentiment`) is the gold scorer AND the simulated
+annotators' scorer (the labeller), so the gold win rate cannot see exploits of VADER's
+lexicon. AFINN (`afinn_sentiment`, a different lexicon) is the independent judge: no label
+came from it; the report gives the win rate under it and the fraction of degenerate
+(repetitive or non-word) responses beside the gold win rate. Ties: two responses tie when
+their scores differ by less than feedback.tie_threshold (0.05), for labels, reward-model
+accuracy and win rates alike.
+
 Targets (checked in report.md): gold win rate of the final policy against the reference
->= 80% at a KL <= 6 nats per response, reward-model accuracy >= 0.75 on held-out pairs
-against noise-free gold labels, round 2 at least as good as round 1, and reference-scored
-perplexity of the policy's text at most 1.5x that of the reference's own samples.
+>= 90% at a KL <= 6 nats per response, reward-model accuracy >= 0.80 on decided held-out
+pairs against noise-free gold labels, and reference-scored perplexity of the policy's text
+at most 1.5x that of the reference's own samples (round 2 should be at least as good as
+round 1). The recorded run below predates the review fixes of the value-model start, the
+tie parameter and the tie convention, and was checked against the earlier targets (win
+rate >= 80%, RM accuracy >= 0.75):
 Recorded run (docs/results/sentiment_report.md): round 2 win rate 0.871 [0.824, 0.907] at
 KL 5.14, reward-model accuracy 0.765 on 1024 held-out pairs, perplexity ratio 1.22; round 1
 0.889 [0.844, 0.922] at KL 5.90 with accuracy 0.669 — round 2 matches round 1 within the
