@@ -219,6 +219,7 @@ def _sigterm_during(stack, monkeypatch, stage: str, at: int = 1):
   from rlhf_jax.train import pipeline as pl
   from rlhf_jax.train import ppo as ppo_train
   from rlhf_jax.train import reward as reward_train
+  from rlhf_jax.train import sft as sft_train
 
   mp = stack.enter_context(monkeypatch.context())
   fired = []
@@ -256,7 +257,7 @@ def _sigterm_during(stack, monkeypatch, stage: str, at: int = 1):
       return bar
     return progress
 
-  for module in (pl, reward_train, ppo_train):
+  for module in (pl, sft_train, reward_train, ppo_train):
     mp.setattr(module, "progress", wrap(module.progress))
   return fired
 
@@ -364,7 +365,7 @@ def test_policy_stage_builds_a_value_model_only_for_algorithms_with_a_critic(
   import jax
 
   from rlhf_jax import ppo as ppo_lib
-  from rlhf_jax.models import Transformer, init_params
+  from rlhf_jax.models import init_params
   from rlhf_jax.train import common
   from rlhf_jax.train import pipeline as pl
 

@@ -53,7 +53,8 @@ from rlhf_jax.train import common
 from rlhf_jax.train import ppo as ppo_train
 from rlhf_jax.train import reward as reward_train
 from rlhf_jax.train import report as report_lib
-from rlhf_jax.train.metrics import MetricWriter, fetch, progress, truncate_metrics
+from rlhf_jax.train import sft as sft_train
+from rlhf_jax.train.metrics import MetricWriter, progress, truncate_metrics
 
 __all__ = [
     "DataSpec", "BaseSpec", "FeedbackSpec", "RewardSpec", "PPOSpec", "EvalSpec", "Config",
@@ -506,7 +507,8 @@ def load_prompts(data_dir: pathlib.Path, tokenizer, prompt_len: int) -> Prompts:
 
 def pretrain_base(spec: BaseSpec, data_dir: pathlib.Path, out: pathlib.Path, tokenizer, mesh,
                   seed: int, *, checkpoint_every: int = 200, max_skipped_fraction: float = 0.1):
-  """Pretrain (or load) the base LM; returns (module, params).
+  """Pretrain (or load) the base LM; returns (module, params). The training loop is the SFT
+  trainer's (:func:`rlhf_jax.train.sft.train_lm`).
 
   Checkpoints go to ``out/checkpoints`` every ``checkpoint_every`` steps, at the end and on
   SIGTERM (then :class:`rlhf_jax.checkpoint.Preempted` is raised); a re-run resumes them.
@@ -524,54 +526,37 @@ def pretrain_base(spec: BaseSpec, data_dir: pathlib.Path, out: pathlib.Path, tok
   model = Transformer(cfg)
   init = boxed_init_fn(model)
   params, _ = sharding.init_sharded(init, jax.random.PRNGKey(seed), mesh=mesh)
-  optimizer, schedule = common.make_optimizer(spec.optimizer, spec.steps)
-  state = sharding.commit(sft_lib.init_lm_state(params, optimizer), mesh)
-  step = sharding.jit_step(sft_lib.make_lm_step(model, optimizer), state, mesh)
-  manager = checkpoint.open_manager(out / "checkpoints", max_to_keep=2)
-  start = 0
-  if checkpoint.latest_step(manager) is not None:
-    state, extra = checkpoint.restore(manager, checkpoint.abstract_like(state))
-    start = int(extra["step"])
-    _log.info("pretrain base: resumed from step %d", start)
-  rng = np.random.default_rng(seed)
-  for _ in range(start):  # replay the draws of the steps already taken: the same trajectory
-    rng.integers(0, len(ids), spec.batch_size)
   t0 = time.perf_counter()
-  preempted = False
-  with MetricWriter(out, resume_step=start) as writer, \
-       checkpoint.PreemptionGuard() as guard:
-    bar = progress(spec.steps, desc="pretrain base", unit="step")
-    bar.update(start)
-    for i in range(start, spec.steps):
-      rows = rng.integers(0, len(ids), spec.batch_size)
-      batch = sharding.shard_batch({"ids": ids[rows], "mask": mask[rows],
-                                    "loss_mask": mask[rows]}, mesh)
-      state, metrics = step(state, batch)
-      if (i + 1) % 50 == 0 or i + 1 == spec.steps:
-        host = fetch(metrics)
-        host["learning_rate"] = float(schedule(i + 1))
-        writer.write(i + 1, host)
-        bar.set_postfix(loss=host["loss"])
-        common.check_skipped("pretrain base", host["skipped_updates"], i + 1, spec.steps,
-                             max_skipped_fraction, f"step {i + 1}")
-      bar.update(1)
-      preempted = guard.should_stop()
-      if (i + 1) % checkpoint_every == 0 or i + 1 == spec.steps or preempted:
-        checkpoint.save(manager, i + 1, state, extra={"step": i + 1}, force=True,
-                        wait=preempted)
-      if preempted:
-        break
-    bar.close()
-  manager.wait_until_finished()
-  manager.close()
-  if preempted:
-    raise checkpoint.Preempted(f"pretrain base: stopped by a signal at step {i + 1} of "
-                               f"{spec.steps}; checkpoint saved, rerun to resume")
+  state, _ = sft_train.train_lm(
+      model, params, ids, mask, mask, optim_spec=spec.optimizer, steps=spec.steps,
+      batch_size=spec.batch_size, seed=seed, mesh=mesh, workdir=out, log_every=50,
+      checkpoint_every=checkpoint_every, keep_checkpoints=2,
+      max_skipped_fraction=max_skipped_fraction, desc="pretrain base",
+      batch_rows=_stream_rows(len(ids), spec.batch_size, seed))
   heldout_ppl = _perplexity(model, state.params, h_ids, h_mask, spec.batch_size, mesh)
   hf.save_pretrained(model, state.params, out / "model", tokenizer=tokenizer)
   _mark_done(out, {"steps": spec.steps, "heldout_perplexity": heldout_ppl,
                    "seconds": time.perf_counter() - t0})
   return model, state.params
+
+
+def _stream_rows(n_rows: int, batch_size: int, seed: int):
+  """The rows of step ``i`` from one seeded stream of draws; on a resume the draws of the
+  steps already taken are replayed, so the run takes the same batches. (The base model has
+  always drawn this way; ``train_lm``'s default, one draw per ``(seed, step)``, would change
+  its numbers.)"""
+  rng, taken = np.random.default_rng(seed), 0
+
+  def rows(i: int) -> np.ndarray:
+    nonlocal taken
+    if i < taken:
+      raise ValueError(f"step {i} requested after step {taken - 1}: draws only go forward")
+    for _ in range(i - taken):
+      rng.integers(0, n_rows, batch_size)
+    taken = i + 1
+    return rng.integers(0, n_rows, batch_size)
+
+  return rows
 
 
 def _check_base_tokenizer(path: pathlib.Path, model, tokenizer, data_dir: pathlib.Path) -> None:
