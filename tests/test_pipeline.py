@@ -219,6 +219,7 @@ def _sigterm_during(stack, monkeypatch, stage: str, at: int = 1):
   from rlhf_jax.train import pipeline as pl
   from rlhf_jax.train import ppo as ppo_train
   from rlhf_jax.train import reward as reward_train
+  from rlhf_jax.train import sft as sft_train
 
   mp = stack.enter_context(monkeypatch.context())
   fired = []
@@ -228,8 +229,8 @@ def _sigterm_during(stack, monkeypatch, stage: str, at: int = 1):
       fired.append(stage)
       os.kill(os.getpid(), signal.SIGTERM)
 
-  functions = {"data": (data_lib, "pack_texts"), "labels": (pl, "_collect_labels"),
-               "evaluation": (pl, "_evaluate_policy")}
+  functions = {"data": (data_lib, "pack_texts"), "labels": (pl, "label_pairs"),
+               "evaluation": (pl, "evaluate_policy")}
   if stage in functions:
     module, name = functions[stage]
     real = getattr(module, name)
@@ -256,7 +257,7 @@ def _sigterm_during(stack, monkeypatch, stage: str, at: int = 1):
       return bar
     return progress
 
-  for module in (pl, reward_train, ppo_train):
+  for module in (pl, sft_train, reward_train, ppo_train):
     mp.setattr(module, "progress", wrap(module.progress))
   return fired
 
@@ -350,3 +351,38 @@ def test_rerun_with_another_seed_is_refused_listing_the_fields(smoke_run):
   assert "seed: 0 -> 1" in message and "base.preset: 'tiny' -> 'gpt2-small'" in message
   assert "num_samples_in_report" not in message and "pass a new --workdir" in message
   assert (workdir / "config.json").read_text() == before
+
+
+@pytest.mark.parametrize("algorithm,shared_trunk,value", [
+    ("ppo", False, "separate"), ("ppo", True, "on the trunk"), ("grpo", False, None),
+    ("rloo", False, None), ("reinforce_pp", False, None), ("dr_grpo", False, None)])
+def test_policy_stage_builds_a_value_model_only_for_algorithms_with_a_critic(
+    algorithm, shared_trunk, value):
+  """One policy stage for every algorithm: the value model is chosen from the hparams, never
+  by a branch in the pipeline's loop."""
+  import dataclasses
+
+  import jax
+
+  from rlhf_jax import ppo as ppo_lib
+  from rlhf_jax.models import init_params
+  from rlhf_jax.train import common
+  from rlhf_jax.train import pipeline as pl
+
+  models = pl.Models.from_base(common.preset_config("tiny", 64, head="lm"))
+  policy = init_params(models.lm, jax.random.PRNGKey(0))
+  rm = init_params(models.scalar, jax.random.PRNGKey(1))
+  hp = dataclasses.replace(ppo_lib.PPOHparams(), algorithm=algorithm, shared_trunk=shared_trunk,
+                           group_size=2)
+  policy_model, start, value_model, value_params = pl.policy_and_value(
+      models, hp, policy, rm, 2.0, 0.5, "reward")
+  if value == "separate":
+    assert policy_model is models.lm and start is policy
+    assert value_model is not None and value_params is not None
+  elif value == "on the trunk":
+    assert policy_model is models.both and value_model is None and value_params is None
+    assert start["score"]["kernel"].shape == (models.both.cfg.d_model, 1)
+    assert not float(abs(start["score"]["kernel"]).sum())
+  else:
+    assert hp.critic_free and policy_model is models.lm and start is policy
+    assert value_model is None and value_params is None

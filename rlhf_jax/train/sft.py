@@ -16,11 +16,11 @@ written in Hugging Face layout to ``workdir/model``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import checkpoint, sharding
@@ -29,7 +29,10 @@ from rlhf_jax import sft as sft_lib
 from rlhf_jax.train import common
 from rlhf_jax.train.metrics import MetricWriter, fetch, progress
 
-__all__ = ["DataSpec", "Config", "check_config", "run", "load_sft_rows"]
+__all__ = ["DataSpec", "Config", "check_config", "run", "load_sft_rows", "train_lm",
+           "step_rows"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +127,76 @@ def load_sft_rows(spec: DataSpec, tokenizer) -> Tuple[np.ndarray, np.ndarray, np
   return ids, mask, loss_mask
 
 
+def step_rows(n_rows: int, batch_size: int, seed: int) -> Callable[[int], np.ndarray]:
+  """The rows of step ``i``: a fresh draw seeded by ``(seed, i)``, so a resumed run takes the
+  same batches."""
+  return lambda i: np.random.default_rng([seed, i]).integers(0, n_rows, batch_size)
+
+
+def train_lm(model, params, ids: np.ndarray, mask: np.ndarray, loss_mask: np.ndarray, *,
+             optim_spec: common.OptimSpec, steps: int, batch_size: int, seed: int, mesh,
+             workdir, log_every: int = 50, checkpoint_every: int = 500,
+             keep_checkpoints: int = 3, max_skipped_fraction: float = 0.1, desc: str = "sft",
+             batch_rows: Optional[Callable[[int], np.ndarray]] = None
+             ) -> Tuple[sft_lib.LMState, Dict[str, Any]]:
+  """The language-model training loop: ``steps`` steps on rows ``[N, T]`` of ``ids``,
+  ``mask`` and ``loss_mask``, from ``params`` of ``model``.
+
+  Checkpoints go to ``workdir/checkpoints`` every ``checkpoint_every`` steps, at the end and
+  on SIGTERM; a re-run resumes the same trajectory (the batch of step i is
+  ``batch_rows(i)``, by default :func:`step_rows`). Metrics every ``log_every`` steps go to
+  ``workdir/metrics.jsonl``. Returns the final state and the last logged metrics.
+
+  Raises:
+    DivergenceError: more than ``max_skipped_fraction`` of the updates were skipped.
+    rlhf_jax.checkpoint.Preempted: stopped by a signal after saving a checkpoint.
+  """
+  workdir = os.fspath(workdir)
+  rows_of = batch_rows or step_rows(len(ids), batch_size, seed)
+  optimizer, schedule = common.make_optimizer(optim_spec, steps)
+  state = sharding.commit(sft_lib.init_lm_state(params, optimizer), mesh)
+  step = sharding.jit_step(sft_lib.make_lm_step(model, optimizer), state, mesh)
+  manager = checkpoint.open_manager(os.path.join(workdir, "checkpoints"),
+                                    max_to_keep=keep_checkpoints)
+  start = 0
+  if checkpoint.latest_step(manager) is not None:
+    state, extra = checkpoint.restore(manager, checkpoint.abstract_like(state))
+    start = int(extra["step"])
+    _log.info("%s: resumed from step %d", desc, start)
+  last: Dict[str, Any] = {}
+  preempted = False
+  done = start
+  with MetricWriter(workdir, resume_step=start) as writer, \
+       checkpoint.PreemptionGuard() as guard:
+    bar = progress(steps, desc=desc, unit="step")
+    bar.update(start)
+    for i in range(start, steps):
+      rows = rows_of(i)
+      batch = sharding.shard_batch({"ids": ids[rows], "mask": mask[rows],
+                                    "loss_mask": loss_mask[rows]}, mesh)
+      state, metrics = step(state, batch)
+      done = i + 1
+      if done % log_every == 0 or done == steps:
+        last = dict(fetch(metrics), learning_rate=float(schedule(done)))
+        writer.write(done, last)
+        bar.set_postfix(loss=last["loss"])
+        common.check_skipped(desc, last["skipped_updates"], done, steps, max_skipped_fraction,
+                             f"step {done}")
+      bar.update(1)
+      preempted = guard.should_stop()
+      if done % checkpoint_every == 0 or done == steps or preempted:
+        checkpoint.save(manager, done, state, extra={"step": done}, force=True, wait=preempted)
+      if preempted:
+        break
+    bar.close()
+  manager.wait_until_finished()
+  manager.close()
+  if preempted:
+    raise checkpoint.Preempted(f"{desc}: stopped by a signal at step {done} of {steps}; "
+                               "checkpoint saved, rerun to resume")
+  return state, last
+
+
 def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   from rlhf_jax.models import hf
 
@@ -152,46 +225,12 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   if not spec.path:
     spec = dataclasses.replace(spec, path=None, vocab_size=len(tokenizer))
   model, params = common.load_model(spec, "lm", jax.random.PRNGKey(cfg.seed), mesh)
-  optimizer, schedule = common.make_optimizer(cfg.optimizer, cfg.steps)
-  state = sharding.commit(sft_lib.init_lm_state(params, optimizer), mesh)
-  step = sharding.jit_step(sft_lib.make_lm_step(model, optimizer), state, mesh)
-
-  manager = checkpoint.open_manager(os.path.join(workdir, "checkpoints"),
-                                    max_to_keep=cfg.keep_checkpoints)
-  start = 0
-  if checkpoint.latest_step(manager) is not None:
-    state, extra = checkpoint.restore(manager, checkpoint.abstract_like(state))
-    start = int(extra["step"])
-  last: Dict[str, Any] = {}
-  preempted = False
-  with MetricWriter(workdir, resume_step=start) as writer, \
-       checkpoint.PreemptionGuard() as guard:
-    bar = progress(cfg.steps, desc="sft", unit="step")
-    bar.update(start)
-    for i in range(start, cfg.steps):
-      rows = np.random.default_rng([cfg.seed, i]).integers(0, len(ids), cfg.batch_size)
-      batch = sharding.shard_batch({"ids": ids[rows], "mask": mask[rows],
-                                    "loss_mask": loss_mask[rows]}, mesh)
-      state, metrics = step(state, batch)
-      done = i + 1
-      if done % cfg.log_every == 0 or done == cfg.steps:
-        last = dict(fetch(metrics), learning_rate=float(schedule(done)))
-        writer.write(done, last)
-        bar.set_postfix(loss=last["loss"])
-        common.check_skipped("sft", last["skipped_updates"], done, cfg.steps,
-                             cfg.max_skipped_fraction, f"step {done}")
-      bar.update(1)
-      preempted = guard.should_stop()
-      if done % cfg.checkpoint_every == 0 or done == cfg.steps or preempted:
-        checkpoint.save(manager, done, state, extra={"step": done}, force=True, wait=preempted)
-      if preempted:
-        break
-    bar.close()
-  manager.wait_until_finished()
-  manager.close()
-  if preempted:
-    raise checkpoint.Preempted(f"sft: stopped by a signal at step {done} of {cfg.steps}; "
-                               "checkpoint saved, rerun to resume")
+  state, last = train_lm(model, params, ids, mask, loss_mask, optim_spec=cfg.optimizer,
+                         steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed, mesh=mesh,
+                         workdir=workdir, log_every=cfg.log_every,
+                         checkpoint_every=cfg.checkpoint_every,
+                         keep_checkpoints=cfg.keep_checkpoints,
+                         max_skipped_fraction=cfg.max_skipped_fraction)
   if int(state.step) == cfg.steps:
     hf.save_pretrained(model, state.params, os.path.join(workdir, "model"), tokenizer=tokenizer)
   return last
