@@ -16,14 +16,16 @@ import subprocess
 import sys
 import time
 
-ANCHORS = os.environ.get("RLHF_JAX_ANCHORS", os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "anchors"))
+ANCHORS = os.environ.get(
+  "RLHF_JAX_ANCHORS",
+  os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "anchors"),
+)
 VENVS = os.environ.get("VENVS", os.path.expanduser("~/venvs"))
 
 # The anchors' GPT-2 shapes (shared/anchors/hf_common.py).
 SIZES = {
-    "small": dict(n_layer=4, n_embd=256, n_head=4, vocab=8192, n_positions=128),
-    "medium": dict(n_layer=8, n_embd=512, n_head=8, vocab=8192, n_positions=128),
+  "small": dict(n_layer=4, n_embd=256, n_head=4, vocab=8192, n_positions=128),
+  "medium": dict(n_layer=8, n_embd=512, n_head=8, vocab=8192, n_positions=128),
 }
 
 
@@ -31,18 +33,24 @@ def reward_step_flops(n_layers, d_model, seq_len, sequences):
   """Model FLOPs of one reward-model training step (forward + backward = 3x forward):
   6 x dense params x tokens plus attention (QK^T and AV, full, not causal-halved)."""
   tokens = sequences * seq_len
-  return 6 * 12 * n_layers * d_model ** 2 * tokens + 12 * n_layers * d_model * seq_len * tokens
+  return 6 * 12 * n_layers * d_model**2 * tokens + 12 * n_layers * d_model * seq_len * tokens
 
 
 def set_xla_threads():
   """Same XLA threading as the anchors' JAX scripts (only when XLA_FLAGS is unset)."""
   os.environ.setdefault(
-      "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=2")
+    "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=2"
+  )
 
 
 def summarize(ts):
-  return {"min": min(ts), "median": statistics.median(ts), "max": max(ts), "n": len(ts),
-          "times": [round(t, 6) for t in ts]}
+  return {
+    "min": min(ts),
+    "median": statistics.median(ts),
+    "max": max(ts),
+    "n": len(ts),
+    "times": [round(t, 6) for t in ts],
+  }
 
 
 def timeit(fn, repeats, warmup=1):
@@ -78,9 +86,16 @@ def unroll_arg(value):
 
 def info():
   import jax
-  return {"python": platform.python_version(), "jax": jax.__version__, "cpu": cpu_model(),
-          "devices": str(jax.devices()), "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-          "loadavg": os.getloadavg(), "nproc": os.cpu_count()}
+
+  return {
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "cpu": cpu_model(),
+    "devices": str(jax.devices()),
+    "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+    "loadavg": os.getloadavg(),
+    "nproc": os.cpu_count(),
+  }
 
 
 def emit(record, out=None):
@@ -95,14 +110,19 @@ def matmul_peak(n=2048, repeats=7, dtype="float32"):
   """Best and median GFLOP/s of an n^3 jitted matmul in ``dtype``, measured now."""
   import jax
   import jax.numpy as jnp
+
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32).astype(dtype)
   b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32).astype(dtype)
   f = jax.jit(lambda x, y: x @ y)
   f(a, b).block_until_ready()
   t = timeit(lambda: f(a, b).block_until_ready(), repeats)
-  flops = 2 * n ** 3
-  return {"gflops_best": flops / t["min"] / 1e9, "gflops_median": flops / t["median"] / 1e9,
-          "n": n, "dtype": dtype}
+  flops = 2 * n**3
+  return {
+    "gflops_best": flops / t["min"] / 1e9,
+    "gflops_median": flops / t["median"] / 1e9,
+    "n": n,
+    "dtype": dtype,
+  }
 
 
 def begin(out):
@@ -126,11 +146,12 @@ def run_peer(venv, script, args, timeout=1800):
   env.pop("XLA_FLAGS", None)  # the anchor scripts set their own
   env["BENCH_RESULTS_DIR"] = os.environ.get("BENCH_PEER_RESULTS", "/tmp/rlhf_jax_peer_results")
   print(f"[peer] {venv}: {script} {' '.join(args)}", file=sys.stderr, flush=True)
-  proc = subprocess.run([python, path, *args], capture_output=True, text=True, timeout=timeout,
-                        env=env, cwd=ANCHORS)
-  records = [json.loads(l[len("RESULT "):]) for l in proc.stdout.splitlines()
-             if l.startswith("RESULT ")]
+  proc = subprocess.run(
+    [python, path, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ANCHORS
+  )
+  records = [
+    json.loads(l[len("RESULT ") :]) for l in proc.stdout.splitlines() if l.startswith("RESULT ")
+  ]
   if proc.returncode != 0 or not records:
-    print(f"[peer] {script} failed (rc={proc.returncode}):\n{proc.stderr[-2000:]}",
-          file=sys.stderr)
+    print(f"[peer] {script} failed (rc={proc.returncode}):\n{proc.stderr[-2000:]}", file=sys.stderr)
   return records

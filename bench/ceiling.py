@@ -30,17 +30,23 @@ _common.set_xla_threads()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-
 import ppo as bench_ppo  # noqa: E402  (the model-FLOP count the PPO benchmark reports)
 
 
 def linear_trunk_grad(n_layers, d, vocab, tokens, head_tokens, models):
   """A jitted fwd+bwd over the model's dense matmuls only; returns (fn, weights, x)."""
   keys = iter(jax.random.split(jax.random.PRNGKey(0), 64 * n_layers * models + 8))
+
   def w(*shape):
     return jax.random.normal(next(keys), shape, jnp.float32) * 0.02
-  layers = [[dict(q=w(d, d), k=w(d, d), v=w(d, d), o=w(d, d), up=w(d, 4 * d), down=w(4 * d, d))
-             for _ in range(n_layers)] for _ in range(models)]
+
+  layers = [
+    [
+      dict(q=w(d, d), k=w(d, d), v=w(d, d), o=w(d, d), up=w(d, 4 * d), down=w(4 * d, d))
+      for _ in range(n_layers)
+    ]
+    for _ in range(models)
+  ]
   head = w(d, vocab) if head_tokens else None
   x = jax.random.normal(next(keys), (tokens, d), jnp.float32)
 
@@ -69,8 +75,9 @@ def main():
   args = ap.parse_args()
   peak = _common.begin(args.out)
   if not args.no_peers:  # PyTorch's (MKL) f32 GEMM rate on the same host, for the ratios
-    for rec in _common.run_peer("torch", "peak.py", ["--lib", "torch", "--sizes", "2048",
-                                                     "--copy-mib", "64"]):
+    for rec in _common.run_peer(
+      "torch", "peak.py", ["--lib", "torch", "--sizes", "2048", "--copy-mib", "64"]
+    ):
       if rec.get("test") == "matmul":
         _common.emit(dict(rec, tag="peer_matmul_peak_torch"), args.out)
 
@@ -84,20 +91,35 @@ def main():
     cfg = bench_ppo.model_cfg(size, "float32", False, "lm")
     flops = bench_ppo.update_flops(cfg, 64, 32, 32, 4, False)
     update_s = 16 * t["min"]
-    _common.emit({"tag": "ceiling_ppo_update", "size": size, "minibatch_step_s": t,
-                  "update_phase_ceiling_s": update_s, "update_gflop": flops / 1e9,
-                  "ceiling_gflops": flops / update_s / 1e9,
-                  "ceiling_fraction_of_peak": flops / update_s / 1e9 / peak["gflops_best"],
-                  "info": _common.info()}, args.out)
+    _common.emit(
+      {
+        "tag": "ceiling_ppo_update",
+        "size": size,
+        "minibatch_step_s": t,
+        "update_phase_ceiling_s": update_s,
+        "update_gflop": flops / 1e9,
+        "ceiling_gflops": flops / update_s / 1e9,
+        "ceiling_fraction_of_peak": flops / update_s / 1e9 / peak["gflops_best"],
+        "info": _common.info(),
+      },
+      args.out,
+    )
     # Reward step: 64 sequences x 64 tokens, scalar head (a d-vector: no matmul worth timing).
     fn, params, x = linear_trunk_grad(n, d, vocab, 64 * 64, 0, models=1)
     t = _common.timeit(lambda: jax.block_until_ready(fn(params, x)), args.repeats)
     flops = _common.reward_step_flops(n, d, 64, 64)
-    _common.emit({"tag": "ceiling_reward_step", "size": size, "step_s": t,
-                  "ceiling_pairs_per_s": 32 / t["min"],
-                  "ceiling_gflops": flops / t["min"] / 1e9,
-                  "ceiling_fraction_of_peak": flops / t["min"] / 1e9 / peak["gflops_best"],
-                  "info": _common.info()}, args.out)
+    _common.emit(
+      {
+        "tag": "ceiling_reward_step",
+        "size": size,
+        "step_s": t,
+        "ceiling_pairs_per_s": 32 / t["min"],
+        "ceiling_gflops": flops / t["min"] / 1e9,
+        "ceiling_fraction_of_peak": flops / t["min"] / 1e9 / peak["gflops_best"],
+        "info": _common.info(),
+      },
+      args.out,
+    )
 
 
 if __name__ == "__main__":

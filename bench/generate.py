@@ -56,8 +56,13 @@ from rlhf_jax.models import Transformer, TransformerConfig, init_params  # noqa:
 
 def model_for(size: str):
   s = SIZES[size]
-  cfg = TransformerConfig(vocab_size=s["vocab"], d_model=s["n_embd"], n_layers=s["n_layer"],
-                          n_heads=s["n_head"], max_len=s["n_positions"])
+  cfg = TransformerConfig(
+    vocab_size=s["vocab"],
+    d_model=s["n_embd"],
+    n_layers=s["n_layer"],
+    n_heads=s["n_head"],
+    max_len=s["n_positions"],
+  )
   model = Transformer(cfg)
   return model, init_params(model, jax.random.PRNGKey(0))
 
@@ -101,9 +106,20 @@ def bench_ours(model, params, ids, mask, new_tokens, repeats, eos_mode):
 
   def run():
     calls[0] += 1
-    out = generation.sample(model, params, ids, mask, jax.random.PRNGKey(calls[0]),
-                            max_new_tokens=new_tokens, eos_id=eos_id, pad_id=vocab - 2,
-                            temperature=1.0, top_k=0, top_p=1.0, min_new_tokens=min_new)
+    out = generation.sample(
+      model,
+      params,
+      ids,
+      mask,
+      jax.random.PRNGKey(calls[0]),
+      max_new_tokens=new_tokens,
+      eos_id=eos_id,
+      pad_id=vocab - 2,
+      temperature=1.0,
+      top_k=0,
+      top_p=1.0,
+      min_new_tokens=min_new,
+    )
     jax.block_until_ready(out)
     assert int(out.steps) == new_tokens and int(out.lengths_B.min()) == new_tokens
     return out
@@ -112,8 +128,9 @@ def bench_ours(model, params, ids, mask, new_tokens, repeats, eos_mode):
   run()
   first = time.perf_counter() - t0
   secs = time_calls(run, repeats)
-  return secs, dict(first_call_s=first, eos_id=eos_id, min_new_tokens=min_new,
-                    compiles=generation.compile_count())
+  return secs, dict(
+    first_call_s=first, eos_id=eos_id, min_new_tokens=min_new, compiles=generation.compile_count()
+  )
 
 
 def hf_model(model, params, tmp):
@@ -123,8 +140,14 @@ def hf_model(model, params, tmp):
   from rlhf_jax.models.hf import save_pretrained
 
   vocab = model.cfg.vocab_size
-  path = save_pretrained(model, params, os.path.join(tmp, "gpt2"), pad_token_id=vocab - 2,
-                         bos_token_id=vocab - 1, eos_token_id=vocab - 1)
+  path = save_pretrained(
+    model,
+    params,
+    os.path.join(tmp, "gpt2"),
+    pad_token_id=vocab - 2,
+    bos_token_id=vocab - 1,
+    eos_token_id=vocab - 1,
+  )
   hf = GPT2LMHeadModel.from_pretrained(str(path), dtype=torch.float32).eval()
   return hf
 
@@ -137,10 +160,18 @@ def bench_hf(hf, ids, new_tokens, repeats):
 
   def run():
     with torch.inference_mode():
-      out = hf.generate(input_ids=ids_t, attention_mask=mask_t, do_sample=True, top_k=0,
-                        top_p=1.0, temperature=1.0, max_new_tokens=new_tokens,
-                        min_new_tokens=new_tokens, use_cache=True,
-                        pad_token_id=hf.config.pad_token_id)
+      out = hf.generate(
+        input_ids=ids_t,
+        attention_mask=mask_t,
+        do_sample=True,
+        top_k=0,
+        top_p=1.0,
+        temperature=1.0,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        use_cache=True,
+        pad_token_id=hf.config.pad_token_id,
+      )
     assert out.shape == (ids_t.shape[0], ids_t.shape[1] + new_tokens), out.shape
     return out
 
@@ -174,6 +205,7 @@ def main():
     try:
       import torch
       import transformers  # noqa: F401
+
       torch.set_num_threads(args.threads)
     except ImportError as e:  # peers are optional
       print(f"# Hugging Face generate skipped: {e}", flush=True)
@@ -183,20 +215,37 @@ def main():
   for size in args.sizes.split(","):
     model, params = model_for(size)
     vocab = model.cfg.vocab_size
-    ids = jax.random.randint(jax.random.PRNGKey(123), (args.batch, args.prompt_len), 0,
-                             vocab - 2, jnp.int32)
+    ids = jax.random.randint(
+      jax.random.PRNGKey(123), (args.batch, args.prompt_len), 0, vocab - 2, jnp.int32
+    )
     mask = jnp.ones_like(ids)
     toks = args.batch * args.new_tokens
-    common = dict(size=size, batch=args.batch, prompt_len=args.prompt_len,
-                  new_tokens=args.new_tokens, temperature=1.0, top_k=0, top_p=1.0,
-                  dtype="float32", info=info())
+    common = dict(
+      size=size,
+      batch=args.batch,
+      prompt_len=args.prompt_len,
+      new_tokens=args.new_tokens,
+      temperature=1.0,
+      top_k=0,
+      top_p=1.0,
+      dtype="float32",
+      info=info(),
+    )
 
-    secs, extra = bench_ours(model, params, ids, mask, args.new_tokens, args.repeats,
-                             args.eos_mode)
+    secs, extra = bench_ours(model, params, ids, mask, args.new_tokens, args.repeats, args.eos_mode)
     ours = toks / secs["median"]
-    emit(dict(common, impl="rlhf_jax.generation.sample", eos_mode=args.eos_mode,
-              new_tok_per_s_best=toks / secs["min"], new_tok_per_s_median=ours, secs=secs,
-              **extra), args.out)
+    emit(
+      dict(
+        common,
+        impl="rlhf_jax.generation.sample",
+        eos_mode=args.eos_mode,
+        new_tok_per_s_best=toks / secs["min"],
+        new_tok_per_s_median=ours,
+        secs=secs,
+        **extra,
+      ),
+      args.out,
+    )
 
     if torch is not None:
       with tempfile.TemporaryDirectory() as tmp:
@@ -204,11 +253,20 @@ def main():
       diff = logit_check(model, params, hf, ids[:4])
       secs = bench_hf(hf, ids, args.new_tokens, args.repeats)
       theirs = toks / secs["median"]
-      emit(dict(common, impl="hf_generate", torch=torch.__version__,
-                transformers=__import__("transformers").__version__,
-                torch_threads=torch.get_num_threads(), max_abs_logit_diff_vs_ours=diff,
-                new_tok_per_s_best=toks / secs["min"], new_tok_per_s_median=theirs, secs=secs),
-           args.out)
+      emit(
+        dict(
+          common,
+          impl="hf_generate",
+          torch=torch.__version__,
+          transformers=__import__("transformers").__version__,
+          torch_threads=torch.get_num_threads(),
+          max_abs_logit_diff_vs_ours=diff,
+          new_tok_per_s_best=toks / secs["min"],
+          new_tok_per_s_median=theirs,
+          secs=secs,
+        ),
+        args.out,
+      )
       ratios[size] = ours / theirs
       del hf
 

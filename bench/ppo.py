@@ -20,7 +20,6 @@ on the same workload, in the same run, as ratios.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 
@@ -40,15 +39,23 @@ from rlhf_jax.models import Transformer, TransformerConfig, init_params  # noqa:
 
 def model_cfg(size, dtype, remat, head, scan_unroll=1):
   s = _common.SIZES[size]
-  return TransformerConfig(vocab_size=s["vocab"], d_model=s["n_embd"], n_layers=s["n_layer"],
-                           n_heads=s["n_head"], max_len=s["n_positions"], dtype=dtype,
-                           remat=remat, head=head, scan_unroll=scan_unroll)
+  return TransformerConfig(
+    vocab_size=s["vocab"],
+    d_model=s["n_embd"],
+    n_layers=s["n_layer"],
+    n_heads=s["n_head"],
+    max_len=s["n_positions"],
+    dtype=dtype,
+    remat=remat,
+    head=head,
+    scan_unroll=scan_unroll,
+  )
 
 
 def update_flops(cfg: TransformerConfig, batch, prompt_len, resp_len, epochs, shared_trunk):
   """Model FLOPs of the update phase (forward + backward = 3x forward)."""
   t = prompt_len + resp_len
-  trunk = 12 * cfg.n_layers * cfg.d_model ** 2
+  trunk = 12 * cfg.n_layers * cfg.d_model**2
   attn = 2 * cfg.n_layers * cfg.d_model * t  # QK^T + AV per token, full (not causal-halved)
   lm_head = cfg.vocab_size * cfg.d_model
   tokens = batch * t
@@ -60,12 +67,20 @@ def update_flops(cfg: TransformerConfig, batch, prompt_len, resp_len, epochs, sh
 
 def bench_ours(size, args, peak):
   b, p, n = args.batch, args.prompt_len, args.response_len
-  hp = ppo.PPOHparams(response_len=n, num_minibatches=args.minibatches, epochs=args.epochs,
-                      temperature=1.0, eos_id=_common.SIZES[size]["vocab"], pad_id=0,
-                      adaptive_kl=False, whiten_advantages=True,
-                      shared_trunk=args.shared_trunk)
-  policy = Transformer(model_cfg(size, args.dtype, args.remat,
-                                 "both" if args.shared_trunk else "lm", args.scan_unroll))
+  hp = ppo.PPOHparams(
+    response_len=n,
+    num_minibatches=args.minibatches,
+    epochs=args.epochs,
+    temperature=1.0,
+    eos_id=_common.SIZES[size]["vocab"],
+    pad_id=0,
+    adaptive_kl=False,
+    whiten_advantages=True,
+    shared_trunk=args.shared_trunk,
+  )
+  policy = Transformer(
+    model_cfg(size, args.dtype, args.remat, "both" if args.shared_trunk else "lm", args.scan_unroll)
+  )
   rm = Transformer(model_cfg(size, args.dtype, args.remat, "scalar", args.scan_unroll))
   k = jax.random.split(jax.random.PRNGKey(0), 3)
   pp = init_params(policy, k[0])
@@ -75,8 +90,7 @@ def bench_ours(size, args, peak):
   frozen = ppo.PPOFrozen(ref, rp, jnp.float32(1.0), jnp.float32(0.0))
   opt = optax.adam(1e-5)
   state = ppo.init_ppo_state(params, opt, 0.05, jax.random.PRNGKey(1))
-  ids = np.random.default_rng(0).integers(1, _common.SIZES[size]["vocab"], (b, p)).astype(
-      np.int32)
+  ids = np.random.default_rng(0).integers(1, _common.SIZES[size]["vocab"], (b, p)).astype(np.int32)
   mask = np.ones_like(ids)
   value_model = None if args.shared_trunk else rm
   it = jax.jit(ppo.make_ppo_iteration(policy, value_model, rm, opt, hp), donate_argnums=0)
@@ -87,6 +101,7 @@ def bench_ours(size, args, peak):
     jax.block_until_ready(m)
 
   import time
+
   t0 = time.perf_counter()
   one()
   first = time.perf_counter() - t0
@@ -98,8 +113,9 @@ def bench_ours(size, args, peak):
   st = holder["state"]
   ro = rollout_j(st, frozen, ids, mask)
   jax.block_until_ready(ro)
-  t_roll = _common.timeit(lambda: jax.block_until_ready(rollout_j(st, frozen, ids, mask)),
-                          args.iters)
+  t_roll = _common.timeit(
+    lambda: jax.block_until_ready(rollout_j(st, frozen, ids, mask)), args.iters
+  )
   t_upd = _common.timeit(lambda: jax.block_until_ready(update_j(st, *ro)), args.iters)
   # The sampler as the iteration runs it (a pure function inside the program, params as the
   # state stores them) next to the public sampler that bench/generate.py times.
@@ -108,12 +124,23 @@ def bench_ours(size, args, peak):
   seeds = iter(range(1, 10_000))
   jax.block_until_ready(inner(pol, jax.random.PRNGKey(0)))
   t_inner = _common.timeit(
-      lambda: jax.block_until_ready(inner(pol, jax.random.PRNGKey(next(seeds)))), args.iters)
+    lambda: jax.block_until_ready(inner(pol, jax.random.PRNGKey(next(seeds)))), args.iters
+  )
 
   def public():
-    out = generation.sample(policy, pol, ids, mask, jax.random.PRNGKey(next(seeds)),
-                            max_new_tokens=n, eos_id=hp.eos_id, pad_id=hp.pad_id,
-                            temperature=1.0, top_k=0, top_p=1.0)
+    out = generation.sample(
+      policy,
+      pol,
+      ids,
+      mask,
+      jax.random.PRNGKey(next(seeds)),
+      max_new_tokens=n,
+      eos_id=hp.eos_id,
+      pad_id=hp.pad_id,
+      temperature=1.0,
+      top_k=0,
+      top_p=1.0,
+    )
     jax.block_until_ready(out.tokens_BN)
 
   public()
@@ -121,19 +148,31 @@ def bench_ours(size, args, peak):
   flops = update_flops(policy.cfg, b, p, n, args.epochs, args.shared_trunk)
   upd_gflops = flops / t_upd["median"] / 1e9
   rec = {
-      "tag": "ppo_rlhf_jax", "size": size, "dtype": args.dtype, "remat": args.remat,
-      "scan_unroll": policy.cfg.scan_unroll,
-      "shared_trunk": args.shared_trunk, "batch": b, "prompt_len": p, "response_len": n,
-      "epochs": args.epochs, "minibatches": args.minibatches, "first_iter_s": first,
-      "s_per_iter": whole, "samples_per_s_median": b / whole["median"],
-      "samples_per_s_best": b / whole["min"], "rollout_phase_s": t_roll,
-      "update_phase_s": t_upd, "update_gflop": flops / 1e9,
-      "sampler_in_iteration_s": t_inner, "generation_sample_s": t_public,
-      "sampler_in_iteration_tok_per_s": b * n / t_inner["median"],
-      "generation_sample_tok_per_s": b * n / t_public["median"],
-      "update_gflops_median": upd_gflops,
-      "update_fraction_of_peak": upd_gflops / peak["gflops_best"],
-      "info": _common.info(),
+    "tag": "ppo_rlhf_jax",
+    "size": size,
+    "dtype": args.dtype,
+    "remat": args.remat,
+    "scan_unroll": policy.cfg.scan_unroll,
+    "shared_trunk": args.shared_trunk,
+    "batch": b,
+    "prompt_len": p,
+    "response_len": n,
+    "epochs": args.epochs,
+    "minibatches": args.minibatches,
+    "first_iter_s": first,
+    "s_per_iter": whole,
+    "samples_per_s_median": b / whole["median"],
+    "samples_per_s_best": b / whole["min"],
+    "rollout_phase_s": t_roll,
+    "update_phase_s": t_upd,
+    "update_gflop": flops / 1e9,
+    "sampler_in_iteration_s": t_inner,
+    "generation_sample_s": t_public,
+    "sampler_in_iteration_tok_per_s": b * n / t_inner["median"],
+    "generation_sample_tok_per_s": b * n / t_public["median"],
+    "update_gflops_median": upd_gflops,
+    "update_fraction_of_peak": upd_gflops / peak["gflops_best"],
+    "info": _common.info(),
   }
   _common.emit(rec, args.out)
   return rec
@@ -150,27 +189,40 @@ def main():
   ap.add_argument("--iters", type=int, default=5)
   ap.add_argument("--dtype", default="float32")
   ap.add_argument("--remat", action="store_true")
-  ap.add_argument("--scan-unroll", type=_common.unroll_arg, default="all",
-                  help="layers per scan iteration; 'all' (default) unrolls every layer")
+  ap.add_argument(
+    "--scan-unroll",
+    type=_common.unroll_arg,
+    default="all",
+    help="layers per scan iteration; 'all' (default) unrolls every layer",
+  )
   ap.add_argument("--shared-trunk", action="store_true")
   ap.add_argument("--no-peers", action="store_true")
   ap.add_argument("--out", default=None)
   args = ap.parse_args()
   peak = _common.begin(args.out)
   if args.dtype != "float32":  # does XLA:CPU run this dtype's matmuls faster than float32?
-    _common.emit(dict(_common.matmul_peak(dtype=args.dtype), tag=f"matmul_peak_{args.dtype}",
-                      info=_common.info()), args.out)
+    _common.emit(
+      dict(
+        _common.matmul_peak(dtype=args.dtype), tag=f"matmul_peak_{args.dtype}", info=_common.info()
+      ),
+      args.out,
+    )
   summary = []
   for size in args.sizes.split(","):
     ours = bench_ours(size, args, peak)
-    line = {"size": size, "dtype": args.dtype, "shared_trunk": args.shared_trunk,
-            "ours_samples_per_s": ours["samples_per_s_median"],
-            "update_fraction_of_peak": ours["update_fraction_of_peak"]}
+    line = {
+      "size": size,
+      "dtype": args.dtype,
+      "shared_trunk": args.shared_trunk,
+      "ours_samples_per_s": ours["samples_per_s_median"],
+      "update_fraction_of_peak": ours["update_fraction_of_peak"],
+    }
     if not args.no_peers:
       iters = "6" if size == "small" else "4"
       trl = _common.run_peer("trl112", "ppo_trl112.py", ["--size", size, "--iters", iters])
-      tunix = _common.run_peer("tunix", "ppo_tunix.py", ["--size", size, "--iters",
-                                                         "5" if size == "small" else "4"])
+      tunix = _common.run_peer(
+        "tunix", "ppo_tunix.py", ["--size", size, "--iters", "5" if size == "small" else "4"]
+      )
       for name, recs in (("trl", trl), ("tunix", tunix)):
         if recs:
           r = recs[-1]

@@ -30,10 +30,17 @@ from rlhf_jax.models import Transformer, TransformerConfig, init_params  # noqa:
 
 def bench_ours(size, args, peak):
   s = _common.SIZES[size]
-  cfg = TransformerConfig(vocab_size=s["vocab"], d_model=s["n_embd"], n_layers=s["n_layer"],
-                          n_heads=s["n_head"], max_len=s["n_positions"], head="scalar",
-                          dtype=args.dtype, remat=args.remat,
-                          scan_unroll=args.scan_unroll)
+  cfg = TransformerConfig(
+    vocab_size=s["vocab"],
+    d_model=s["n_embd"],
+    n_layers=s["n_layer"],
+    n_heads=s["n_head"],
+    max_len=s["n_positions"],
+    head="scalar",
+    dtype=args.dtype,
+    remat=args.remat,
+    scan_unroll=args.scan_unroll,
+  )
   model = Transformer(cfg)
   hp = reward.RewardHparams(tie_model="bradley_terry", learn_tie_param=False)
   opt = optax.adamw(1e-5)
@@ -44,8 +51,13 @@ def bench_ours(size, args, peak):
   ids_a = rng.integers(1, s["vocab"], (b, t)).astype(np.int32)
   ids_b = rng.integers(1, s["vocab"], (b, t)).astype(np.int32)
   ids_a[:, -1] = ids_b[:, -1] = 0
-  batch = {"ids_a": ids_a, "mask_a": np.ones_like(ids_a), "ids_b": ids_b,
-           "mask_b": np.ones_like(ids_b), "label": np.zeros(b, np.int32)}
+  batch = {
+    "ids_a": ids_a,
+    "mask_a": np.ones_like(ids_a),
+    "ids_b": ids_b,
+    "mask_b": np.ones_like(ids_b),
+    "label": np.zeros(b, np.int32),
+  }
   holder = {"state": state}
 
   def one():
@@ -54,13 +66,21 @@ def bench_ours(size, args, peak):
 
   t_step = _common.timeit(one, args.steps, warmup=2)
   flops = _common.reward_step_flops(cfg.n_layers, cfg.d_model, t, 2 * b)
-  rec = {"tag": "reward_rlhf_jax", "size": size, "dtype": args.dtype, "remat": args.remat,
-         "scan_unroll": cfg.scan_unroll,
-         "pairs_per_step": b, "seq_len": t, "s_per_step": t_step,
-         "pairs_per_s_median": b / t_step["median"], "pairs_per_s_best": b / t_step["min"],
-         "gflops_median": flops / t_step["median"] / 1e9,
-         "fraction_of_peak": flops / t_step["median"] / 1e9 / peak["gflops_best"],
-         "info": _common.info()}
+  rec = {
+    "tag": "reward_rlhf_jax",
+    "size": size,
+    "dtype": args.dtype,
+    "remat": args.remat,
+    "scan_unroll": cfg.scan_unroll,
+    "pairs_per_step": b,
+    "seq_len": t,
+    "s_per_step": t_step,
+    "pairs_per_s_median": b / t_step["median"],
+    "pairs_per_s_best": b / t_step["min"],
+    "gflops_median": flops / t_step["median"] / 1e9,
+    "fraction_of_peak": flops / t_step["median"] / 1e9 / peak["gflops_best"],
+    "info": _common.info(),
+  }
   _common.emit(rec, args.out)
   return rec
 
@@ -73,8 +93,12 @@ def main():
   ap.add_argument("--steps", type=int, default=10)
   ap.add_argument("--dtype", default="float32")
   ap.add_argument("--remat", action="store_true")
-  ap.add_argument("--scan-unroll", type=_common.unroll_arg, default="all",
-                  help="layers per scan iteration; 'all' (default) unrolls every layer")
+  ap.add_argument(
+    "--scan-unroll",
+    type=_common.unroll_arg,
+    default="all",
+    help="layers per scan iteration; 'all' (default) unrolls every layer",
+  )
   ap.add_argument("--no-peers", action="store_true")
   ap.add_argument("--out", default=None)
   args = ap.parse_args()

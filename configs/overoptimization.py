@@ -36,8 +36,9 @@ VARIANTS = ("default", "smoke")  # configs/overoptimization.py:<variant>
 def get_config(arg=None):
   variant = arg or "default"
   if variant not in VARIANTS:
-    raise ValueError(f"configs/overoptimization.py: unknown variant {variant!r}; use 'default' "
-                     "or 'smoke'")
+    raise ValueError(
+      f"configs/overoptimization.py: unknown variant {variant!r}; use 'default' or 'smoke'"
+    )
   c = _sentiment().get_config(variant)
   c.task = "overoptimization"
   for key in ("rounds", "eval", "targets"):

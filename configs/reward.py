@@ -16,27 +16,39 @@ labels; the trained model is written to WORKDIR/model in Hugging Face layout.
 
 import ml_collections as mlc
 
-
 VARIANTS = (None,)  # no variants: configs/reward.py
 
 
 def get_config(arg=None):
   if arg:
-    raise ValueError(f"configs/reward.py: unknown variant {arg!r}; this config has no variants "
-                     "(use configs/reward.py)")
+    raise ValueError(
+      f"configs/reward.py: unknown variant {arg!r}; this config has no variants "
+      "(use configs/reward.py)"
+    )
   c = mlc.ConfigDict()
   c.task = "reward"
   c.distributed = dict(auto=False)
-  c.model = dict(path="", preset="gpt2-small", vocab_size=8192, dtype="float32", remat=False,
-                 scan_unroll=0)  # every layer unrolled: faster on CPU than a layer scan
+  c.model = dict(
+    path="", preset="gpt2-small", vocab_size=8192, dtype="float32", remat=False, scan_unroll=0
+  )  # every layer unrolled: faster on CPU than a layer scan
   c.preferences = ""
   c.heldout_fraction = 0.1
   c.prompt_len = 16
   c.response_len = 24
-  c.hparams = dict(tie_model="rao_kupper", init_tie_param=1.5, learn_tie_param=True,
-                   center_coef=0.0)
-  c.optimizer = dict(name="adamw", learning_rate=1e-4, anneal=True, warmup_steps=10, b1=0.9,
-                     b2=0.999, eps=1e-8, weight_decay=0.0, max_grad_norm=1.0)
+  c.hparams = dict(
+    tie_model="rao_kupper", init_tie_param=1.5, learn_tie_param=True, center_coef=0.0
+  )
+  c.optimizer = dict(
+    name="adamw",
+    learning_rate=1e-4,
+    anneal=True,
+    warmup_steps=10,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    weight_decay=0.0,
+    max_grad_norm=1.0,
+  )
   c.mesh = dict(data=1, fsdp=-1, tensor=1)
   c.epochs = 2
   c.batch_size = 32

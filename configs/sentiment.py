@@ -49,15 +49,16 @@ iterations and ended at KL 7.7-12).
 
 import ml_collections as mlc
 
-
 VARIANTS = ("default", "smoke", "openai", "openai_smoke")  # configs/sentiment.py:<variant>
 
 
 def get_config(arg=None):
   variant = arg or "default"
   if variant not in VARIANTS:
-    raise ValueError(f"configs/sentiment.py: unknown variant {variant!r}; use 'default', "
-                     "'smoke', 'openai' or 'openai_smoke'")
+    raise ValueError(
+      f"configs/sentiment.py: unknown variant {variant!r}; use 'default', "
+      "'smoke', 'openai' or 'openai_smoke'"
+    )
   c = mlc.ConfigDict()
   c.task = "pipeline"
   # Multi-host runs (TPU pods, SLURM GPU clusters): set auto=True so jax.distributed
@@ -82,8 +83,17 @@ def get_config(arg=None):
   c.base.preset = "gpt2-small"  # 4 layers x 256, tied embeddings
   c.base.steps = 800
   c.base.batch_size = 32
-  c.base.optimizer = dict(name="adamw", learning_rate=1e-3, anneal=True, warmup_steps=50,
-                          b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, max_grad_norm=1.0)
+  c.base.optimizer = dict(
+    name="adamw",
+    learning_rate=1e-3,
+    anneal=True,
+    warmup_steps=50,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    weight_decay=0.01,
+    max_grad_norm=1.0,
+  )
 
   c.feedback = mlc.ConfigDict()
   c.feedback.source = "simulated"  # "simulated" | "ai_judge" | "human" | "module:function"
@@ -100,22 +110,61 @@ def get_config(arg=None):
   c.feedback.judge_principles = ("Prefer the response that is more positive and kind.",)
 
   c.reward = mlc.ConfigDict()
-  c.reward.hparams = dict(tie_model="rao_kupper", init_tie_param=1.5, learn_tie_param=True,
-                          center_coef=0.0)
+  c.reward.hparams = dict(
+    tie_model="rao_kupper", init_tie_param=1.5, learn_tie_param=True, center_coef=0.0
+  )
   c.reward.epochs = 2
   c.reward.batch_size = 32
-  c.reward.optimizer = dict(name="adamw", learning_rate=5e-4, anneal=True, warmup_steps=10,
-                            b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, max_grad_norm=1.0)
+  c.reward.optimizer = dict(
+    name="adamw",
+    learning_rate=5e-4,
+    anneal=True,
+    warmup_steps=10,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    weight_decay=0.0,
+    max_grad_norm=1.0,
+  )
 
   c.ppo = mlc.ConfigDict()
   c.ppo.hparams = dict(
-      response_len=16, num_minibatches=4, epochs=2, temperature=0.7, top_k=0, top_p=1.0,
-      min_response_len=0, missing_stop="none", missing_stop_score=-1.0,
-      missing_stop_penalty=1.0, kl_estimator="k1", adaptive_kl=True, kl_target=5.5, kl_horizon=250.0, gamma=1.0, lam=0.95, clip_eps=0.2,
-      value_clip_eps=0.2, vf_coef=0.1, whiten_rewards=False, whiten_advantages=True,
-      unbiased_whitening=False, shared_trunk=False, recompute_old_logprobs=None)
-  c.ppo.optimizer = dict(name="tf_adam", learning_rate=1e-4, anneal=True, warmup_steps=0,
-                         b1=0.9, b2=0.999, eps=1e-5, weight_decay=0.0, max_grad_norm=1.0)
+    response_len=16,
+    num_minibatches=4,
+    epochs=2,
+    temperature=0.7,
+    top_k=0,
+    top_p=1.0,
+    min_response_len=0,
+    missing_stop="none",
+    missing_stop_score=-1.0,
+    missing_stop_penalty=1.0,
+    kl_estimator="k1",
+    adaptive_kl=True,
+    kl_target=5.5,
+    kl_horizon=250.0,
+    gamma=1.0,
+    lam=0.95,
+    clip_eps=0.2,
+    value_clip_eps=0.2,
+    vf_coef=0.1,
+    whiten_rewards=False,
+    whiten_advantages=True,
+    unbiased_whitening=False,
+    shared_trunk=False,
+    recompute_old_logprobs=None,
+  )
+  c.ppo.optimizer = dict(
+    name="tf_adam",
+    learning_rate=1e-4,
+    anneal=True,
+    warmup_steps=0,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-5,
+    weight_decay=0.0,
+    max_grad_norm=1.0,
+  )
   c.ppo.iterations = 24
   c.ppo.batch_size = 64
   c.ppo.init_kl_coef = 0.2
@@ -132,8 +181,7 @@ def get_config(arg=None):
 
   c.mesh = dict(data=1, fsdp=-1, tensor=1)
   # Checked against the last round in report.md.
-  c.targets = dict(win_rate=">= 0.9", kl="<= 6", rm_accuracy=">= 0.8",
-                   perplexity_ratio="<= 1.5")
+  c.targets = dict(win_rate=">= 0.9", kl="<= 6", rm_accuracy=">= 0.8", perplexity_ratio="<= 1.5")
 
   if variant.startswith("openai"):
     # lm-human-preferences' sentiment hyper-parameters (Ziegler et al. 2019): value head on
@@ -144,14 +192,31 @@ def get_config(arg=None):
     # with Bradley-Terry loss, lr 5e-5, 1 epoch, batch 32. Model size, prompts and the
     # number of PPO iterations stay this run's.
     c.ppo.hparams.update(
-        response_len=24, num_minibatches=1, epochs=4, temperature=0.7, min_response_len=17,
-        missing_stop="replace", missing_stop_score=-1.0, kl_estimator="k1", adaptive_kl=True,
-        kl_target=6.0, kl_horizon=10000.0, gamma=1.0, lam=0.95, clip_eps=0.2,
-        value_clip_eps=0.2, vf_coef=0.1, whiten_rewards=True, whiten_advantages=True,
-        unbiased_whitening=False, shared_trunk=True)
+      response_len=24,
+      num_minibatches=1,
+      epochs=4,
+      temperature=0.7,
+      min_response_len=17,
+      missing_stop="replace",
+      missing_stop_score=-1.0,
+      kl_estimator="k1",
+      adaptive_kl=True,
+      kl_target=6.0,
+      kl_horizon=10000.0,
+      gamma=1.0,
+      lam=0.95,
+      clip_eps=0.2,
+      value_clip_eps=0.2,
+      vf_coef=0.1,
+      whiten_rewards=True,
+      whiten_advantages=True,
+      unbiased_whitening=False,
+      shared_trunk=True,
+    )
     c.ppo.stop_text = "."
-    c.ppo.optimizer.update(name="tf_adam", learning_rate=1e-5, anneal=True, warmup_steps=0,
-                           eps=1e-5, max_grad_norm=0.0)
+    c.ppo.optimizer.update(
+      name="tf_adam", learning_rate=1e-5, anneal=True, warmup_steps=0, eps=1e-5, max_grad_norm=0.0
+    )
     c.ppo.batch_size = 512
     c.ppo.init_kl_coef = 0.15
     c.reward.hparams.update(tie_model="bradley_terry")

@@ -15,7 +15,6 @@ checkpoint directory with tokenizer files:
 
 import ml_collections as mlc
 
-
 VARIANTS = ("corpus", "jsonl")  # configs/sft.py:<data source>
 
 
@@ -26,13 +25,28 @@ def get_config(arg=None):
   c = mlc.ConfigDict()
   c.task = "sft"
   c.distributed = dict(auto=False)
-  c.model = dict(path="", preset="gpt2-small", vocab_size=8192, dtype="float32", remat=False,
-                 scan_unroll=0)  # every layer unrolled: faster on CPU than a layer scan
-  c.data = dict(source=source, path="", cache_dir="",
-                sources=("fortunes", "bible", "austen", "shakespeare"), vocab_size=8192,
-                seq_len=64)
-  c.optimizer = dict(name="adamw", learning_rate=1e-3, anneal=True, warmup_steps=50, b1=0.9,
-                     b2=0.999, eps=1e-8, weight_decay=0.01, max_grad_norm=1.0)
+  c.model = dict(
+    path="", preset="gpt2-small", vocab_size=8192, dtype="float32", remat=False, scan_unroll=0
+  )  # every layer unrolled: faster on CPU than a layer scan
+  c.data = dict(
+    source=source,
+    path="",
+    cache_dir="",
+    sources=("fortunes", "bible", "austen", "shakespeare"),
+    vocab_size=8192,
+    seq_len=64,
+  )
+  c.optimizer = dict(
+    name="adamw",
+    learning_rate=1e-3,
+    anneal=True,
+    warmup_steps=50,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    weight_decay=0.01,
+    max_grad_norm=1.0,
+  )
   c.mesh = dict(data=1, fsdp=-1, tensor=1)
   c.steps = 1000
   c.batch_size = 32

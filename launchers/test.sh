@@ -4,5 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launchers/setup_env.sh test
-if [ "$#" -eq 0 ]; then set -- -m "not slow"; fi
+if [ "$#" -eq 0 ]; then
+  # One code dialect (pyproject.toml [tool.ruff]): formatting drift or a lint error fails the run.
+  ruff format --check --quiet rlhf_jax tests configs bench launchers
+  ruff check --quiet rlhf_jax tests configs bench launchers
+  set -- -m "not slow"
+fi
 exec python -m pytest -q "$@"

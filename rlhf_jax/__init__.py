@@ -17,12 +17,33 @@ Public API (stable names; anything not listed here may change):
   (imported on use: they pull in heavier dependencies)
 """
 
-from rlhf_jax import advantages, generation, kl, losses, models, ops, optim, sharding
-from rlhf_jax import ppo, reward, sft
+from rlhf_jax import (
+  advantages,
+  generation,
+  kl,
+  losses,
+  models,
+  ops,
+  optim,
+  ppo,
+  reward,
+  sft,
+  sharding,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "advantages", "generation", "kl", "losses", "models", "ops", "optim", "sharding", "ppo",
-    "reward", "sft", "__version__",
+  "advantages",
+  "generation",
+  "kl",
+  "losses",
+  "models",
+  "ops",
+  "optim",
+  "sharding",
+  "ppo",
+  "reward",
+  "sft",
+  "__version__",
 ]

@@ -61,19 +61,19 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 __all__ = [
-    "EXIT_PREEMPTED",
-    "Preempted",
-    "CheckpointError",
-    "open_manager",
-    "save",
-    "latest_step",
-    "all_steps",
-    "restore",
-    "abstract_like",
-    "PreemptionGuard",
-    "preemption_requested",
-    "check_preemption",
-    "clear_preemption",
+  "EXIT_PREEMPTED",
+  "Preempted",
+  "CheckpointError",
+  "open_manager",
+  "save",
+  "latest_step",
+  "all_steps",
+  "restore",
+  "abstract_like",
+  "PreemptionGuard",
+  "preemption_requested",
+  "check_preemption",
+  "clear_preemption",
 ]
 
 _log = logging.getLogger(__name__)
@@ -98,12 +98,18 @@ class Preempted(Exception):
 
 # ----------------------------------------------------------------------------- manager
 
+
 def _is_local(directory: str) -> bool:
   return "://" not in directory
 
 
-def open_manager(directory: str | os.PathLike, max_to_keep: Optional[int] = 3,
-                 async_save: bool = True, *, create: bool = True) -> ocp.CheckpointManager:
+def open_manager(
+  directory: str | os.PathLike,
+  max_to_keep: Optional[int] = 3,
+  async_save: bool = True,
+  *,
+  create: bool = True,
+) -> ocp.CheckpointManager:
   """Opens (and by default creates) a checkpoint directory.
 
   Args:
@@ -128,12 +134,17 @@ def open_manager(directory: str | os.PathLike, max_to_keep: Optional[int] = 3,
     if not create and not os.path.isdir(directory):
       raise FileNotFoundError(f"checkpoint directory {directory!r} does not exist")
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=create, enable_async_checkpointing=async_save)
+    max_to_keep=max_to_keep, create=create, enable_async_checkpointing=async_save
+  )
   return ocp.CheckpointManager(
-      directory, options=options,
-      item_handlers={"state": ocp.StandardCheckpointHandler(),
-                     "extra": ocp.JsonCheckpointHandler(),
-                     "meta": ocp.JsonCheckpointHandler()})
+    directory,
+    options=options,
+    item_handlers={
+      "state": ocp.StandardCheckpointHandler(),
+      "extra": ocp.JsonCheckpointHandler(),
+      "meta": ocp.JsonCheckpointHandler(),
+    },
+  )
 
 
 def latest_step(manager: ocp.CheckpointManager) -> Optional[int]:
@@ -147,6 +158,7 @@ def all_steps(manager: ocp.CheckpointManager) -> list[int]:
 
 
 # ----------------------------------------------------------------------------- pytree <-> dict
+
 
 def _key_name(k) -> str:
   if isinstance(k, jax.tree_util.DictKey):
@@ -173,18 +185,22 @@ def _nest(paths: list[tuple[str, ...]], leaves: list[Any]) -> dict:
   root: dict = {}
   for path, leaf in zip(paths, leaves):
     if not path:
-      raise ValueError("checkpoint state must be a container (dict, dataclass, tuple, ...), "
-                       "not a single array")
+      raise ValueError(
+        "checkpoint state must be a container (dict, dataclass, tuple, ...), not a single array"
+      )
     node = root
     for i, name in enumerate(path[:-1]):
       child = node.setdefault(name, {})
       if not isinstance(child, dict):
-        raise ValueError(f"checkpoint state: key path {'/'.join(path[:i + 1])!r} is both a leaf "
-                         "and a container")
+        raise ValueError(
+          f"checkpoint state: key path {'/'.join(path[: i + 1])!r} is both a leaf and a container"
+        )
       node = child
     if path[-1] in node:
-      raise ValueError(f"checkpoint state: key path {'/'.join(path)!r} occurs twice (e.g. "
-                       "keys 0 and '0' in one dict)")
+      raise ValueError(
+        f"checkpoint state: key path {'/'.join(path)!r} occurs twice (e.g. "
+        "keys 0 and '0' in one dict)"
+      )
     node[path[-1]] = leaf
   return root
 
@@ -223,8 +239,7 @@ def _leaf_digest(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
   bits = bits.reshape(-1)
   pos = jnp.arange(bits.shape[0], dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
-  return jnp.stack([jnp.sum(bits, dtype=jnp.uint32),
-                    jnp.sum(bits * pos, dtype=jnp.uint32)]), finite
+  return jnp.stack([jnp.sum(bits, dtype=jnp.uint32), jnp.sum(bits * pos, dtype=jnp.uint32)]), finite
 
 
 @jax.jit
@@ -240,8 +255,15 @@ def _host_digests(leaves: list) -> tuple[list[list[int]], list[bool]]:
 
 # ----------------------------------------------------------------------------- save
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, extra: Optional[dict] = None,
-         force: bool = False, wait: bool = False) -> bool:
+
+def save(
+  manager: ocp.CheckpointManager,
+  step: int,
+  state: Any,
+  extra: Optional[dict] = None,
+  force: bool = False,
+  wait: bool = False,
+) -> bool:
   """Saves ``state`` (a pytree of arrays) and ``extra`` (a JSON-able dict) as ``step``.
 
   Must be called by every process (orbax saves are collective). With an asynchronous
@@ -285,23 +307,28 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, extra: Optional[
   checksums, finite = _host_digests(stored)
   bad = [name for name, ok in zip(names, finite) if not ok]
   if bad:
-    raise CheckpointError(f"refusing to save step {step} in {os.fspath(manager.directory)!r}: "
-                          f"non-finite values in {bad[0]!r} ({len(bad)} of {len(names)} arrays);"
-                          " the training has diverged")
-  meta = {"format": _FORMAT, "prng_impls": prng_impls,
-          "checksums": dict(zip(names, checksums))}
+    raise CheckpointError(
+      f"refusing to save step {step} in {os.fspath(manager.directory)!r}: "
+      f"non-finite values in {bad[0]!r} ({len(bad)} of {len(names)} arrays);"
+      " the training has diverged"
+    )
+  meta = {"format": _FORMAT, "prng_impls": prng_impls, "checksums": dict(zip(names, checksums))}
   saved = manager.save(
-      int(step),
-      args=ocp.args.Composite(state=ocp.args.StandardSave(_nest(paths, stored)),
-                              extra=ocp.args.JsonSave(extra),
-                              meta=ocp.args.JsonSave(meta)),
-      force=force)
+    int(step),
+    args=ocp.args.Composite(
+      state=ocp.args.StandardSave(_nest(paths, stored)),
+      extra=ocp.args.JsonSave(extra),
+      meta=ocp.args.JsonSave(meta),
+    ),
+    force=force,
+  )
   if wait:
     manager.wait_until_finished()
   return bool(saved)
 
 
 # ----------------------------------------------------------------------------- restore
+
 
 def _default_sharding():
   if jax.process_count() > 1:
@@ -321,10 +348,13 @@ def abstract_like(tree: Any) -> Any:
     if sharding is None:
       sharding = _default_sharding()
     if sharding is None:
-      raise ValueError("abstract state leaf without a sharding: in multi-process runs every "
-                       "leaf needs one (e.g. jax.ShapeDtypeStruct(shape, dtype, sharding=...))")
-    return jax.ShapeDtypeStruct(np.shape(x), x.dtype if hasattr(x, "dtype") else
-                                np.asarray(x).dtype, sharding=sharding)
+      raise ValueError(
+        "abstract state leaf without a sharding: in multi-process runs every "
+        "leaf needs one (e.g. jax.ShapeDtypeStruct(shape, dtype, sharding=...))"
+      )
+    return jax.ShapeDtypeStruct(
+      np.shape(x), x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype, sharding=sharding
+    )
 
   return jax.tree.map(one, tree)
 
@@ -333,8 +363,9 @@ def _step_dir(manager: ocp.CheckpointManager, step: int) -> str:
   return os.path.join(os.fspath(manager.directory), str(step))
 
 
-def restore(manager: ocp.CheckpointManager, abstract_state: Any,
-            step: Optional[int] = None) -> tuple[Any, dict]:
+def restore(
+  manager: ocp.CheckpointManager, abstract_state: Any, step: Optional[int] = None
+) -> tuple[Any, dict]:
   """Restores ``(state, extra)`` for ``step`` (default: the latest).
 
   Args:
@@ -363,8 +394,10 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any,
       raise FileNotFoundError(f"no checkpoint found in {directory!r}")
   step = int(step)
   if step not in manager.all_steps():
-    raise FileNotFoundError(f"no checkpoint for step {step} in {directory!r}; available steps: "
-                            f"{sorted(manager.all_steps())}")
+    raise FileNotFoundError(
+      f"no checkpoint for step {step} in {directory!r}; available steps: "
+      f"{sorted(manager.all_steps())}"
+    )
   step_dir = _step_dir(manager, step)
 
   try:
@@ -372,11 +405,13 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any,
     saved_tree = manager.item_metadata(step)["state"]
     saved_tree = getattr(saved_tree, "tree", saved_tree)
   except Exception as e:  # orbax raises many exception types for unreadable files
-    raise CheckpointError(f"{step_dir}: cannot read checkpoint metadata: "
-                          f"{type(e).__name__}: {e}") from e
+    raise CheckpointError(
+      f"{step_dir}: cannot read checkpoint metadata: {type(e).__name__}: {e}"
+    ) from e
   if not isinstance(saved_tree, dict) or not isinstance(meta, dict):
-    raise CheckpointError(f"{step_dir}: not a checkpoint written by rlhf_jax.checkpoint "
-                          f"(format {_FORMAT})")
+    raise CheckpointError(
+      f"{step_dir}: not a checkpoint written by rlhf_jax.checkpoint (format {_FORMAT})"
+    )
   prng_impls = meta.get("prng_impls", {})
 
   paths, leaves, treedef = _flatten(abstract_like(abstract_state))
@@ -384,34 +419,47 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any,
   wanted = ["/".join(p) for p in paths]
   missing = [k for k in wanted if k not in saved]
   if missing:
-    raise CheckpointError(f"{step_dir}: state structure mismatch: key {missing[0]!r} expected by "
-                          f"the abstract state is not in the checkpoint ({len(missing)} missing "
-                          f"keys)")
+    raise CheckpointError(
+      f"{step_dir}: state structure mismatch: key {missing[0]!r} expected by "
+      f"the abstract state is not in the checkpoint ({len(missing)} missing "
+      f"keys)"
+    )
   unexpected = sorted(set(saved) - set(wanted))
   if unexpected:
-    raise CheckpointError(f"{step_dir}: state structure mismatch: checkpoint key "
-                          f"{unexpected[0]!r} is not in the abstract state ({len(unexpected)} "
-                          f"unexpected keys)")
+    raise CheckpointError(
+      f"{step_dir}: state structure mismatch: checkpoint key "
+      f"{unexpected[0]!r} is not in the abstract state ({len(unexpected)} "
+      f"unexpected keys)"
+    )
 
   targets = []
   for name, leaf in zip(wanted, leaves):
     is_key = _is_key_dtype(leaf.dtype)
     if is_key:
       if name not in prng_impls:
-        raise CheckpointError(f"{step_dir}: key {name!r} is a typed PRNG key in the abstract "
-                              "state but was saved as a plain array")
-      leaf = jax.ShapeDtypeStruct(jax.eval_shape(jax.random.key_data, leaf).shape, np.uint32,
-                                  sharding=leaf.sharding)
+        raise CheckpointError(
+          f"{step_dir}: key {name!r} is a typed PRNG key in the abstract "
+          "state but was saved as a plain array"
+        )
+      leaf = jax.ShapeDtypeStruct(
+        jax.eval_shape(jax.random.key_data, leaf).shape, np.uint32, sharding=leaf.sharding
+      )
     saved_shape = tuple(getattr(saved[name], "shape", ()) or ())
     if tuple(leaf.shape) != saved_shape:
-      raise CheckpointError(f"{step_dir}: shape mismatch at key {name!r}: checkpoint has "
-                            f"{saved_shape}, abstract state expects {tuple(leaf.shape)}"
-                            + (" (as key data)" if is_key else ""))
+      raise CheckpointError(
+        f"{step_dir}: shape mismatch at key {name!r}: checkpoint has "
+        f"{saved_shape}, abstract state expects {tuple(leaf.shape)}"
+        + (" (as key data)" if is_key else "")
+      )
     targets.append(leaf)
 
   try:
-    out = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_nest(paths, targets)), extra=ocp.args.JsonRestore()))
+    out = manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_nest(paths, targets)), extra=ocp.args.JsonRestore()
+      ),
+    )
   except Exception as e:
     raise CheckpointError(f"{step_dir}: cannot read checkpoint: {type(e).__name__}: {e}") from e
 
@@ -424,9 +472,11 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any,
     same_dtype = np.dtype(value.dtype) == np.dtype(getattr(saved[name], "dtype", value.dtype))
     if (want is not None and same_dtype and list(want) != digest) or not ok:
       what = "checksum mismatch" if ok else "non-finite values"
-      raise CheckpointError(f"{step_dir}: the checkpoint of step {step} is corrupt ({what} in "
-                            f"{name!r}); delete {step_dir} to resume from an earlier step, or "
-                            "start a new workdir")
+      raise CheckpointError(
+        f"{step_dir}: the checkpoint of step {step} is corrupt ({what} in "
+        f"{name!r}); delete {step_dir} to resume from an earlier step, or "
+        "start a new workdir"
+      )
   restored = []
   for name, leaf in zip(wanted, leaves):
     value = flat[name]
@@ -460,10 +510,14 @@ def check_preemption(where: str) -> None:
   flag = preemption_requested()
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     flag = bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
   if flag:
-    raise Preempted(f"stopped by a signal before {where}; finished stages and checkpoints are "
-                    "kept: rerun the same command to resume")
+    raise Preempted(
+      f"stopped by a signal before {where}; finished stages and checkpoints are "
+      "kept: rerun the same command to resume"
+    )
+
 
 class PreemptionGuard:
   """Turns SIGTERM (TPU/GCE preemption, SLURM ``scancel``, k8s eviction) into a stop flag.
@@ -504,8 +558,9 @@ class PreemptionGuard:
 
   def __enter__(self) -> "PreemptionGuard":
     if threading.current_thread() is not threading.main_thread():
-      raise RuntimeError("PreemptionGuard must be entered in the main thread (Python only "
-                         "delivers signals there)")
+      raise RuntimeError(
+        "PreemptionGuard must be entered in the main thread (Python only delivers signals there)"
+      )
     for sig in self._signals:
       self._previous[sig] = signal.getsignal(sig)
       signal.signal(sig, self._handler)
@@ -530,5 +585,6 @@ class PreemptionGuard:
     if jax.process_count() == 1:
       return self._flag
     from jax.experimental import multihost_utils
+
     flags = multihost_utils.process_allgather(np.asarray(self._flag, np.int32))
     return bool(np.any(flags))

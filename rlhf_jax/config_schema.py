@@ -35,8 +35,16 @@ import types
 import typing
 from typing import Any, Literal, Mapping, Union
 
-__all__ = ["ConfigError", "from_config", "to_dict", "check_bounds", "nearest_path",
-           "field_paths", "flatten", "diff"]
+__all__ = [
+  "ConfigError",
+  "from_config",
+  "to_dict",
+  "check_bounds",
+  "nearest_path",
+  "field_paths",
+  "flatten",
+  "diff",
+]
 
 
 class ConfigError(ValueError):
@@ -103,8 +111,9 @@ def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
         continue
       if not sub_errors:
         return out
-    if len(options) == 1 and (dataclasses.is_dataclass(options[0])
-                              or typing.get_origin(options[0]) in (tuple, typing.Tuple)):
+    if len(options) == 1 and (
+      dataclasses.is_dataclass(options[0]) or typing.get_origin(options[0]) in (tuple, typing.Tuple)
+    ):
       # Optional[container]: report the inner message (nested unknown field, element type).
       return _convert(options[0], value, path, errors)
     _fail(path, tp, value)
@@ -127,10 +136,14 @@ def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
     if len(args) == 2 and args[1] is Ellipsis:
       return tuple(_convert(args[0], v, f"{path}[{i}]", errors) for i, v in enumerate(value))
     if len(args) != len(value):
-      raise _Invalid(path, f"expected {_type_name(tp)} with {len(args)} elements, got "
-                     f"{len(value)}: {_describe(value)}")
-    return tuple(_convert(a, v, f"{path}[{i}]", errors) for i, (a, v) in
-                 enumerate(zip(args, value)))
+      raise _Invalid(
+        path,
+        f"expected {_type_name(tp)} with {len(args)} elements, got "
+        f"{len(value)}: {_describe(value)}",
+      )
+    return tuple(
+      _convert(a, v, f"{path}[{i}]", errors) for i, (a, v) in enumerate(zip(args, value))
+    )
 
   if origin in (dict, typing.Dict) or tp is dict:
     mapping = _as_mapping(value)
@@ -138,8 +151,10 @@ def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
       _fail(path, tp, value)
     if not args:
       return dict(mapping)
-    return {_convert(args[0], k, f"{path}[{k!r}]", errors):
-            _convert(args[1], v, f"{path}.{k}", errors) for k, v in mapping.items()}
+    return {
+      _convert(args[0], k, f"{path}[{k!r}]", errors): _convert(args[1], v, f"{path}.{k}", errors)
+      for k, v in mapping.items()
+    }
 
   if origin is not None:
     raise _Invalid(path, f"unsupported field type {_type_name(tp)}")
@@ -179,8 +194,9 @@ def _dataclass_of(tp: Any) -> Any:
   """The dataclass type inside ``tp`` (itself, or the X of ``Optional[X]``), else ``None``."""
   if dataclasses.is_dataclass(tp) and isinstance(tp, type):
     return tp
-  if typing.get_origin(tp) is Union or (hasattr(types, "UnionType")
-                                        and isinstance(tp, types.UnionType)):
+  if typing.get_origin(tp) is Union or (
+    hasattr(types, "UnionType") and isinstance(tp, types.UnionType)
+  ):
     inner = [_dataclass_of(a) for a in typing.get_args(tp)]
     inner = [a for a in inner if a is not None]
     return inner[0] if len(inner) == 1 else None
@@ -236,7 +252,7 @@ class _Errors(list):
 def _unknown_field_hint(errors: list, path: str, key: str, fields: Any) -> str:
   root = getattr(errors, "root", None)
   if root and (path == root or path.startswith(root + ".")):
-    rel = f"{path[len(root) + 1:]}.{key}" if path != root else str(key)
+    rel = f"{path[len(root) + 1 :]}.{key}" if path != root else str(key)
     near = nearest_path(rel, errors.paths)  # siblings first among equally close names
     if near is not None:
       return f"; did you mean {root}.{near}?"
@@ -251,13 +267,13 @@ def _build(cls: type, mapping: Mapping, path: str, errors: list[str]) -> Any:
   for key in mapping:
     if key not in fields:
       hint = _unknown_field_hint(errors, path, key, fields)
-      errors.append(f"{path}.{key}: unknown field{hint} (fields of {cls.__name__}: "
-                    f"{', '.join(fields)})")
+      errors.append(
+        f"{path}.{key}: unknown field{hint} (fields of {cls.__name__}: {', '.join(fields)})"
+      )
   for name, field in fields.items():
     sub = f"{path}.{name}"
     if name not in mapping:
-      if (field.default is dataclasses.MISSING
-          and field.default_factory is dataclasses.MISSING):  # type: ignore[misc]
+      if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:  # type: ignore[misc]
         errors.append(f"{sub}: missing required field of type {_type_name(hints[name])}")
       continue
     try:
@@ -320,6 +336,7 @@ def to_dict(config: Any) -> dict:
 
 # ----------------------------------------------------------------------------- value checks
 
+
 def _values(obj: Any, parts: list[str], path: str):
   if not parts:
     yield path, obj
@@ -361,8 +378,9 @@ def check_bounds(cfg: Any, rules: Mapping[str, str], root: str = "config") -> li
         ok = {">=": value >= b, ">": value > b, "<=": value <= b, "<": value < b}[op]
       elif ok and op == "in":
         lo, hi = (float(x) for x in bound.strip("[]() ").split(","))
-        ok = ((value >= lo if bound.startswith("[") else value > lo)
-              and (value <= hi if bound.endswith("]") else value < hi))
+        ok = (value >= lo if bound.startswith("[") else value > lo) and (
+          value <= hi if bound.endswith("]") else value < hi
+        )
       if not ok:
         errors.append(f"{where}={value!r}: expected {rule}")
   return errors

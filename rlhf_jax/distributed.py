@@ -26,10 +26,10 @@ import jax
 import numpy as np
 
 __all__ = [
-    "cluster_detected",
-    "maybe_initialize",
-    "process_slice",
-    "per_process_seed",
+  "cluster_detected",
+  "maybe_initialize",
+  "process_slice",
+  "per_process_seed",
 ]
 
 _log = logging.getLogger(__name__)
@@ -56,8 +56,13 @@ def cluster_detected() -> Optional[str]:
     return "RLHF_JAX_DISTRIBUTED"
   if os.environ.get("JAX_COORDINATOR_ADDRESS"):
     return "JAX_COORDINATOR_ADDRESS"
-  slurm_vars = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
-                "SLURM_LOCALID")
+  slurm_vars = (
+    "SLURM_JOB_ID",
+    "SLURM_STEP_NODELIST",
+    "SLURM_NTASKS",
+    "SLURM_PROCID",
+    "SLURM_LOCALID",
+  )
   if all(v in os.environ for v in slurm_vars) and (_int_env("SLURM_NTASKS") or 1) > 1:
     return "slurm"
   if "OMPI_MCA_orte_hnp_uri" in os.environ and (_int_env("OMPI_COMM_WORLD_SIZE") or 2) > 1:
@@ -73,14 +78,19 @@ def _is_initialized() -> bool:
   if fn is not None:
     return bool(fn())
   from jax._src import distributed as _dist  # jax versions without is_initialized()
+
   return _dist.global_state.client is not None
 
 
-def maybe_initialize(coordinator_address: Optional[str] = None,
-                     num_processes: Optional[int] = None,
-                     process_id: Optional[int] = None,
-                     local_device_ids: Optional[Union[int, Sequence[int]]] = None,
-                     *, auto: bool = False, initialization_timeout: int = 300) -> bool:
+def maybe_initialize(
+  coordinator_address: Optional[str] = None,
+  num_processes: Optional[int] = None,
+  process_id: Optional[int] = None,
+  local_device_ids: Optional[Union[int, Sequence[int]]] = None,
+  *,
+  auto: bool = False,
+  initialization_timeout: int = 300,
+) -> bool:
   """Calls ``jax.distributed.initialize`` once, when there is something to initialise.
 
   Args:
@@ -101,11 +111,15 @@ def maybe_initialize(coordinator_address: Optional[str] = None,
     ValueError: ``num_processes`` / ``process_id`` given inconsistently.
   """
   if _is_initialized():
-    _log.info("jax.distributed already initialised (process %d of %d)", jax.process_index(),
-              jax.process_count())
+    _log.info(
+      "jax.distributed already initialised (process %d of %d)",
+      jax.process_index(),
+      jax.process_count(),
+    )
     return False
-  explicit = any(v is not None for v in (coordinator_address, num_processes, process_id,
-                                         local_device_ids))
+  explicit = any(
+    v is not None for v in (coordinator_address, num_processes, process_id, local_device_ids)
+  )
   detected = cluster_detected()
   if not (explicit or auto or detected):
     return False
@@ -115,20 +129,35 @@ def maybe_initialize(coordinator_address: Optional[str] = None,
     raise ValueError(f"distributed.process_id={process_id}: must be in [0, {num_processes})")
   if num_processes == 1 and coordinator_address is None:
     return False
-  _log.info("jax.distributed.initialize(coordinator_address=%s, num_processes=%s, "
-            "process_id=%s, local_device_ids=%s)%s", coordinator_address, num_processes,
-            process_id, local_device_ids, f" [detected: {detected}]" if detected else "")
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id,
-                             local_device_ids=local_device_ids,
-                             initialization_timeout=initialization_timeout)
-  _log.info("process %d of %d; %d local / %d global devices", jax.process_index(),
-            jax.process_count(), jax.local_device_count(), jax.device_count())
+  _log.info(
+    "jax.distributed.initialize(coordinator_address=%s, num_processes=%s, "
+    "process_id=%s, local_device_ids=%s)%s",
+    coordinator_address,
+    num_processes,
+    process_id,
+    local_device_ids,
+    f" [detected: {detected}]" if detected else "",
+  )
+  jax.distributed.initialize(
+    coordinator_address=coordinator_address,
+    num_processes=num_processes,
+    process_id=process_id,
+    local_device_ids=local_device_ids,
+    initialization_timeout=initialization_timeout,
+  )
+  _log.info(
+    "process %d of %d; %d local / %d global devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
   return True
 
 
-def process_slice(n_items: int, process_index: Optional[int] = None,
-                  process_count: Optional[int] = None) -> slice:
+def process_slice(
+  n_items: int, process_index: Optional[int] = None, process_count: Optional[int] = None
+) -> slice:
   """The contiguous share of ``n_items`` items that ``process_index`` reads.
 
   Shares differ by at most one item (the first ``n_items % process_count`` processes get one
@@ -142,8 +171,9 @@ def process_slice(n_items: int, process_index: Optional[int] = None,
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   if process_count < 1 or not 0 <= process_index < process_count:
-    raise ValueError(f"process_slice: process_index={process_index} is not in "
-                     f"[0, process_count={process_count})")
+    raise ValueError(
+      f"process_slice: process_index={process_index} is not in [0, process_count={process_count})"
+    )
   if n_items < 0:
     raise ValueError(f"process_slice: n_items={n_items} must be >= 0")
   base, extra = divmod(n_items, process_count)
@@ -161,7 +191,8 @@ def per_process_seed(seed: int, process_index: Optional[int] = None) -> int:
   """
   process_index = jax.process_index() if process_index is None else process_index
   if seed < 0 or process_index < 0:
-    raise ValueError(f"per_process_seed: seed={seed} and process_index={process_index} must be "
-                     ">= 0")
+    raise ValueError(
+      f"per_process_seed: seed={seed} and process_index={process_index} must be >= 0"
+    )
   state = np.random.SeedSequence([int(seed), int(process_index)]).generate_state(1, np.uint32)
   return int(state[0] >> 1)

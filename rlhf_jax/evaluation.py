@@ -30,28 +30,28 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 __all__ = [
-    "Z_95",
-    "WinRate",
-    "win_rate",
-    "gold_labels",
-    "wilson_interval",
-    "Interval",
-    "bootstrap_ci",
-    "labels_to_outcome",
-    "Reliability",
-    "reliability_table",
-    "expected_calibration_error",
-    "Agreement",
-    "agreement",
-    "Fit",
-    "fit_bon",
-    "fit_rl",
-    "predict",
-    "peak",
-    "bon_kl",
-    "perplexity",
-    "words",
-    "degenerate",
+  "Z_95",
+  "WinRate",
+  "win_rate",
+  "gold_labels",
+  "wilson_interval",
+  "Interval",
+  "bootstrap_ci",
+  "labels_to_outcome",
+  "Reliability",
+  "reliability_table",
+  "expected_calibration_error",
+  "Agreement",
+  "agreement",
+  "Fit",
+  "fit_bon",
+  "fit_rl",
+  "predict",
+  "peak",
+  "bon_kl",
+  "perplexity",
+  "words",
+  "degenerate",
 ]
 
 Z_95 = 1.959963984540054
@@ -71,6 +71,7 @@ def _float_1d(name: str, x: Any) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- win rate
 
+
 class WinRate(NamedTuple):
   """Result of :func:`win_rate`.
 
@@ -80,6 +81,7 @@ class WinRate(NamedTuple):
     n: number of prompts.
     ci_low / ci_high: Wilson score interval on ``rate``.
   """
+
   rate: float
   wins: int
   ties: int
@@ -126,8 +128,9 @@ def gold_labels(gold_a: Any, gold_b: Any, tie_threshold: float = 0.0) -> np.ndar
   return np.where(tie, 2, np.where(d > 0, 0, 1)).astype(np.int32)
 
 
-def win_rate(gold_policy: Any, gold_reference: Any, tie_eps: float = 0.0,
-             z: float = Z_95) -> WinRate:
+def win_rate(
+  gold_policy: Any, gold_reference: Any, tie_eps: float = 0.0, z: float = Z_95
+) -> WinRate:
   """Win rate of the policy over the reference under the gold scorer, ties counting half.
 
   Prompt ``i`` is a tie when ``|gold_policy[i] - gold_reference[i]| < tie_eps`` or the two are
@@ -167,15 +170,22 @@ def win_rate(gold_policy: Any, gold_reference: Any, tie_eps: float = 0.0,
 
 # ----------------------------------------------------------------------------- bootstrap
 
+
 class Interval(NamedTuple):
   """A point estimate with a confidence interval."""
+
   estimate: float
   low: float
   high: float
 
 
-def bootstrap_ci(values: Any, stat: Callable[[np.ndarray], Any] = np.mean, n_boot: int = 1000,
-                 alpha: float = 0.05, seed: int = 0) -> Interval:
+def bootstrap_ci(
+  values: Any,
+  stat: Callable[[np.ndarray], Any] = np.mean,
+  n_boot: int = 1000,
+  alpha: float = 0.05,
+  seed: int = 0,
+) -> Interval:
   """Percentile bootstrap interval of ``stat(values)``.
 
   Draws ``n_boot`` resamples of ``values`` with replacement (``np.random.default_rng(seed)``),
@@ -206,6 +216,7 @@ def bootstrap_ci(values: Any, stat: Callable[[np.ndarray], Any] = np.mean, n_boo
 
 
 # ----------------------------------------------------------------------------- labels
+
 
 def _label_codes(name: str, labels: Any) -> np.ndarray:
   """Labels (ints 0/1/2 or strings a/b/tie) -> int64 codes 0 = a, 1 = b, 2 = tie."""
@@ -238,11 +249,13 @@ def labels_to_outcome(labels: Any) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- calibration
 
+
 class Reliability(NamedTuple):
   """Per-bin reliability diagram data (equal-width bins on [0, 1]); arrays of length n_bins.
 
   Empty bins have ``count == 0`` and NaN means.
   """
+
   bin_low: np.ndarray
   bin_high: np.ndarray
   count: np.ndarray
@@ -297,8 +310,10 @@ def expected_calibration_error(prob_pred: Any, outcome: Any, n_bins: int = 10) -
 
 # ----------------------------------------------------------------------------- agreement
 
+
 class Agreement(NamedTuple):
   """Result of :func:`agreement`."""
+
   rate: float
   kappa: float
   n: int
@@ -331,6 +346,7 @@ def agreement(labels_1: Any, labels_2: Any) -> Agreement:
 
 # ----------------------------------------------------------------------------- over-optimisation
 
+
 @dataclasses.dataclass(frozen=True)
 class Fit:
   """A fitted over-optimisation curve ``R(d)`` with ``d = sqrt(KL)``.
@@ -341,6 +357,7 @@ class Fit:
       mean of r). The model has no intercept, so a bad fit can give ``r2 < 0``.
     form: ``"bon"`` for ``R = d (α - β d)``, ``"rl"`` for ``R = d (α - β log d)``.
   """
+
   alpha: float
   beta: float
   r2: float
@@ -368,8 +385,10 @@ def _fit(form: str, d: Any, r: Any) -> Fit:
     raise ValueError(f"fit_{form}: d = sqrt(KL) must be >= 0")
   x = _design(form, d)
   if np.linalg.matrix_rank(x) < 2:
-    raise ValueError(f"fit_{form}: need at least two distinct d > 0"
-                     + (" other than d = 1 (log d = 0)" if form == "rl" else ""))
+    raise ValueError(
+      f"fit_{form}: need at least two distinct d > 0"
+      + (" other than d = 1 (log d = 0)" if form == "rl" else "")
+    )
   (alpha, beta), *_ = np.linalg.lstsq(x, r, rcond=None)
   resid = r - x @ np.array([alpha, beta])
   ss_res = float(np.dot(resid, resid))
@@ -422,7 +441,7 @@ def peak(fit: Fit) -> tuple[float, float]:
   if fit.form == "bon":
     if fit.alpha <= 0:
       return float("nan"), float("nan")
-    return fit.alpha / (2 * fit.beta), fit.alpha ** 2 / (4 * fit.beta)
+    return fit.alpha / (2 * fit.beta), fit.alpha**2 / (4 * fit.beta)
   if fit.form == "rl":
     d_star = math.exp(fit.alpha / fit.beta - 1.0)
     return d_star, fit.beta * d_star
@@ -439,6 +458,7 @@ def bon_kl(n: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- perplexity
+
 
 def perplexity(nll_sum: Any, n_tokens: Any) -> float:
   """Token-level perplexity ``exp(Σ nll / Σ n_tokens)``.
@@ -468,8 +488,13 @@ def words(text: str) -> list[str]:
   return [w.lower() for w in _WORD_RE.findall(text)]
 
 
-def degenerate(texts: Any, vocabulary: Any = None, *, max_top_word_share: float = 0.5,
-               max_unknown_share: float = 1 / 3) -> np.ndarray:
+def degenerate(
+  texts: Any,
+  vocabulary: Any = None,
+  *,
+  max_top_word_share: float = 0.5,
+  max_unknown_share: float = 1 / 3,
+) -> np.ndarray:
   """Which responses are degenerate text: bool ``[N]``.
 
   A response is degenerate when it has no word; or it is repetitive — with at least four

@@ -43,17 +43,16 @@ from typing import Any, Callable, NamedTuple, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax.models.transformer import (Transformer, TransformerConfig, init_cache,
-                                         unstack_layers)
+from rlhf_jax.models.transformer import Transformer, TransformerConfig, init_cache, unstack_layers
 
 __all__ = [
-    "SampleOutput",
-    "ApplyFn",
-    "make_apply_fn",
-    "sample",
-    "sample_fn",
-    "sample_token",
-    "compile_count",
+  "SampleOutput",
+  "ApplyFn",
+  "make_apply_fn",
+  "sample",
+  "sample_fn",
+  "sample_token",
+  "compile_count",
 ]
 
 ApplyFn = Callable[[Any, jax.Array, jax.Array, Any], Tuple[jax.Array, Any]]
@@ -103,8 +102,9 @@ def make_apply_fn(model: Transformer) -> ApplyFn:
 
   def apply_fn(params, ids_BT, mask_BT, cache):
     t = ids_BT.shape[1]
-    out, cache = model.apply({"params": params}, ids_BT, mask_BT, cache=cache,
-                             head_slice=(t - 1, t))
+    out, cache = model.apply(
+      {"params": params}, ids_BT, mask_BT, cache=cache, head_slice=(t - 1, t)
+    )
     if isinstance(out, tuple):
       out = out[0]
     return out[:, 0].astype(jnp.float32), cache
@@ -131,7 +131,8 @@ def _inverse_cdf(w_BV: jax.Array, u_B: jax.Array) -> jax.Array:
   j_B = jnp.sum((cum_BJ <= target_B[:, None]).astype(jnp.int32), axis=-1)
   j_B = jnp.minimum(j_B, jnp.max(jnp.where(sum_BJ > 0, blocks_J, 0), axis=-1))
   before_B = jnp.where(
-      j_B > 0, jnp.take_along_axis(cum_BJ, jnp.maximum(j_B - 1, 0)[:, None], axis=-1)[:, 0], 0)
+    j_B > 0, jnp.take_along_axis(cum_BJ, jnp.maximum(j_B - 1, 0)[:, None], axis=-1)[:, 0], 0
+  )
   w_BC = jnp.take_along_axis(w_BJC, j_B[:, None, None], axis=1)[:, 0]
   cum_BC = jnp.cumsum(w_BC, axis=-1)
   entries_C = jnp.arange(_BLOCK, dtype=jnp.int32)
@@ -152,8 +153,16 @@ def _top_p_threshold(sorted_desc_BK: jax.Array, top_p: jax.Array) -> jax.Array:
   return jnp.take_along_axis(sorted_desc_BK, (n_keep_B - 1)[:, None], axis=-1)
 
 
-def sample_token(logits_BV: jax.Array, rng: jax.Array, *, temperature, top_k: int = 0,
-                 top_p=1.0, ban_id=-1, ban=False) -> Tuple[jax.Array, jax.Array]:
+def sample_token(
+  logits_BV: jax.Array,
+  rng: jax.Array,
+  *,
+  temperature,
+  top_k: int = 0,
+  top_p=1.0,
+  ban_id=-1,
+  ban=False,
+) -> Tuple[jax.Array, jax.Array]:
   """Draws one token per row; returns ``(token_B int32, logprob_B float32)``.
 
   ``z = logits / T``. The draw is from ``softmax(z)`` restricted to the ``top_k`` largest
@@ -164,8 +173,9 @@ def sample_token(logits_BV: jax.Array, rng: jax.Array, *, temperature, top_k: in
   One uniform number per row is drawn from ``rng``.
   """
   u_B = jax.random.uniform(rng, (logits_BV.shape[0],), jnp.float32)
-  return _draw(logits_BV, u_B, temperature=temperature, top_k=top_k, top_p=top_p,
-               ban_id=ban_id, ban=ban)
+  return _draw(
+    logits_BV, u_B, temperature=temperature, top_k=top_k, top_p=top_p, ban_id=ban_id, ban=ban
+  )
 
 
 def _draw(logits_BV, u_B, *, temperature, top_k, top_p, ban_id, ban):
@@ -192,14 +202,18 @@ def _draw(logits_BV, u_B, *, temperature, top_k, top_p, ban_id, ban):
       return _top_p_threshold(candidates_BK, top_p)
     return _top_p_threshold(-jnp.sort(-allowed_BV, axis=-1), top_p)
 
-  floor_B1 = jax.lax.cond(top_p < 1.0, lambda a: jnp.maximum(floor_B1, nucleus(a)),
-                          lambda a: floor_B1, allowed_BV)
+  floor_B1 = jax.lax.cond(
+    top_p < 1.0, lambda a: jnp.maximum(floor_B1, nucleus(a)), lambda a: floor_B1, allowed_BV
+  )
 
   max_B1 = jnp.max(allowed_BV, axis=-1, keepdims=True)
   exp_BV = jnp.exp(allowed_BV - max_B1)  # 0 on the banned id
   # Greedy is the same draw with u = 0 over the indicator of the maxima (-> lowest argmax).
-  weights_BV = jnp.where(greedy, (allowed_BV == max_B1).astype(jnp.float32),
-                         jnp.where(allowed_BV >= floor_B1, exp_BV, 0.0))
+  weights_BV = jnp.where(
+    greedy,
+    (allowed_BV == max_B1).astype(jnp.float32),
+    jnp.where(allowed_BV >= floor_B1, exp_BV, 0.0),
+  )
   token_B = _inverse_cdf(weights_BV, jnp.where(greedy, 0.0, u_B)).astype(jnp.int32)
 
   # log-sum-exp of the full z: the allowed part plus, if banned, the banned entry.
@@ -220,10 +234,23 @@ class _Carry(NamedTuple):
   ended_B: jax.Array
 
 
-def sample_fn(apply_fn: ApplyFn, params: Any, cache: Any, prompt_ids_BP: jax.Array,
-              prompt_mask_BP: jax.Array, rng: jax.Array, *, max_new_tokens: int, eos_id, pad_id,
-              temperature=1.0, top_k: int = 0, top_p=1.0, min_new_tokens=0,
-              prefill_chunk: Optional[int] = None) -> SampleOutput:
+def sample_fn(
+  apply_fn: ApplyFn,
+  params: Any,
+  cache: Any,
+  prompt_ids_BP: jax.Array,
+  prompt_mask_BP: jax.Array,
+  rng: jax.Array,
+  *,
+  max_new_tokens: int,
+  eos_id,
+  pad_id,
+  temperature=1.0,
+  top_k: int = 0,
+  top_p=1.0,
+  min_new_tokens=0,
+  prefill_chunk: Optional[int] = None,
+) -> SampleOutput:
   """Samples up to ``max_new_tokens`` per row; pure and jittable (no jit of its own).
 
   Args:
@@ -260,21 +287,29 @@ def sample_fn(apply_fn: ApplyFn, params: Any, cache: Any, prompt_ids_BP: jax.Arr
   u_NB = jax.random.uniform(rng, (n, b), jnp.float32)
 
   def draw(logits_BV, step):
-    return _draw(logits_BV, u_NB[step], temperature=temperature, top_k=top_k, top_p=top_p,
-                 ban_id=eos_id, ban=step < min_new_tokens)
+    return _draw(
+      logits_BV,
+      u_NB[step],
+      temperature=temperature,
+      top_k=top_k,
+      top_p=top_p,
+      ban_id=eos_id,
+      ban=step < min_new_tokens,
+    )
 
   def record(carry, token_B, logprob_B):
     live_B = ~carry.ended_B
     token_B = jnp.where(live_B, token_B, pad_id)
     logprob_B = jnp.where(live_B, logprob_B, 0.0)
     return carry._replace(
-        step=carry.step + 1,
-        token_B=token_B,
-        tokens_BN=jax.lax.dynamic_update_slice(carry.tokens_BN, token_B[:, None], (0, carry.step)),
-        logprobs_BN=jax.lax.dynamic_update_slice(carry.logprobs_BN, logprob_B[:, None],
-                                                 (0, carry.step)),
-        lengths_B=carry.lengths_B + live_B.astype(jnp.int32),
-        ended_B=carry.ended_B | (live_B & (token_B == eos_id)),
+      step=carry.step + 1,
+      token_B=token_B,
+      tokens_BN=jax.lax.dynamic_update_slice(carry.tokens_BN, token_B[:, None], (0, carry.step)),
+      logprobs_BN=jax.lax.dynamic_update_slice(
+        carry.logprobs_BN, logprob_B[:, None], (0, carry.step)
+      ),
+      lengths_B=carry.lengths_B + live_B.astype(jnp.int32),
+      ended_B=carry.ended_B | (live_B & (token_B == eos_id)),
     )
 
   if isinstance(cache, TransformerConfig):
@@ -287,13 +322,19 @@ def sample_fn(apply_fn: ApplyFn, params: Any, cache: Any, prompt_ids_BP: jax.Arr
   prompt_mask_BP = prompt_mask_BP.astype(jnp.int32)
   chunk = _prefill_chunk(b, prompt_ids_BP.shape[1], prefill_chunk)
   for start in range(0, prompt_ids_BP.shape[1], chunk):
-    logits_BV, cache = forward(prompt_ids_BP[:, start:start + chunk],
-                               prompt_mask_BP[:, start:start + chunk], cache)
+    logits_BV, cache = forward(
+      prompt_ids_BP[:, start : start + chunk], prompt_mask_BP[:, start : start + chunk], cache
+    )
   zero_B = jnp.zeros((b,), jnp.int32)
-  carry = _Carry(step=jnp.zeros((), jnp.int32), token_B=zero_B, cache=cache,
-                 tokens_BN=jnp.full((b, n), pad_id, jnp.int32),
-                 logprobs_BN=jnp.zeros((b, n), jnp.float32), lengths_B=zero_B,
-                 ended_B=jnp.zeros((b,), bool))
+  carry = _Carry(
+    step=jnp.zeros((), jnp.int32),
+    token_B=zero_B,
+    cache=cache,
+    tokens_BN=jnp.full((b, n), pad_id, jnp.int32),
+    logprobs_BN=jnp.zeros((b, n), jnp.float32),
+    lengths_B=zero_B,
+    ended_B=jnp.zeros((b,), bool),
+  )
   carry = record(carry, *draw(logits_BV, carry.step))
 
   def cond(carry):
@@ -302,32 +343,75 @@ def sample_fn(apply_fn: ApplyFn, params: Any, cache: Any, prompt_ids_BP: jax.Arr
   def body(carry):
     # The token fed now was drawn last step; it is real if its row was live then.
     fed_live_B = carry.lengths_B == carry.step
-    logits_BV, cache = forward(carry.token_B[:, None], fed_live_B[:, None].astype(jnp.int32),
-                               carry.cache)
+    logits_BV, cache = forward(
+      carry.token_B[:, None], fed_live_B[:, None].astype(jnp.int32), carry.cache
+    )
     return record(carry._replace(cache=cache), *draw(logits_BV, carry.step))
 
   carry = jax.lax.while_loop(cond, body, carry)
   mask_BN = (jnp.arange(n, dtype=jnp.int32)[None, :] < carry.lengths_B[:, None]).astype(jnp.int32)
-  return SampleOutput(tokens_BN=carry.tokens_BN, mask_BN=mask_BN, logprobs_BN=carry.logprobs_BN,
-                      lengths_B=carry.lengths_B, ended_B=carry.ended_B, steps=carry.step)
+  return SampleOutput(
+    tokens_BN=carry.tokens_BN,
+    mask_BN=mask_BN,
+    logprobs_BN=carry.logprobs_BN,
+    lengths_B=carry.lengths_B,
+    ended_B=carry.ended_B,
+    steps=carry.step,
+  )
 
 
 _TRACES = [0]
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "top_k"))
-def _sample_jit(model, params, prompt_ids_BP, prompt_mask_BP, rng, eos_id, pad_id, temperature,
-                top_p, min_new_tokens, *, max_new_tokens, top_k):
+def _sample_jit(
+  model,
+  params,
+  prompt_ids_BP,
+  prompt_mask_BP,
+  rng,
+  eos_id,
+  pad_id,
+  temperature,
+  top_p,
+  min_new_tokens,
+  *,
+  max_new_tokens,
+  top_k,
+):
   _TRACES[0] += 1
-  return sample_fn(make_apply_fn(model), unstack_layers(params), model.cfg, prompt_ids_BP,
-                   prompt_mask_BP, rng, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
-                   temperature=temperature, top_k=top_k, top_p=top_p,
-                   min_new_tokens=min_new_tokens)
+  return sample_fn(
+    make_apply_fn(model),
+    unstack_layers(params),
+    model.cfg,
+    prompt_ids_BP,
+    prompt_mask_BP,
+    rng,
+    max_new_tokens=max_new_tokens,
+    eos_id=eos_id,
+    pad_id=pad_id,
+    temperature=temperature,
+    top_k=top_k,
+    top_p=top_p,
+    min_new_tokens=min_new_tokens,
+  )
 
 
-def sample(model: Transformer, params: Any, prompt_ids_BP: jax.Array, prompt_mask_BP: jax.Array,
-           rng: jax.Array, *, max_new_tokens: int, eos_id: int, pad_id: int, temperature=1.0,
-           top_k: int = 0, top_p=1.0, min_new_tokens=0) -> SampleOutput:
+def sample(
+  model: Transformer,
+  params: Any,
+  prompt_ids_BP: jax.Array,
+  prompt_mask_BP: jax.Array,
+  rng: jax.Array,
+  *,
+  max_new_tokens: int,
+  eos_id: int,
+  pad_id: int,
+  temperature=1.0,
+  top_k: int = 0,
+  top_p=1.0,
+  min_new_tokens=0,
+) -> SampleOutput:
   """Samples responses to left-padded prompts with a :class:`Transformer`.
 
   Compiles once per (batch, prompt length, ``max_new_tokens``, ``top_k``, model config);
@@ -350,17 +434,29 @@ def sample(model: Transformer, params: Any, prompt_ids_BP: jax.Array, prompt_mas
     :class:`SampleOutput` with ``[B, N]`` arrays.
   """
   if int(pad_id) == int(eos_id):
-    raise ValueError(f"pad_id and eos_id must differ (both {pad_id}): with PAD = EOS a "
-                     "padded prompt row looks finished")
+    raise ValueError(
+      f"pad_id and eos_id must differ (both {pad_id}): with PAD = EOS a "
+      "padded prompt row looks finished"
+    )
   if prompt_ids_BP.shape != prompt_mask_BP.shape:
-    raise ValueError(f"prompt_ids_BP {prompt_ids_BP.shape} and prompt_mask_BP "
-                     f"{prompt_mask_BP.shape} must have the same shape")
-  return _sample_jit(model, params, jnp.asarray(prompt_ids_BP, jnp.int32),
-                     jnp.asarray(prompt_mask_BP, jnp.int32), rng,
-                     jnp.asarray(eos_id, jnp.int32), jnp.asarray(pad_id, jnp.int32),
-                     jnp.asarray(temperature, jnp.float32), jnp.asarray(top_p, jnp.float32),
-                     jnp.asarray(min_new_tokens, jnp.int32), max_new_tokens=int(max_new_tokens),
-                     top_k=int(top_k))
+    raise ValueError(
+      f"prompt_ids_BP {prompt_ids_BP.shape} and prompt_mask_BP "
+      f"{prompt_mask_BP.shape} must have the same shape"
+    )
+  return _sample_jit(
+    model,
+    params,
+    jnp.asarray(prompt_ids_BP, jnp.int32),
+    jnp.asarray(prompt_mask_BP, jnp.int32),
+    rng,
+    jnp.asarray(eos_id, jnp.int32),
+    jnp.asarray(pad_id, jnp.int32),
+    jnp.asarray(temperature, jnp.float32),
+    jnp.asarray(top_p, jnp.float32),
+    jnp.asarray(min_new_tokens, jnp.int32),
+    max_new_tokens=int(max_new_tokens),
+    top_k=int(top_k),
+  )
 
 
 def compile_count() -> int:

@@ -47,22 +47,35 @@ import logging
 import os
 import sys
 import traceback
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
 from absl import app, flags
 from ml_collections import config_flags
 
-__all__ = ["TASKS", "ENTRY_POINT_KEYS", "EXIT_USER_ERROR", "EXIT_FAILED", "EXIT_PREEMPTED",
-           "UsageError", "main", "run", "run_task", "validate", "load_config_file",
-           "enable_compilation_cache", "load_task", "configure_logging"]
+__all__ = [
+  "TASKS",
+  "ENTRY_POINT_KEYS",
+  "EXIT_USER_ERROR",
+  "EXIT_FAILED",
+  "EXIT_PREEMPTED",
+  "UsageError",
+  "main",
+  "run",
+  "run_task",
+  "validate",
+  "load_config_file",
+  "enable_compilation_cache",
+  "load_task",
+  "configure_logging",
+]
 
 # Task name -> trainer module (exposes ``Config`` and ``run(cfg, workdir) -> dict``).
 TASKS: dict[str, str] = {
-    "sft": "rlhf_jax.train.sft",
-    "reward": "rlhf_jax.train.reward",
-    "ppo": "rlhf_jax.train.ppo",
-    "pipeline": "rlhf_jax.train.pipeline",
-    "overoptimization": "rlhf_jax.train.overoptimization",
+  "sft": "rlhf_jax.train.sft",
+  "reward": "rlhf_jax.train.reward",
+  "ppo": "rlhf_jax.train.ppo",
+  "pipeline": "rlhf_jax.train.pipeline",
+  "overoptimization": "rlhf_jax.train.overoptimization",
 }
 
 # Config keys consumed by the entry point itself.
@@ -79,12 +92,22 @@ EXIT_PREEMPTED = 75
 class UsageError(ValueError):
   """A user error found by the entry point (flags, config file, workdir)."""
 
-_DISTRIBUTED_ARGS = ("coordinator_address", "num_processes", "process_id", "local_device_ids",
-                     "auto", "initialization_timeout")
+
+_DISTRIBUTED_ARGS = (
+  "coordinator_address",
+  "num_processes",
+  "process_id",
+  "local_device_ids",
+  "auto",
+  "initialization_timeout",
+)
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file: path/to/config.py[:arg] with get_config(arg=None).",
-    lock_config=True)
+  "config",
+  None,
+  "Config file: path/to/config.py[:arg] with get_config(arg=None).",
+  lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, plots).")
 
 _log = logging.getLogger(__name__)
@@ -94,7 +117,6 @@ _VERBOSITY_NAMES = {"debug": 1, "info": 0, "warning": -1, "error": -2}
 
 
 class _VerbosityParser(flags.IntegerParser):
-
   def parse(self, argument):
     if isinstance(argument, str) and argument.strip().lower() in _VERBOSITY_NAMES:
       return _VERBOSITY_NAMES[argument.strip().lower()]
@@ -107,8 +129,9 @@ class _VerbosityParser(flags.IntegerParser):
 if "verbosity" in flags.FLAGS:
   flags.FLAGS["verbosity"].parser = _VerbosityParser()
   flags.FLAGS["verbosity"].help = (
-      "warning (default): progress lines and warnings, library INFO logs and TFDS progress "
-      "bars silenced; info: library INFO logs too; debug: also tracebacks of user errors.")
+    "warning (default): progress lines and warnings, library INFO logs and TFDS progress "
+    "bars silenced; info: library INFO logs too; debug: also tracebacks of user errors."
+  )
 
 
 def configure_logging(level: int) -> None:
@@ -118,13 +141,15 @@ def configure_logging(level: int) -> None:
   the INFO logs of absl, orbax, TFDS and JAX and TFDS's progress bars are silenced.
   """
   std = {1: logging.DEBUG, 0: logging.INFO, -1: logging.WARNING}.get(
-      max(min(level, 1), -2), logging.ERROR)
+    max(min(level, 1), -2), logging.ERROR
+  )
   logging.root.setLevel(logging.INFO if std == logging.DEBUG else std)
   logging.getLogger("absl").setLevel(logging.NOTSET)  # absl, orbax, TFDS: the root's level
   ours = logging.getLogger("rlhf_jax")
   ours.setLevel(std if std in (logging.DEBUG, logging.ERROR) else logging.INFO)
   if std >= logging.WARNING and importlib.util.find_spec("tensorflow_datasets") is not None:
     import tensorflow_datasets as tfds
+
     tfds.disable_progress_bar()
 
 
@@ -135,6 +160,7 @@ def enable_compilation_cache(directory: str) -> None:
   process (resume, another pipeline stage) loads them in ~0.2-0.5 s instead of recompiling.
   """
   import jax
+
   os.makedirs(directory, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", directory)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -153,21 +179,27 @@ def load_task(task: str):
   module_name = TASKS.get(task)
   if module_name is None:
     if "." not in task:
-      raise ValueError(f"config.task: unknown task {task!r}; known tasks: "
-                       f"{', '.join(sorted(TASKS))} (or a module path 'package.module')")
+      raise ValueError(
+        f"config.task: unknown task {task!r}; known tasks: "
+        f"{', '.join(sorted(TASKS))} (or a module path 'package.module')"
+      )
     module_name = task
   try:
     module = importlib.import_module(module_name)
   except ModuleNotFoundError as e:
     if e.name is not None and module_name.startswith(e.name):
-      raise ValueError(f"config.task={task!r}: module {module_name!r} not found; known tasks: "
-                       f"{', '.join(sorted(TASKS))}") from e
+      raise ValueError(
+        f"config.task={task!r}: module {module_name!r} not found; known tasks: "
+        f"{', '.join(sorted(TASKS))}"
+      ) from e
     raise
   missing = [a for a in ("Config", "run") if not hasattr(module, a)]
   if missing:
-    raise ValueError(f"config.task={task!r}: module {module_name!r} has no "
-                     f"{' / '.join(missing)} (a trainer defines a dataclass Config and "
-                     "run(cfg, workdir) -> dict)")
+    raise ValueError(
+      f"config.task={task!r}: module {module_name!r} has no "
+      f"{' / '.join(missing)} (a trainer defines a dataclass Config and "
+      "run(cfg, workdir) -> dict)"
+    )
   return module
 
 
@@ -212,16 +244,19 @@ def _check_workdir_config(workdir: str, snapshot: dict, module) -> None:
     with open(path, encoding="utf-8") as f:
       old = json.load(f)
   except (OSError, json.JSONDecodeError) as e:
-    raise UsageError(f"{path}: unreadable ({e}); it records the config that made this "
-                     "workdir: restore it, or pass a new --workdir") from None
+    raise UsageError(
+      f"{path}: unreadable ({e}); it records the config that made this "
+      "workdir: restore it, or pass a new --workdir"
+    ) from None
   neutral = _NEUTRAL_KEYS + tuple(getattr(module, "RESULT_NEUTRAL_FIELDS", ()))
   changed = config_schema.diff(old, json.loads(json.dumps(snapshot, default=str)), neutral)
   if changed:
     raise UsageError(
-        f"--workdir={workdir} was made by a different config; these fields differ "
-        f"(workdir -> now):\n  " + "\n  ".join(changed) + "\nRerun with the workdir's "
-        f"values ({path}) to resume it, or pass a new --workdir (or delete {workdir}) to start "
-        "a new run.")
+      f"--workdir={workdir} was made by a different config; these fields differ "
+      f"(workdir -> now):\n  " + "\n  ".join(changed) + "\nRerun with the workdir's "
+      f"values ({path}) to resume it, or pass a new --workdir (or delete {workdir}) to start "
+      "a new run."
+    )
 
 
 def run_task(config: Any, workdir: str) -> dict:
@@ -249,12 +284,14 @@ def run_task(config: Any, workdir: str) -> dict:
   # 1. Multi-process runtime, before anything touches devices.
   dist = plain.get("distributed") or {}
   if not isinstance(dist, Mapping):
-    raise ValueError(f"config.distributed: expected a dict of {', '.join(_DISTRIBUTED_ARGS)}, "
-                     f"got {dist!r}")
+    raise ValueError(
+      f"config.distributed: expected a dict of {', '.join(_DISTRIBUTED_ARGS)}, got {dist!r}"
+    )
   unknown = sorted(set(dist) - set(_DISTRIBUTED_ARGS))
   if unknown:
-    raise ValueError(f"config.distributed.{unknown[0]}: unknown field; expected "
-                     f"{', '.join(_DISTRIBUTED_ARGS)}")
+    raise ValueError(
+      f"config.distributed.{unknown[0]}: unknown field; expected {', '.join(_DISTRIBUTED_ARGS)}"
+    )
   distributed.maybe_initialize(**{k: v for k, v in dist.items() if v is not None})
 
   # 2. Persistent compilation cache.
@@ -267,6 +304,7 @@ def run_task(config: Any, workdir: str) -> dict:
 
   # 4. Log + snapshot; a workdir made by another config is refused.
   import jax
+
   _log.info("task %s (%s), workdir %s", plain["task"], module.__name__, workdir)
   _log.debug("config:\n%s", config)
   snapshot = {k: plain[k] for k in ENTRY_POINT_KEYS if k in plain}
@@ -379,8 +417,7 @@ def _parse_flags(argv: Sequence[str]):
   try:
     _check_overrides(argv)
     return flags.FLAGS(list(argv))
-  except (UsageError, flags.Error, ValueError, TypeError, AttributeError, KeyError,
-          OSError) as e:
+  except (UsageError, flags.Error, ValueError, TypeError, AttributeError, KeyError, OSError) as e:
     _fail(e, EXIT_USER_ERROR, _debug_requested(argv))
 
 
@@ -406,8 +443,9 @@ def main(argv: Sequence[str]) -> None:
       raise UsageError("--workdir is required")
     run_task(_CONFIG.value, _WORKDIR.value)
   except checkpoint.Preempted as e:
-    sys.stderr.write(f"preempted: {e}\nexit status {EXIT_PREEMPTED}: rerun the same command to "
-                     "resume\n")
+    sys.stderr.write(
+      f"preempted: {e}\nexit status {EXIT_PREEMPTED}: rerun the same command to resume\n"
+    )
     sys.exit(EXIT_PREEMPTED)
   except (common.DivergenceError, checkpoint.CheckpointError) as e:
     _fail(e, EXIT_FAILED, debug)

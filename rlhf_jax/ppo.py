@@ -56,26 +56,25 @@ import jax.numpy as jnp
 import optax
 
 from rlhf_jax import advantages as adv_lib
-from rlhf_jax import generation
+from rlhf_jax import generation, losses, ops
 from rlhf_jax import kl as kl_lib
-from rlhf_jax import losses, ops
 from rlhf_jax import reward as reward_lib
 from rlhf_jax.models import Transformer
 from rlhf_jax.models.transformer import unstack_layers
 from rlhf_jax.update import guarded_update
 
 __all__ = [
-    "PPOHparams",
-    "PPOState",
-    "PPOFrozen",
-    "Rollout",
-    "Scored",
-    "make_sample_and_score",
-    "sample_responses",
-    "init_ppo_state",
-    "init_value_from_reward",
-    "truncate_at_stop",
-    "make_ppo_iteration",
+  "PPOHparams",
+  "PPOState",
+  "PPOFrozen",
+  "Rollout",
+  "Scored",
+  "make_sample_and_score",
+  "sample_responses",
+  "init_ppo_state",
+  "init_value_from_reward",
+  "truncate_at_stop",
+  "make_ppo_iteration",
   "ALGORITHMS",
   "CRITIC_FREE_ALGORITHMS",
   "GROUP_ALGORITHMS",
@@ -85,10 +84,20 @@ ALGORITHMS = ("ppo", "grpo", "dr_grpo", "rloo", "reinforce_pp")
 CRITIC_FREE_ALGORITHMS = ("grpo", "dr_grpo", "rloo", "reinforce_pp")
 GROUP_ALGORITHMS = ("grpo", "dr_grpo", "rloo")
 # The papers' choices, used where PPOHparams leaves kl_in_loss / loss_reduction as None.
-_DEFAULT_KL_IN_LOSS = {"ppo": False, "grpo": True, "dr_grpo": True, "rloo": False,
-                       "reinforce_pp": False}
-_DEFAULT_REDUCTION = {"ppo": "token", "grpo": "sequence", "dr_grpo": "constant",
-                      "rloo": "token", "reinforce_pp": "token"}
+_DEFAULT_KL_IN_LOSS = {
+  "ppo": False,
+  "grpo": True,
+  "dr_grpo": True,
+  "rloo": False,
+  "reinforce_pp": False,
+}
+_DEFAULT_REDUCTION = {
+  "ppo": "token",
+  "grpo": "sequence",
+  "dr_grpo": "constant",
+  "rloo": "token",
+  "reinforce_pp": "token",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,44 +192,58 @@ class PPOHparams:
       raise ValueError(f"PPOHparams.group_size must be >= 1, got {self.group_size}")
     if self.algorithm in GROUP_ALGORITHMS and self.group_size < 2:
       raise ValueError(
-          f"PPOHparams.group_size={self.group_size} with algorithm={self.algorithm!r}: a group "
-          "method's baseline is the other samples of the same prompt, so it needs "
-          "group_size >= 2 samples per prompt")
+        f"PPOHparams.group_size={self.group_size} with algorithm={self.algorithm!r}: a group "
+        "method's baseline is the other samples of the same prompt, so it needs "
+        "group_size >= 2 samples per prompt"
+      )
     if self.algorithm in CRITIC_FREE_ALGORITHMS and self.shared_trunk:
-      raise ValueError(f"PPOHparams.shared_trunk=True with algorithm={self.algorithm!r}: "
-                       "critic-free algorithms have no value head; use shared_trunk=False")
-    if (self.loss_reduction is not None
-        and self.loss_reduction not in losses.POLICY_LOSS_REDUCTIONS):
-      raise ValueError(f"PPOHparams.loss_reduction={self.loss_reduction!r}; expected None or "
-                       f"one of {losses.POLICY_LOSS_REDUCTIONS}")
+      raise ValueError(
+        f"PPOHparams.shared_trunk=True with algorithm={self.algorithm!r}: "
+        "critic-free algorithms have no value head; use shared_trunk=False"
+      )
+    if self.loss_reduction is not None and self.loss_reduction not in losses.POLICY_LOSS_REDUCTIONS:
+      raise ValueError(
+        f"PPOHparams.loss_reduction={self.loss_reduction!r}; expected None or "
+        f"one of {losses.POLICY_LOSS_REDUCTIONS}"
+      )
     if self.kl_loss_estimator not in kl_lib.ESTIMATORS:
-      raise ValueError(f"PPOHparams.kl_loss_estimator={self.kl_loss_estimator!r}; expected "
-                       f"one of {kl_lib.ESTIMATORS}")
+      raise ValueError(
+        f"PPOHparams.kl_loss_estimator={self.kl_loss_estimator!r}; expected "
+        f"one of {kl_lib.ESTIMATORS}"
+      )
     if self.clip_eps_high is not None and self.clip_eps_high < 0:
-      raise ValueError(f"PPOHparams.clip_eps_high={self.clip_eps_high}: expected None or "
-                       ">= 0 (the ratio is clipped to [1 - clip_eps, 1 + clip_eps_high])")
+      raise ValueError(
+        f"PPOHparams.clip_eps_high={self.clip_eps_high}: expected None or "
+        ">= 0 (the ratio is clipped to [1 - clip_eps, 1 + clip_eps_high])"
+      )
     if self.missing_stop not in ("none", "replace", "penalty"):
-      raise ValueError(f"PPOHparams.missing_stop={self.missing_stop!r}; expected 'none', "
-                       "'replace' or 'penalty'")
+      raise ValueError(
+        f"PPOHparams.missing_stop={self.missing_stop!r}; expected 'none', 'replace' or 'penalty'"
+      )
     if self.missing_stop_penalty < 0:
-      raise ValueError(f"PPOHparams.missing_stop_penalty={self.missing_stop_penalty}: the "
-                       "penalty is subtracted from the score of a response without a stop "
-                       "token, so it must be >= 0")
+      raise ValueError(
+        f"PPOHparams.missing_stop_penalty={self.missing_stop_penalty}: the "
+        "penalty is subtracted from the score of a response without a stop "
+        "token, so it must be >= 0"
+      )
     if self.kl_estimator not in kl_lib.ESTIMATORS:
-      raise ValueError(f"PPOHparams.kl_estimator={self.kl_estimator!r}; expected one of "
-                       f"{kl_lib.ESTIMATORS}")
+      raise ValueError(
+        f"PPOHparams.kl_estimator={self.kl_estimator!r}; expected one of {kl_lib.ESTIMATORS}"
+      )
     for name in ("response_len", "num_minibatches", "epochs"):
       if getattr(self, name) < 1:
         raise ValueError(f"PPOHparams.{name} must be >= 1, got {getattr(self, name)}")
     if self.temperature <= 0:
-      raise ValueError(f"PPOHparams.temperature must be > 0 for RL sampling, got "
-                       f"{self.temperature}")
+      raise ValueError(
+        f"PPOHparams.temperature must be > 0 for RL sampling, got {self.temperature}"
+      )
     if self.top_k != 0 or self.top_p != 1.0:
       raise ValueError(
-          f"PPOHparams.top_k={self.top_k}, top_p={self.top_p}: PPO samples from the full "
-          "temperature-scaled distribution (top_k=0, top_p=1.0). The ratio π/π_old and the "
-          "KL penalty use log-probs of that distribution; top-k/top-p sampling draws from a "
-          "truncated one, which biases both (and can make the KL negative)")
+        f"PPOHparams.top_k={self.top_k}, top_p={self.top_p}: PPO samples from the full "
+        "temperature-scaled distribution (top_k=0, top_p=1.0). The ratio π/π_old and the "
+        "KL penalty use log-probs of that distribution; top-k/top-p sampling draws from a "
+        "truncated one, which biases both (and can make the KL negative)"
+      )
 
   @property
   def critic_free(self) -> bool:
@@ -242,8 +265,9 @@ class PPOHparams:
   @property
   def missing_stop_value(self) -> Optional[float]:
     """The value :func:`rlhf_jax.advantages.shape_rewards` takes for ``missing_stop``."""
-    return {"none": None, "replace": self.missing_stop_score,
-            "penalty": self.missing_stop_penalty}[self.missing_stop]
+    return {"none": None, "replace": self.missing_stop_score, "penalty": self.missing_stop_penalty}[
+      self.missing_stop
+    ]
 
   def recomputes_old_logprobs(self, compute_dtype: str) -> bool:
     """Whether ``log π_old`` comes from a full forward pass for a policy in ``compute_dtype``."""
@@ -299,21 +323,23 @@ class Rollout(NamedTuple):
   logp_ref: Optional[jax.Array] = None  # [B, N]
 
 
-def init_ppo_state(params, optimizer: optax.GradientTransformation, init_kl_coef: float,
-                   rng: jax.Array) -> PPOState:
+def init_ppo_state(
+  params, optimizer: optax.GradientTransformation, init_kl_coef: float, rng: jax.Array
+) -> PPOState:
   """Initial PPO state; ``rng`` is a raw uint32 key (``jax.random.PRNGKey``)."""
   return PPOState(
-      params=params,
-      opt_state=optimizer.init(params),
-      kl=kl_lib.adaptive_kl_init(jnp.asarray(init_kl_coef, jnp.float32)),
-      rng=rng,
-      step=jnp.zeros((), jnp.int32),
-      skipped_updates=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=optimizer.init(params),
+    kl=kl_lib.adaptive_kl_init(jnp.asarray(init_kl_coef, jnp.float32)),
+    rng=rng,
+    step=jnp.zeros((), jnp.int32),
+    skipped_updates=jnp.zeros((), jnp.int32),
   )
 
 
-def init_value_from_reward(reward_model: Transformer, reward_params, reward_gain,
-                           reward_bias, head: str = "reward"):
+def init_value_from_reward(
+  reward_model: Transformer, reward_params, reward_gain, reward_bias, head: str = "reward"
+):
   """The value model and its params, started from the reward model.
 
   PPO's returns are in normalised reward units, ``gain · r + bias`` (mean 0, std 1 on
@@ -330,8 +356,9 @@ def init_value_from_reward(reward_model: Transformer, reward_params, reward_gain
   if head not in ("reward", "zero"):
     raise ValueError(f"value init head={head!r}; expected 'reward' or 'zero'")
   if reward_model.cfg.head != "scalar":
-    raise ValueError(f"the value model starts from a scalar-head model, got head="
-                     f"{reward_model.cfg.head!r}")
+    raise ValueError(
+      f"the value model starts from a scalar-head model, got head={reward_model.cfg.head!r}"
+    )
   value_model = Transformer(reward_model.cfg.replace(scalar_bias=True))
   params = jax.tree.map(jnp.copy, dict(reward_params))
   kernel = params["score"]["kernel"]
@@ -340,8 +367,10 @@ def init_value_from_reward(reward_model: Transformer, reward_params, reward_gain
   if head == "zero":
     params["score"] = {"kernel": jnp.zeros_like(kernel), "bias": jnp.zeros_like(old_bias)}
   else:
-    params["score"] = {"kernel": kernel * gain,
-                       "bias": old_bias * gain + jnp.asarray(reward_bias, kernel.dtype)}
+    params["score"] = {
+      "kernel": kernel * gain,
+      "bias": old_bias * gain + jnp.asarray(reward_bias, kernel.dtype),
+    }
   return value_model, params
 
 
@@ -375,28 +404,38 @@ class Scored(NamedTuple):
   raw_score: jax.Array  # [B] reward model at the last real token, before normalisation
 
 
-def sample_responses(policy_model: Transformer, hp: PPOHparams, params, prompt_ids,
-                      prompt_mask, rng, temperature=None):
+def sample_responses(
+  policy_model: Transformer, hp: PPOHparams, params, prompt_ids, prompt_mask, rng, temperature=None
+):
   """Sample (and stop-token truncate) responses; ``temperature`` overrides ``hp.temperature``
   (it may be traced)."""
   sample = generation.sample_fn(
-      generation.make_apply_fn(policy_model), unstack_layers(params), policy_model.cfg,
-      prompt_ids, prompt_mask, rng, max_new_tokens=hp.response_len, eos_id=hp.eos_id,
-      pad_id=hp.pad_id, top_k=hp.top_k,
-      temperature=jnp.asarray(hp.temperature if temperature is None else temperature,
-                              jnp.float32),
-      top_p=jnp.asarray(hp.top_p, jnp.float32))
+    generation.make_apply_fn(policy_model),
+    unstack_layers(params),
+    policy_model.cfg,
+    prompt_ids,
+    prompt_mask,
+    rng,
+    max_new_tokens=hp.response_len,
+    eos_id=hp.eos_id,
+    pad_id=hp.pad_id,
+    top_k=hp.top_k,
+    temperature=jnp.asarray(hp.temperature if temperature is None else temperature, jnp.float32),
+    top_p=jnp.asarray(hp.top_p, jnp.float32),
+  )
   tokens, mask = sample.tokens_BN, sample.mask_BN.astype(jnp.int32)
   has_stop = sample.ended_B
   if hp.stop_token_id is not None:
-    tokens, mask, stopped = truncate_at_stop(tokens, mask, hp.stop_token_id,
-                                             hp.min_response_len, hp.pad_id)
+    tokens, mask, stopped = truncate_at_stop(
+      tokens, mask, hp.stop_token_id, hp.min_response_len, hp.pad_id
+    )
     has_stop = has_stop | stopped
   return tokens, mask, sample.logprobs_BN, has_stop
 
 
-def make_sample_and_score(policy_model: Transformer, reward_model: Transformer,
-                          hp: PPOHparams) -> Callable:
+def make_sample_and_score(
+  policy_model: Transformer, reward_model: Transformer, hp: PPOHparams
+) -> Callable:
   """``fn(policy_params, reward_params, prompt_ids, prompt_mask, rng) -> Scored``.
 
   The rollout half of an iteration on its own: used to fit the reward normalisation on
@@ -404,9 +443,9 @@ def make_sample_and_score(policy_model: Transformer, reward_model: Transformer,
   """
 
   def fn(policy_params, reward_params, prompt_ids, prompt_mask, rng):
-    p = prompt_ids.shape[1]
-    tokens, mask, logprobs, has_stop = sample_responses(policy_model, hp, policy_params,
-                                                         prompt_ids, prompt_mask, rng)
+    tokens, mask, logprobs, has_stop = sample_responses(
+      policy_model, hp, policy_params, prompt_ids, prompt_mask, rng
+    )
     seq_ids = jnp.concatenate([prompt_ids, tokens], axis=1)
     seq_mask = jnp.concatenate([prompt_mask.astype(jnp.int32), mask], axis=1)
     raw = reward_lib.score_sequences(reward_model, reward_params, seq_ids, seq_mask)
@@ -440,19 +479,27 @@ def _token_reduction(reduction: str) -> Callable:
   if reduction == "token":
     return ops.masked_mean
   if reduction == "sequence":
+
     def reduce(x, mask):
       nonempty = jnp.any(jnp.asarray(mask) != 0, axis=-1)
       return ops.masked_mean(ops.masked_mean(x, mask, axis=-1), nonempty)
+
     return reduce
 
   def reduce_constant(x, mask):
     return ops.masked_sum(x, mask) / jnp.asarray(max(x.size, 1), ops.acc_dtype(x))
+
   return reduce_constant
 
 
-def make_ppo_iteration(policy_model: Transformer, value_model: Optional[Transformer],
-                       reward_model: Transformer, optimizer: optax.GradientTransformation,
-                       hp: PPOHparams, phases: bool = False) -> Callable:
+def make_ppo_iteration(
+  policy_model: Transformer,
+  value_model: Optional[Transformer],
+  reward_model: Transformer,
+  optimizer: optax.GradientTransformation,
+  hp: PPOHparams,
+  phases: bool = False,
+) -> Callable:
   """Build ``iteration(state, frozen, prompt_ids_BP, prompt_mask_BP) -> (state, metrics)``.
 
   The returned function is pure; jit it (``jax.jit(it, donate_argnums=0)``). ``metrics`` is
@@ -483,12 +530,16 @@ def make_ppo_iteration(policy_model: Transformer, value_model: Optional[Transfor
   ``group_score_std`` (mean within-group std of the total reward) for group methods.
   """
   if hp.shared_trunk != (policy_model.cfg.head == "both"):
-    raise ValueError("shared_trunk=True needs a policy with head='both' (and False needs "
-                     f"head='lm'); got shared_trunk={hp.shared_trunk}, "
-                     f"head={policy_model.cfg.head!r}")
+    raise ValueError(
+      "shared_trunk=True needs a policy with head='both' (and False needs "
+      f"head='lm'); got shared_trunk={hp.shared_trunk}, "
+      f"head={policy_model.cfg.head!r}"
+    )
   if hp.critic_free and value_model is not None:
-    raise ValueError(f"value_model must be None for the critic-free algorithm="
-                     f"{hp.algorithm!r} (it has no value function)")
+    raise ValueError(
+      f"value_model must be None for the critic-free algorithm="
+      f"{hp.algorithm!r} (it has no value function)"
+    )
   if not hp.critic_free and not hp.shared_trunk and value_model is None:
     raise ValueError("a separate value model is needed unless shared_trunk=True")
   ref_model = Transformer(policy_model.cfg.replace(head="lm"))
@@ -503,55 +554,70 @@ def make_ppo_iteration(policy_model: Transformer, value_model: Optional[Transfor
     return (p - 1, p + n - 1)  # the positions whose outputs score response tokens
 
   if hp.group_size == 1:
+
     def repeat_prompts(x_BP):
       return x_BP
   else:
+
     def repeat_prompts(x_BP):
       """``[B, P] -> [B·G, P]``: rows ``g·G … g·G + G - 1`` are prompt ``g``."""
       return jnp.repeat(x_BP, hp.group_size, axis=0)
 
   if hp.shared_trunk:
+
     def policy_and_values(params, ids, mask, p):
       """Response-position logits ``[B,N,V]`` and values ``[B,N]`` from one trunk."""
       return policy_model.apply({"params": params["policy"]}, ids, mask, head_slice=heads(p))
   elif hp.critic_free:
+
     def policy_and_values(params, ids, mask, p):
-      return (policy_model.apply({"params": params["policy"]}, ids, mask, head_slice=heads(p)),
-              None)
+      return (
+        policy_model.apply({"params": params["policy"]}, ids, mask, head_slice=heads(p)),
+        None,
+      )
   else:
+
     def policy_and_values(params, ids, mask, p):
       logits = policy_model.apply({"params": params["policy"]}, ids, mask, head_slice=heads(p))
       values = value_model.apply({"params": params["value"]}, ids, mask, head_slice=heads(p))
       return logits, values
 
   if recompute_old:
+
     def old_logprobs_and_values(params, ids, mask, p, sampler_logp):
       del sampler_logp
       logits, values = policy_and_values(params, ids, mask, p)
       return ops.token_logprobs(logits, ids[:, p:], temperature), values
   else:
+
     def old_logprobs_and_values(params, ids, mask, p, sampler_logp):
       # The sampler's log-probs are those of the rollout policy; XLA drops the unused
       # logits of this forward pass (and, without a critic, the whole pass).
       return sampler_logp, policy_and_values(params, ids, mask, p)[1]
 
-  whiten_rewards = (functools.partial(ops.whiten, shift_mean=False,
-                                      unbiased=hp.unbiased_whitening)
-                    if hp.whiten_rewards else _identity)
-  whiten_advantages = (functools.partial(ops.whiten, shift_mean=True,
-                                         unbiased=hp.unbiased_whitening)
-                       if hp.whiten_advantages else _identity)
+  whiten_rewards = (
+    functools.partial(ops.whiten, shift_mean=False, unbiased=hp.unbiased_whitening)
+    if hp.whiten_rewards
+    else _identity
+  )
+  whiten_advantages = (
+    functools.partial(ops.whiten, shift_mean=True, unbiased=hp.unbiased_whitening)
+    if hp.whiten_advantages
+    else _identity
+  )
   kl_update = kl_lib.adaptive_kl_update if hp.adaptive_kl else kl_lib.fixed_kl_update
 
   # Where the KL goes: the β of the per-token reward penalty (0 when the KL is a loss term)
   # and whether the rollout keeps log π_ref for the loss.
   if kl_in_loss:
+
     def reward_beta(kl_state):
       return jnp.zeros_like(kl_state.beta)
 
     def keep_ref(logp_ref):
       return logp_ref
   else:
+
     def reward_beta(kl_state):
       return kl_state.beta
 
@@ -561,26 +627,30 @@ def make_ppo_iteration(policy_model: Transformer, value_model: Optional[Transfor
   # The advantage estimator: ``estimate(shaped, values_BN, mask_BN) -> (advantages_BN,
   # returns_BN or None, stats)``.
   if hp.algorithm == "ppo":
+
     def estimate(shaped, values, mask):
-      advantages, returns = adv_lib.gae(whiten_rewards(shaped.rewards, mask), values, mask,
-                                        hp.gamma, hp.lam)
-      stats = {"value_explained_variance": ops.explained_variance(values, returns, mask),
-               "return_mean": ops.masked_mean(returns, mask)}
+      advantages, returns = adv_lib.gae(
+        whiten_rewards(shaped.rewards, mask), values, mask, hp.gamma, hp.lam
+      )
+      stats = {
+        "value_explained_variance": ops.explained_variance(values, returns, mask),
+        "return_mean": ops.masked_mean(returns, mask),
+      }
       return whiten_advantages(advantages, mask), returns, stats
   elif hp.algorithm == "reinforce_pp":
+
     def estimate(shaped, values, mask):
       # REINFORCE++ (Hu 2025): the return-to-go of the KL-shaped rewards is GAE with V = 0
       # and λ = 1; whitened over the whole batch.
       del values
-      to_go, _ = adv_lib.gae(shaped.rewards, jnp.zeros_like(shaped.rewards), mask, hp.gamma,
-                             1.0)
+      to_go, _ = adv_lib.gae(shaped.rewards, jnp.zeros_like(shaped.rewards), mask, hp.gamma, 1.0)
       stats = {"return_mean": ops.masked_mean(to_go, mask)}
       return whiten_advantages(to_go, mask), None, stats
   else:
     group_advantages = {
-        "grpo": functools.partial(adv_lib.grpo_advantages, scale_by_std=True),
-        "dr_grpo": functools.partial(adv_lib.grpo_advantages, scale_by_std=False),
-        "rloo": adv_lib.rloo_advantages,
+      "grpo": functools.partial(adv_lib.grpo_advantages, scale_by_std=True),
+      "dr_grpo": functools.partial(adv_lib.grpo_advantages, scale_by_std=False),
+      "rloo": adv_lib.rloo_advantages,
     }[hp.algorithm]
 
     def estimate(shaped, values, mask):
@@ -595,75 +665,98 @@ def make_ppo_iteration(policy_model: Transformer, value_model: Optional[Transfor
       return advantages, None, stats
 
   # The loss terms: ``term(fwd: _Forward, mb: Rollout, beta) -> (loss, info)``, summed in order.
-  policy_loss = functools.partial(losses.ppo_policy_loss, clip_eps=hp.clip_eps,
-                                  clip_eps_high=hp.clip_eps_high, reduction=reduction)
+  policy_loss = functools.partial(
+    losses.ppo_policy_loss,
+    clip_eps=hp.clip_eps,
+    clip_eps_high=hp.clip_eps_high,
+    reduction=reduction,
+  )
 
   def policy_term(fwd: _Forward, mb: Rollout, beta):
     del beta
     pg_loss, pg_info = policy_loss(fwd.logp, mb.logp_old, mb.advantages, mb.response_mask)
-    return pg_loss, {"policy_loss": pg_loss, "policy_clip_frac": pg_info.clip_frac,
-                     "approx_kl": pg_info.approx_kl, "ratio_mean": pg_info.ratio_mean}
+    return pg_loss, {
+      "policy_loss": pg_loss,
+      "policy_clip_frac": pg_info.clip_frac,
+      "approx_kl": pg_info.approx_kl,
+      "ratio_mean": pg_info.ratio_mean,
+    }
 
   def value_term(fwd: _Forward, mb: Rollout, beta):
     del beta
-    vf_loss, vf_info = losses.ppo_value_loss(fwd.values, mb.values_old, mb.returns,
-                                             mb.response_mask, hp.value_clip_eps)
-    return hp.vf_coef * vf_loss, {"value_loss": vf_loss, "value_clip_frac": vf_info.clip_frac,
-                                  "value_mse": vf_info.mse}
+    vf_loss, vf_info = losses.ppo_value_loss(
+      fwd.values, mb.values_old, mb.returns, mb.response_mask, hp.value_clip_eps
+    )
+    return hp.vf_coef * vf_loss, {
+      "value_loss": vf_loss,
+      "value_clip_frac": vf_info.clip_frac,
+      "value_mse": vf_info.mse,
+    }
 
   reduce_kl = _token_reduction(reduction)
 
   def kl_term(fwd: _Forward, mb: Rollout, beta):
     # GRPO: β · k3(π_θ, π_ref) per token, reduced like the policy loss; the gradient flows
     # through log π_θ only (log π_ref is data).
-    k_BN = kl_lib.kl_penalty(fwd.logp, jax.lax.stop_gradient(mb.logp_ref),
-                             hp.kl_loss_estimator, mask=mb.response_mask)
+    k_BN = kl_lib.kl_penalty(
+      fwd.logp, jax.lax.stop_gradient(mb.logp_ref), hp.kl_loss_estimator, mask=mb.response_mask
+    )
     kl_loss = reduce_kl(k_BN, mb.response_mask)
     return beta * kl_loss, {"kl_loss": kl_loss}
 
-  loss_terms = ([policy_term] + ([] if hp.critic_free else [value_term])
-                + ([kl_term] if kl_in_loss else []))
+  loss_terms = (
+    [policy_term] + ([] if hp.critic_free else [value_term]) + ([kl_term] if kl_in_loss else [])
+  )
 
   # --- rollout → score → shaped rewards → advantages ------------------------------------------
   def rollout_and_score(state: PPOState, frozen: PPOFrozen, prompt_ids, prompt_mask, rng):
     p = prompt_ids.shape[1]
     prompt_ids, prompt_mask = repeat_prompts(prompt_ids), repeat_prompts(prompt_mask)
     tokens, resp_mask, sampler_logp, has_stop = sample_responses(
-        policy_model, hp, state.params["policy"], prompt_ids, prompt_mask, rng)
+      policy_model, hp, state.params["policy"], prompt_ids, prompt_mask, rng
+    )
     seq_ids = jnp.concatenate([prompt_ids, tokens], axis=1)
     seq_mask = jnp.concatenate([prompt_mask.astype(jnp.int32), resp_mask], axis=1)
 
     logp_old, values = old_logprobs_and_values(state.params, seq_ids, seq_mask, p, sampler_logp)
     logp_old = jax.lax.stop_gradient(logp_old)
-    ref_logits = ref_model.apply({"params": frozen.ref_params}, seq_ids, seq_mask,
-                                 head_slice=heads(p))
+    ref_logits = ref_model.apply(
+      {"params": frozen.ref_params}, seq_ids, seq_mask, head_slice=heads(p)
+    )
     logp_ref = ops.token_logprobs(ref_logits, tokens, temperature)
-    raw_score = reward_lib.score_sequences(reward_model, frozen.reward_params, seq_ids,
-                                           seq_mask)
+    raw_score = reward_lib.score_sequences(reward_model, frozen.reward_params, seq_ids, seq_mask)
     score = adv_lib.apply_reward_normalization(raw_score, frozen.reward_gain, frozen.reward_bias)
 
     beta = reward_beta(state.kl)
     shaped = adv_lib.shape_rewards(
-        score, logp_old, logp_ref, resp_mask, beta, hp.kl_estimator,
-        has_stop_B=has_stop, missing_stop=hp.missing_stop,
-        missing_stop_value=hp.missing_stop_value)
+      score,
+      logp_old,
+      logp_ref,
+      resp_mask,
+      beta,
+      hp.kl_estimator,
+      has_stop_B=has_stop,
+      missing_stop=hp.missing_stop,
+      missing_stop_value=hp.missing_stop_value,
+    )
     advantages, returns, estimator_stats = estimate(shaped, values, resp_mask)
-    rollout = Rollout(seq_ids, seq_mask, resp_mask, logp_old, values, advantages, returns,
-                      keep_ref(logp_ref))
+    rollout = Rollout(
+      seq_ids, seq_mask, resp_mask, logp_old, values, advantages, returns, keep_ref(logp_ref)
+    )
 
     seq_kl_k1 = kl_lib.sequence_kl(logp_old, logp_ref, resp_mask, "k1")
     length = jnp.sum(resp_mask, axis=1).astype(jnp.float32)
     stats = {
-        "score": jnp.mean(score),
-        "score_raw": jnp.mean(raw_score),
-        "kl": jnp.mean(seq_kl_k1),
-        "kl_penalty": jnp.mean(jnp.sum(shaped.kl, axis=1)),
-        "non_score_reward": -beta * jnp.mean(jnp.sum(shaped.kl, axis=1)),
-        "response_length": jnp.mean(length),
-        "stop_rate": jnp.mean(has_stop.astype(jnp.float32)),
-        "entropy_rollout": -ops.masked_mean(logp_old, resp_mask),
-        "advantage_mean": ops.masked_mean(advantages, resp_mask),
-        **estimator_stats,
+      "score": jnp.mean(score),
+      "score_raw": jnp.mean(raw_score),
+      "kl": jnp.mean(seq_kl_k1),
+      "kl_penalty": jnp.mean(jnp.sum(shaped.kl, axis=1)),
+      "non_score_reward": -beta * jnp.mean(jnp.sum(shaped.kl, axis=1)),
+      "response_length": jnp.mean(length),
+      "stop_rate": jnp.mean(has_stop.astype(jnp.float32)),
+      "entropy_rollout": -ops.masked_mean(logp_old, resp_mask),
+      "advantage_mean": ops.masked_mean(advantages, resp_mask),
+      **estimator_stats,
     }
     return rollout, stats, jnp.mean(seq_kl_k1)
 
@@ -677,16 +770,18 @@ def make_ppo_iteration(policy_model: Transformer, value_model: Optional[Transfor
       loss = term_loss if loss is None else loss + term_loss
       info.update(term_info)
     info["loss"] = loss
-    info["entropy"] = losses.entropy_from_logits(jax.lax.stop_gradient(logits),
-                                                 mb.response_mask, temperature)
+    info["entropy"] = losses.entropy_from_logits(
+      jax.lax.stop_gradient(logits), mb.response_mask, temperature
+    )
     return loss, info
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def update_minibatch(carry: _UpdateCarry, mb: Rollout, p, beta):
     (loss, info), grads = grad_fn(carry.params, mb, p, beta)
-    params, opt_state, finite, grad_norm = guarded_update(optimizer, carry.params,
-                                                          carry.opt_state, grads, loss)
+    params, opt_state, finite, grad_norm = guarded_update(
+      optimizer, carry.params, carry.opt_state, grads, loss
+    )
     skipped = carry.skipped + (~finite).astype(jnp.int32)
     return _UpdateCarry(params, opt_state, skipped), dict(info, grad_norm=grad_norm)
 
@@ -702,8 +797,10 @@ def make_ppo_iteration(policy_model: Transformer, value_model: Optional[Transfor
     b = rollout.seq_ids.shape[0]
     p = rollout.seq_ids.shape[1] - n
     if b % hp.num_minibatches:
-      raise ValueError(f"batch of {b} rollouts (prompts × group_size={hp.group_size}) is not "
-                       f"divisible by num_minibatches={hp.num_minibatches}")
+      raise ValueError(
+        f"batch of {b} rollouts (prompts × group_size={hp.group_size}) is not "
+        f"divisible by num_minibatches={hp.num_minibatches}"
+      )
     mb_size = b // hp.num_minibatches
     _, shuffle_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
     beta = state.kl.beta
@@ -721,9 +818,12 @@ def make_ppo_iteration(policy_model: Transformer, value_model: Optional[Transfor
     metrics["beta"] = state.kl.beta
     metrics["skipped_updates"] = carry.skipped
     new_state = state.replace(
-        params=carry.params, opt_state=carry.opt_state,
-        kl=kl_update(state.kl, observed_kl, b, hp.kl_target, hp.kl_horizon),
-        step=state.step + 1, skipped_updates=carry.skipped)
+      params=carry.params,
+      opt_state=carry.opt_state,
+      kl=kl_update(state.kl, observed_kl, b, hp.kl_target, hp.kl_horizon),
+      step=state.step + 1,
+      skipped_updates=carry.skipped,
+    )
     return new_state, metrics
 
   def iteration(state: PPOState, frozen: PPOFrozen, prompt_ids_BP, prompt_mask_BP):

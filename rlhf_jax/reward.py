@@ -27,16 +27,16 @@ from rlhf_jax.models import Transformer
 from rlhf_jax.update import guarded_update
 
 __all__ = [
-    "RewardHparams",
-    "RewardState",
-    "init_reward_state",
-    "score_sequences",
-    "tie_parameter",
-    "raw_tie",
-    "reward_optimizer",
-    "make_reward_step",
-    "make_pair_scorer",
-    "preference_metrics",
+  "RewardHparams",
+  "RewardState",
+  "init_reward_state",
+  "score_sequences",
+  "tie_parameter",
+  "raw_tie",
+  "reward_optimizer",
+  "make_reward_step",
+  "make_pair_scorer",
+  "preference_metrics",
 ]
 
 
@@ -61,17 +61,20 @@ class RewardHparams:
 
   def __post_init__(self):
     if self.tie_model not in ("bradley_terry", "rao_kupper", "davidson"):
-      raise ValueError(f"RewardHparams.tie_model={self.tie_model!r}; expected 'bradley_terry',"
-                       " 'rao_kupper' or 'davidson'")
+      raise ValueError(
+        f"RewardHparams.tie_model={self.tie_model!r}; expected 'bradley_terry',"
+        " 'rao_kupper' or 'davidson'"
+      )
     if self.tie_model == "rao_kupper" and self.init_tie_param < 1:
-      raise ValueError(f"RewardHparams.init_tie_param={self.init_tie_param}: Rao-Kupper needs "
-                       "theta >= 1")
+      raise ValueError(
+        f"RewardHparams.init_tie_param={self.init_tie_param}: Rao-Kupper needs theta >= 1"
+      )
     if self.tie_model == "davidson" and self.init_tie_param < 0:
-      raise ValueError(f"RewardHparams.init_tie_param={self.init_tie_param}: Davidson needs "
-                       "nu >= 0")
+      raise ValueError(
+        f"RewardHparams.init_tie_param={self.init_tie_param}: Davidson needs nu >= 0"
+      )
     if self.tie_learning_rate < 0:
-      raise ValueError(f"RewardHparams.tie_learning_rate={self.tie_learning_rate}: expected "
-                       ">= 0")
+      raise ValueError(f"RewardHparams.tie_learning_rate={self.tie_learning_rate}: expected >= 0")
 
 
 class RewardState(flax.struct.PyTreeNode):
@@ -94,14 +97,15 @@ def raw_tie(value: float, tie_model: str) -> float:
   return 0.0
 
 
-def reward_optimizer(model_optimizer: optax.GradientTransformation,
-                     hp: RewardHparams) -> optax.GradientTransformation:
+def reward_optimizer(
+  model_optimizer: optax.GradientTransformation, hp: RewardHparams
+) -> optax.GradientTransformation:
   """``model_optimizer`` for the model params and Adam at ``hp.tie_learning_rate`` for the
   tie parameter (params ``{"model": ..., "tie": scalar}``)."""
-  labels = lambda params: {"model": jax.tree.map(lambda _: "model", params["model"]),
-                           "tie": "tie"}
-  return optax.multi_transform({"model": model_optimizer,
-                                "tie": optax.adam(hp.tie_learning_rate)}, labels)
+  labels = lambda params: {"model": jax.tree.map(lambda _: "model", params["model"]), "tie": "tie"}
+  return optax.multi_transform(
+    {"model": model_optimizer, "tie": optax.adam(hp.tie_learning_rate)}, labels
+  )
 
 
 def tie_parameter(raw: jax.Array, tie_model: str) -> jax.Array:
@@ -113,12 +117,19 @@ def tie_parameter(raw: jax.Array, tie_model: str) -> jax.Array:
   return jnp.ones((), jnp.float32)
 
 
-def init_reward_state(model_params, optimizer: optax.GradientTransformation,
-                      hp: RewardHparams) -> RewardState:
-  params = {"model": model_params,
-            "tie": jnp.asarray(raw_tie(hp.init_tie_param, hp.tie_model), jnp.float32)}
-  return RewardState(params=params, opt_state=optimizer.init(params),
-                     step=jnp.zeros((), jnp.int32), skipped_updates=jnp.zeros((), jnp.int32))
+def init_reward_state(
+  model_params, optimizer: optax.GradientTransformation, hp: RewardHparams
+) -> RewardState:
+  params = {
+    "model": model_params,
+    "tie": jnp.asarray(raw_tie(hp.init_tie_param, hp.tie_model), jnp.float32),
+  }
+  return RewardState(
+    params=params,
+    opt_state=optimizer.init(params),
+    step=jnp.zeros((), jnp.int32),
+    skipped_updates=jnp.zeros((), jnp.int32),
+  )
 
 
 def score_sequences(model: Transformer, params, ids_BT, mask_BT) -> jax.Array:
@@ -136,8 +147,9 @@ def _pair_scores(model, params, batch):
   return scores[:b], scores[b:]
 
 
-def make_reward_step(model: Transformer, optimizer: optax.GradientTransformation,
-                     hp: RewardHparams) -> Callable:
+def make_reward_step(
+  model: Transformer, optimizer: optax.GradientTransformation, hp: RewardHparams
+) -> Callable:
   """``step(state, batch) -> (state, metrics)``; jit it with the state donated."""
   if model.cfg.head != "scalar":
     raise ValueError(f"reward model needs head='scalar', got {model.cfg.head!r}")
@@ -147,8 +159,11 @@ def make_reward_step(model: Transformer, optimizer: optax.GradientTransformation
     raw = params["tie"] if hp.learn_tie_param else jax.lax.stop_gradient(params["tie"])
     tie = tie_parameter(raw, hp.tie_model)
     # Bradley-Terry treats a tie label as half a win for each side (see preference_loss).
-    loss = jnp.mean(losses.preference_loss(r_a, r_b, batch["label"], hp.tie_model,
-                                           None if hp.tie_model == "bradley_terry" else tie))
+    loss = jnp.mean(
+      losses.preference_loss(
+        r_a, r_b, batch["label"], hp.tie_model, None if hp.tie_model == "bradley_terry" else tie
+      )
+    )
     if hp.center_coef:
       loss = loss + jnp.mean(losses.reward_centering_loss(r_a, r_b, hp.center_coef))
     return loss, (r_a, r_b, tie)
@@ -157,13 +172,15 @@ def make_reward_step(model: Transformer, optimizer: optax.GradientTransformation
 
   def step(state: RewardState, batch: Dict[str, jax.Array]):
     (loss, (r_a, r_b, tie)), grads = grad_fn(state.params, batch)
-    params, opt_state, finite, grad_norm = guarded_update(optimizer, state.params,
-                                                          state.opt_state, grads, loss)
+    params, opt_state, finite, grad_norm = guarded_update(
+      optimizer, state.params, state.opt_state, grads, loss
+    )
     skipped = state.skipped_updates + (~finite).astype(jnp.int32)
     metrics = preference_metrics(r_a, r_b, batch["label"])
     metrics.update(loss=loss, grad_norm=grad_norm, tie_param=tie, skipped_updates=skipped)
-    return state.replace(params=params, opt_state=opt_state, step=state.step + 1,
-                         skipped_updates=skipped), metrics
+    return state.replace(
+      params=params, opt_state=opt_state, step=state.step + 1, skipped_updates=skipped
+    ), metrics
 
   return step
 
@@ -180,8 +197,8 @@ def preference_metrics(r_a, r_b, label) -> Dict[str, jax.Array]:
   correct = jnp.where(label == losses.LABEL_A, pred_a, ~pred_a).astype(jnp.float32)
   n_decided = jnp.maximum(jnp.sum(decided), 1.0)
   return {
-      "accuracy": jnp.sum(correct * decided) / n_decided,
-      "margin": jnp.sum(jnp.abs(r_a - r_b) * decided) / n_decided,
-      "score_mean": jnp.mean(jnp.concatenate([r_a, r_b])),
-      "score_std": jnp.std(jnp.concatenate([r_a, r_b])),
+    "accuracy": jnp.sum(correct * decided) / n_decided,
+    "margin": jnp.sum(jnp.abs(r_a - r_b) * decided) / n_decided,
+    "score_mean": jnp.mean(jnp.concatenate([r_a, r_b])),
+    "score_std": jnp.std(jnp.concatenate([r_a, r_b])),
   }

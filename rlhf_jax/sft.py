@@ -30,8 +30,12 @@ class LMState(flax.struct.PyTreeNode):
 
 
 def init_lm_state(params, optimizer: optax.GradientTransformation) -> LMState:
-  return LMState(params=params, opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32),
-                 skipped_updates=jnp.zeros((), jnp.int32))
+  return LMState(
+    params=params,
+    opt_state=optimizer.init(params),
+    step=jnp.zeros((), jnp.int32),
+    skipped_updates=jnp.zeros((), jnp.int32),
+  )
 
 
 def lm_loss(model: Transformer, params, batch) -> tuple:
@@ -54,13 +58,20 @@ def make_lm_step(model: Transformer, optimizer: optax.GradientTransformation) ->
 
   def step(state: LMState, batch: Dict[str, jax.Array]):
     (loss, n_tokens), grads = grad_fn(state.params, batch)
-    params, opt_state, finite, grad_norm = guarded_update(optimizer, state.params,
-                                                          state.opt_state, grads, loss)
+    params, opt_state, finite, grad_norm = guarded_update(
+      optimizer, state.params, state.opt_state, grads, loss
+    )
     skipped = state.skipped_updates + (~finite).astype(jnp.int32)
-    metrics = {"loss": loss, "perplexity": jnp.exp(loss), "tokens": n_tokens,
-               "grad_norm": grad_norm, "skipped_updates": skipped}
-    return state.replace(params=params, opt_state=opt_state, step=state.step + 1,
-                         skipped_updates=skipped), metrics
+    metrics = {
+      "loss": loss,
+      "perplexity": jnp.exp(loss),
+      "tokens": n_tokens,
+      "grad_norm": grad_norm,
+      "skipped_updates": skipped,
+    }
+    return state.replace(
+      params=params, opt_state=opt_state, step=state.step + 1, skipped_updates=skipped
+    ), metrics
 
   return step
 

@@ -20,22 +20,23 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 __all__ = [
-    "MESH_AXES",
-    "BATCH_AXES",
-    "DEFAULT_RULES",
-    "make_mesh",
-    "logical_shardings",
-    "params_shardings",
-    "init_sharded",
-    "batch_sharding",
-    "replicated",
-    "shard_batch",
-    "shard_tree",
-    "commit",
-    "jit_step",
+  "MESH_AXES",
+  "BATCH_AXES",
+  "DEFAULT_RULES",
+  "make_mesh",
+  "logical_shardings",
+  "params_shardings",
+  "init_sharded",
+  "batch_sharding",
+  "replicated",
+  "shard_batch",
+  "shard_tree",
+  "commit",
+  "jit_step",
 ]
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -44,18 +45,19 @@ BATCH_AXES = ("data", "fsdp")
 # Logical axis name -> mesh axes. Weights are split over 'fsdp' on the model width and over
 # 'tensor' on heads / MLP width / vocabulary (Megatron-style column/row parallel pairs).
 DEFAULT_RULES = (
-    ("batch", BATCH_AXES),
-    ("embed", "fsdp"),
-    ("vocab", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("mlp", "tensor"),
-    ("layers", None),
+  ("batch", BATCH_AXES),
+  ("embed", "fsdp"),
+  ("vocab", "tensor"),
+  ("heads", "tensor"),
+  ("kv_heads", "tensor"),
+  ("mlp", "tensor"),
+  ("layers", None),
 )
 
 
-def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
-              devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+def make_mesh(
+  data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Optional[Sequence[jax.Device]] = None
+) -> Mesh:
   """A ``('data', 'fsdp', 'tensor')`` mesh with ``AxisType.Auto`` axes.
 
   One size may be -1: it takes all remaining devices. Raises ``ValueError`` naming the
@@ -76,8 +78,9 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
       raise ValueError(f"mesh: {n} devices are not divisible by the fixed axes {sizes}")
     sizes[free[0]] = n // fixed
   if math.prod(sizes.values()) != n:
-    raise ValueError(f"mesh: sizes {sizes} multiply to {math.prod(sizes.values())}, but there"
-                     f" are {n} devices")
+    raise ValueError(
+      f"mesh: sizes {sizes} multiply to {math.prod(sizes.values())}, but there are {n} devices"
+    )
   shape = tuple(sizes[a] for a in MESH_AXES)
   return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
@@ -99,8 +102,9 @@ def _fit_spec(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
   return P(*fitted)
 
 
-def logical_shardings(logical_specs: Any, shapes: Any, mesh: Mesh,
-                      rules: Sequence = DEFAULT_RULES) -> Any:
+def logical_shardings(
+  logical_specs: Any, shapes: Any, mesh: Mesh, rules: Sequence = DEFAULT_RULES
+) -> Any:
   """Map a pytree of logical ``PartitionSpec`` (+ matching shapes) to ``NamedSharding``."""
   mesh_specs = nn.logical_to_mesh(logical_specs, rules)
 
@@ -193,5 +197,6 @@ def jit_step(fn, state: Any, mesh: Mesh, donate: bool = True):
   shardings of ``state`` (already committed with :func:`commit`) and whose metrics are
   replicated: one compilation, and the state is donated."""
   state_shardings = jax.tree.map(lambda x: x.sharding, state)
-  return jax.jit(fn, donate_argnums=0 if donate else (),
-                 out_shardings=(state_shardings, replicated(mesh)))
+  return jax.jit(
+    fn, donate_argnums=0 if donate else (), out_shardings=(state_shardings, replicated(mesh))
+  )

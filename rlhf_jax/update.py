@@ -17,8 +17,9 @@ def all_finite(tree: Any) -> jax.Array:
   return jnp.stack(leaves).all() if leaves else jnp.asarray(True)
 
 
-def guarded_update(optimizer: optax.GradientTransformation, params: Any, opt_state: Any,
-                   grads: Any, loss: jax.Array) -> Tuple[Any, Any, jax.Array, jax.Array]:
+def guarded_update(
+  optimizer: optax.GradientTransformation, params: Any, opt_state: Any, grads: Any, loss: jax.Array
+) -> Tuple[Any, Any, jax.Array, jax.Array]:
   """One optimizer step that is skipped when the loss or any gradient is non-finite.
 
   Returns ``(params, opt_state, finite, grad_norm)``. When ``finite`` is False the

@@ -29,29 +29,51 @@ def _write(path, records):
 
 
 def _ours(sps, upd_s, frac, **kw):
-  return dict(tag="ppo_rlhf_jax", size="small", dtype="float32", shared_trunk=False,
-              samples_per_s_median=sps, rollout_phase_s={"median": 1.0},
-              update_phase_s={"median": upd_s}, update_gflops_median=100.0,
-              update_fraction_of_peak=frac, **kw)
+  return dict(
+    tag="ppo_rlhf_jax",
+    size="small",
+    dtype="float32",
+    shared_trunk=False,
+    samples_per_s_median=sps,
+    rollout_phase_s={"median": 1.0},
+    update_phase_s={"median": upd_s},
+    update_gflops_median=100.0,
+    update_fraction_of_peak=frac,
+    **kw,
+  )
 
 
 def test_newest_record_wins_and_ratios(tmp_path, report):
   peak = lambda g: dict(tag="matmul_peak_f32", gflops_best=g, info={"cpu": {"model name": "X"}})
-  _write(tmp_path / "ppo.jsonl", [
-      peak(100.0), _ours(5.0, 9.0, 0.3),
+  _write(
+    tmp_path / "ppo.jsonl",
+    [
+      peak(100.0),
+      _ours(5.0, 9.0, 0.3),
       dict(tag="peer_ppo_trl112", size="small", samples_per_s_median=4.0, train_rest_s_median=8.0),
-      peak(200.0), _ours(8.0, 6.0, 0.6),
-      dict(tag="peer_ppo_trl112", size="small", samples_per_s_median=5.0,
-           train_rest_s_median=10.0),
-      dict(tag="peer_ppo_tunix", size="small", samples_per_s_median=4.0,
-           breakdown_median_s={"update_actor": 6.0, "update_critic": 4.0}),
-  ])
-  _write(tmp_path / "reward.jsonl", [
+      peak(200.0),
+      _ours(8.0, 6.0, 0.6),
+      dict(tag="peer_ppo_trl112", size="small", samples_per_s_median=5.0, train_rest_s_median=10.0),
+      dict(
+        tag="peer_ppo_tunix",
+        size="small",
+        samples_per_s_median=4.0,
+        breakdown_median_s={"update_actor": 6.0, "update_critic": 4.0},
+      ),
+    ],
+  )
+  _write(
+    tmp_path / "reward.jsonl",
+    [
       peak(200.0),
       dict(tag="reward_rlhf_jax", size="small", dtype="float32", pairs_per_s_median=30.0),
-      dict(tag="peer_reward_trl", size="small", pairs_per_s_median=40.0)])
-  _write(tmp_path / "ceiling.jsonl", [
-      peak(200.0), dict(tag="ceiling_reward_step", size="small", ceiling_pairs_per_s=60.0)])
+      dict(tag="peer_reward_trl", size="small", pairs_per_s_median=40.0),
+    ],
+  )
+  _write(
+    tmp_path / "ceiling.jsonl",
+    [peak(200.0), dict(tag="ceiling_reward_step", size="small", ceiling_pairs_per_s=60.0)],
+  )
   text, rows, _, reward_rows = report.render(str(tmp_path))
   ours = rows[0]
   assert ours["samples_per_s"] == 8.0  # the newer of the two records
@@ -60,6 +82,7 @@ def test_newest_record_wins_and_ratios(tmp_path, report):
   trl = next(r for r in rows if r["name"].startswith("TRL"))
   # Same FLOP count as ours, against the peak measured in TRL's own invocation (200).
   from ppo import model_cfg, update_flops
+
   flops = update_flops(model_cfg("small", "float32", False, "lm"), 64, 32, 32, 4, False)
   assert trl["update_gflops"] == pytest.approx(flops / 10.0 / 1e9)
   assert trl["fraction"] == pytest.approx(flops / 10.0 / 1e9 / 200.0)

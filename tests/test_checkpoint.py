@@ -10,7 +10,8 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 from flax import struct
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from rlhf_jax import checkpoint as ckpt
 from rlhf_jax.sharding import make_mesh
@@ -27,14 +28,18 @@ def _forget_signals():
 class ToyState:
   params: dict
   opt_state: optax.OptState
-  key: jax.Array        # typed PRNG key
-  step: jax.Array       # int32 scalar
+  key: jax.Array  # typed PRNG key
+  step: jax.Array  # int32 scalar
 
 
 def _state_on(mesh):
   w = jnp.arange(16 * 8, dtype=jnp.float32).reshape(16, 8)
-  params = {"dense": {"kernel": jax.device_put(w, NamedSharding(mesh, P("fsdp", None))),
-                      "bias": jax.device_put(jnp.ones((8,)), NamedSharding(mesh, P()))}}
+  params = {
+    "dense": {
+      "kernel": jax.device_put(w, NamedSharding(mesh, P("fsdp", None))),
+      "bias": jax.device_put(jnp.ones((8,)), NamedSharding(mesh, P())),
+    }
+  }
   opt_state = optax.adam(1e-3).init(params)
   keys = jax.device_put(jax.random.split(jax.random.key(3), 8), NamedSharding(mesh, P("fsdp")))
   return ToyState(params=params, opt_state=opt_state, key=keys, step=jnp.int32(7))
@@ -42,14 +47,16 @@ def _state_on(mesh):
 
 def _abstract_on(mesh_or_device, state):
   if isinstance(mesh_or_device, jax.sharding.Mesh):
+
     def sharding(x):
       spec = P(("data", "fsdp"), "tensor") if x.ndim == 2 else P()
       return NamedSharding(mesh_or_device, spec)
   else:
+
     def sharding(x):
       return jax.sharding.SingleDeviceSharding(mesh_or_device)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding(x)),
-                      state)
+
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding(x)), state)
 
 
 def _assert_same(a, b):
@@ -80,12 +87,12 @@ def test_save_restore_onto_other_meshes_and_single_device(tmp_path):
   assert kernel.sharding.spec == P(("data", "fsdp"), "tensor")
   # Typed keys come back typed and still usable.
   assert jax.dtypes.issubdtype(restored.key.dtype, jax.dtypes.prng_key)
-  np.testing.assert_array_equal(jax.random.uniform(restored.key[0]),
-                                jax.random.uniform(state.key[0]))
+  np.testing.assert_array_equal(
+    jax.random.uniform(restored.key[0]), jax.random.uniform(state.key[0])
+  )
 
   dev = jax.devices()[3]
-  single, _ = ckpt.restore(ckpt.open_manager(tmp_path / "ckpt"), _abstract_on(dev, state),
-                           step=5)
+  single, _ = ckpt.restore(ckpt.open_manager(tmp_path / "ckpt"), _abstract_on(dev, state), step=5)
   _assert_same(single, state)
   assert single.params["dense"]["kernel"].devices() == {dev}
   mgr.close()
@@ -130,8 +137,9 @@ def test_errors_name_path_and_key(tmp_path):
   with pytest.raises(ckpt.CheckpointError, match=r"shape mismatch at key 'params/w'.*\(2, 3\)"):
     ckpt.restore(mgr, {"params": {"w": sds(3, 2), "b": sds(3)}})
   with pytest.raises(ckpt.CheckpointError, match="saved as a plain array"):
-    ckpt.restore(mgr, {"params": {"w": sds(2, 3),
-                                  "b": jax.ShapeDtypeStruct((), jax.random.key(0).dtype)}})
+    ckpt.restore(
+      mgr, {"params": {"w": sds(2, 3), "b": jax.ShapeDtypeStruct((), jax.random.key(0).dtype)}}
+    )
 
   # Corrupt every file of the array store: the error names the step directory.
   for root, _, files in os.walk(os.path.join(step_dir, "state")):
@@ -181,7 +189,7 @@ def test_preemption_guard_sigterm_restores_previous_handler():
       os.kill(os.getpid(), signal.SIGTERM)
       assert guard.should_stop()
       assert guard.signal_received == signal.SIGTERM
-      assert calls == []          # our handler ran, not the previous one
+      assert calls == []  # our handler ran, not the previous one
     assert signal.getsignal(signal.SIGTERM) is previous
     os.kill(os.getpid(), signal.SIGTERM)
     assert calls == [signal.SIGTERM]
@@ -195,7 +203,7 @@ def test_preemption_guard_sigint_optional():
     os.kill(os.getpid(), signal.SIGINT)
     assert guard.should_stop()
     with pytest.raises(KeyboardInterrupt):
-      os.kill(os.getpid(), signal.SIGINT)   # a second Ctrl-C escalates
+      os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C escalates
   assert signal.getsignal(signal.SIGINT) is before
 
 
@@ -229,17 +237,22 @@ def _train_step(state, xb, yb):
 
 def _init_state():
   k1, k2 = jax.random.split(jax.random.key(0))
-  params = {"w1": jax.random.normal(k1, (4, 16)) * 0.5, "b1": jnp.zeros(16),
-            "w2": jax.random.normal(k2, (16, 1)) * 0.5, "b2": jnp.zeros(1)}
-  return ToyState(params=params, opt_state=_OPT.init(params), key=jax.random.key(42),
-                  step=jnp.int32(0))
+  params = {
+    "w1": jax.random.normal(k1, (4, 16)) * 0.5,
+    "b1": jnp.zeros(16),
+    "w2": jax.random.normal(k2, (16, 1)) * 0.5,
+    "b2": jnp.zeros(1),
+  }
+  return ToyState(
+    params=params, opt_state=_OPT.init(params), key=jax.random.key(42), step=jnp.int32(0)
+  )
 
 
 def _run(state, position, n_steps):
   """``position`` is the data iterator state: index of the next batch of 8 rows."""
   for _ in range(n_steps):
     lo = (position * 8) % len(_X)
-    state, _ = _train_step(state, _X[lo:lo + 8], _Y[lo:lo + 8])
+    state, _ = _train_step(state, _X[lo : lo + 8], _Y[lo : lo + 8])
     position += 1
   return state, position
 
@@ -267,11 +280,16 @@ def test_interrupted_equals_uninterrupted(tmp_path):
 
 # ----------------------------------------------------------------------------- integrity
 
+
 def _flip_a_byte(step_dir, frac=0.5):
   """Flips one bit in the middle of the largest array-data file of a saved step (what a bad
   disk or a torn copy does): the data still decodes, to wrong values."""
-  files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(step_dir, "state"))
-           for f in fs if os.sep + "d" + os.sep in os.path.join(r, f)]
+  files = [
+    os.path.join(r, f)
+    for r, _, fs in os.walk(os.path.join(step_dir, "state"))
+    for f in fs
+    if os.sep + "d" + os.sep in os.path.join(r, f)
+  ]
   big = max(files, key=os.path.getsize)
   data = bytearray(open(big, "rb").read())
   data[int(len(data) * frac)] ^= 0x10
@@ -286,8 +304,11 @@ def test_flipped_bytes_stop_the_restore_naming_the_step(tmp_path, frac):
   ckpt.save(mgr, 1, state, wait=True)
   ckpt.save(mgr, 2, state, wait=True)
   _flip_a_byte(tmp_path / "2", frac)
-  with pytest.raises(ckpt.CheckpointError, match=r"2: the checkpoint of step 2 is corrupt "
-                                                 r"\(checksum mismatch in 'w'\)"):
+  with pytest.raises(
+    ckpt.CheckpointError,
+    match=r"2: the checkpoint of step 2 is corrupt "
+    r"\(checksum mismatch in 'w'\)",
+  ):
     ckpt.restore(mgr, state)
   out, _ = ckpt.restore(mgr, state, step=1)  # the intact step still restores exactly
   _assert_same(out, state)
@@ -297,8 +318,11 @@ def test_flipped_bytes_stop_the_restore_naming_the_step(tmp_path, frac):
 def test_save_refuses_non_finite_state(tmp_path):
   mgr = ckpt.open_manager(tmp_path, async_save=False)
   state = {"params": {"w": jnp.array([1.0, jnp.nan]), "b": jnp.ones(2)}, "step": jnp.int32(3)}
-  with pytest.raises(ckpt.CheckpointError, match=r"refusing to save step 3 .*non-finite values "
-                                                 r"in 'params/w'"):
+  with pytest.raises(
+    ckpt.CheckpointError,
+    match=r"refusing to save step 3 .*non-finite values "
+    r"in 'params/w'",
+  ):
     ckpt.save(mgr, 3, state, wait=True)
   assert ckpt.all_steps(mgr) == []
   mgr.close()

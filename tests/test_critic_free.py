@@ -19,9 +19,18 @@ VOCAB = 24
 BASE = TransformerConfig(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=2, max_len=32)
 G = 4  # samples per prompt
 B, P, N = 4, 5, 6  # prompts, prompt length, response length: B * G = 16 rollouts
-GRPO = ppo.PPOHparams(algorithm="grpo", group_size=G, response_len=N, num_minibatches=2,
-                      epochs=2, temperature=1.0, eos_id=0, pad_id=1, kl_target=1.0,
-                      kl_horizon=100.0)
+GRPO = ppo.PPOHparams(
+  algorithm="grpo",
+  group_size=G,
+  response_len=N,
+  num_minibatches=2,
+  epochs=2,
+  temperature=1.0,
+  eos_id=0,
+  pad_id=1,
+  kl_target=1.0,
+  kl_horizon=100.0,
+)
 
 
 def _setup(seed=0):
@@ -41,8 +50,9 @@ def _setup(seed=0):
 
 
 def _ref_logp(policy, frozen, seq_ids, seq_mask, temperature):
-  logits = policy.apply({"params": frozen.ref_params}, seq_ids, seq_mask,
-                        head_slice=(P - 1, P + N - 1))
+  logits = policy.apply(
+    {"params": frozen.ref_params}, seq_ids, seq_mask, head_slice=(P - 1, P + N - 1)
+  )
   return ops.token_logprobs(logits, seq_ids[:, P:], temperature)
 
 
@@ -69,12 +79,14 @@ def test_grpo_iteration_equals_composition_of_public_functions():
   opt = optax.sgd(lr)
   state = ppo.init_ppo_state(params, opt, beta, jax.random.PRNGKey(7))
   new_state, m = jax.jit(ppo.make_ppo_iteration(policy, None, rm, opt, hp))(
-      state, frozen, ids, mask)
+    state, frozen, ids, mask
+  )
 
   sample_key, _ = jax.random.split(jax.random.fold_in(state.rng, state.step))
   ids_r, mask_r = np.repeat(ids, G, 0), np.repeat(mask, G, 0)
-  tokens, resp_mask, logp_old, _ = ppo.sample_responses(policy, hp, params["policy"], ids_r,
-                                                        mask_r, sample_key)
+  tokens, resp_mask, logp_old, _ = ppo.sample_responses(
+    policy, hp, params["policy"], ids_r, mask_r, sample_key
+  )
   seq_ids = jnp.concatenate([ids_r, tokens], 1)
   seq_mask = jnp.concatenate([mask_r, resp_mask], 1)
   score = _score(rm, frozen, seq_ids, seq_mask)
@@ -82,11 +94,11 @@ def test_grpo_iteration_equals_composition_of_public_functions():
   logp_ref = _ref_logp(policy, frozen, seq_ids, seq_mask, hp.temperature)
 
   def loss(p):
-    logits = policy.apply({"params": p["policy"]}, seq_ids, seq_mask,
-                          head_slice=(P - 1, P + N - 1))
+    logits = policy.apply({"params": p["policy"]}, seq_ids, seq_mask, head_slice=(P - 1, P + N - 1))
     logp = ops.token_logprobs(logits, tokens, hp.temperature)
-    pg, _ = losses.ppo_policy_loss(logp, logp_old, adv_B, resp_mask, hp.clip_eps,
-                                   reduction="sequence")
+    pg, _ = losses.ppo_policy_loss(
+      logp, logp_old, adv_B, resp_mask, hp.clip_eps, reduction="sequence"
+    )
     k3 = kl_lib.kl_penalty(logp, logp_ref, "k3", mask=resp_mask)
     return pg + beta * jnp.mean(ops.masked_mean(k3, resp_mask, axis=1))
 
@@ -98,10 +110,12 @@ def test_grpo_iteration_equals_composition_of_public_functions():
   np.testing.assert_allclose(float(m["loss"]), float(expected_loss), rtol=1e-4, atol=1e-6)
   assert float(m["kl_loss"]) == pytest.approx(0.0, abs=1e-6)  # π_θ = π_ref before the step
   moved = 0.0
-  for new, exp, old in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(expected),
-                           jax.tree.leaves(params)):
-    np.testing.assert_allclose(np.asarray(new) - np.asarray(old),
-                               np.asarray(exp) - np.asarray(old), rtol=2e-3, atol=2e-7)
+  for new, exp, old in zip(
+    jax.tree.leaves(new_state.params), jax.tree.leaves(expected), jax.tree.leaves(params)
+  ):
+    np.testing.assert_allclose(
+      np.asarray(new) - np.asarray(old), np.asarray(exp) - np.asarray(old), rtol=2e-3, atol=2e-7
+    )
     moved = max(moved, float(np.max(np.abs(np.asarray(exp) - np.asarray(old)))))
   assert moved > 1e-4  # the comparison is not between two unchanged trees
 
@@ -133,11 +147,13 @@ def test_rollout_advantages_equal_public_functions(algorithm):
     shaped = adv_lib.shape_rewards(score, rollout.logp_old, logp_ref, m, beta, "k1")
     to_go, _ = adv_lib.gae(shaped.rewards, jnp.zeros_like(shaped.rewards), m, 1.0, 1.0)
     expected = ops.whiten(to_go, m, shift_mean=True)
-    np.testing.assert_allclose(float(stats["return_mean"]), float(ops.masked_mean(to_go, m)),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+      float(stats["return_mean"]), float(ops.masked_mean(to_go, m)), rtol=1e-4, atol=1e-5
+    )
   assert float(jnp.max(jnp.abs(expected))) > 0.1
-  np.testing.assert_allclose(np.asarray(rollout.advantages), np.asarray(expected),
-                             rtol=1e-4, atol=2e-5)
+  np.testing.assert_allclose(
+    np.asarray(rollout.advantages), np.asarray(expected), rtol=1e-4, atol=2e-5
+  )
   for key in ("value_explained_variance", "value_loss"):
     assert key not in stats
 
@@ -153,8 +169,17 @@ def test_critic_free_iteration_compiles_once_while_beta_changes(grpo_iteration):
   assert it._cache_size() == 1
   assert len(set(betas)) == 3, betas  # the adaptive controller moved β every iteration
   assert int(state.step) == 3 and set(state.params) == {"policy"}
-  for key in ("score", "kl", "kl_loss", "entropy", "policy_clip_frac", "approx_kl",
-              "group_score_std", "advantage_mean", "grad_norm"):
+  for key in (
+    "score",
+    "kl",
+    "kl_loss",
+    "entropy",
+    "policy_clip_frac",
+    "approx_kl",
+    "group_score_std",
+    "advantage_mean",
+    "grad_norm",
+  ):
     assert np.isfinite(float(m[key])), key
   assert not any(k.startswith("value") for k in m)
   assert float(m["non_score_reward"]) == 0.0  # the KL is in the loss, not the reward
@@ -170,14 +195,18 @@ def test_grpo_increases_a_toy_reward(grpo_iteration):
   rp["score"]["kernel"][0, 0] = 1.0
   rp["embed"]["embedding"][:, 0] = 0.0
   rp["embed"]["embedding"][7, 0] = 8.0
-  frozen = frozen._replace(reward_params=jax.tree.map(jnp.asarray, rp),
-                           reward_gain=jnp.float32(1.0), reward_bias=jnp.float32(0.0))
+  frozen = frozen._replace(
+    reward_params=jax.tree.map(jnp.asarray, rp),
+    reward_gain=jnp.float32(1.0),
+    reward_bias=jnp.float32(0.0),
+  )
   # The initial policy's mean score: the pre-update rollout score of four first iterations
   # from fresh copies of the initial params, with different RNG keys.
   before = []
   for seed in range(4):
-    fresh = ppo.init_ppo_state(jax.tree.map(jnp.copy, params), opt, 0.01,
-                               jax.random.PRNGKey(100 + seed))
+    fresh = ppo.init_ppo_state(
+      jax.tree.map(jnp.copy, params), opt, 0.01, jax.random.PRNGKey(100 + seed)
+    )
     before.append(float(it(fresh, frozen, ids, mask)[1]["score"]))
   state = ppo.init_ppo_state(params, opt, 0.01, jax.random.PRNGKey(0))
   scores = []
@@ -187,7 +216,9 @@ def test_grpo_increases_a_toy_reward(grpo_iteration):
   assert np.mean(scores[-5:]) > np.mean(before) + 0.5, (before, scores)
 
 
-@pytest.mark.parametrize("kw, field", [
+@pytest.mark.parametrize(
+  "kw, field",
+  [
     ({"algorithm": "a2c"}, "algorithm"),
     ({"algorithm": "rloo"}, "group_size"),
     ({"algorithm": "grpo", "group_size": 1}, "group_size"),
@@ -198,7 +229,8 @@ def test_grpo_increases_a_toy_reward(grpo_iteration):
     ({"loss_reduction": "mean"}, "loss_reduction"),
     ({"kl_loss_estimator": "k4"}, "kl_loss_estimator"),
     ({"clip_eps_high": -0.1}, "clip_eps_high"),
-])
+  ],
+)
 def test_invalid_combinations_name_the_field(kw, field):
   with pytest.raises(ValueError, match=f"PPOHparams.{field}"):
     ppo.PPOHparams(**kw)
@@ -209,16 +241,19 @@ def test_critic_free_refuses_a_value_model_and_ragged_minibatches():
   with pytest.raises(ValueError, match="value_model must be None"):
     ppo.make_ppo_iteration(policy, rm, rm, optax.sgd(0.1), GRPO)
   # 4 prompts × 4 samples = 16 rollouts do not split into 3 minibatches.
-  it = ppo.make_ppo_iteration(policy, None, rm, optax.sgd(0.1),
-                              dataclasses.replace(GRPO, num_minibatches=3))
+  it = ppo.make_ppo_iteration(
+    policy, None, rm, optax.sgd(0.1), dataclasses.replace(GRPO, num_minibatches=3)
+  )
   state = ppo.init_ppo_state(params, optax.sgd(0.1), 0.1, jax.random.PRNGKey(0))
   with pytest.raises(ValueError, match="num_minibatches=3"):
     jax.eval_shape(it, state, frozen, ids, mask)
 
 
 def test_defaults_follow_the_papers_and_keep_ppo():
-  assert (ppo.PPOHparams().kl_in_loss_resolved, ppo.PPOHparams().loss_reduction_resolved) == \
-      (False, "token")
+  assert (ppo.PPOHparams().kl_in_loss_resolved, ppo.PPOHparams().loss_reduction_resolved) == (
+    False,
+    "token",
+  )
   assert not ppo.PPOHparams().critic_free
   assert (GRPO.kl_in_loss_resolved, GRPO.loss_reduction_resolved) == (True, "sequence")
   rloo = ppo.PPOHparams(algorithm="rloo", group_size=2)

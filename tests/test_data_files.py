@@ -22,8 +22,7 @@ def test_each_jsonl_reader_names_file_and_line(tmp_path):
   bad = tmp_path / "bad.jsonl"
   bad.write_text('{"prompt": "ok", "response": "fine", "id": "1"}\n{"nope": 3}\n')
   with pytest.raises(ValueError, match=rf"{bad}:2: expected an object with a string field"):
-    ppo_train._load_prompts(ppo_train.PromptSpec(source="jsonl", path=str(bad)), object(), 10,
-                            1, 0)
+    ppo_train._load_prompts(ppo_train.PromptSpec(source="jsonl", path=str(bad)), object(), 10, 1, 0)
   with pytest.raises(ValueError, match=rf"{bad}:2: expected"):
     sft_train.load_sft_rows(sft_train.DataSpec(path=str(bad)), object())
   queue = tmp_path / "pending.jsonl"

@@ -63,15 +63,25 @@ def _free_port() -> int:
 def test_two_processes_global_mesh_sum_checkpoint_and_preemption(tmp_path):
   script = tmp_path / "worker.py"
   script.write_text(_WORKER)
-  env = {k: v for k, v in os.environ.items()
-         if not k.startswith(("XLA_", "JAX_", "SLURM_", "OMPI_", "TPU_", "RLHF_JAX_"))}
+  env = {
+    k: v
+    for k, v in os.environ.items()
+    if not k.startswith(("XLA_", "JAX_", "SLURM_", "OMPI_", "TPU_", "RLHF_JAX_"))
+  }
   env["JAX_PLATFORMS"] = "cpu"
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
   port = str(_free_port())
-  procs = [subprocess.Popen([sys.executable, str(script), str(i), port, str(tmp_path / "ckpt")],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, str(script), str(i), port, str(tmp_path / "ckpt")],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outputs = []
   try:
     for p in procs:
@@ -107,7 +117,7 @@ def test_process_slice_covers_items_once():
     sizes = [s.stop - s.start for s in slices]
     assert max(sizes) - min(sizes) <= 1
   assert distributed.process_slice(8, 1, 2) == slice(4, 8)
-  assert distributed.process_slice(8) == slice(0, 8)     # single process: everything
+  assert distributed.process_slice(8) == slice(0, 8)  # single process: everything
   with pytest.raises(ValueError, match="process_index=2"):
     distributed.process_slice(8, 2, 2)
 
@@ -131,7 +141,7 @@ def test_maybe_initialize_noop_without_cluster(monkeypatch):
   for var in ("SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID"):
     monkeypatch.setenv(var, "0")
   monkeypatch.setenv("SLURM_NTASKS", "1")
-  assert distributed.cluster_detected() is None          # a one-task SLURM job
+  assert distributed.cluster_detected() is None  # a one-task SLURM job
   monkeypatch.setenv("SLURM_NTASKS", "4")
   assert distributed.cluster_detected() == "slurm"
   monkeypatch.setenv("RLHF_JAX_DISTRIBUTED", "0")

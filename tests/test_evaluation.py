@@ -7,13 +7,13 @@ import pytest
 
 from rlhf_jax import evaluation as E
 
-
 # ----------------------------------------------------------------------------- win rate
+
 
 def test_win_rate_counts_ties_half_and_wilson_by_hand():
   # diffs: 7 wins, 2 exact ties, 1 loss -> rate 0.8, n = 10.
-  pol = np.array([1., 2., 3., 4., 5., 6., 7., 0.5, 0.5, 0.])
-  ref = np.array([0., 0., 0., 0., 0., 0., 0., 0.5, 0.5, 1.])
+  pol = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 0.5, 0.5, 0.0])
+  ref = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5, 0.5, 1.0])
   wr = E.win_rate(pol, ref, z=1.96)
   assert (wr.wins, wr.ties, wr.losses, wr.n) == (7, 2, 1, 10)
   assert wr.rate == pytest.approx(0.8, abs=1e-15)
@@ -62,6 +62,7 @@ def test_win_rate_tie_eps_and_validation():
 
 # ----------------------------------------------------------------------------- bootstrap
 
+
 def test_bootstrap_ci_normal_mean_close_to_analytic():
   rng = np.random.default_rng(1)
   x = rng.normal(3.0, 2.0, size=2000)
@@ -84,6 +85,7 @@ def test_bootstrap_ci_deterministic_degenerate_and_custom_stat():
 
 
 # ----------------------------------------------------------------------------- calibration
+
 
 def test_labels_to_outcome():
   np.testing.assert_array_equal(E.labels_to_outcome(["a", "b", "tie"]), [1.0, 0.0, 0.5])
@@ -132,6 +134,7 @@ def test_ece_against_loop_oracle_and_perfect_calibration():
 
 # ----------------------------------------------------------------------------- agreement
 
+
 def test_agreement_and_kappa_by_hand():
   # 10 pairs. Rater 1: a a a a a b b b tie tie; rater 2: a a a a b b b a tie b.
   l1 = ["a"] * 5 + ["b"] * 3 + ["tie"] * 2
@@ -159,6 +162,7 @@ def test_agreement_edge_cases():
 
 
 # ----------------------------------------------------------------------------- over-optimisation
+
 
 def test_bon_kl_by_hand():
   assert E.bon_kl(1) == 0.0
@@ -230,6 +234,7 @@ def test_peak_by_hand_and_fit_validation():
 
 # ----------------------------------------------------------------------------- perplexity
 
+
 def test_perplexity_is_token_weighted():
   assert E.perplexity(0.0, 5) == 1.0
   assert E.perplexity(10 * math.log(4.0), 10) == pytest.approx(4.0)
@@ -242,13 +247,15 @@ def test_perplexity_is_token_weighted():
 def test_gold_labels_use_the_annotators_tie_rule():
   """One convention: gold labels tie exactly where noise-free simulated annotators tie."""
   from rlhf_jax.feedback import simulated
+
   rng = np.random.default_rng(0)
   a = np.round(rng.uniform(-1, 1, 500), 2)
   b = np.round(rng.uniform(-1, 1, 500), 2)
   b[:20] = a[:20]  # exact ties
   for tau in (0.0, 0.05, 0.3):
-    sim = simulated.simulate_labels(a, b, temperature=1e-9, tie_threshold=tau, flip_prob=0.0,
-                                    seed=0)
+    sim = simulated.simulate_labels(
+      a, b, temperature=1e-9, tie_threshold=tau, flip_prob=0.0, seed=0
+    )
     np.testing.assert_array_equal(E.gold_labels(a, b, tau), sim.labels)
   labels = E.gold_labels([0.5, 0.52, 0.4, 0.3], [0.5, 0.5, 0.5, 0.36], 0.05)
   np.testing.assert_array_equal(labels, [2, 2, 1, 1])
@@ -260,13 +267,15 @@ def test_gold_labels_use_the_annotators_tie_rule():
 
 def test_degenerate_flags_empty_repetitive_and_non_word_responses():
   vocab = {"the", "sun", "is", "warm", "and", "bright", "today", "good", "love"}
-  texts = ["The sun is warm and bright today.",   # fine
-           "",                                    # empty
-           "!!! ...",                              # no word
-           "good good good love good",           # one word dominates
-           "the sun is the sun is warm",         # a repeated trigram
-           "the sun xqzt blorf wug is",          # half non-words
-           "the sun is warm xqzt"]               # one unknown word of five: fine
+  texts = [
+    "The sun is warm and bright today.",  # fine
+    "",  # empty
+    "!!! ...",  # no word
+    "good good good love good",  # one word dominates
+    "the sun is the sun is warm",  # a repeated trigram
+    "the sun xqzt blorf wug is",  # half non-words
+    "the sun is warm xqzt",
+  ]  # one unknown word of five: fine
   got = E.degenerate(texts, vocab)
   np.testing.assert_array_equal(got, [False, True, True, True, True, True, False])
   # Without a vocabulary only emptiness and repetition count.

@@ -19,13 +19,28 @@ P, N = 6, 10  # most tests share (batch 4, P, N) so that they share compiled pro
 LENGTHS = [6, 3, 5, 1]
 
 CONFIGS = {
-    "gpt2": TransformerConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4, max_len=32,
-                              init_std=0.3),
-    "llama": TransformerConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                               d_ff=64, norm="rmsnorm", mlp="swiglu", activation="silu",
-                               position="rope", rope_theta=100.0, qkv_bias=False,
-                               out_bias=False, mlp_bias=False, tie_embeddings=False,
-                               head="both", init_std=0.3),
+  "gpt2": TransformerConfig(
+    vocab_size=V, d_model=32, n_layers=2, n_heads=4, max_len=32, init_std=0.3
+  ),
+  "llama": TransformerConfig(
+    vocab_size=V,
+    d_model=32,
+    n_layers=2,
+    n_heads=4,
+    n_kv_heads=2,
+    d_ff=64,
+    norm="rmsnorm",
+    mlp="swiglu",
+    activation="silu",
+    position="rope",
+    rope_theta=100.0,
+    qkv_bias=False,
+    out_bias=False,
+    mlp_bias=False,
+    tie_embeddings=False,
+    head="both",
+    init_std=0.3,
+  ),
 }
 
 
@@ -55,7 +70,7 @@ def _recompute(model, params, prompt, prompt_mask, out):
   ids = jnp.concatenate([prompt, out.tokens_BN], axis=1)
   mask = jnp.concatenate([prompt_mask, out.mask_BN], axis=1)
   p, n = prompt.shape[1], out.tokens_BN.shape[1]
-  return np.asarray(_logits(model, params, ids, mask))[:, p - 1:p - 1 + n]
+  return np.asarray(_logits(model, params, ids, mask))[:, p - 1 : p - 1 + n]
 
 
 def _log_softmax(x, axis=-1):
@@ -67,8 +82,17 @@ def _log_softmax(x, axis=-1):
 def test_greedy_equals_full_recompute(name):
   model, params = _model(name)
   prompt, prompt_mask = _prompts(LENGTHS, P)
-  out = generation.sample(model, params, prompt, prompt_mask, jax.random.PRNGKey(0),
-                          max_new_tokens=N, eos_id=-1, pad_id=PAD, temperature=0.0)
+  out = generation.sample(
+    model,
+    params,
+    prompt,
+    prompt_mask,
+    jax.random.PRNGKey(0),
+    max_new_tokens=N,
+    eos_id=-1,
+    pad_id=PAD,
+    temperature=0.0,
+  )
   logits = _recompute(model, params, prompt, prompt_mask, out)
   np.testing.assert_array_equal(np.asarray(out.tokens_BN), logits.argmax(-1))
   np.testing.assert_array_equal(np.asarray(out.mask_BN), 1)
@@ -84,8 +108,9 @@ def test_left_padding_gives_the_unpadded_continuation(name):
   prompt, prompt_mask = _prompts(LENGTHS, P, seed=3)
   kw = dict(max_new_tokens=N, eos_id=-1, pad_id=PAD, temperature=0.0)
   padded = generation.sample(model, params, prompt, prompt_mask, jax.random.PRNGKey(0), **kw)
-  alone = generation.sample(model, params, prompt[1:2, 3:], prompt_mask[1:2, 3:],
-                            jax.random.PRNGKey(0), **kw)
+  alone = generation.sample(
+    model, params, prompt[1:2, 3:], prompt_mask[1:2, 3:], jax.random.PRNGKey(0), **kw
+  )
   assert prompt_mask[1, :3].sum() == 0 and prompt_mask[1, 3:].all()
   np.testing.assert_array_equal(padded.tokens_BN[1], alone.tokens_BN[0])
   np.testing.assert_allclose(padded.logprobs_BN[1], alone.logprobs_BN[0], atol=1e-5)
@@ -94,23 +119,52 @@ def test_left_padding_gives_the_unpadded_continuation(name):
 def test_compiles_once_for_seeds_prompts_temperatures_and_top_p():
   model, params = _model("gpt2")
   before = generation.compile_count()
-  for i, (temperature, top_p, min_new) in enumerate([(1.0, 1.0, 0), (0.0, 1.0, 0), (0.7, 0.9, 2),
-                                                     (1.3, 0.5, 5), (1, 1, 0)]):
+  for i, (temperature, top_p, min_new) in enumerate(
+    [(1.0, 1.0, 0), (0.0, 1.0, 0), (0.7, 0.9, 2), (1.3, 0.5, 5), (1, 1, 0)]
+  ):
     # a (batch, prompt length) used by no other test, so its first call compiles here
     prompt, prompt_mask = _prompts([5, 7 - i], 7, seed=10 + i)
-    out = generation.sample(model, params, prompt, prompt_mask, jax.random.PRNGKey(i),
-                            max_new_tokens=N, eos_id=EOS, pad_id=PAD, temperature=temperature,
-                            top_p=top_p, min_new_tokens=min_new)
+    out = generation.sample(
+      model,
+      params,
+      prompt,
+      prompt_mask,
+      jax.random.PRNGKey(i),
+      max_new_tokens=N,
+      eos_id=EOS,
+      pad_id=PAD,
+      temperature=temperature,
+      top_p=top_p,
+      min_new_tokens=min_new,
+    )
     jax.block_until_ready(out)
   assert generation.compile_count() - before == 1
   if hasattr(generation._sample_jit, "_cache_size"):
     sizes = generation._sample_jit._cache_size()
-    out = generation.sample(model, params, prompt, prompt_mask, jax.random.PRNGKey(9),
-                            max_new_tokens=N, eos_id=EOS, pad_id=PAD, temperature=0.2)
+    out = generation.sample(
+      model,
+      params,
+      prompt,
+      prompt_mask,
+      jax.random.PRNGKey(9),
+      max_new_tokens=N,
+      eos_id=EOS,
+      pad_id=PAD,
+      temperature=0.2,
+    )
     assert generation._sample_jit._cache_size() == sizes
   # a new static value does compile again
-  generation.sample(model, params, prompt, prompt_mask, jax.random.PRNGKey(0), max_new_tokens=N,
-                    eos_id=EOS, pad_id=PAD, top_k=3)
+  generation.sample(
+    model,
+    params,
+    prompt,
+    prompt_mask,
+    jax.random.PRNGKey(0),
+    max_new_tokens=N,
+    eos_id=EOS,
+    pad_id=PAD,
+    top_k=3,
+  )
   assert generation.compile_count() - before == 2
 
 
@@ -118,11 +172,15 @@ def test_tokens_after_eos_are_pad_and_masked():
   model, params = _model("gpt2")
   prompt, prompt_mask = _prompts(LENGTHS, P, seed=4)
   kw = dict(max_new_tokens=N, pad_id=PAD, temperature=0.0)
-  free = np.asarray(generation.sample(model, params, prompt, prompt_mask, jax.random.PRNGKey(0),
-                                      eos_id=-1, **kw).tokens_BN)
+  free = np.asarray(
+    generation.sample(
+      model, params, prompt, prompt_mask, jax.random.PRNGKey(0), eos_id=-1, **kw
+    ).tokens_BN
+  )
   eos = int(free[0, 2])  # greedy is deterministic: row 0 now stops at its first `eos`
-  out = generation.sample(model, params, prompt, prompt_mask, jax.random.PRNGKey(0), eos_id=eos,
-                          **kw)
+  out = generation.sample(
+    model, params, prompt, prompt_mask, jax.random.PRNGKey(0), eos_id=eos, **kw
+  )
   tokens, mask = np.asarray(out.tokens_BN), np.asarray(out.mask_BN)
   for b in range(4):
     hits = np.flatnonzero(free[b] == eos)
@@ -140,8 +198,17 @@ def test_sampled_invariants_and_logprobs_match_recompute():
   for name in CONFIGS:
     model, params = _model(name)
     prompt, prompt_mask = _prompts(LENGTHS, P, seed=5)
-    out = generation.sample(model, params, prompt, prompt_mask, jax.random.PRNGKey(7),
-                            max_new_tokens=N, eos_id=EOS, pad_id=PAD, temperature=0.7)
+    out = generation.sample(
+      model,
+      params,
+      prompt,
+      prompt_mask,
+      jax.random.PRNGKey(7),
+      max_new_tokens=N,
+      eos_id=EOS,
+      pad_id=PAD,
+      temperature=0.7,
+    )
     tokens, mask = np.asarray(out.tokens_BN), np.asarray(out.mask_BN)
     for b in range(4):
       hits = np.flatnonzero(tokens[b] == EOS)
@@ -151,20 +218,22 @@ def test_sampled_invariants_and_logprobs_match_recompute():
       assert bool(out.ended_B[b]) == bool(hits.size) and out.lengths_B[b] == n
     logits = _recompute(model, params, prompt, prompt_mask, out)
     want = np.take_along_axis(_log_softmax(logits / 0.7), tokens[..., None], -1)[..., 0]
-    np.testing.assert_allclose(np.asarray(out.logprobs_BN), np.where(mask > 0, want, 0),
-                               atol=5e-5)
+    np.testing.assert_allclose(np.asarray(out.logprobs_BN), np.where(mask > 0, want, 0), atol=5e-5)
 
 
 def test_top_k_1_and_tiny_top_p_equal_greedy():
   model, params = _model("llama")
   prompt, prompt_mask = _prompts(LENGTHS, P, seed=6)
   kw = dict(max_new_tokens=N, eos_id=EOS, pad_id=PAD)
-  greedy = generation.sample(model, params, prompt, prompt_mask, jax.random.PRNGKey(0),
-                             temperature=0.0, **kw)
-  top1 = generation.sample(model, params, prompt, prompt_mask, jax.random.PRNGKey(1),
-                           temperature=1.0, top_k=1, **kw)
-  nucleus = generation.sample(model, params, prompt, prompt_mask, jax.random.PRNGKey(2),
-                              temperature=1.3, top_p=1e-6, **kw)
+  greedy = generation.sample(
+    model, params, prompt, prompt_mask, jax.random.PRNGKey(0), temperature=0.0, **kw
+  )
+  top1 = generation.sample(
+    model, params, prompt, prompt_mask, jax.random.PRNGKey(1), temperature=1.0, top_k=1, **kw
+  )
+  nucleus = generation.sample(
+    model, params, prompt, prompt_mask, jax.random.PRNGKey(2), temperature=1.3, top_p=1e-6, **kw
+  )
   np.testing.assert_array_equal(top1.tokens_BN, greedy.tokens_BN)
   np.testing.assert_array_equal(nucleus.tokens_BN, greedy.tokens_BN)
   # T = 1: the full-vocabulary log-probs coincide with greedy's
@@ -193,8 +262,9 @@ def test_early_exit_and_min_new_tokens():
   np.testing.assert_array_equal(out.lengths_B, 1)
   assert np.asarray(out.ended_B).all()
 
-  out = generation.sample(model, params, prompt, prompt_mask, jax.random.PRNGKey(0),
-                          min_new_tokens=4, **kw)
+  out = generation.sample(
+    model, params, prompt, prompt_mask, jax.random.PRNGKey(0), min_new_tokens=4, **kw
+  )
   tokens = np.asarray(out.tokens_BN)
   assert int(out.steps) == 5
   assert (tokens[:, :4] != EOS).all()
@@ -204,8 +274,7 @@ def test_early_exit_and_min_new_tokens():
   # banned steps still report log softmax(logits / T) over the full vocabulary (EOS included)
   logits = _recompute(model, params, prompt, prompt_mask, out)
   want = np.take_along_axis(_log_softmax(logits), tokens[..., None], -1)[..., 0]
-  np.testing.assert_allclose(np.asarray(out.logprobs_BN)[:, :5], want[:, :5], rtol=1e-5,
-                             atol=1e-3)
+  np.testing.assert_allclose(np.asarray(out.logprobs_BN)[:, :5], want[:, :5], rtol=1e-5, atol=1e-3)
   assert (np.asarray(out.logprobs_BN)[:, :4] < -5).all()
 
 
@@ -225,14 +294,13 @@ def test_sample_token_frequencies_match_softmax():
   tok, lp = draw(jnp.broadcast_to(logits, (n, 300)), jax.random.PRNGKey(1))
   probs = np.exp(_log_softmax(logits / temperature))
   _assert_frequencies(np.asarray(tok), probs)
-  np.testing.assert_allclose(np.asarray(lp), np.log(probs)[np.asarray(tok)], rtol=1e-5,
-                             atol=1e-5)
+  np.testing.assert_allclose(np.asarray(lp), np.log(probs)[np.asarray(tok)], rtol=1e-5, atol=1e-5)
 
   # top-k then top-p: renormalised over the kept set; log-probs still over the full vocabulary
   small = np.array([2.0, 1.5, 1.0, 0.5, 0.0, -1.0, -3.0, 1.2], np.float32)
-  tok, lp = jax.jit(functools.partial(generation.sample_token, temperature=1.0, top_k=5,
-                                      top_p=0.75))(
-                                          jnp.broadcast_to(small, (n, 8)), jax.random.PRNGKey(2))
+  tok, lp = jax.jit(
+    functools.partial(generation.sample_token, temperature=1.0, top_k=5, top_p=0.75)
+  )(jnp.broadcast_to(small, (n, 8)), jax.random.PRNGKey(2))
   p_top5 = np.exp(_log_softmax(np.where(np.argsort(-small).argsort() < 5, small, -np.inf)))
   order = np.argsort(-p_top5)
   before = np.cumsum(p_top5[order]) - p_top5[order]
@@ -248,9 +316,17 @@ def test_sample_frequencies_through_the_model():
   model, params = _model("gpt2")
   prompt, prompt_mask = _prompts([3], 3, seed=9)
   b = 4000
-  out = generation.sample(model, params, jnp.tile(prompt, (b, 1)), jnp.tile(prompt_mask, (b, 1)),
-                          jax.random.PRNGKey(3), max_new_tokens=1, eos_id=EOS, pad_id=PAD,
-                          temperature=1.5)
+  out = generation.sample(
+    model,
+    params,
+    jnp.tile(prompt, (b, 1)),
+    jnp.tile(prompt_mask, (b, 1)),
+    jax.random.PRNGKey(3),
+    max_new_tokens=1,
+    eos_id=EOS,
+    pad_id=PAD,
+    temperature=1.5,
+  )
   logits = np.asarray(_logits(model, params, prompt, prompt_mask))[0, -1]
   _assert_frequencies(np.asarray(out.tokens_BN[:, 0]), np.exp(_log_softmax(logits / 1.5)))
 
@@ -264,22 +340,62 @@ def test_sample_fn_inside_a_jitted_program_matches_sample():
 
   @jax.jit
   def rollout(params, prompt, prompt_mask, rng):
-    out = generation.sample_fn(apply_fn, unstack_layers(params), model.cfg, prompt, prompt_mask,
-                               rng, max_new_tokens=N, eos_id=EOS, pad_id=PAD, temperature=0.9)
+    out = generation.sample_fn(
+      apply_fn,
+      unstack_layers(params),
+      model.cfg,
+      prompt,
+      prompt_mask,
+      rng,
+      max_new_tokens=N,
+      eos_id=EOS,
+      pad_id=PAD,
+      temperature=0.9,
+    )
     return out, jnp.sum(out.logprobs_BN)
 
   out, total = rollout(params, prompt, prompt_mask, jax.random.PRNGKey(5))
-  ref = generation.sample(model, params, prompt, prompt_mask, jax.random.PRNGKey(5),
-                          max_new_tokens=N, eos_id=EOS, pad_id=PAD, temperature=0.9)
+  ref = generation.sample(
+    model,
+    params,
+    prompt,
+    prompt_mask,
+    jax.random.PRNGKey(5),
+    max_new_tokens=N,
+    eos_id=EOS,
+    pad_id=PAD,
+    temperature=0.9,
+  )
   np.testing.assert_array_equal(out.tokens_BN, ref.tokens_BN)
   np.testing.assert_allclose(out.logprobs_BN, ref.logprobs_BN, atol=1e-6)
   np.testing.assert_allclose(total, np.sum(ref.logprobs_BN), rtol=1e-5)
 
   # a prompt fed in chunks of 4 positions (some chunks are all padding for short rows)
-  chunked = jax.jit(lambda p, i, m, r: generation.sample_fn(
-      apply_fn, p, model.cfg, i, m, r, max_new_tokens=N, eos_id=-1, pad_id=PAD,
-      temperature=0.0, prefill_chunk=4))(params, prompt, prompt_mask, jax.random.PRNGKey(0))
-  whole = generation.sample(model, params, prompt, prompt_mask, jax.random.PRNGKey(0),
-                            max_new_tokens=N, eos_id=-1, pad_id=PAD, temperature=0.0)
+  chunked = jax.jit(
+    lambda p, i, m, r: generation.sample_fn(
+      apply_fn,
+      p,
+      model.cfg,
+      i,
+      m,
+      r,
+      max_new_tokens=N,
+      eos_id=-1,
+      pad_id=PAD,
+      temperature=0.0,
+      prefill_chunk=4,
+    )
+  )(params, prompt, prompt_mask, jax.random.PRNGKey(0))
+  whole = generation.sample(
+    model,
+    params,
+    prompt,
+    prompt_mask,
+    jax.random.PRNGKey(0),
+    max_new_tokens=N,
+    eos_id=-1,
+    pad_id=PAD,
+    temperature=0.0,
+  )
   np.testing.assert_array_equal(chunked.tokens_BN, whole.tokens_BN)
   np.testing.assert_allclose(chunked.logprobs_BN, whole.logprobs_BN, atol=1e-5)

@@ -87,51 +87,72 @@ def _parse_and_run(argv, monkeypatch):
   finally:
     flags.FLAGS.unparse_flags()
     for name in [n for n in flags.FLAGS if n.startswith("config.")]:
-      delattr(flags.FLAGS, name)     # override flags are defined per parse
+      delattr(flags.FLAGS, name)  # override flags are defined per parse
 
 
 def test_overrides_dataclass_and_snapshot(tmp_path, fake_task, monkeypatch):
   path = _write_config(tmp_path)
   workdir = tmp_path / "run"
-  _parse_and_run([f"--config={path}:steps=5", f"--workdir={workdir}", "--config.lr=0.5",
-                  "--config.ppo.kl_target=3", "--config.ppo.whiten=False"], monkeypatch)
-  (cfg, wd), = fake_task
+  _parse_and_run(
+    [
+      f"--config={path}:steps=5",
+      f"--workdir={workdir}",
+      "--config.lr=0.5",
+      "--config.ppo.kl_target=3",
+      "--config.ppo.whiten=False",
+    ],
+    monkeypatch,
+  )
+  ((cfg, wd),) = fake_task
   assert wd == str(workdir)
-  assert cfg == _Config(lr=0.5, steps=5, ppo=_PPO(kl_target=3.0, whiten=False),
-                        names=("a", "b"))
+  assert cfg == _Config(lr=0.5, steps=5, ppo=_PPO(kl_target=3.0, whiten=False), names=("a", "b"))
   snapshot = json.loads((workdir / "config.json").read_text())
-  assert snapshot == {"task": "fake", "compilation_cache_dir": "", "lr": 0.5, "steps": 5,
-                      "ppo": {"kl_target": 3.0, "whiten": False}, "names": ["a", "b"]}
+  assert snapshot == {
+    "task": "fake",
+    "compilation_cache_dir": "",
+    "lr": 0.5,
+    "steps": 5,
+    "ppo": {"kl_target": 3.0, "whiten": False},
+    "names": ["a", "b"],
+  }
 
 
 def test_unknown_field_and_bad_type_fail_before_snapshot(tmp_path, fake_task, monkeypatch):
   path = _write_config(tmp_path, extra="c.ppo.kl_targt = 1.0")
-  with pytest.raises(ConfigError, match=r"config\.ppo\.kl_targt: unknown field; did you mean "
-                                        r"config\.ppo\.kl_target\?"):
+  with pytest.raises(
+    ConfigError,
+    match=r"config\.ppo\.kl_targt: unknown field; did you mean "
+    r"config\.ppo\.kl_target\?",
+  ):
     _parse_and_run([f"--config={path}", f"--workdir={tmp_path / 'a'}"], monkeypatch)
   path = _write_config(tmp_path, extra='c.names = ("a", 3)')
   with pytest.raises(ConfigError, match=r"config\.names\[1\]: expected str, got int 3"):
     _parse_and_run([f"--config={path}", f"--workdir={tmp_path / 'b'}"], monkeypatch)
-  path = _write_config(tmp_path, extra='c.steps = None')   # a None placeholder never filled
+  path = _write_config(tmp_path, extra="c.steps = None")  # a None placeholder never filled
   with pytest.raises(ConfigError, match=r"config\.steps: expected int, got NoneType None"):
     _parse_and_run([f"--config={path}", f"--workdir={tmp_path / 'b'}"], monkeypatch)
   # Overrides of typed fields are parsed by config_flags with the field's type ...
   path = _write_config(tmp_path)
   with pytest.raises(flags.IllegalFlagValueError, match=r"--config\.steps=2\.5"):
-    _parse_and_run([f"--config={path}", f"--workdir={tmp_path / 'c'}", "--config.steps=2.5"],
-                   monkeypatch)
+    _parse_and_run(
+      [f"--config={path}", f"--workdir={tmp_path / 'c'}", "--config.steps=2.5"], monkeypatch
+    )
   # ... so a wrongly typed field in the file passes config_flags and is caught here.
   path = _write_config(tmp_path, extra='c.ppo = ml_collections.ConfigDict({"kl_target": "6"})')
   with pytest.raises(ConfigError, match=r"config\.ppo\.kl_target: expected .*float.*, got str"):
-    _parse_and_run([f"--config={path}", f"--workdir={tmp_path / 'c'}",
-                    "--config.ppo.kl_target=abc"], monkeypatch)
+    _parse_and_run(
+      [f"--config={path}", f"--workdir={tmp_path / 'c'}", "--config.ppo.kl_target=abc"], monkeypatch
+    )
   assert not fake_task
   assert not any((tmp_path / d / "config.json").exists() for d in "abc")
 
 
 def test_unknown_task_lists_known_ones(tmp_path, fake_task):
-  with pytest.raises(ValueError, match=r"unknown task 'ppoo'; known tasks: fake, overoptimization, pipeline, ppo, "
-                                       r"reward, sft"):
+  with pytest.raises(
+    ValueError,
+    match=r"unknown task 'ppoo'; known tasks: fake, overoptimization, pipeline, ppo, "
+    r"reward, sft",
+  ):
     entry.run_task({"task": "ppoo"}, str(tmp_path))
   with pytest.raises(ValueError, match=r"config\.task: missing"):
     entry.run_task({"lr": 1.0}, str(tmp_path))
@@ -142,8 +163,11 @@ def test_unknown_task_lists_known_ones(tmp_path, fake_task):
 
 
 def test_compilation_cache_enabled_from_config(tmp_path, fake_task):
-  keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-          "jax_persistent_cache_min_entry_size_bytes")
+  keys = (
+    "jax_compilation_cache_dir",
+    "jax_persistent_cache_min_compile_time_secs",
+    "jax_persistent_cache_min_entry_size_bytes",
+  )
   before = {k: jax.config.values[k] for k in keys}
   try:
     cache = tmp_path / "xla_cache"
@@ -162,7 +186,8 @@ def test_command_line_end_to_end(tmp_path):
   pkg = tmp_path / "faketasks"
   pkg.mkdir()
   (pkg / "__init__.py").write_text("")
-  (pkg / "trainer.py").write_text(textwrap.dedent('''
+  (pkg / "trainer.py").write_text(
+    textwrap.dedent("""
       import dataclasses, json, os
       from typing import Optional
 
@@ -182,7 +207,8 @@ def test_command_line_end_to_end(tmp_path):
         with open(os.path.join(workdir, "ran.json"), "w") as f:
           json.dump({"lr": cfg.lr, "steps": cfg.steps, "kl": cfg.ppo.kl_target}, f)
         return {"ok": 1}
-  '''))
+  """)
+  )
   path = _write_config(tmp_path, task="faketasks.trainer")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "RLHF_JAX_"))}
@@ -190,18 +216,41 @@ def test_command_line_end_to_end(tmp_path):
   env["PYTHONPATH"] = os.pathsep.join([root, str(tmp_path), env.get("PYTHONPATH", "")])
   workdir = tmp_path / "run"
   proc = subprocess.run(
-      [sys.executable, "-m", "rlhf_jax.main", f"--config={path}:steps=7",
-       f"--workdir={workdir}", "--config.ppo.kl_target=2.5"],
-      env=env, capture_output=True, text=True, timeout=120)
+    [
+      sys.executable,
+      "-m",
+      "rlhf_jax.main",
+      f"--config={path}:steps=7",
+      f"--workdir={workdir}",
+      "--config.ppo.kl_target=2.5",
+    ],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert json.loads((workdir / "ran.json").read_text()) == {"lr": 0.1, "steps": 7, "kl": 2.5}
   assert json.loads((workdir / "config.json").read_text())["task"] == "faketasks.trainer"
 
   bad = subprocess.run(
-      [sys.executable, "-m", "rlhf_jax.main", f"--config={path}", f"--workdir={workdir}",
-       "--config.task=nope"], env=env, capture_output=True, text=True, timeout=120)
+    [
+      sys.executable,
+      "-m",
+      "rlhf_jax.main",
+      f"--config={path}",
+      f"--workdir={workdir}",
+      "--config.task=nope",
+    ],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert bad.returncode != 0
-  assert "unknown task 'nope'; known tasks: overoptimization, pipeline, ppo, reward, sft" in bad.stderr
+  assert (
+    "unknown task 'nope'; known tasks: overoptimization, pipeline, ppo, reward, sft" in bad.stderr
+  )
 
 
 # ----------------------------------------------------------------------------- exit statuses
@@ -241,22 +290,31 @@ def test_user_errors_are_one_message_and_exit_2(tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(ROOT)
   smoke = ["--config=configs/sentiment.py:smoke", f"--workdir={tmp_path / 'w'}"]
   cases = [
-      (smoke + ["--config.ppo.kl_targt=3"],
-       "config.ppo.kl_targt: unknown field; did you mean config.ppo.hparams.kl_target?"),
-      (["--config=configs/reward.py:nope", f"--workdir={tmp_path / 'w'}"],
-       "unknown variant 'nope'"),
-      (smoke + ["--config.ppo.batch_size=0"], "config.ppo.batch_size=0: expected >= 1"),
-      (smoke + ["--config.reward.batch_size=-1"], "config.reward.batch_size=-1: expected >= 1"),
-      (smoke + ["--config.ppo.iterations=-5"], "config.ppo.iterations=-5: expected >= 1"),
-      (smoke + ["--config.ppo.batch_size=33"],
-       "config.ppo.batch_size=33: must be divisible by config.ppo.hparams.num_minibatches=2"),
-      (smoke + ["--config.ppo.batch_size=30"],  # 8 simulated devices in the tests
-       "config.ppo.batch_size=30: must be divisible by the 8 devices of the mesh's batch axes"),
-      (smoke + ["--config.feedback.gold_scorer=os:getcwd"],
-       "config.feedback.gold_scorer='os:getcwd': calling it as scorer(prompts, responses)"),
-      (smoke + ["--config.ppo.hparams.epochs=0"],
-       "config.ppo.hparams: PPOHparams.epochs must be >= 1, got 0"),
-      (smoke + ["--config.seed=1.5"], "--config.seed=1.5"),
+    (
+      smoke + ["--config.ppo.kl_targt=3"],
+      "config.ppo.kl_targt: unknown field; did you mean config.ppo.hparams.kl_target?",
+    ),
+    (["--config=configs/reward.py:nope", f"--workdir={tmp_path / 'w'}"], "unknown variant 'nope'"),
+    (smoke + ["--config.ppo.batch_size=0"], "config.ppo.batch_size=0: expected >= 1"),
+    (smoke + ["--config.reward.batch_size=-1"], "config.reward.batch_size=-1: expected >= 1"),
+    (smoke + ["--config.ppo.iterations=-5"], "config.ppo.iterations=-5: expected >= 1"),
+    (
+      smoke + ["--config.ppo.batch_size=33"],
+      "config.ppo.batch_size=33: must be divisible by config.ppo.hparams.num_minibatches=2",
+    ),
+    (
+      smoke + ["--config.ppo.batch_size=30"],  # 8 simulated devices in the tests
+      "config.ppo.batch_size=30: must be divisible by the 8 devices of the mesh's batch axes",
+    ),
+    (
+      smoke + ["--config.feedback.gold_scorer=os:getcwd"],
+      "config.feedback.gold_scorer='os:getcwd': calling it as scorer(prompts, responses)",
+    ),
+    (
+      smoke + ["--config.ppo.hparams.epochs=0"],
+      "config.ppo.hparams: PPOHparams.epochs must be >= 1, got 0",
+    ),
+    (smoke + ["--config.seed=1.5"], "--config.seed=1.5"),
   ]
   for argv, message in cases:
     assert _cli(argv, monkeypatch) == entry.EXIT_USER_ERROR, argv
@@ -265,8 +323,10 @@ def test_user_errors_are_one_message_and_exit_2(tmp_path, monkeypatch, capsys):
     assert "Traceback" not in err and err.count("\n") <= 3, err
   assert not (tmp_path / "w" / "data").exists()  # refused before any work
   # --verbosity=debug adds the traceback.
-  assert _cli(smoke + ["--config.ppo.batch_size=0", "--verbosity=debug"],
-              monkeypatch) == entry.EXIT_USER_ERROR
+  assert (
+    _cli(smoke + ["--config.ppo.batch_size=0", "--verbosity=debug"], monkeypatch)
+    == entry.EXIT_USER_ERROR
+  )
   assert "Traceback" in capsys.readouterr().err
 
 
@@ -275,14 +335,18 @@ def test_output_path_taken_by_a_file_is_refused_at_start(tmp_path, monkeypatch, 
   work = tmp_path / "w"
   work.mkdir()
   (work / "base").write_text("not a directory")
-  assert _cli(["--config=configs/sentiment.py:smoke", f"--workdir={work}"],
-              monkeypatch) == entry.EXIT_USER_ERROR
+  assert (
+    _cli(["--config=configs/sentiment.py:smoke", f"--workdir={work}"], monkeypatch)
+    == entry.EXIT_USER_ERROR
+  )
   assert f"output directory {work / 'base'} exists and is a file" in capsys.readouterr().err
   assert not (work / "data").exists()
   afile = tmp_path / "afile"
   afile.write_text("x")
-  assert _cli(["--config=configs/sentiment.py:smoke", f"--workdir={afile}"],
-              monkeypatch) == entry.EXIT_USER_ERROR
+  assert (
+    _cli(["--config=configs/sentiment.py:smoke", f"--workdir={afile}"], monkeypatch)
+    == entry.EXIT_USER_ERROR
+  )
   assert f"--workdir={afile} exists and is not a directory" in capsys.readouterr().err
 
 
@@ -314,22 +378,27 @@ def test_rerun_with_other_values_is_refused(tmp_path, fake_task, monkeypatch):
   _parse_and_run([f"--config={path}", f"--workdir={work}"], monkeypatch)  # same: resumes
   before = (work / "config.json").read_text()
   with pytest.raises(entry.UsageError) as e:
-    _parse_and_run([f"--config={path}:steps=5", f"--workdir={work}", "--config.lr=0.5"],
-                   monkeypatch)
+    _parse_and_run(
+      [f"--config={path}:steps=5", f"--workdir={work}", "--config.lr=0.5"], monkeypatch
+    )
   message = str(e.value)
   assert "was made by a different config" in message
   assert "lr: 0.1 -> 0.5" in message and "steps: 3 -> 5" in message
   assert "pass a new --workdir" in message
   assert (work / "config.json").read_text() == before and len(fake_task) == 3
   # Fields that cannot change results may change.
-  monkeypatch.setattr(sys.modules["fake_rlhf_trainer"], "RESULT_NEUTRAL_FIELDS", ("steps",),
-                      raising=False)
-  _parse_and_run([f"--config={path}:steps=5", f"--workdir={work}",
-                  "--config.compilation_cache_dir="], monkeypatch)
+  monkeypatch.setattr(
+    sys.modules["fake_rlhf_trainer"], "RESULT_NEUTRAL_FIELDS", ("steps",), raising=False
+  )
+  _parse_and_run(
+    [f"--config={path}:steps=5", f"--workdir={work}", "--config.compilation_cache_dir="],
+    monkeypatch,
+  )
   assert json.loads((work / "config.json").read_text())["steps"] == 5 and len(fake_task) == 4
 
 
 # ----------------------------------------------------------------------------- documented commands
+
 
 def _documented_commands():
   """Every ``python -m rlhf_jax.main`` / ``launchers/local.sh`` command in the README and the
@@ -358,8 +427,15 @@ def test_every_documented_command_passes_config_validation(tmp_path, monkeypatch
   monkeypatch.chdir(ROOT)
   commands = _documented_commands()
   names = {n for n, _ in commands}
-  assert {"README.md", "configs/sentiment.py", "configs/reward.py", "configs/ppo.py",
-          "configs/sft.py", "configs/kind.py", "configs/overoptimization.py"} <= names
+  assert {
+    "README.md",
+    "configs/sentiment.py",
+    "configs/reward.py",
+    "configs/ppo.py",
+    "configs/sft.py",
+    "configs/kind.py",
+    "configs/overoptimization.py",
+  } <= names
   assert len(commands) >= 17, commands
   for name, argv in commands:
     with _parsed(argv, monkeypatch):
@@ -372,8 +448,10 @@ def test_readme_error_example_is_what_the_cli_prints(tmp_path, monkeypatch, caps
   m = re.search(r"`(--config\.[\w.]+=\S+)` prints `([^`]+)`", re.sub(r"\s*\n\s*", " ", readme))
   assert m, "README shows an error example"
   monkeypatch.chdir(ROOT)
-  assert _cli(["--config=configs/sentiment.py:smoke", f"--workdir={tmp_path}", m.group(1)],
-              monkeypatch) == entry.EXIT_USER_ERROR
+  assert (
+    _cli(["--config=configs/sentiment.py:smoke", f"--workdir={tmp_path}", m.group(1)], monkeypatch)
+    == entry.EXIT_USER_ERROR
+  )
   assert f"error: {m.group(2)}" in capsys.readouterr().err
 
 
@@ -413,12 +491,19 @@ def test_every_config_variant_loads_and_validates(monkeypatch):
 
   monkeypatch.chdir(ROOT)
   files = sorted((ROOT / "configs").glob("*.py"))
-  assert {f.name for f in files} >= {"sentiment.py", "kind.py", "overoptimization.py", "ppo.py",
-                                     "reward.py", "sft.py"}
+  assert {f.name for f in files} >= {
+    "sentiment.py",
+    "kind.py",
+    "overoptimization.py",
+    "ppo.py",
+    "reward.py",
+    "sft.py",
+  }
   # Fields a user must supply (the README's commands do); everything else as shipped.
-  required = {"reward.py": {"model.path": "runs/sentiment/base/model",
-                            "preferences": "prefs.jsonl"},
-              "sft.py:jsonl": {"data.path": "texts.jsonl", "model.path": "runs/base/model"}}
+  required = {
+    "reward.py": {"model.path": "runs/sentiment/base/model", "preferences": "prefs.jsonl"},
+    "sft.py:jsonl": {"data.path": "texts.jsonl", "model.path": "runs/base/model"},
+  }
   checked = 0
   for path in files:
     spec = importlib.util.spec_from_file_location(f"_cfg_{path.stem}", path)
@@ -427,8 +512,10 @@ def test_every_config_variant_loads_and_validates(monkeypatch):
     assert module.VARIANTS, path
     for variant in module.VARIANTS:
       config = module.get_config(variant)
-      for key, value in {**required.get(path.name, {}),
-                         **required.get(f"{path.name}:{variant}", {})}.items():
+      for key, value in {
+        **required.get(path.name, {}),
+        **required.get(f"{path.name}:{variant}", {}),
+      }.items():
         section, _, field = key.rpartition(".")
         (config[section] if section else config)[field] = value
       trainer, cfg = entry.validate(config)

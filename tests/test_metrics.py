@@ -13,8 +13,13 @@ from rlhf_jax.train import metrics as M
 
 
 def test_fetch_returns_python_scalars():
-  tree = {"loss": jnp.float32(0.5), "n": jnp.int32(3), "ok": jnp.bool_(True),
-          "hist": jnp.arange(3.0), "nested": {"kl": jnp.array(1.25)}}
+  tree = {
+    "loss": jnp.float32(0.5),
+    "n": jnp.int32(3),
+    "ok": jnp.bool_(True),
+    "hist": jnp.arange(3.0),
+    "nested": {"kl": jnp.array(1.25)},
+  }
   out = M.fetch(tree)
   assert out["loss"] == 0.5 and type(out["loss"]) is float
   assert out["n"] == 3 and type(out["n"]) is int
@@ -31,8 +36,10 @@ def test_writer_jsonl_tensorboard_text_and_read_back(tmp_path):
     with pytest.raises(TypeError, match="metric 'vec': expected a scalar.*shape \\(2,\\)"):
       w.write(3, {"vec": np.zeros(2)})
   records = M.read_metrics(tmp_path)
-  assert records == [{"step": 1, "loss": 2.5, "ppo/kl": pytest.approx(0.1), "tokens": 64},
-                     {"step": 2, "loss": 1.5, "ppo/kl": pytest.approx(0.2), "tokens": 64}]
+  assert records == [
+    {"step": 1, "loss": 2.5, "ppo/kl": pytest.approx(0.1), "tokens": 64},
+    {"step": 2, "loss": 1.5, "ppo/kl": pytest.approx(0.2), "tokens": 64},
+  ]
   assert type(records[0]["tokens"]) is int
   text = [json.loads(l) for l in open(tmp_path / "text.jsonl")]
   assert text[0]["tag"] == "samples" and "a\\|b" in text[0]["text"] and "x<br>y" in text[0]["text"]
@@ -42,11 +49,12 @@ def test_writer_jsonl_tensorboard_text_and_read_back(tmp_path):
   # TensorBoard scalars are in the event file (TFRecord framing: u64 length, u32 crc, data,
   # u32 crc), parsed with tensorboardX's own protos.
   from tensorboardX.proto import event_pb2
+
   data = open(tmp_path / "tb" / events[0], "rb").read()
   scalars, texts, pos = [], [], 0
   while pos < len(data):
-    (n,) = struct.unpack("<Q", data[pos:pos + 8])
-    event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+    (n,) = struct.unpack("<Q", data[pos : pos + 8])
+    event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + n])
     pos += 16 + n
     for v in event.summary.value:
       if v.HasField("simple_value"):

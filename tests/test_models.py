@@ -8,20 +8,35 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax.models import (RopeScaling, Transformer, TransformerConfig, init_cache, init_params)
+from rlhf_jax.models import RopeScaling, Transformer, TransformerConfig, init_cache, init_params
 
 V = 64
 PAD = 0
 
 CONFIGS = {
-    "gpt2": TransformerConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4, max_len=32,
-                              head="both", init_std=0.2),
-    "llama": TransformerConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                               d_ff=64, norm="rmsnorm", mlp="swiglu", activation="silu",
-                               position="rope", rope_theta=100.0, qkv_bias=True, out_bias=False,
-                               mlp_bias=False, tie_embeddings=False, head="both", init_std=0.2,
-                               rope_scaling=RopeScaling(kind="llama3", factor=4.0,
-                                                        original_max_position_embeddings=16)),
+  "gpt2": TransformerConfig(
+    vocab_size=V, d_model=32, n_layers=2, n_heads=4, max_len=32, head="both", init_std=0.2
+  ),
+  "llama": TransformerConfig(
+    vocab_size=V,
+    d_model=32,
+    n_layers=2,
+    n_heads=4,
+    n_kv_heads=2,
+    d_ff=64,
+    norm="rmsnorm",
+    mlp="swiglu",
+    activation="silu",
+    position="rope",
+    rope_theta=100.0,
+    qkv_bias=True,
+    out_bias=False,
+    mlp_bias=False,
+    tie_embeddings=False,
+    head="both",
+    init_std=0.2,
+    rope_scaling=RopeScaling(kind="llama3", factor=4.0, original_max_position_embeddings=16),
+  ),
 }
 
 
@@ -75,8 +90,8 @@ def test_left_padding_invariance(name):
   right_mask = np.stack([np.roll(np.asarray(mask[b]), -s) for b, s in enumerate(shift)])
   ref_logits, ref_scores = _apply(model, params, jnp.asarray(right_ids), jnp.asarray(right_mask))
   for b, n in enumerate(lengths):
-    np.testing.assert_allclose(logits[b, 8 - n:], ref_logits[b, :n], atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(scores[b, 8 - n:], ref_scores[b, :n], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(logits[b, 8 - n :], ref_logits[b, :n], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(scores[b, 8 - n :], ref_scores[b, :n], atol=1e-5, rtol=1e-5)
   row_logits, row_scores = _apply(model, params, ids[1:2, 3:], jnp.ones((1, 5), jnp.int32))
   np.testing.assert_allclose(logits[1, 3:], row_logits[0], atol=1e-5, rtol=1e-5)
   np.testing.assert_allclose(scores[1, 3:], row_scores[0], atol=1e-5, rtol=1e-5)
@@ -96,10 +111,11 @@ def test_kv_cache_prefill_and_decode_match_full_forward(name):
   cache = init_cache(cfg, batch=2, size=9)
   (logits, scores), cache = _apply_cached(model, params, prompt, prompt_mask, cache)
   real = np.asarray(prompt_mask, bool)
-  np.testing.assert_allclose(np.asarray(logits)[real], np.asarray(full_logits[:, :6])[real],
-                             atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(logits)[real], np.asarray(full_logits[:, :6])[real], atol=1e-5, rtol=1e-5
+  )
   for i in range(3):
-    step = new[:, i:i + 1]
+    step = new[:, i : i + 1]
     (logits, scores), cache = _apply_cached(model, params, step, jnp.ones_like(step), cache)
     np.testing.assert_allclose(logits[:, 0], full_logits[:, 6 + i], atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(scores[:, 0], full_scores[:, 6 + i], atol=1e-5, rtol=1e-5)
@@ -134,8 +150,16 @@ def test_bfloat16_compute_close_to_float32(name):
   assert s_err < 0.05 * np.abs(np.asarray(scores32))[real].max() + 0.05
 
 
-@pytest.mark.parametrize("variant", [dict(remat=True), dict(scan_unroll=2), dict(scan_unroll=64),
-                                     dict(scan_unroll=0), dict(remat=True, scan_unroll=2)])
+@pytest.mark.parametrize(
+  "variant",
+  [
+    dict(remat=True),
+    dict(scan_unroll=2),
+    dict(scan_unroll=64),
+    dict(scan_unroll=0),
+    dict(remat=True, scan_unroll=2),
+  ],
+)
 def test_remat_and_unroll_same_outputs_and_grads(variant):
   """Recomputation and unrolling the layer scan change the schedule, not the numbers."""
   cfg = CONFIGS["llama"]
@@ -167,8 +191,9 @@ def test_gqa_single_kv_head_equals_mha_with_tiled_kv():
   mha = jax.tree.map(lambda x: x, params)
   for proj in ("k", "v"):
     mha["layers"]["attn"][proj] = {
-        name: jnp.tile(w, (1,) * (w.ndim - 1) + (mqa_cfg.n_heads,))
-        for name, w in params["layers"]["attn"][proj].items()}
+      name: jnp.tile(w, (1,) * (w.ndim - 1) + (mqa_cfg.n_heads,))
+      for name, w in params["layers"]["attn"][proj].items()
+    }
   ids, mask = _left_padded([8, 3], 8)
   out_mqa = _apply(Transformer(mqa_cfg), params, ids, mask)
   out_mha = _apply(Transformer(mha_cfg), mha, ids, mask)
@@ -178,7 +203,9 @@ def test_gqa_single_kv_head_equals_mha_with_tiled_kv():
 _BASE = dict(vocab_size=V, d_model=32, n_layers=1, n_heads=4)
 
 
-@pytest.mark.parametrize("overrides, field", [
+@pytest.mark.parametrize(
+  "overrides, field",
+  [
     ({"head": "value"}, "TransformerConfig.head='value'"),
     ({"norm": "batchnorm"}, "TransformerConfig.norm='batchnorm'"),
     ({"mlp": "moe"}, "TransformerConfig.mlp='moe'"),
@@ -191,7 +218,8 @@ _BASE = dict(vocab_size=V, d_model=32, n_layers=1, n_heads=4)
     ({"n_kv_heads": 3}, "n_kv_heads=3"),
     ({"position": "rope", "head_dim": 7}, "head_dim, got 7"),
     ({"rope_scaling": RopeScaling(kind="yarn")}, "TransformerConfig.rope_scaling.kind='yarn'"),
-])
+  ],
+)
 def test_invalid_config_names_the_field(overrides, field):
   with pytest.raises(ValueError, match=field.replace("(", r"\(").replace(".", r"\.")):
     TransformerConfig(**{**_BASE, **overrides})

@@ -21,8 +21,14 @@ torch = pytest.importorskip("torch")
 tr = pytest.importorskip("transformers")
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
-from rlhf_jax.models import (RopeScaling, Transformer, TransformerConfig,  # noqa: E402
-                             from_pretrained, init_params, save_pretrained)
+from rlhf_jax.models import (  # noqa: E402
+  RopeScaling,
+  Transformer,
+  TransformerConfig,
+  from_pretrained,
+  init_params,
+  save_pretrained,
+)
 from rlhf_jax.models import hf as hf_bridge  # noqa: E402
 
 TOL = 1e-4
@@ -60,8 +66,9 @@ def _hf_forward(m, ids, mask):
   """
   pos = np.maximum(np.cumsum(mask, -1) - 1, 0)
   with torch.no_grad():
-    out = m(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-            position_ids=torch.tensor(pos))
+    out = m(
+      input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=torch.tensor(pos)
+    )
   return out.logits.float().numpy()
 
 
@@ -84,32 +91,71 @@ def _max_diff(model, params, m, ids, mask):
   return float(np.abs(ours - theirs)[real].max()), float(np.abs(theirs[real]).max())
 
 
-_LLAMA_KW = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                 num_attention_heads=4, initializer_range=0.2, pad_token_id=PAD,
-                 bos_token_id=1, eos_token_id=2)
-_GPT2_KW = dict(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=32,
-                initializer_range=0.2, pad_token_id=PAD, bos_token_id=1, eos_token_id=2)
+_LLAMA_KW = dict(
+  vocab_size=V,
+  hidden_size=32,
+  intermediate_size=64,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  initializer_range=0.2,
+  pad_token_id=PAD,
+  bos_token_id=1,
+  eos_token_id=2,
+)
+_GPT2_KW = dict(
+  vocab_size=V,
+  n_embd=32,
+  n_layer=2,
+  n_head=4,
+  n_positions=32,
+  initializer_range=0.2,
+  pad_token_id=PAD,
+  bos_token_id=1,
+  eos_token_id=2,
+)
 # Llama-3 scaling with theta=100, head_dim 8: wavelengths 6.3 (kept), 19.9 (blended),
 # 62.8 and 199 (divided by factor) around original_max_position_embeddings=32.
-_LLAMA3 = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0,
-           "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+_LLAMA3 = {
+  "rope_type": "llama3",
+  "factor": 4.0,
+  "low_freq_factor": 1.0,
+  "high_freq_factor": 4.0,
+  "original_max_position_embeddings": 32,
+}
 
 HF_CASES = {
-    "GPT2LMHeadModel": lambda: tr.GPT2LMHeadModel(tr.GPT2Config(**_GPT2_KW)),
-    "LlamaForCausalLM[gqa,untied,llama3]": lambda: tr.LlamaForCausalLM(tr.LlamaConfig(
-        num_key_value_heads=2, tie_word_embeddings=False, rope_theta=100.0,
-        rope_scaling=dict(_LLAMA3), **_LLAMA_KW)),
-    "LlamaForCausalLM[tied,bias,linear]": lambda: tr.LlamaForCausalLM(tr.LlamaConfig(
-        num_key_value_heads=4, tie_word_embeddings=True, attention_bias=True, mlp_bias=True,
-        rope_scaling={"rope_type": "linear", "factor": 2.0}, **_LLAMA_KW)),
-    "Qwen2ForCausalLM": lambda: tr.Qwen2ForCausalLM(tr.Qwen2Config(
-        num_key_value_heads=2, **_LLAMA_KW)),
-    "MistralForCausalLM": lambda: tr.MistralForCausalLM(tr.MistralConfig(
-        num_key_value_heads=1, sliding_window=16, **_LLAMA_KW)),
-    "GPT2ForSequenceClassification": lambda: tr.GPT2ForSequenceClassification(tr.GPT2Config(
-        num_labels=1, **_GPT2_KW)),
-    "LlamaForSequenceClassification": lambda: tr.LlamaForSequenceClassification(tr.LlamaConfig(
-        num_labels=1, num_key_value_heads=2, **_LLAMA_KW)),
+  "GPT2LMHeadModel": lambda: tr.GPT2LMHeadModel(tr.GPT2Config(**_GPT2_KW)),
+  "LlamaForCausalLM[gqa,untied,llama3]": lambda: tr.LlamaForCausalLM(
+    tr.LlamaConfig(
+      num_key_value_heads=2,
+      tie_word_embeddings=False,
+      rope_theta=100.0,
+      rope_scaling=dict(_LLAMA3),
+      **_LLAMA_KW,
+    )
+  ),
+  "LlamaForCausalLM[tied,bias,linear]": lambda: tr.LlamaForCausalLM(
+    tr.LlamaConfig(
+      num_key_value_heads=4,
+      tie_word_embeddings=True,
+      attention_bias=True,
+      mlp_bias=True,
+      rope_scaling={"rope_type": "linear", "factor": 2.0},
+      **_LLAMA_KW,
+    )
+  ),
+  "Qwen2ForCausalLM": lambda: tr.Qwen2ForCausalLM(
+    tr.Qwen2Config(num_key_value_heads=2, **_LLAMA_KW)
+  ),
+  "MistralForCausalLM": lambda: tr.MistralForCausalLM(
+    tr.MistralConfig(num_key_value_heads=1, sliding_window=16, **_LLAMA_KW)
+  ),
+  "GPT2ForSequenceClassification": lambda: tr.GPT2ForSequenceClassification(
+    tr.GPT2Config(num_labels=1, **_GPT2_KW)
+  ),
+  "LlamaForSequenceClassification": lambda: tr.LlamaForSequenceClassification(
+    tr.LlamaConfig(num_labels=1, num_key_value_heads=2, **_LLAMA_KW)
+  ),
 }
 
 
@@ -149,15 +195,28 @@ def test_config_mapping(hf_models):
   cfg = model.cfg
   assert (cfg.norm, cfg.mlp, cfg.position, cfg.activation) == ("rmsnorm", "swiglu", "rope", "silu")
   assert (cfg.n_kv_heads, cfg.tie_embeddings, cfg.qkv_bias, cfg.out_bias) == (
-      2, False, False, False)
+    2,
+    False,
+    False,
+    False,
+  )
   assert cfg.rope_theta == 100.0
-  assert cfg.rope_scaling == RopeScaling(kind="llama3", factor=4.0, low_freq_factor=1.0,
-                                         high_freq_factor=4.0, original_max_position_embeddings=32)
+  assert cfg.rope_scaling == RopeScaling(
+    kind="llama3",
+    factor=4.0,
+    low_freq_factor=1.0,
+    high_freq_factor=4.0,
+    original_max_position_embeddings=32,
+  )
   qwen, _ = _load(hf_models["Qwen2ForCausalLM"][0])
   assert (qwen.cfg.qkv_bias, qwen.cfg.out_bias, qwen.cfg.mlp_bias) == (True, False, False)
   gpt2, _ = _load(hf_models["GPT2LMHeadModel"][0])
   assert (gpt2.cfg.norm, gpt2.cfg.position, gpt2.cfg.activation, gpt2.cfg.max_len) == (
-      "layernorm", "learned", "gelu_tanh", 32)
+    "layernorm",
+    "learned",
+    "gelu_tanh",
+    32,
+  )
   cls, params = _load(hf_models["LlamaForSequenceClassification"][0])
   assert cls.cfg.head == "scalar" and "score" in params and "lm_head" not in params
 
@@ -219,8 +278,9 @@ def test_head_override(hf_models):
   model, params = _load(path, head="scalar", rng=jax.random.PRNGKey(1))
   assert model.cfg.head == "scalar" and "lm_head" not in params
   assert params["score"]["kernel"].shape == (32, 1)
-  np.testing.assert_array_equal(params["layers"]["mlp"]["up"]["kernel"],
-                                lm_params["layers"]["mlp"]["up"]["kernel"])
+  np.testing.assert_array_equal(
+    params["layers"]["mlp"]["up"]["kernel"], lm_params["layers"]["mlp"]["up"]["kernel"]
+  )
   model, params = _load(path, head="both", rng=jax.random.PRNGKey(1))
   ids, mask = _batch()
   logits, scores = _apply(model, params, jnp.asarray(ids), jnp.asarray(mask))
@@ -232,28 +292,56 @@ def test_head_override(hf_models):
 # ------------------------------------------------------------------------------------------
 
 _OUR_GPT2 = dict(vocab_size=V, d_model=32, n_layers=2, n_heads=4, max_len=32, init_std=0.2)
-_OUR_LLAMA = dict(vocab_size=V, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=64,
-                  norm="rmsnorm", mlp="swiglu", activation="silu", position="rope",
-                  qkv_bias=False, out_bias=False, mlp_bias=False, init_std=0.2)
+_OUR_LLAMA = dict(
+  vocab_size=V,
+  d_model=32,
+  n_layers=2,
+  n_heads=4,
+  d_ff=64,
+  max_len=64,
+  norm="rmsnorm",
+  mlp="swiglu",
+  activation="silu",
+  position="rope",
+  qkv_bias=False,
+  out_bias=False,
+  mlp_bias=False,
+  init_std=0.2,
+)
 EXPORT_CASES = {
-    "gpt2": TransformerConfig(**_OUR_GPT2),
-    "gpt2-scalar": TransformerConfig(**_OUR_GPT2, head="scalar"),
-    "llama-gqa-untied-llama3": TransformerConfig(
-        **_OUR_LLAMA, n_kv_heads=2, tie_embeddings=False, rope_theta=100.0,
-        rope_scaling=RopeScaling(kind="llama3", factor=4.0, original_max_position_embeddings=32)),
-    "llama-headdim-bias-linear-gelu": TransformerConfig(
-        **{**_OUR_LLAMA, "qkv_bias": True, "out_bias": True, "mlp_bias": True,
-           "activation": "gelu_tanh"}, head_dim=16, n_kv_heads=2,
-        rope_scaling=RopeScaling(kind="linear", factor=2.0)),
-    "qwen2-tied": TransformerConfig(**{**_OUR_LLAMA, "qkv_bias": True}, n_kv_heads=1),
-    "llama-scalar": TransformerConfig(**_OUR_LLAMA, n_kv_heads=2, head="scalar",
-                                      tie_embeddings=False),
+  "gpt2": TransformerConfig(**_OUR_GPT2),
+  "gpt2-scalar": TransformerConfig(**_OUR_GPT2, head="scalar"),
+  "llama-gqa-untied-llama3": TransformerConfig(
+    **_OUR_LLAMA,
+    n_kv_heads=2,
+    tie_embeddings=False,
+    rope_theta=100.0,
+    rope_scaling=RopeScaling(kind="llama3", factor=4.0, original_max_position_embeddings=32),
+  ),
+  "llama-headdim-bias-linear-gelu": TransformerConfig(
+    **{
+      **_OUR_LLAMA,
+      "qkv_bias": True,
+      "out_bias": True,
+      "mlp_bias": True,
+      "activation": "gelu_tanh",
+    },
+    head_dim=16,
+    n_kv_heads=2,
+    rope_scaling=RopeScaling(kind="linear", factor=2.0),
+  ),
+  "qwen2-tied": TransformerConfig(**{**_OUR_LLAMA, "qkv_bias": True}, n_kv_heads=1),
+  "llama-scalar": TransformerConfig(
+    **_OUR_LLAMA, n_kv_heads=2, head="scalar", tie_embeddings=False
+  ),
 }
 EXPECTED_ARCH = {
-    "gpt2": "GPT2LMHeadModel", "gpt2-scalar": "GPT2ForSequenceClassification",
-    "llama-gqa-untied-llama3": "LlamaForCausalLM",
-    "llama-headdim-bias-linear-gelu": "LlamaForCausalLM", "qwen2-tied": "Qwen2ForCausalLM",
-    "llama-scalar": "LlamaForSequenceClassification",
+  "gpt2": "GPT2LMHeadModel",
+  "gpt2-scalar": "GPT2ForSequenceClassification",
+  "llama-gqa-untied-llama3": "LlamaForCausalLM",
+  "llama-headdim-bias-linear-gelu": "LlamaForCausalLM",
+  "qwen2-tied": "Qwen2ForCausalLM",
+  "llama-scalar": "LlamaForSequenceClassification",
 }
 
 
@@ -278,12 +366,16 @@ def test_export_round_trip(tmp_path, name):
   model = Transformer(cfg)
   params = _random_params(cfg)
   out = tmp_path / "export"
-  save_pretrained(model, params, out, pad_token_id=PAD, max_shard_size=(
-      20_000 if name == "llama-gqa-untied-llama3" else None))
+  save_pretrained(
+    model,
+    params,
+    out,
+    pad_token_id=PAD,
+    max_shard_size=(20_000 if name == "llama-gqa-untied-llama3" else None),
+  )
   written = json.loads((out / "config.json").read_text())
   assert written["architectures"] == [EXPECTED_ARCH[name]]
-  auto = (tr.AutoModelForSequenceClassification if cfg.head == "scalar"
-          else tr.AutoModelForCausalLM)
+  auto = tr.AutoModelForSequenceClassification if cfg.head == "scalar" else tr.AutoModelForCausalLM
   m = auto.from_pretrained(out).eval()
   assert type(m).__name__ == EXPECTED_ARCH[name]
   ids, mask = _batch()
@@ -317,11 +409,13 @@ def test_bfloat16_export(tmp_path):
 
 def test_export_with_tokenizer(tmp_path):
   from tokenizers import Tokenizer, models, pre_tokenizers
+
   vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, V)}}
   raw = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
   raw.pre_tokenizer = pre_tokenizers.Whitespace()
-  tok = tr.PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", bos_token="<s>",
-                                   eos_token="</s>")
+  tok = tr.PreTrainedTokenizerFast(
+    tokenizer_object=raw, pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+  )
   cfg = EXPORT_CASES["llama-scalar"]
   save_pretrained(Transformer(cfg), _random_params(cfg), tmp_path / "rm", tokenizer=tok)
   written = json.loads((tmp_path / "rm" / "config.json").read_text())
@@ -391,8 +485,11 @@ def test_error_wrong_shape(gpt2_copy):
     t["transformer.h.0.attn.c_proj.weight"] = np.zeros((32, 31), np.float32)
 
   _edit_tensors(gpt2_copy, edit)
-  with pytest.raises(ValueError, match=r"model\.safetensors: tensor 'transformer\.h\.0\.attn\."
-                     r"c_proj\.weight' has shape \[32, 31\], expected \[32, 32\]"):
+  with pytest.raises(
+    ValueError,
+    match=r"model\.safetensors: tensor 'transformer\.h\.0\.attn\."
+    r"c_proj\.weight' has shape \[32, 31\], expected \[32, 32\]",
+  ):
     from_pretrained(gpt2_copy)
 
 
@@ -404,14 +501,16 @@ def test_error_unexpected_tensor_and_ignored_buffers(gpt2_copy):
 
   _edit_tensors(gpt2_copy, add_buffers)
   from_pretrained(gpt2_copy)  # known buffers are skipped
-  _edit_tensors(gpt2_copy, lambda t: t.update(
-      {"transformer.h.0.attn.extra": np.ones(3, np.float32)}))
+  _edit_tensors(
+    gpt2_copy, lambda t: t.update({"transformer.h.0.attn.extra": np.ones(3, np.float32)})
+  )
   with pytest.raises(ValueError, match=r"unexpected tensor 'transformer\.h\.0\.attn\.extra'"):
     from_pretrained(gpt2_copy)
 
 
 def test_bare_gpt2_layout_loads(gpt2_copy, hf_models):
   """The original GPT-2 hub layout: no 'transformer.' prefix, causal-mask buffers, no lm_head."""
+
   def strip(t):
     for name in list(t):
       t[name.removeprefix("transformer.")] = t.pop(name)
@@ -458,8 +557,11 @@ def test_export_errors(tmp_path):
     save_pretrained(Transformer(cfg.replace(head="scalar")), params, tmp_path / "b")
   with pytest.raises(ValueError, match="TransformerConfig.norm='rmsnorm'"):
     save_pretrained(Transformer(cfg.replace(norm="rmsnorm")), params, tmp_path / "c")
-  with pytest.raises(ValueError, match=r"params\['layers'\]\['mlp'\]\['down'\]\['kernel'\] has"
-                     r" shape \[2, 128, 32\], expected \[2, 64, 32\]"):
+  with pytest.raises(
+    ValueError,
+    match=r"params\['layers'\]\['mlp'\]\['down'\]\['kernel'\] has"
+    r" shape \[2, 128, 32\], expected \[2, 64, 32\]",
+  ):
     save_pretrained(Transformer(cfg.replace(d_ff=64)), params, tmp_path / "d")
   assert list(tmp_path.iterdir()) == []  # nothing written by a rejected save
 
@@ -500,8 +602,11 @@ def test_error_non_finite_weights_name_the_tensor(gpt2_copy):
     t["transformer.h.0.mlp.c_fc.weight"] = w
 
   _edit_tensors(gpt2_copy, edit)
-  with pytest.raises(ValueError, match=r"model\.safetensors: tensor 'transformer\.h\.0\.mlp\."
-                     r"c_fc\.weight' holds 1 NaN and 1 infinite values"):
+  with pytest.raises(
+    ValueError,
+    match=r"model\.safetensors: tensor 'transformer\.h\.0\.mlp\."
+    r"c_fc\.weight' holds 1 NaN and 1 infinite values",
+  ):
     from_pretrained(gpt2_copy)
 
 
@@ -510,7 +615,7 @@ def test_error_damaged_safetensors_names_the_file(gpt2_copy, damage):
   file = gpt2_copy / "model.safetensors"
   data = file.read_bytes()
   if damage == "truncated":
-    file.write_bytes(data[:len(data) // 2])
+    file.write_bytes(data[: len(data) // 2])
   else:
     file.write_bytes(b"\xff" * 16 + data[16:])
   with pytest.raises(ValueError, match=re.escape(str(file)) + r".*(truncated or corrupt)"):

@@ -54,8 +54,11 @@ def test_smoke_study_points_fits_and_report(study):
       f = fits[f"{method}_{n_labels}"]
       assert "error" in f or all(math.isfinite(f[k]) for k in ("alpha", "beta", "r2")), f
   # The fitted coefficients are the least-squares solution on the study's own points.
-  pts = [p for p in points if p["n_labels"] == cfg.label_counts[0] and p["method"] == "bon"
-         and p["kl"] > 0]
+  pts = [
+    p
+    for p in points
+    if p["n_labels"] == cfg.label_counts[0] and p["method"] == "bon" and p["kl"] > 0
+  ]
   d = np.sqrt([p["kl"] for p in pts])
   g = np.array([p["gold"] for p in pts])
   coef, *_ = np.linalg.lstsq(np.stack([d, -d * d], 1), g, rcond=None)

@@ -15,8 +15,9 @@ CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
 def _smoke_config():
-  from ml_collections import config_flags  # noqa: F401  (ml_collections is a dependency)
   import importlib.util
+
+  from ml_collections import config_flags  # noqa: F401  (ml_collections is a dependency)
 
   spec = importlib.util.spec_from_file_location("sentiment_cfg", CONFIGS / "sentiment.py")
   module = importlib.util.module_from_spec(spec)
@@ -43,8 +44,16 @@ def test_smoke_pipeline_report_numbers_are_sane(smoke_run):
   for ev in evals:
     assert 0.0 <= ev["win_ci_low"] <= ev["win_rate"] <= ev["win_ci_high"] <= 1.0
     assert ev["wins"] + ev["ties"] + ev["losses"] == 64
-    for key in ("kl", "gold_reward_mean", "proxy_reward_mean", "perplexity_policy",
-                "perplexity_ref", "response_length", "rm_accuracy", "rm_ece"):
+    for key in (
+      "kl",
+      "gold_reward_mean",
+      "proxy_reward_mean",
+      "perplexity_policy",
+      "perplexity_ref",
+      "response_length",
+      "rm_accuracy",
+      "rm_ece",
+    ):
       assert math.isfinite(ev[key]), key
     # Monte Carlo KL of the policy to the reference on its own samples: >= 0 up to noise.
     assert ev["kl"] > -0.05
@@ -105,12 +114,14 @@ def test_base_path_with_another_tokenizer_is_refused(smoke_run, tmp_path):
   vocab[a], vocab[b] = vocab[b], vocab[a]
   (other / "tokenizer.json").write_text(json.dumps(tok))
   with pytest.raises(ValueError, match="base.path=.*different vocabulary"):
-    pl.pretrain_base(pl.BaseSpec(path=str(other)), workdir / "data", tmp_path / "unused",
-                     tokenizer, mesh, 0)
+    pl.pretrain_base(
+      pl.BaseSpec(path=str(other)), workdir / "data", tmp_path / "unused", tokenizer, mesh, 0
+    )
 
 
 def test_rm_pairs_per_prompt_checked_before_any_work():
   from rlhf_jax.train import pipeline as pl
+
   with pytest.raises(ValueError, match=r"eval\.rm_pairs_per_prompt=0"):
     pl.EvalSpec(rm_pairs_per_prompt=0)
 
@@ -120,6 +131,7 @@ def test_openai_variant_runs_with_value_head_on_the_policy_trunk(smoke_run, tmp_
   whitened rewards — one round on the smoke run's base model."""
   workdir, _, _ = smoke_run
   import importlib.util
+
   spec = importlib.util.spec_from_file_location("sentiment_cfg2", CONFIGS / "sentiment.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -128,12 +140,15 @@ def test_openai_variant_runs_with_value_head_on_the_policy_trunk(smoke_run, tmp_
   cfg.base.path = str(workdir / "base" / "model")
   result = entry.run_task(cfg, str(tmp_path / "openai"))
   assert result["round"] == 1 and math.isfinite(result["kl"])
-  rows = [json.loads(l) for l in (tmp_path / "openai" / "round_1" / "ppo" / "metrics.jsonl")
-          .read_text().splitlines()]
+  rows = [
+    json.loads(l)
+    for l in (tmp_path / "openai" / "round_1" / "ppo" / "metrics.jsonl").read_text().splitlines()
+  ]
   assert all(math.isfinite(r["value_loss"]) for r in rows if "value_loss" in r)
   # The exported policy is a plain LM: the value head stays behind.
   config = json.loads((tmp_path / "openai" / "round_1" / "policy" / "config.json").read_text())
   assert not any("Classification" in a for a in config.get("architectures", []))
+
 
 def _fake_scorers(monkeypatch):
   import sys
@@ -151,31 +166,47 @@ def _fake_scorers(monkeypatch):
   monkeypatch.setitem(sys.modules, "fake_feedback", module)
 
 
-@pytest.mark.parametrize("fields,message", [
-    ({"gold_scorer": "fake_feedback:nan_scorer", "labeller_scorer": "fake_feedback:good_scorer"},
-     r"config\.feedback\.gold_scorer='fake_feedback:nan_scorer': returned non-finite scores"),
-    ({"labeller_scorer": "fake_feedback:short_scorer"},
-     r"config\.feedback\.labeller_scorer='fake_feedback:short_scorer': a scorer returns one "
-     r"number per response; got shape \[1\] for 2 responses"),
-    ({"gold_scorer": "fake_feedback:one_arg"},
-     r"config\.feedback\.gold_scorer='fake_feedback:one_arg': calling it as scorer\(prompts, "
-     r"responses\) on a probe batch of 2 failed: TypeError"),
-    ({"gold_scorer": "os:getcwd"},
-     r"config\.feedback\.gold_scorer='os:getcwd': calling it as scorer\(prompts, responses\)"),
-    ({"source": "fake_feedback:bad_judge"},
-     r"config\.feedback\.source='fake_feedback:bad_judge': calling it as judge\(prompts, "
-     r"responses_a, responses_b\) on a probe batch of 2 failed: .*3 verdicts for 2 pairs"),
-    ({"source": "fake_feedback:nope"},
-     r"config\.feedback\.source: callable spec 'fake_feedback:nope'.*no attribute"),
-])
+@pytest.mark.parametrize(
+  "fields,message",
+  [
+    (
+      {"gold_scorer": "fake_feedback:nan_scorer", "labeller_scorer": "fake_feedback:good_scorer"},
+      r"config\.feedback\.gold_scorer='fake_feedback:nan_scorer': returned non-finite scores",
+    ),
+    (
+      {"labeller_scorer": "fake_feedback:short_scorer"},
+      r"config\.feedback\.labeller_scorer='fake_feedback:short_scorer': a scorer returns one "
+      r"number per response; got shape \[1\] for 2 responses",
+    ),
+    (
+      {"gold_scorer": "fake_feedback:one_arg"},
+      r"config\.feedback\.gold_scorer='fake_feedback:one_arg': calling it as scorer\(prompts, "
+      r"responses\) on a probe batch of 2 failed: TypeError",
+    ),
+    (
+      {"gold_scorer": "os:getcwd"},
+      r"config\.feedback\.gold_scorer='os:getcwd': calling it as scorer\(prompts, responses\)",
+    ),
+    (
+      {"source": "fake_feedback:bad_judge"},
+      r"config\.feedback\.source='fake_feedback:bad_judge': calling it as judge\(prompts, "
+      r"responses_a, responses_b\) on a probe batch of 2 failed: .*3 verdicts for 2 pairs",
+    ),
+    (
+      {"source": "fake_feedback:nope"},
+      r"config\.feedback\.source: callable spec 'fake_feedback:nope'.*no attribute",
+    ),
+  ],
+)
 def test_custom_scorers_and_judges_are_probed_at_start(monkeypatch, fields, message):
   from rlhf_jax.train import pipeline as pl
 
   _fake_scorers(monkeypatch)
   with pytest.raises(ValueError, match=message):
     pl.load_scorers(pl.FeedbackSpec(**fields))
-  ok = pl.load_scorers(pl.FeedbackSpec(gold_scorer="fake_feedback:good_scorer",
-                                       source="fake_feedback:good_judge"))
+  ok = pl.load_scorers(
+    pl.FeedbackSpec(gold_scorer="fake_feedback:good_scorer", source="fake_feedback:good_judge")
+  )
   assert list(ok(["p"], ["r"])) == [0.0]
 
 
@@ -183,31 +214,43 @@ def test_pipeline_sizes_checked_before_any_work():
   from rlhf_jax.config_schema import ConfigError, from_config
   from rlhf_jax.train import pipeline as pl
 
-  cfg = from_config(pl.Config, {"ppo": {"batch_size": 0, "iterations": -5},
-                                "reward": {"batch_size": -1}, "rounds": 0,
-                                "feedback": {"pairs_per_round": 16},
-                                "base": {"optimizer": {"learning_rate": 0.0}}})
+  cfg = from_config(
+    pl.Config,
+    {
+      "ppo": {"batch_size": 0, "iterations": -5},
+      "reward": {"batch_size": -1},
+      "rounds": 0,
+      "feedback": {"pairs_per_round": 16},
+      "base": {"optimizer": {"learning_rate": 0.0}},
+    },
+  )
   with pytest.raises(ConfigError) as e:
     pl.check_config(cfg)
   lines = str(e.value).splitlines()
-  for expected in ("config.ppo.batch_size=0: expected >= 1",
-                   "config.ppo.iterations=-5: expected >= 1",
-                   "config.reward.batch_size=-1: expected >= 1",
-                   "config.rounds=0: expected >= 1",
-                   "config.base.optimizer.learning_rate=0.0: expected > 0"):
+  for expected in (
+    "config.ppo.batch_size=0: expected >= 1",
+    "config.ppo.iterations=-5: expected >= 1",
+    "config.reward.batch_size=-1: expected >= 1",
+    "config.rounds=0: expected >= 1",
+    "config.base.optimizer.learning_rate=0.0: expected > 0",
+  ):
     assert expected in lines, lines
-  cfg = from_config(pl.Config, {"ppo": {"batch_size": 6}, "feedback": {"pairs_per_round": 8},
-                                "reward": {"batch_size": 16}})
+  cfg = from_config(
+    pl.Config,
+    {"ppo": {"batch_size": 6}, "feedback": {"pairs_per_round": 8}, "reward": {"batch_size": 16}},
+  )
   with pytest.raises(ConfigError) as e:
     pl.check_config(cfg)
   assert str(e.value).splitlines() == [
-      "config.ppo.batch_size=6: must be divisible by config.ppo.hparams.num_minibatches=4",
-      "config.reward.batch_size=16: larger than the 8 labelled pairs of round 1 "
-      "(feedback.pairs_per_round, data.num_prompts)"]
+    "config.ppo.batch_size=6: must be divisible by config.ppo.hparams.num_minibatches=4",
+    "config.reward.batch_size=16: larger than the 8 labelled pairs of round 1 "
+    "(feedback.pairs_per_round, data.num_prompts)",
+  ]
   pl.check_config(pl.Config())  # the defaults pass
 
 
 # ----------------------------------------------------------------------------- preemption
+
 
 def _sigterm_during(stack, monkeypatch, stage: str, at: int = 1):
   """Sends this process SIGTERM inside ``stage``: at step / iteration ``at`` of a training
@@ -229,8 +272,11 @@ def _sigterm_during(stack, monkeypatch, stage: str, at: int = 1):
       fired.append(stage)
       os.kill(os.getpid(), signal.SIGTERM)
 
-  functions = {"data": (data_lib, "pack_texts"), "labels": (pl, "label_pairs"),
-               "evaluation": (pl, "evaluate_policy")}
+  functions = {
+    "data": (data_lib, "pack_texts"),
+    "labels": (pl, "label_pairs"),
+    "evaluation": (pl, "evaluate_policy"),
+  }
   if stage in functions:
     module, name = functions[stage]
     real = getattr(module, name)
@@ -255,6 +301,7 @@ def _sigterm_during(stack, monkeypatch, stage: str, at: int = 1):
 
         bar.update = update_then_kill
       return bar
+
     return progress
 
   for module in (pl, sft_train, reward_train, ppo_train):
@@ -285,10 +332,16 @@ def _same_round(workdir, reference, r):
   b = (reference / f"round_{r}" / "policy" / "model.safetensors").read_bytes()
   assert a == b, f"round {r}: policy differs from the uninterrupted run"
   timing = ("rm_seconds", "ppo_seconds", "round_seconds")
-  ev = {k: v for k, v in json.loads((workdir / f"round_{r}" / "eval.json").read_text()).items()
-        if k not in timing}
-  ref = {k: v for k, v in json.loads((reference / f"round_{r}" / "eval.json").read_text()).items()
-         if k not in timing}
+  ev = {
+    k: v
+    for k, v in json.loads((workdir / f"round_{r}" / "eval.json").read_text()).items()
+    if k not in timing
+  }
+  ref = {
+    k: v
+    for k, v in json.loads((reference / f"round_{r}" / "eval.json").read_text()).items()
+    if k not in timing
+  }
   assert ev == ref
   done = json.loads((workdir / f"round_{r}" / "DONE").read_text())
   ref_done = json.loads((reference / f"round_{r}" / "DONE").read_text())
@@ -298,11 +351,13 @@ def _same_round(workdir, reference, r):
 
 def _steps(path):
   from rlhf_jax.train.metrics import read_metrics
+
   return [r["step"] for r in read_metrics(path)]
 
 
-def test_sigterm_in_training_stages_resumes_to_the_uninterrupted_result(smoke_run, tmp_path,
-                                                                       monkeypatch):
+def test_sigterm_in_training_stages_resumes_to_the_uninterrupted_result(
+  smoke_run, tmp_path, monkeypatch
+):
   """SIGTERM inside base pretraining, reward-model training and PPO (round 1 of a one-round
   run): each attempt saves, raises Preempted and marks nothing done; the last rerun ends
   with the uninterrupted run's round-1 policy (byte-identical), numbers and curve."""
@@ -326,9 +381,16 @@ def test_sigterm_in_every_stage_of_both_rounds(smoke_run, tmp_path, monkeypatch)
   of the two-round smoke run, then round 2's reward model and PPO."""
   reference, reference_result, _ = smoke_run
   workdir = tmp_path / "preempted"
-  stops = [("data", 1), ("pretrain base", 10), ("labels", 1), ("reward model round 1", 2),
-           ("ppo round 1", 1), ("evaluation", 1), ("reward model round 2", 12),
-           ("ppo round 2", 2)]
+  stops = [
+    ("data", 1),
+    ("pretrain base", 10),
+    ("labels", 1),
+    ("reward model round 1", 2),
+    ("ppo round 1", 1),
+    ("evaluation", 1),
+    ("reward model round 2", 12),
+    ("ppo round 2", 2),
+  ]
   result = _preempt_and_resume(_smoke_config(), workdir, monkeypatch, stops)
   for r in (1, 2):
     _same_round(workdir, reference, r)
@@ -353,11 +415,20 @@ def test_rerun_with_another_seed_is_refused_listing_the_fields(smoke_run):
   assert (workdir / "config.json").read_text() == before
 
 
-@pytest.mark.parametrize("algorithm,shared_trunk,value", [
-    ("ppo", False, "separate"), ("ppo", True, "on the trunk"), ("grpo", False, None),
-    ("rloo", False, None), ("reinforce_pp", False, None), ("dr_grpo", False, None)])
+@pytest.mark.parametrize(
+  "algorithm,shared_trunk,value",
+  [
+    ("ppo", False, "separate"),
+    ("ppo", True, "on the trunk"),
+    ("grpo", False, None),
+    ("rloo", False, None),
+    ("reinforce_pp", False, None),
+    ("dr_grpo", False, None),
+  ],
+)
 def test_policy_stage_builds_a_value_model_only_for_algorithms_with_a_critic(
-    algorithm, shared_trunk, value):
+  algorithm, shared_trunk, value
+):
   """One policy stage for every algorithm: the value model is chosen from the hparams, never
   by a branch in the pipeline's loop."""
   import dataclasses
@@ -372,10 +443,12 @@ def test_policy_stage_builds_a_value_model_only_for_algorithms_with_a_critic(
   models = pl.Models.from_base(common.preset_config("tiny", 64, head="lm"))
   policy = init_params(models.lm, jax.random.PRNGKey(0))
   rm = init_params(models.scalar, jax.random.PRNGKey(1))
-  hp = dataclasses.replace(ppo_lib.PPOHparams(), algorithm=algorithm, shared_trunk=shared_trunk,
-                           group_size=2)
+  hp = dataclasses.replace(
+    ppo_lib.PPOHparams(), algorithm=algorithm, shared_trunk=shared_trunk, group_size=2
+  )
   policy_model, start, value_model, value_params = pl.policy_and_value(
-      models, hp, policy, rm, 2.0, 0.5, "reward")
+    models, hp, policy, rm, 2.0, 0.5, "reward"
+  )
   if value == "separate":
     assert policy_model is models.lm and start is policy
     assert value_model is not None and value_params is not None

@@ -16,8 +16,16 @@ from rlhf_jax.train import ppo as ppo_train
 
 VOCAB = 24
 BASE = TransformerConfig(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=2, max_len=32)
-HP = ppo.PPOHparams(response_len=6, num_minibatches=2, epochs=2, temperature=1.0, eos_id=0,
-                    pad_id=1, kl_target=1.0, kl_horizon=100.0)
+HP = ppo.PPOHparams(
+  response_len=6,
+  num_minibatches=2,
+  epochs=2,
+  temperature=1.0,
+  eos_id=0,
+  pad_id=1,
+  kl_target=1.0,
+  kl_horizon=100.0,
+)
 B, P = 8, 5
 
 
@@ -60,8 +68,9 @@ def test_iteration_compiles_once_while_beta_changes(shared_trunk):
   hp = dataclasses.replace(HP, shared_trunk=shared_trunk)
   opt = optax.adam(1e-3)
   state = ppo.init_ppo_state(params, opt, 0.1, jax.random.PRNGKey(0))
-  it = jax.jit(ppo.make_ppo_iteration(policy, None if shared_trunk else rm, rm, opt, hp),
-               donate_argnums=0)
+  it = jax.jit(
+    ppo.make_ppo_iteration(policy, None if shared_trunk else rm, rm, opt, hp), donate_argnums=0
+  )
   betas = []
   for i in range(3):
     state, m = it(state, frozen, ids, mask)
@@ -69,8 +78,16 @@ def test_iteration_compiles_once_while_beta_changes(shared_trunk):
   assert it._cache_size() == 1
   assert len(set(betas)) == 3, betas  # the adaptive controller moved beta every iteration
   assert int(state.step) == 3
-  for key in ("score", "kl", "entropy", "policy_clip_frac", "approx_kl",
-              "value_explained_variance", "response_length", "value_loss"):
+  for key in (
+    "score",
+    "kl",
+    "entropy",
+    "policy_clip_frac",
+    "approx_kl",
+    "value_explained_variance",
+    "response_length",
+    "value_loss",
+  ):
     assert np.isfinite(float(m[key])), key
   assert int(m["skipped_updates"]) == 0
 
@@ -122,15 +139,21 @@ def test_sharded_iteration_equals_single_device():
   pol_sh = sharding.params_shardings(init, jax.random.PRNGKey(0), mesh=mesh)
   init_rm = lambda r: rm.init(r, jnp.zeros((1, 8), jnp.int32))["params"]
   rm_sh = sharding.params_shardings(init_rm, jax.random.PRNGKey(0), mesh=mesh)
-  sh_params = {"policy": sharding.shard_tree(params["policy"], pol_sh),
-               "value": sharding.shard_tree(params["value"], rm_sh)}
+  sh_params = {
+    "policy": sharding.shard_tree(params["policy"], pol_sh),
+    "value": sharding.shard_tree(params["value"], rm_sh),
+  }
   sh_state = ppo.init_ppo_state(sh_params, opt, 0.1, jax.random.PRNGKey(0))
-  sh_frozen = frozen._replace(ref_params=sharding.shard_tree(frozen.ref_params, pol_sh),
-                              reward_params=sharding.shard_tree(frozen.reward_params, rm_sh))
+  sh_frozen = frozen._replace(
+    ref_params=sharding.shard_tree(frozen.ref_params, pol_sh),
+    reward_params=sharding.shard_tree(frozen.reward_params, rm_sh),
+  )
   batch = sharding.shard_batch({"ids": ids, "mask": mask}, mesh)
   out_state, out_m = jax.jit(it)(sh_state, sh_frozen, batch["ids"], batch["mask"])
-  assert out_state.params["policy"]["layers"]["attn"]["q"]["kernel"].sharding.spec == \
-      pol_sh["layers"]["attn"]["q"]["kernel"].spec
+  assert (
+    out_state.params["policy"]["layers"]["attn"]["q"]["kernel"].sharding.spec
+    == pol_sh["layers"]["attn"]["q"]["kernel"].spec
+  )
   for key in ("score", "kl", "loss"):
     np.testing.assert_allclose(float(out_m[key]), float(ref_m[key]), rtol=2e-4, atol=2e-5)
   for a, b in zip(jax.tree.leaves(out_state.params), jax.tree.leaves(ref_state.params)):
@@ -141,13 +164,29 @@ def _train(workdir, stop_after=None, iterations=4, reward_gain=1.0, **kwargs):
   policy, rm, params, frozen, ids, mask = _setup()
   mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   return ppo_train.train_ppo(
-      policy_model=policy, policy_params=params["policy"], value_model=rm,
-      value_params=params["value"], reward_model=rm, reward_params=frozen.reward_params,
-      ref_params=frozen.ref_params, prompt_ids=np.repeat(ids, 4, 0),
-      prompt_mask=np.repeat(mask, 4, 0), hp=HP, optim_spec=common.OptimSpec(learning_rate=1e-3),
-      batch_size=B, iterations=iterations, init_kl_coef=0.1, reward_gain=reward_gain,
-      reward_bias=0.0, mesh=mesh, seed=3, workdir=str(workdir), checkpoint_every=1,
-      stop_after=stop_after, **kwargs)
+    policy_model=policy,
+    policy_params=params["policy"],
+    value_model=rm,
+    value_params=params["value"],
+    reward_model=rm,
+    reward_params=frozen.reward_params,
+    ref_params=frozen.ref_params,
+    prompt_ids=np.repeat(ids, 4, 0),
+    prompt_mask=np.repeat(mask, 4, 0),
+    hp=HP,
+    optim_spec=common.OptimSpec(learning_rate=1e-3),
+    batch_size=B,
+    iterations=iterations,
+    init_kl_coef=0.1,
+    reward_gain=reward_gain,
+    reward_bias=0.0,
+    mesh=mesh,
+    seed=3,
+    workdir=str(workdir),
+    checkpoint_every=1,
+    stop_after=stop_after,
+    **kwargs,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -189,8 +228,11 @@ def test_sigterm_saves_raises_preempted_and_resumes(tmp_path, straight_run):
 
   metrics_lib.MetricWriter.write = write_then_sigterm
   try:
-    with pytest.raises(checkpoint.Preempted, match=r"ppo: stopped by a signal at iteration 2 "
-                                                   r"of 4; checkpoint saved"):
+    with pytest.raises(
+      checkpoint.Preempted,
+      match=r"ppo: stopped by a signal at iteration 2 "
+      r"of 4; checkpoint saved",
+    ):
       _train(tmp_path / "resumed")
   finally:
     metrics_lib.MetricWriter.write = real
@@ -206,15 +248,18 @@ def test_diverging_run_stops_naming_the_iteration(tmp_path):
   """A reward that turns every update non-finite: the run stops at the first iteration whose
   skipped updates exceed max_skipped_fraction of the run's, instead of training on NaN."""
   updates = HP.epochs * HP.num_minibatches
-  with pytest.raises(common.DivergenceError,
-                     match=rf"ppo: {updates} of the {updates} updates so far were skipped for a "
-                           rf"non-finite loss or gradient \(at iteration 1\), more than "
-                           rf"max_skipped_fraction=0.1 of the run's {4 * updates} updates"):
+  with pytest.raises(
+    common.DivergenceError,
+    match=rf"ppo: {updates} of the {updates} updates so far were skipped for a "
+    rf"non-finite loss or gradient \(at iteration 1\), more than "
+    rf"max_skipped_fraction=0.1 of the run's {4 * updates} updates",
+  ):
     _train(tmp_path / "nan", reward_gain=float("nan"))
   assert not os.listdir(tmp_path / "nan" / "checkpoints")  # nothing saved from it
   # A lenient fraction lets the same run go on (params unchanged by skipped updates).
-  state, _ = _train(tmp_path / "lenient", reward_gain=float("nan"), max_skipped_fraction=1.0,
-                    stop_after=1)
+  state, _ = _train(
+    tmp_path / "lenient", reward_gain=float("nan"), max_skipped_fraction=1.0, stop_after=1
+  )
   assert int(state.skipped_updates) == updates
 
 
@@ -225,14 +270,21 @@ def test_corrupt_checkpoint_stops_the_resume_naming_the_step(tmp_path):
 
   _train(tmp_path / "run", stop_after=2)
   step_dir = tmp_path / "run" / "checkpoints" / "2"
-  files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir / "state") for f in fs
-           if os.sep + "d" + os.sep in os.path.join(r, f)]
+  files = [
+    os.path.join(r, f)
+    for r, _, fs in os.walk(step_dir / "state")
+    for f in fs
+    if os.sep + "d" + os.sep in os.path.join(r, f)
+  ]
   big = max(files, key=os.path.getsize)
   data = bytearray(open(big, "rb").read())
   data[len(data) // 2] ^= 0x10
   open(big, "wb").write(bytes(data))
-  with pytest.raises(checkpoint.CheckpointError, match=r"checkpoints/2: the checkpoint of "
-                                                       r"step 2 is corrupt"):
+  with pytest.raises(
+    checkpoint.CheckpointError,
+    match=r"checkpoints/2: the checkpoint of "
+    r"step 2 is corrupt",
+  ):
     _train(tmp_path / "run")
 
 
@@ -243,7 +295,8 @@ def test_shipped_tiny_config_runs_on_presets(tmp_path):
   from rlhf_jax import main as entry
 
   spec = importlib.util.spec_from_file_location(
-      "ppo_config", os.path.join(os.path.dirname(__file__), "..", "configs", "ppo.py"))
+    "ppo_config", os.path.join(os.path.dirname(__file__), "..", "configs", "ppo.py")
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   cfg = module.get_config("tiny")
@@ -255,6 +308,7 @@ def test_shipped_tiny_config_runs_on_presets(tmp_path):
 
 # ----------------------------------------------------------------------------- review fixes
 
+
 def test_value_model_starts_at_the_normalised_reward():
   """The value model's first predictions are gain * r + bias at every position, in particular
   at the last response token, where PPO's return is the normalised score."""
@@ -263,8 +317,8 @@ def test_value_model_starts_at_the_normalised_reward():
   rng = np.random.default_rng(0)
   ids = rng.integers(2, VOCAB, (B, P + 6)).astype(np.int32)
   mask = np.ones_like(ids)
-  mask[:2, :2] = 0          # left padding
-  mask[2:4, P + 3:] = 0     # short responses
+  mask[:2, :2] = 0  # left padding
+  mask[2:4, P + 3 :] = 0  # short responses
   gain, bias = 1.7, -0.4
   value_model, vp = ppo.init_value_from_reward(rm, rp, gain, bias)
   assert value_model.cfg.scalar_bias and not rm.cfg.scalar_bias
@@ -272,6 +326,7 @@ def test_value_model_starts_at_the_normalised_reward():
   scores_BT = rm.apply({"params": rp}, ids, mask)
   np.testing.assert_allclose(values_BT, gain * scores_BT + bias, rtol=1e-5, atol=1e-5)
   from rlhf_jax import reward as reward_lib
+
   last_values = reward_lib.score_sequences(value_model, vp, ids, mask)
   norm = gain * reward_lib.score_sequences(rm, rp, ids, mask) + bias
   np.testing.assert_allclose(last_values, norm, rtol=1e-5, atol=1e-5)
@@ -283,18 +338,28 @@ def test_value_model_starts_at_the_normalised_reward():
     ppo.init_value_from_reward(rm, rp, gain, bias, "copy")
 
 
-@pytest.mark.parametrize("mode, with_stop, without_stop", [
-    ("none", 0.5, 0.5), ("replace", 0.5, -1.0), ("penalty", 0.5, 0.5 - 1.0)])
+@pytest.mark.parametrize(
+  "mode, with_stop, without_stop",
+  [("none", 0.5, 0.5), ("replace", 0.5, -1.0), ("penalty", 0.5, 0.5 - 1.0)],
+)
 def test_missing_stop_penalises(mode, with_stop, without_stop):
   """TRL's sign: a positive penalty is subtracted; 'replace' sets the configured score."""
   from rlhf_jax import advantages as adv_lib
+
   hp = dataclasses.replace(HP, missing_stop=mode)
   scores = jnp.array([0.5, 0.5])
   mask = jnp.ones((2, 3), jnp.int32)
   zeros = jnp.zeros((2, 3))
-  out = adv_lib.shape_rewards(scores, zeros, zeros, mask, 0.0, has_stop_B=jnp.array([True, False]),
-                              missing_stop=hp.missing_stop,
-                              missing_stop_value=hp.missing_stop_value)
+  out = adv_lib.shape_rewards(
+    scores,
+    zeros,
+    zeros,
+    mask,
+    0.0,
+    has_stop_B=jnp.array([True, False]),
+    missing_stop=hp.missing_stop,
+    missing_stop_value=hp.missing_stop_value,
+  )
   np.testing.assert_allclose(out.rewards[:, -1], [with_stop, without_stop], rtol=1e-6)
   assert out.rewards[1, -1] <= out.rewards[0, -1]
 
@@ -317,7 +382,8 @@ def test_bfloat16_policy_recomputes_old_logprobs():
   assert not HP.recomputes_old_logprobs("float32")
   assert dataclasses.replace(HP, recompute_old_logprobs=True).recomputes_old_logprobs("float32")
   assert not dataclasses.replace(HP, recompute_old_logprobs=False).recomputes_old_logprobs(
-      "bfloat16")
+    "bfloat16"
+  )
   policy = Transformer(BASE.replace(head="lm", dtype="bfloat16"))
   rm = Transformer(BASE.replace(head="scalar"))
   _, _, params, frozen, ids, mask = _setup()
@@ -325,9 +391,14 @@ def test_bfloat16_policy_recomputes_old_logprobs():
   state = ppo.init_ppo_state(params, optax.sgd(0.0), 0.1, jax.random.PRNGKey(0))
   rollout, _, _ = jax.jit(rollout_phase)(state, frozen, ids, mask)
   p = ids.shape[1]
-  logits = policy.apply({"params": params["policy"]}, rollout.seq_ids, rollout.seq_mask,
-                        head_slice=(p - 1, p + HP.response_len - 1))
+  logits = policy.apply(
+    {"params": params["policy"]},
+    rollout.seq_ids,
+    rollout.seq_mask,
+    head_slice=(p - 1, p + HP.response_len - 1),
+  )
   from rlhf_jax import ops
+
   full = ops.token_logprobs(logits, rollout.seq_ids[:, p:], HP.temperature)
   m = np.asarray(rollout.response_mask) > 0
   np.testing.assert_allclose(np.asarray(rollout.logp_old)[m], np.asarray(full)[m], atol=1e-6)

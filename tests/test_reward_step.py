@@ -1,7 +1,6 @@
 """Reward-model step: scoring at the last real token, learning, ties, non-finite skip."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -9,8 +8,7 @@ import pytest
 from rlhf_jax import losses, reward
 from rlhf_jax.models import Transformer, TransformerConfig, init_params
 
-CFG = TransformerConfig(vocab_size=16, d_model=32, n_layers=1, n_heads=2, max_len=16,
-                        head="scalar")
+CFG = TransformerConfig(vocab_size=16, d_model=32, n_layers=1, n_heads=2, max_len=16, head="scalar")
 MODEL = Transformer(CFG)
 
 
@@ -94,6 +92,7 @@ def test_reward_training_fits_the_tie_parameter(tmp_path):
   become predictable (tie accuracy > 0) and the implied tie rate matches the labels'."""
   from rlhf_jax.train import common
   from rlhf_jax.train import reward as reward_train
+
   rng = np.random.default_rng(0)
   batches = [_toy_batch(rng, b=32) for _ in range(8)]
   pairs = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
@@ -104,9 +103,18 @@ def test_reward_training_fits_the_tie_parameter(tmp_path):
   hp = reward.RewardHparams(tie_model="rao_kupper", init_tie_param=1.5)
   mesh = common.build_mesh(common.MeshSpec())
   _, result = reward_train.train_reward_model(
-      MODEL, init_params(MODEL, jax.random.PRNGKey(0)), pairs, pairs, hp=hp,
-      optim_spec=common.OptimSpec(name="adamw", learning_rate=3e-3, warmup_steps=0),
-      epochs=2, batch_size=32, mesh=mesh, seed=0, workdir=str(tmp_path))
+    MODEL,
+    init_params(MODEL, jax.random.PRNGKey(0)),
+    pairs,
+    pairs,
+    hp=hp,
+    optim_spec=common.OptimSpec(name="adamw", learning_rate=3e-3, warmup_steps=0),
+    epochs=2,
+    batch_size=32,
+    mesh=mesh,
+    seed=0,
+    workdir=str(tmp_path),
+  )
   assert result["rm_tie_param"] > 2.0
   assert result["rm_tie_accuracy"] > 0.5
   assert abs(result["rm_train_tie_rate_implied"] - result["rm_train_tie_rate_labels"]) < 0.05

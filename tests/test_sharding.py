@@ -11,10 +11,23 @@ from rlhf_jax import sharding
 from rlhf_jax.models import RopeScaling, Transformer, TransformerConfig
 
 GPT2 = TransformerConfig(vocab_size=96, d_model=32, n_layers=2, n_heads=4, max_len=32)
-LLAMA = TransformerConfig(vocab_size=100, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                          norm="rmsnorm", mlp="swiglu", activation="silu", position="rope",
-                          qkv_bias=False, out_bias=False, mlp_bias=False, tie_embeddings=False,
-                          head="both", rope_scaling=RopeScaling(original_max_position_embeddings=16))
+LLAMA = TransformerConfig(
+  vocab_size=100,
+  d_model=32,
+  n_layers=2,
+  n_heads=4,
+  n_kv_heads=2,
+  norm="rmsnorm",
+  mlp="swiglu",
+  activation="silu",
+  position="rope",
+  qkv_bias=False,
+  out_bias=False,
+  mlp_bias=False,
+  tie_embeddings=False,
+  head="both",
+  rope_scaling=RopeScaling(original_max_position_embeddings=16),
+)
 MESHES = [(1, 8, 1), (2, 2, 2), (1, 2, 4), (8, 1, 1)]
 
 
@@ -55,7 +68,8 @@ def test_sharded_forward_equals_single_device(cfg, shape):
   q_spec = shardings["layers"]["attn"]["q"]["kernel"].spec
   assert tuple(q_spec) == (None, "fsdp", "tensor")
   assert params["layers"]["attn"]["q"]["kernel"].sharding.is_equivalent_to(
-      shardings["layers"]["attn"]["q"]["kernel"], 3)
+    shardings["layers"]["attn"]["q"]["kernel"], 3
+  )
   batch = sharding.shard_batch({"ids": ids, "mask": mask}, mesh)
   out = jax.jit(lambda p, b: model.apply({"params": p}, b["ids"], b["mask"]))(params, batch)
   for got, want in zip(jax.tree.leaves(out), jax.tree.leaves(ref)):

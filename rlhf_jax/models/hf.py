@@ -63,12 +63,12 @@ from rlhf_jax.models import transformer as _tf
 from rlhf_jax.models.transformer import RopeScaling, Transformer, TransformerConfig, init_params
 
 __all__ = [
-    "SUPPORTED_ARCHITECTURES",
-    "from_pretrained",
-    "save_pretrained",
-    "config_from_hf",
-    "config_to_hf",
-    "load_tokenizer",
+  "SUPPORTED_ARCHITECTURES",
+  "from_pretrained",
+  "save_pretrained",
+  "config_from_hf",
+  "config_to_hf",
+  "load_tokenizer",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -80,47 +80,49 @@ class _Arch(NamedTuple):
 
 
 SUPPORTED_ARCHITECTURES: Dict[str, _Arch] = {
-    "GPT2LMHeadModel": _Arch("gpt2", "lm"),
-    "GPT2ForSequenceClassification": _Arch("gpt2", "scalar"),
-    "LlamaForCausalLM": _Arch("llama", "lm"),
-    "LlamaForSequenceClassification": _Arch("llama", "scalar"),
-    "Qwen2ForCausalLM": _Arch("qwen2", "lm"),
-    "Qwen2ForSequenceClassification": _Arch("qwen2", "scalar"),
-    "MistralForCausalLM": _Arch("mistral", "lm"),
-    "MistralForSequenceClassification": _Arch("mistral", "scalar"),
+  "GPT2LMHeadModel": _Arch("gpt2", "lm"),
+  "GPT2ForSequenceClassification": _Arch("gpt2", "scalar"),
+  "LlamaForCausalLM": _Arch("llama", "lm"),
+  "LlamaForSequenceClassification": _Arch("llama", "scalar"),
+  "Qwen2ForCausalLM": _Arch("qwen2", "lm"),
+  "Qwen2ForSequenceClassification": _Arch("qwen2", "scalar"),
+  "MistralForCausalLM": _Arch("mistral", "lm"),
+  "MistralForSequenceClassification": _Arch("mistral", "scalar"),
 }
 _DEFAULT_ARCH_FOR_MODEL_TYPE = {
-    "gpt2": "GPT2LMHeadModel",
-    "llama": "LlamaForCausalLM",
-    "qwen2": "Qwen2ForCausalLM",
-    "mistral": "MistralForCausalLM",
+  "gpt2": "GPT2LMHeadModel",
+  "llama": "LlamaForCausalLM",
+  "qwen2": "Qwen2ForCausalLM",
+  "mistral": "MistralForCausalLM",
 }
 _BASE_PREFIX = {"gpt2": "transformer.", "llama": "model.", "qwen2": "model.", "mistral": "model."}
 _LAYER_WORD = {"gpt2": "h", "llama": "layers", "qwen2": "layers", "mistral": "layers"}
 # Non-parameter buffers that some (older) checkpoints contain; skipped on load.
 _IGNORED_TENSORS = re.compile(
-    r"(^|\.)h\.\d+\.attn\.(bias|masked_bias)$|(^|\.)rotary_emb\.inv_freq$")
+  r"(^|\.)h\.\d+\.attn\.(bias|masked_bias)$|(^|\.)rotary_emb\.inv_freq$"
+)
 
 _ACT_FROM_HF = {
-    "gelu_new": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "gelu_fast": "gelu_tanh",
-    "gelu": "gelu",
-    "relu": "relu",
-    "silu": "silu",
-    "swish": "silu",
+  "gelu_new": "gelu_tanh",
+  "gelu_pytorch_tanh": "gelu_tanh",
+  "gelu_fast": "gelu_tanh",
+  "gelu": "gelu",
+  "relu": "relu",
+  "silu": "silu",
+  "swish": "silu",
 }
 _ACT_TO_HF = {
-    "gpt2": {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"},
-    "llama": {"gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu", "relu": "relu", "silu": "silu"},
+  "gpt2": {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"},
+  "llama": {"gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu", "relu": "relu", "silu": "silu"},
 }
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
 # Files an export directory may hold; save_pretrained refuses to replace a directory with others.
 _EXPORT_FILES = re.compile(
-    r"^(config\.json|generation_config\.json|model(-\d+-of-\d+)?\.safetensors"
-    r"|model\.safetensors\.index\.json|tokenizer\.json|tokenizer_config\.json"
-    r"|special_tokens_map\.json|added_tokens\.json|vocab\.(json|txt)|merges\.txt"
-    r"|tokenizer\.model|spiece\.model|chat_template\.(jinja|json))$")
+  r"^(config\.json|generation_config\.json|model(-\d+-of-\d+)?\.safetensors"
+  r"|model\.safetensors\.index\.json|tokenizer\.json|tokenizer_config\.json"
+  r"|special_tokens_map\.json|added_tokens\.json|vocab\.(json|txt)|merges\.txt"
+  r"|tokenizer\.model|spiece\.model|chat_template\.(jinja|json))$"
+)
 
 # ---------------------------------------------------------------------------------------------
 # Parameter name tables: (our path below the family root, HF name, transpose?).
@@ -131,41 +133,50 @@ _Entry = Tuple[Tuple[str, ...], str, bool]
 _KERNEL_BIAS = (("kernel", "weight"), ("bias", "bias"))  # our leaf name, nn.Linear's
 
 _TOP: Dict[str, Tuple[_Entry, ...]] = {
-    "gpt2": (
-        (("embed", "embedding"), "{p}wte.weight", False),
-        (("pos_embed", "embedding"), "{p}wpe.weight", False),
-        (("norm_final", "scale"), "{p}ln_f.weight", False),
-        (("norm_final", "bias"), "{p}ln_f.bias", False),
-        (("lm_head", "kernel"), "lm_head.weight", True),
-        (("score", "kernel"), "score.weight", True),
-    ),
-    "llama": (
-        (("embed", "embedding"), "{p}embed_tokens.weight", False),
-        (("norm_final", "scale"), "{p}norm.weight", False),
-        (("lm_head", "kernel"), "lm_head.weight", True),
-        (("score", "kernel"), "score.weight", True),
-    ),
+  "gpt2": (
+    (("embed", "embedding"), "{p}wte.weight", False),
+    (("pos_embed", "embedding"), "{p}wpe.weight", False),
+    (("norm_final", "scale"), "{p}ln_f.weight", False),
+    (("norm_final", "bias"), "{p}ln_f.bias", False),
+    (("lm_head", "kernel"), "lm_head.weight", True),
+    (("score", "kernel"), "score.weight", True),
+  ),
+  "llama": (
+    (("embed", "embedding"), "{p}embed_tokens.weight", False),
+    (("norm_final", "scale"), "{p}norm.weight", False),
+    (("lm_head", "kernel"), "lm_head.weight", True),
+    (("score", "kernel"), "score.weight", True),
+  ),
 }
 _LAYER: Dict[str, Tuple[_Entry, ...]] = {
-    "gpt2": (
-        (("norm_attn", "scale"), "ln_1.weight", False),
-        (("norm_attn", "bias"), "ln_1.bias", False),
-        (("attn", "o", "kernel"), "attn.c_proj.weight", False),
-        (("attn", "o", "bias"), "attn.c_proj.bias", False),
-        (("norm_mlp", "scale"), "ln_2.weight", False),
-        (("norm_mlp", "bias"), "ln_2.bias", False),
-        (("mlp", "up", "kernel"), "mlp.c_fc.weight", False),
-        (("mlp", "up", "bias"), "mlp.c_fc.bias", False),
-        (("mlp", "down", "kernel"), "mlp.c_proj.weight", False),
-        (("mlp", "down", "bias"), "mlp.c_proj.bias", False),
-    ),
-    "llama": tuple(
-        [(("norm_attn", "scale"), "input_layernorm.weight", False),
-         (("norm_mlp", "scale"), "post_attention_layernorm.weight", False)] +
-        [(("attn", ours, kind), f"self_attn.{ours}_proj.{hf}", kind == "kernel")
-         for ours in ("q", "k", "v", "o") for kind, hf in _KERNEL_BIAS] +
-        [(("mlp", ours, kind), f"mlp.{ours}_proj.{hf}", kind == "kernel")
-         for ours in ("gate", "up", "down") for kind, hf in _KERNEL_BIAS]),
+  "gpt2": (
+    (("norm_attn", "scale"), "ln_1.weight", False),
+    (("norm_attn", "bias"), "ln_1.bias", False),
+    (("attn", "o", "kernel"), "attn.c_proj.weight", False),
+    (("attn", "o", "bias"), "attn.c_proj.bias", False),
+    (("norm_mlp", "scale"), "ln_2.weight", False),
+    (("norm_mlp", "bias"), "ln_2.bias", False),
+    (("mlp", "up", "kernel"), "mlp.c_fc.weight", False),
+    (("mlp", "up", "bias"), "mlp.c_fc.bias", False),
+    (("mlp", "down", "kernel"), "mlp.c_proj.weight", False),
+    (("mlp", "down", "bias"), "mlp.c_proj.bias", False),
+  ),
+  "llama": tuple(
+    [
+      (("norm_attn", "scale"), "input_layernorm.weight", False),
+      (("norm_mlp", "scale"), "post_attention_layernorm.weight", False),
+    ]
+    + [
+      (("attn", ours, kind), f"self_attn.{ours}_proj.{hf}", kind == "kernel")
+      for ours in ("q", "k", "v", "o")
+      for kind, hf in _KERNEL_BIAS
+    ]
+    + [
+      (("mlp", ours, kind), f"mlp.{ours}_proj.{hf}", kind == "kernel")
+      for ours in ("gate", "up", "down")
+      for kind, hf in _KERNEL_BIAS
+    ]
+  ),
 }
 # GPT-2's fused c_attn: [D, 3D] = [q | k | v] along the output axis (bias likewise).
 _GPT2_FUSED = (("kernel", "attn.c_attn.weight"), ("bias", "attn.c_attn.bias"))
@@ -208,11 +219,13 @@ def _to_hf(family: str, params: Any, prefix: str, xp) -> Dict[str, Any]:
       used.update(keys)
       for i in range(n_layers):
         out[_layer_name(family, prefix, i, suffix)] = xp.concatenate(
-            [flat[k][i] for k in keys], axis=-1)
+          [flat[k][i] for k in keys], axis=-1
+        )
   unmapped = [k for k in flat if k not in used]
   if unmapped:
     raise ValueError(
-        f"{family} checkpoint layout has no tensor for {', '.join(map(_path_str, unmapped))}")
+      f"{family} checkpoint layout has no tensor for {', '.join(map(_path_str, unmapped))}"
+    )
   return out
 
 
@@ -233,8 +246,9 @@ def _from_hf(family: str, abstract: Any, prefix: str, get: Callable[[str], np.nd
       out[key] = np.stack([x.T if transpose else x for x in xs])
   if tf == "gpt2":
     for kind, suffix in _GPT2_FUSED:
-      parts = [np.split(get(_layer_name(family, prefix, i, suffix)), 3, axis=-1)
-               for i in range(n_layers)]
+      parts = [
+        np.split(get(_layer_name(family, prefix, i, suffix)), 3, axis=-1) for i in range(n_layers)
+      ]
       for j, proj in enumerate(("q", "k", "v")):
         out[("layers", "attn", proj, kind)] = np.stack([p[j] for p in parts])
   return traverse_util.unflatten_dict(out)
@@ -251,14 +265,16 @@ def _architecture(hf: Mapping[str, Any], where: str) -> Tuple[str, _Arch]:
     model_type = hf.get("model_type")
     if model_type not in _DEFAULT_ARCH_FOR_MODEL_TYPE:
       raise ValueError(
-          f"{where}: no 'architectures' entry and model_type={model_type!r} is not supported;"
-          f" supported architectures: {', '.join(SUPPORTED_ARCHITECTURES)}")
+        f"{where}: no 'architectures' entry and model_type={model_type!r} is not supported;"
+        f" supported architectures: {', '.join(SUPPORTED_ARCHITECTURES)}"
+      )
     archs = [_DEFAULT_ARCH_FOR_MODEL_TYPE[model_type]]
   unsupported = [a for a in archs if a not in SUPPORTED_ARCHITECTURES]
   if unsupported:
     raise ValueError(
-        f"{where}: unsupported architecture {', '.join(map(repr, unsupported))}; supported:"
-        f" {', '.join(SUPPORTED_ARCHITECTURES)}")
+      f"{where}: unsupported architecture {', '.join(map(repr, unsupported))}; supported:"
+      f" {', '.join(SUPPORTED_ARCHITECTURES)}"
+    )
   if len(archs) != 1:
     raise ValueError(f"{where}: expected exactly one entry in 'architectures', got {archs}")
   return archs[0], SUPPORTED_ARCHITECTURES[archs[0]]
@@ -273,7 +289,8 @@ def _req(d: Mapping[str, Any], key: str, where: str):
 def _activation_from_hf(name: Any, field: str, where: str) -> str:
   if name not in _ACT_FROM_HF:
     raise ValueError(
-        f"{where}: {field}={name!r} is not supported; expected one of {sorted(_ACT_FROM_HF)}")
+      f"{where}: {field}={name!r} is not supported; expected one of {sorted(_ACT_FROM_HF)}"
+    )
   return _ACT_FROM_HF[name]
 
 
@@ -302,15 +319,17 @@ def _rope_from_hf(hf: Mapping[str, Any], where: str) -> Tuple[float, Optional[Ro
     return float(theta), RopeScaling(kind="linear", factor=float(_req(params, "factor", where)))
   if kind == "llama3":
     return float(theta), RopeScaling(
-        kind="llama3",
-        factor=float(_req(params, "factor", where)),
-        low_freq_factor=float(_req(params, "low_freq_factor", where)),
-        high_freq_factor=float(_req(params, "high_freq_factor", where)),
-        original_max_position_embeddings=int(
-            params.get("original_max_position_embeddings")
-            or _req(hf, "max_position_embeddings", where)))
+      kind="llama3",
+      factor=float(_req(params, "factor", where)),
+      low_freq_factor=float(_req(params, "low_freq_factor", where)),
+      high_freq_factor=float(_req(params, "high_freq_factor", where)),
+      original_max_position_embeddings=int(
+        params.get("original_max_position_embeddings") or _req(hf, "max_position_embeddings", where)
+      ),
+    )
   raise ValueError(
-      f"{where}: rope type {kind!r} is not supported; supported: 'default', 'linear', 'llama3'")
+    f"{where}: rope type {kind!r} is not supported; supported: 'default', 'linear', 'llama3'"
+  )
 
 
 def _sliding_window(hf: Mapping[str, Any], family: str) -> Optional[int]:
@@ -331,9 +350,14 @@ def _sliding_window(hf: Mapping[str, Any], family: str) -> Optional[int]:
   return None
 
 
-def config_from_hf(hf: Mapping[str, Any], *, head: Optional[str] = None, dtype: str = "float32",
-                   param_dtype: str = "float32",
-                   where: str = "config.json") -> TransformerConfig:
+def config_from_hf(
+  hf: Mapping[str, Any],
+  *,
+  head: Optional[str] = None,
+  dtype: str = "float32",
+  param_dtype: str = "float32",
+  where: str = "config.json",
+) -> TransformerConfig:
   """Maps a Hugging Face ``config.json`` dict to a :class:`TransformerConfig`.
 
   ``head`` defaults to the architecture's (``"lm"`` for causal LMs, ``"scalar"`` for
@@ -342,10 +366,15 @@ def config_from_hf(hf: Mapping[str, Any], *, head: Optional[str] = None, dtype: 
   arch_name, arch = _architecture(hf, where)
   if arch.head == "scalar" and _num_labels(hf) != 1:
     raise ValueError(
-        f"{where}: {arch_name} has num_labels={_num_labels(hf)}; rlhf_jax's scalar head needs"
-        " num_labels == 1")
-  common = dict(head=head or arch.head, dtype=dtype, param_dtype=param_dtype,
-                init_std=float(hf.get("initializer_range", 0.02)))
+      f"{where}: {arch_name} has num_labels={_num_labels(hf)}; rlhf_jax's scalar head needs"
+      " num_labels == 1"
+    )
+  common = dict(
+    head=head or arch.head,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    init_std=float(hf.get("initializer_range", 0.02)),
+  )
   if arch.family == "gpt2":
     if hf.get("add_cross_attention"):
       raise ValueError(f"{where}: add_cross_attention=True is not supported")
@@ -354,21 +383,25 @@ def config_from_hf(hf: Mapping[str, Any], *, head: Optional[str] = None, dtype: 
     if hf.get("scale_attn_by_inverse_layer_idx", False):
       raise ValueError(f"{where}: scale_attn_by_inverse_layer_idx=True is not supported")
     return TransformerConfig(
-        vocab_size=int(_req(hf, "vocab_size", where)),
-        d_model=int(_req(hf, "n_embd", where)),
-        n_layers=int(_req(hf, "n_layer", where)),
-        n_heads=int(_req(hf, "n_head", where)),
-        d_ff=None if hf.get("n_inner") is None else int(hf["n_inner"]),
-        max_len=int(_req(hf, "n_positions", where)),
-        norm="layernorm",
-        norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
-        mlp="gelu",
-        activation=_activation_from_hf(hf.get("activation_function", "gelu_new"),
-                                       "activation_function", where),
-        position="learned",
-        qkv_bias=True, out_bias=True, mlp_bias=True,
-        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
-        **common)
+      vocab_size=int(_req(hf, "vocab_size", where)),
+      d_model=int(_req(hf, "n_embd", where)),
+      n_layers=int(_req(hf, "n_layer", where)),
+      n_heads=int(_req(hf, "n_head", where)),
+      d_ff=None if hf.get("n_inner") is None else int(hf["n_inner"]),
+      max_len=int(_req(hf, "n_positions", where)),
+      norm="layernorm",
+      norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+      mlp="gelu",
+      activation=_activation_from_hf(
+        hf.get("activation_function", "gelu_new"), "activation_function", where
+      ),
+      position="learned",
+      qkv_bias=True,
+      out_bias=True,
+      mlp_bias=True,
+      tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+      **common,
+    )
 
   d_model = int(_req(hf, "hidden_size", where))
   n_heads = int(_req(hf, "num_attention_heads", where))
@@ -380,9 +413,11 @@ def config_from_hf(hf: Mapping[str, Any], *, head: Optional[str] = None, dtype: 
   window = _sliding_window(hf, arch.family)
   if window is not None and window < max_len:
     warnings.warn(
-        f"{where}: sliding_window={window} is active but rlhf_jax attends to the full context;"
-        f" outputs match {arch_name} only for sequences of at most {window} tokens, so max_len"
-        f" is set to {window} (max_position_embeddings={max_len})", stacklevel=3)
+      f"{where}: sliding_window={window} is active but rlhf_jax attends to the full context;"
+      f" outputs match {arch_name} only for sequences of at most {window} tokens, so max_len"
+      f" is set to {window} (max_position_embeddings={max_len})",
+      stacklevel=3,
+    )
     max_len = window
   theta, scaling = _rope_from_hf(hf, where)
   if arch.family == "llama":
@@ -393,52 +428,66 @@ def config_from_hf(hf: Mapping[str, Any], *, head: Optional[str] = None, dtype: 
   else:  # mistral
     qkv_bias = out_bias = mlp_bias = False
   return TransformerConfig(
-      vocab_size=int(_req(hf, "vocab_size", where)),
-      d_model=d_model,
-      n_layers=int(_req(hf, "num_hidden_layers", where)),
-      n_heads=n_heads,
-      n_kv_heads=n_kv_heads,
-      head_dim=head_dim,
-      d_ff=int(_req(hf, "intermediate_size", where)),
-      max_len=max_len,
-      norm="rmsnorm",
-      norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-      mlp="swiglu",
-      activation=_activation_from_hf(hf.get("hidden_act", "silu"), "hidden_act", where),
-      position="rope",
-      rope_theta=theta,
-      rope_scaling=scaling,
-      qkv_bias=qkv_bias, out_bias=out_bias, mlp_bias=mlp_bias,
-      tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-      **common)
+    vocab_size=int(_req(hf, "vocab_size", where)),
+    d_model=d_model,
+    n_layers=int(_req(hf, "num_hidden_layers", where)),
+    n_heads=n_heads,
+    n_kv_heads=n_kv_heads,
+    head_dim=head_dim,
+    d_ff=int(_req(hf, "intermediate_size", where)),
+    max_len=max_len,
+    norm="rmsnorm",
+    norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+    mlp="swiglu",
+    activation=_activation_from_hf(hf.get("hidden_act", "silu"), "hidden_act", where),
+    position="rope",
+    rope_theta=theta,
+    rope_scaling=scaling,
+    qkv_bias=qkv_bias,
+    out_bias=out_bias,
+    mlp_bias=mlp_bias,
+    tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    **common,
+  )
 
 
 def _export_arch(cfg: TransformerConfig) -> Tuple[str, _Arch]:
   """The HF architecture that represents ``cfg`` exactly, or a ValueError naming the field."""
   if cfg.head == "both":
     raise ValueError(
-        "TransformerConfig.head='both' has no Hugging Face counterpart; export the policy"
-        " (head='lm') and the value model (head='scalar') separately")
+      "TransformerConfig.head='both' has no Hugging Face counterpart; export the policy"
+      " (head='lm') and the value model (head='scalar') separately"
+    )
   if cfg.head == "scalar" and cfg.scalar_bias:
-    raise ValueError("TransformerConfig.scalar_bias=True: HF *ForSequenceClassification heads"
-                     " have no bias")
+    raise ValueError(
+      "TransformerConfig.scalar_bias=True: HF *ForSequenceClassification heads have no bias"
+    )
   suffix = "ForSequenceClassification" if cfg.head == "scalar" else None
 
   def need(layout, field, want):
     if getattr(cfg, field) != want:
-      raise ValueError(f"TransformerConfig.{field}={getattr(cfg, field)!r}: the {layout} layout"
-                       f" needs {want!r}")
+      raise ValueError(
+        f"TransformerConfig.{field}={getattr(cfg, field)!r}: the {layout} layout needs {want!r}"
+      )
 
   if cfg.position == "learned":
-    for field, want in (("norm", "layernorm"), ("mlp", "gelu"), ("qkv_bias", True),
-                        ("out_bias", True), ("mlp_bias", True)):
+    for field, want in (
+      ("norm", "layernorm"),
+      ("mlp", "gelu"),
+      ("qkv_bias", True),
+      ("out_bias", True),
+      ("mlp_bias", True),
+    ):
       need("GPT-2", field, want)
     if cfg.num_kv_heads != cfg.n_heads:
-      raise ValueError(f"TransformerConfig.n_kv_heads={cfg.n_kv_heads}: GPT-2 needs"
-                       f" n_kv_heads = n_heads = {cfg.n_heads}")
+      raise ValueError(
+        f"TransformerConfig.n_kv_heads={cfg.n_kv_heads}: GPT-2 needs"
+        f" n_kv_heads = n_heads = {cfg.n_heads}"
+      )
     if cfg.dim_per_head * cfg.n_heads != cfg.d_model:
-      raise ValueError(f"TransformerConfig.head_dim={cfg.head_dim}: GPT-2 needs head_dim ="
-                       " d_model // n_heads")
+      raise ValueError(
+        f"TransformerConfig.head_dim={cfg.head_dim}: GPT-2 needs head_dim = d_model // n_heads"
+      )
     name = "GPT2" + (suffix or "LMHeadModel")
     return name, SUPPORTED_ARCHITECTURES[name]
   for field, want in (("norm", "rmsnorm"), ("mlp", "swiglu")):
@@ -449,16 +498,22 @@ def _export_arch(cfg: TransformerConfig) -> Tuple[str, _Arch]:
     base = "Qwen2"
   else:
     raise ValueError(
-        f"TransformerConfig.qkv_bias={cfg.qkv_bias}, out_bias={cfg.out_bias},"
-        f" mlp_bias={cfg.mlp_bias}: no supported HF architecture has this bias pattern (Llama:"
-        " qkv_bias == out_bias; Qwen2: qkv_bias=True, out_bias=False, mlp_bias=False)")
+      f"TransformerConfig.qkv_bias={cfg.qkv_bias}, out_bias={cfg.out_bias},"
+      f" mlp_bias={cfg.mlp_bias}: no supported HF architecture has this bias pattern (Llama:"
+      " qkv_bias == out_bias; Qwen2: qkv_bias=True, out_bias=False, mlp_bias=False)"
+    )
   name = base + (suffix or "ForCausalLM")
   return name, SUPPORTED_ARCHITECTURES[name]
 
 
-def config_to_hf(cfg: TransformerConfig, *, pad_token_id: Optional[int] = None,
-                 bos_token_id: Optional[int] = None, eos_token_id: Optional[int] = None,
-                 dtype: str = "float32") -> Dict[str, Any]:
+def config_to_hf(
+  cfg: TransformerConfig,
+  *,
+  pad_token_id: Optional[int] = None,
+  bos_token_id: Optional[int] = None,
+  eos_token_id: Optional[int] = None,
+  dtype: str = "float32",
+) -> Dict[str, Any]:
   """The Hugging Face ``config.json`` dict for ``cfg`` (see :func:`save_pretrained`).
 
   Rope settings are written both as ``rope_parameters`` (transformers >= 5) and as the legacy
@@ -468,20 +523,23 @@ def config_to_hf(cfg: TransformerConfig, *, pad_token_id: Optional[int] = None,
   hf: Dict[str, Any] = {"architectures": [arch_name]}
   if arch.family == "gpt2":
     hf.update(
-        model_type="gpt2",
-        vocab_size=cfg.vocab_size,
-        n_embd=cfg.d_model,
-        n_layer=cfg.n_layers,
-        n_head=cfg.n_heads,
-        n_inner=cfg.d_ff,  # None: 4 * n_embd, as in TransformerConfig
-        n_positions=cfg.max_len,
-        n_ctx=cfg.max_len,
-        layer_norm_epsilon=cfg.norm_eps,
-        activation_function=_ACT_TO_HF["gpt2"][cfg.activation],
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, summary_first_dropout=0.0,
-        scale_attn_weights=True,
-        scale_attn_by_inverse_layer_idx=False,
-        reorder_and_upcast_attn=False,
+      model_type="gpt2",
+      vocab_size=cfg.vocab_size,
+      n_embd=cfg.d_model,
+      n_layer=cfg.n_layers,
+      n_head=cfg.n_heads,
+      n_inner=cfg.d_ff,  # None: 4 * n_embd, as in TransformerConfig
+      n_positions=cfg.max_len,
+      n_ctx=cfg.max_len,
+      layer_norm_epsilon=cfg.norm_eps,
+      activation_function=_ACT_TO_HF["gpt2"][cfg.activation],
+      resid_pdrop=0.0,
+      embd_pdrop=0.0,
+      attn_pdrop=0.0,
+      summary_first_dropout=0.0,
+      scale_attn_weights=True,
+      scale_attn_by_inverse_layer_idx=False,
+      reorder_and_upcast_attn=False,
     )
   else:
     rope: Dict[str, Any] = {"rope_type": "default"}
@@ -489,25 +547,29 @@ def config_to_hf(cfg: TransformerConfig, *, pad_token_id: Optional[int] = None,
     if sc is not None and sc.kind == "linear":
       rope = {"rope_type": "linear", "factor": sc.factor}
     elif sc is not None:
-      rope = {"rope_type": "llama3", "factor": sc.factor, "low_freq_factor": sc.low_freq_factor,
-              "high_freq_factor": sc.high_freq_factor,
-              "original_max_position_embeddings": sc.original_max_position_embeddings}
+      rope = {
+        "rope_type": "llama3",
+        "factor": sc.factor,
+        "low_freq_factor": sc.low_freq_factor,
+        "high_freq_factor": sc.high_freq_factor,
+        "original_max_position_embeddings": sc.original_max_position_embeddings,
+      }
     hf.update(
-        model_type=arch.family,
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.d_model,
-        intermediate_size=cfg.ff_dim,
-        num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.num_kv_heads,
-        head_dim=cfg.dim_per_head,
-        hidden_act=_ACT_TO_HF["llama"][cfg.activation],
-        max_position_embeddings=cfg.max_len,
-        rms_norm_eps=cfg.norm_eps,
-        rope_theta=cfg.rope_theta,
-        rope_scaling=None if sc is None else dict(rope),
-        rope_parameters=dict(rope, rope_theta=cfg.rope_theta),
-        attention_dropout=0.0,
+      model_type=arch.family,
+      vocab_size=cfg.vocab_size,
+      hidden_size=cfg.d_model,
+      intermediate_size=cfg.ff_dim,
+      num_hidden_layers=cfg.n_layers,
+      num_attention_heads=cfg.n_heads,
+      num_key_value_heads=cfg.num_kv_heads,
+      head_dim=cfg.dim_per_head,
+      hidden_act=_ACT_TO_HF["llama"][cfg.activation],
+      max_position_embeddings=cfg.max_len,
+      rms_norm_eps=cfg.norm_eps,
+      rope_theta=cfg.rope_theta,
+      rope_scaling=None if sc is None else dict(rope),
+      rope_parameters=dict(rope, rope_theta=cfg.rope_theta),
+      attention_dropout=0.0,
     )
     if arch.family == "llama":
       hf.update(attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias, pretraining_tp=1)
@@ -516,14 +578,14 @@ def config_to_hf(cfg: TransformerConfig, *, pad_token_id: Optional[int] = None,
   if arch.head == "scalar":
     hf.update(id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
   hf.update(
-      tie_word_embeddings=cfg.tie_embeddings,
-      initializer_range=cfg.init_std,
-      use_cache=True,
-      pad_token_id=pad_token_id,
-      bos_token_id=bos_token_id,
-      eos_token_id=eos_token_id,
-      dtype=dtype,
-      torch_dtype=dtype,
+    tie_word_embeddings=cfg.tie_embeddings,
+    initializer_range=cfg.init_std,
+    use_cache=True,
+    pad_token_id=pad_token_id,
+    bos_token_id=bos_token_id,
+    eos_token_id=eos_token_id,
+    dtype=dtype,
+    torch_dtype=dtype,
   )
   return hf
 
@@ -562,13 +624,17 @@ def _checkpoint_files(path: Path) -> Tuple[list, Optional[Dict[str, str]], Path]
     return files, weight_map, index
   if single.is_file():
     return [single], None, single
-  others = sorted(p.name for p in path.iterdir()
-                  if p.suffix in (".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt"))
+  others = sorted(
+    p.name
+    for p in path.iterdir()
+    if p.suffix in (".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt")
+  )
   if others:
     raise FileNotFoundError(
-        f"{path}: no model.safetensors or model.safetensors.index.json, only {others}. rlhf_jax"
-        " reads safetensors only; convert once with transformers, e.g."
-        " AutoModelForCausalLM.from_pretrained(path).save_pretrained(out)")
+      f"{path}: no model.safetensors or model.safetensors.index.json, only {others}. rlhf_jax"
+      " reads safetensors only; convert once with transformers, e.g."
+      " AutoModelForCausalLM.from_pretrained(path).save_pretrained(out)"
+    )
   raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json")
 
 
@@ -578,8 +644,9 @@ def _index_tensors(files, weight_map, index_file) -> Dict[str, _TensorInfo]:
     try:
       h = safe_open(str(f), framework="np")
     except Exception as e:  # safetensors raises its own error types for a bad header
-      raise ValueError(f"{f}: not a readable safetensors file (truncated or corrupt?): "
-                       f"{type(e).__name__}: {e}") from e
+      raise ValueError(
+        f"{f}: not a readable safetensors file (truncated or corrupt?): {type(e).__name__}: {e}"
+      ) from e
     with h:
       for name in h.keys():
         sl = h.get_slice(name)
@@ -589,18 +656,26 @@ def _index_tensors(files, weight_map, index_file) -> Dict[str, _TensorInfo]:
   if weight_map is not None:
     for name, shard in weight_map.items():
       if name not in infos or infos[name].file.name != shard:
-        raise ValueError(f"{index_file}: lists tensor {name!r} in {shard!r}, but that shard does"
-                         " not contain it")
+        raise ValueError(
+          f"{index_file}: lists tensor {name!r} in {shard!r}, but that shard does not contain it"
+        )
   return infos
 
 
-def _check_tensors(infos: Mapping[str, _TensorInfo], expected: Mapping[str, Tuple[int, ...]],
-                   cfg: TransformerConfig, arch_name: str, path: Path) -> None:
+def _check_tensors(
+  infos: Mapping[str, _TensorInfo],
+  expected: Mapping[str, Tuple[int, ...]],
+  cfg: TransformerConfig,
+  arch_name: str,
+  path: Path,
+) -> None:
   missing = sorted(n for n in expected if n not in infos)
   if missing:
     shown = ", ".join(repr(n) for n in missing[:8]) + (" ..." if len(missing) > 8 else "")
-    raise ValueError(f"{path}: {len(missing)} tensor(s) needed by {arch_name} are missing from"
-                     f" the checkpoint: {shown}")
+    raise ValueError(
+      f"{path}: {len(missing)} tensor(s) needed by {arch_name} are missing from"
+      f" the checkpoint: {shown}"
+    )
   for name, info in sorted(infos.items()):
     if name in expected:
       want = tuple(expected[name])
@@ -609,14 +684,19 @@ def _check_tensors(infos: Mapping[str, _TensorInfo], expected: Mapping[str, Tupl
     elif _IGNORED_TENSORS.search(name):
       continue
     else:
-      raise ValueError(f"{info.file}: unexpected tensor {name!r} (shape {list(info.shape)}) for"
-                       f" {arch_name}")
+      raise ValueError(
+        f"{info.file}: unexpected tensor {name!r} (shape {list(info.shape)}) for {arch_name}"
+      )
     if info.shape != want:
-      raise ValueError(f"{info.file}: tensor {name!r} has shape {list(info.shape)}, expected"
-                       f" {list(want)} from config.json")
+      raise ValueError(
+        f"{info.file}: tensor {name!r} has shape {list(info.shape)}, expected"
+        f" {list(want)} from config.json"
+      )
     if info.dtype not in _FLOAT_DTYPES:
-      raise ValueError(f"{info.file}: tensor {name!r} has dtype {info.dtype}; expected one of"
-                       f" {sorted(_FLOAT_DTYPES)}")
+      raise ValueError(
+        f"{info.file}: tensor {name!r} has dtype {info.dtype}; expected one of"
+        f" {sorted(_FLOAT_DTYPES)}"
+      )
 
 
 def _base_prefix(family: str, names) -> str:
@@ -646,8 +726,10 @@ def _check_finite(x: np.ndarray, what: str) -> None:
   x = np.asarray(x, np.float32) if x.dtype.kind != "c" else x
   if not np.all(np.isfinite(x)):
     nan = int(np.sum(np.isnan(x)))
-    raise ValueError(f"{what} holds {nan} NaN and {int(x.size - nan - np.sum(np.isfinite(x)))} "
-                     f"infinite values (of {x.size}); refusing non-finite weights")
+    raise ValueError(
+      f"{what} holds {nan} NaN and {int(x.size - nan - np.sum(np.isfinite(x)))} "
+      f"infinite values (of {x.size}); refusing non-finite weights"
+    )
 
 
 def _check_tree(params: Any, cfg: TransformerConfig, what: str) -> None:
@@ -660,18 +742,26 @@ def _check_tree(params: Any, cfg: TransformerConfig, what: str) -> None:
   missing = [k for k in want if k not in got]
   extra = [k for k in got if k not in want]
   if missing or extra:
-    raise ValueError(f"{what}: params do not match the config; missing"
-                     f" {[_path_str(k) for k in missing]}, unexpected"
-                     f" {[_path_str(k) for k in extra]}")
+    raise ValueError(
+      f"{what}: params do not match the config; missing"
+      f" {[_path_str(k) for k in missing]}, unexpected"
+      f" {[_path_str(k) for k in extra]}"
+    )
   for k, w in sorted(want.items()):
     if tuple(np.shape(got[k])) != tuple(w.shape):
-      raise ValueError(f"{what}: {_path_str(k)} has shape {list(np.shape(got[k]))}, expected"
-                       f" {list(w.shape)}")
+      raise ValueError(
+        f"{what}: {_path_str(k)} has shape {list(np.shape(got[k]))}, expected {list(w.shape)}"
+      )
 
 
-def from_pretrained(path: PathLike, *, dtype: str = "float32", param_dtype: str = "float32",
-                    head: Optional[str] = None,
-                    rng: Optional[jax.Array] = None) -> Tuple[Transformer, Any]:
+def from_pretrained(
+  path: PathLike,
+  *,
+  dtype: str = "float32",
+  param_dtype: str = "float32",
+  head: Optional[str] = None,
+  rng: Optional[jax.Array] = None,
+) -> Tuple[Transformer, Any]:
   """Loads a local Hugging Face checkpoint directory.
 
   Args:
@@ -701,8 +791,10 @@ def from_pretrained(path: PathLike, *, dtype: str = "float32", param_dtype: str 
   infos = _index_tensors(files, weight_map, index_file)
   prefix = _base_prefix(arch.family, infos)
   abstract = _abstract_params(ckpt_cfg)
-  expected = {name: s.shape for name, s in jax.eval_shape(
-      lambda p: _to_hf(arch.family, p, prefix, jnp), abstract).items()}
+  expected = {
+    name: s.shape
+    for name, s in jax.eval_shape(lambda p: _to_hf(arch.family, p, prefix, jnp), abstract).items()
+  }
   _check_tensors(infos, expected, ckpt_cfg, arch_name, path)
 
   handles: Dict[Path, Any] = {}
@@ -715,8 +807,10 @@ def from_pretrained(path: PathLike, *, dtype: str = "float32", param_dtype: str 
     try:
       x = handles[info.file].get_tensor(name)
     except Exception as e:  # a truncated file, or an old safetensors without bfloat16 support
-      raise ValueError(f"{info.file}: cannot read tensor {name!r} ({info.dtype}) with"
-                       f" safetensors.numpy (truncated or corrupt file?): {e}") from e
+      raise ValueError(
+        f"{info.file}: cannot read tensor {name!r} ({info.dtype}) with"
+        f" safetensors.numpy (truncated or corrupt file?): {e}"
+      ) from e
     x = np.asarray(x).astype(out_dtype)
     _check_finite(x, f"{info.file}: tensor {name!r}")
     return x
@@ -735,10 +829,11 @@ def from_pretrained(path: PathLike, *, dtype: str = "float32", param_dtype: str 
         del params[name]
       elif name in wanted and name not in params:
         if rng is None:
-          raise ValueError(f"from_pretrained(head={head!r}): {arch_name} at {path} has no"
-                           f" {name!r} weights; pass rng= to initialise them")
-        params[name] = jax.tree.map(lambda x: np.asarray(x, out_dtype),
-                                    _init_head(cfg, name, rng))
+          raise ValueError(
+            f"from_pretrained(head={head!r}): {arch_name} at {path} has no"
+            f" {name!r} weights; pass rng= to initialise them"
+          )
+        params[name] = jax.tree.map(lambda x: np.asarray(x, out_dtype), _init_head(cfg, name, rng))
   _check_tree(params, cfg, str(path))
   return Transformer(cfg), jax.device_put(params)
 
@@ -748,8 +843,9 @@ def from_pretrained(path: PathLike, *, dtype: str = "float32", param_dtype: str 
 # ---------------------------------------------------------------------------------------------
 
 
-def _write_safetensors(tensors: Dict[str, np.ndarray], out: Path,
-                       max_shard_size: Optional[int]) -> None:
+def _write_safetensors(
+  tensors: Dict[str, np.ndarray], out: Path, max_shard_size: Optional[int]
+) -> None:
   metadata = {"format": "pt"}  # transformers expects this key
   total = sum(int(t.nbytes) for t in tensors.values())
   if max_shard_size is None or total <= max_shard_size:
@@ -770,14 +866,24 @@ def _write_safetensors(tensors: Dict[str, np.ndarray], out: Path,
     save_file(shard, str(out / fname), metadata=metadata)
     weight_map.update({name: fname for name in shard})
   with open(out / "model.safetensors.index.json", "w") as f:
-    json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2,
-              sort_keys=True)
+    json.dump(
+      {"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2, sort_keys=True
+    )
 
 
-def save_pretrained(model: Transformer, params: Any, path: PathLike, *, tokenizer: Any = None,
-                    pad_token_id: Optional[int] = None, bos_token_id: Optional[int] = None,
-                    eos_token_id: Optional[int] = None, dtype: Optional[str] = None,
-                    max_shard_size: Optional[int] = None, overwrite: bool = True) -> Path:
+def save_pretrained(
+  model: Transformer,
+  params: Any,
+  path: PathLike,
+  *,
+  tokenizer: Any = None,
+  pad_token_id: Optional[int] = None,
+  bos_token_id: Optional[int] = None,
+  eos_token_id: Optional[int] = None,
+  dtype: Optional[str] = None,
+  max_shard_size: Optional[int] = None,
+  overwrite: bool = True,
+) -> Path:
   """Writes ``params`` as a Hugging Face checkpoint directory loadable by transformers.
 
   GPT-2-style configs become ``GPT2LMHeadModel`` / ``GPT2ForSequenceClassification``;
@@ -812,8 +918,10 @@ def save_pretrained(model: Transformer, params: Any, path: PathLike, *, tokenize
     bos_token_id = tokenizer.bos_token_id if bos_token_id is None else bos_token_id
     eos_token_id = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
   if arch.head == "scalar" and pad_token_id is None:
-    raise ValueError(f"save_pretrained: {arch_name} needs pad_token_id (HF reads the score at the"
-                     " last non-pad token); pass pad_token_id= or a tokenizer with a pad token")
+    raise ValueError(
+      f"save_pretrained: {arch_name} needs pad_token_id (HF reads the score at the"
+      " last non-pad token); pass pad_token_id= or a tokenizer with a pad token"
+    )
   if path.exists() and not path.is_dir():
     raise FileExistsError(f"{path}: exists and is not a directory")
   if path.is_dir() and any(path.iterdir()):
@@ -821,21 +929,30 @@ def save_pretrained(model: Transformer, params: Any, path: PathLike, *, tokenize
       raise FileExistsError(f"{path}: directory is not empty and overwrite=False")
     foreign = sorted(p.name for p in path.iterdir() if not _EXPORT_FILES.match(p.name))
     if foreign:
-      raise FileExistsError(f"{path}: holds files that are not part of a model export"
-                            f" ({', '.join(foreign)}); refusing to replace the directory")
+      raise FileExistsError(
+        f"{path}: holds files that are not part of a model export"
+        f" ({', '.join(foreign)}); refusing to replace the directory"
+      )
 
   params = jax.device_get(nn.meta.unbox(params))
   _check_tree(params, cfg, "save_pretrained")
   tensors = _to_hf(arch.family, params, _BASE_PREFIX[arch.family], np)
   out_dtype = None if dtype is None else jnp.dtype(dtype)
-  tensors = {k: np.ascontiguousarray(np.asarray(v, out_dtype or np.asarray(v).dtype))
-             for k, v in tensors.items()}
+  tensors = {
+    k: np.ascontiguousarray(np.asarray(v, out_dtype or np.asarray(v).dtype))
+    for k, v in tensors.items()
+  }
   for k, v in tensors.items():  # before anything is written: never export a diverged model
     _check_finite(v, f"save_pretrained({path}): tensor {k!r}")
   dtypes = {str(v.dtype) for v in tensors.values()}
   dtype_name = dtypes.pop() if len(dtypes) == 1 else "float32"
-  hf = config_to_hf(cfg, pad_token_id=pad_token_id, bos_token_id=bos_token_id,
-                    eos_token_id=eos_token_id, dtype=dtype_name)
+  hf = config_to_hf(
+    cfg,
+    pad_token_id=pad_token_id,
+    bos_token_id=bos_token_id,
+    eos_token_id=eos_token_id,
+    dtype=dtype_name,
+  )
 
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
@@ -868,4 +985,5 @@ def load_tokenizer(path: PathLike):
   """The tokenizer saved in a model directory: :func:`rlhf_jax.data.tokenizer.load_tokenizer`,
   re-exported here next to :func:`from_pretrained`."""
   from rlhf_jax.data.tokenizer import load_tokenizer as load  # data layer; imported lazily
+
   return load(path)

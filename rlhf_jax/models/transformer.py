@@ -35,16 +35,16 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
-    "RopeScaling",
-    "TransformerConfig",
-    "Transformer",
-    "KVCache",
-    "init_cache",
-    "positions_from_mask",
-    "init_params",
-    "boxed_init_fn",
-    "param_logical_axes",
-    "unstack_layers",
+  "RopeScaling",
+  "TransformerConfig",
+  "Transformer",
+  "KVCache",
+  "init_cache",
+  "positions_from_mask",
+  "init_params",
+  "boxed_init_fn",
+  "param_logical_axes",
+  "unstack_layers",
 ]
 
 _HEADS = ("lm", "scalar", "both")
@@ -119,22 +119,27 @@ class TransformerConfig:
       if int(getattr(self, name)) <= 0:
         raise ValueError(f"TransformerConfig.{name} must be positive, got {getattr(self, name)}")
     if int(self.scan_unroll) < 0:
-      raise ValueError(f"TransformerConfig.scan_unroll must be >= 0 (0: every layer unrolled), "
-                       f"got {self.scan_unroll}")
+      raise ValueError(
+        f"TransformerConfig.scan_unroll must be >= 0 (0: every layer unrolled), "
+        f"got {self.scan_unroll}"
+      )
     if self.head_dim is None and self.d_model % self.n_heads:
       raise ValueError(
-          f"TransformerConfig: d_model={self.d_model} is not divisible by n_heads={self.n_heads};"
-          " set head_dim explicitly")
+        f"TransformerConfig: d_model={self.d_model} is not divisible by n_heads={self.n_heads};"
+        " set head_dim explicitly"
+      )
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
-          f"TransformerConfig: n_heads={self.n_heads} must be a multiple of n_kv_heads="
-          f"{self.n_kv_heads}")
+        f"TransformerConfig: n_heads={self.n_heads} must be a multiple of n_kv_heads="
+        f"{self.n_kv_heads}"
+      )
     if self.position == "rope" and self.dim_per_head % 2:
       raise ValueError(f"TransformerConfig: RoPE needs an even head_dim, got {self.dim_per_head}")
     if self.rope_scaling is not None and self.rope_scaling.kind not in ("linear", "llama3"):
       raise ValueError(
-          f"TransformerConfig.rope_scaling.kind={self.rope_scaling.kind!r}; expected 'linear' or"
-          " 'llama3'")
+        f"TransformerConfig.rope_scaling.kind={self.rope_scaling.kind!r}; expected 'linear' or"
+        " 'llama3'"
+      )
 
   @property
   def num_heads(self) -> int:
@@ -176,10 +181,10 @@ def init_cache(cfg: TransformerConfig, batch: int, size: int, dtype=None) -> KVC
   dtype = jnp.dtype(dtype or cfg.dtype)
   shape = (batch, cfg.num_kv_heads, size, cfg.dim_per_head)
   return KVCache(
-      k=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers)),
-      v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers)),
-      mask=jnp.zeros((batch, size), jnp.int32),
-      index=jnp.zeros((), jnp.int32),
+    k=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers)),
+    v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers)),
+    mask=jnp.zeros((batch, size), jnp.int32),
+    index=jnp.zeros((), jnp.int32),
   )
 
 
@@ -235,38 +240,52 @@ class Norm(nn.Module):
   def __call__(self, x):
     cfg = self.cfg
     x32 = x.astype(jnp.float32)
-    scale = self.param("scale", _partitioned(nn.initializers.ones, ("embed",)), (cfg.d_model,),
-                       jnp.dtype(cfg.param_dtype))
+    scale = self.param(
+      "scale",
+      _partitioned(nn.initializers.ones, ("embed",)),
+      (cfg.d_model,),
+      jnp.dtype(cfg.param_dtype),
+    )
     if cfg.norm == "rmsnorm":
       y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + cfg.norm_eps)
       return (y * scale).astype(cfg.dtype)
-    bias = self.param("bias", _partitioned(nn.initializers.zeros, ("embed",)), (cfg.d_model,),
-                      jnp.dtype(cfg.param_dtype))
+    bias = self.param(
+      "bias",
+      _partitioned(nn.initializers.zeros, ("embed",)),
+      (cfg.d_model,),
+      jnp.dtype(cfg.param_dtype),
+    )
     mean = jnp.mean(x32, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
     y = (x32 - mean) * jax.lax.rsqrt(var + cfg.norm_eps)
     return (y * scale + bias).astype(cfg.dtype)
 
 
-def _dense(cfg: TransformerConfig, features: int, names, use_bias: bool, name: str,
-           std: Optional[float] = None):
+def _dense(
+  cfg: TransformerConfig,
+  features: int,
+  names,
+  use_bias: bool,
+  name: str,
+  std: Optional[float] = None,
+):
   return nn.Dense(
-      features,
-      use_bias=use_bias,
-      dtype=jnp.dtype(cfg.dtype),
-      param_dtype=jnp.dtype(cfg.param_dtype),
-      kernel_init=_partitioned(nn.initializers.normal(std or cfg.init_std), names),
-      bias_init=_partitioned(nn.initializers.zeros, (names[-1],)),
-      name=name,
+    features,
+    use_bias=use_bias,
+    dtype=jnp.dtype(cfg.dtype),
+    param_dtype=jnp.dtype(cfg.param_dtype),
+    kernel_init=_partitioned(nn.initializers.normal(std or cfg.init_std), names),
+    bias_init=_partitioned(nn.initializers.zeros, (names[-1],)),
+    name=name,
   )
 
 
 def _activation(name: str):
   return {
-      "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-      "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-      "silu": jax.nn.silu,
-      "relu": jax.nn.relu,
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "silu": jax.nn.silu,
+    "relu": jax.nn.relu,
   }[name]
 
 
@@ -290,9 +309,11 @@ class Attention(nn.Module):
       # Cache buffers are [B, K, S, E]: write the T new slots at `index`, attend over all S.
       cache_k, cache_v, index = layer_cache
       k = jax.lax.dynamic_update_slice_in_dim(
-          cache_k, k.transpose(0, 2, 1, 3).astype(cache_k.dtype), index, axis=2)
+        cache_k, k.transpose(0, 2, 1, 3).astype(cache_k.dtype), index, axis=2
+      )
       v = jax.lax.dynamic_update_slice_in_dim(
-          cache_v, v.transpose(0, 2, 1, 3).astype(cache_v.dtype), index, axis=2)
+        cache_v, v.transpose(0, 2, 1, 3).astype(cache_v.dtype), index, axis=2
+      )
       new_cache = (k, v)
       keys = "bkse"
     else:
@@ -300,8 +321,9 @@ class Attention(nn.Module):
       keys = "bske"
     g = h // k_heads
     q = q.reshape(b, t, k_heads, g, e)
-    scores = jnp.einsum(f"btkge,{keys}->bkgts", q, k.astype(q.dtype),
-                        preferred_element_type=jnp.float32)
+    scores = jnp.einsum(
+      f"btkge,{keys}->bkgts", q, k.astype(q.dtype), preferred_element_type=jnp.float32
+    )
     scores = scores * (1.0 / math.sqrt(e)) + bias_BTS[:, None, None, :, :]
     probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
     out = jnp.einsum(f"bkgts,{keys}->btkge", probs, v.astype(probs.dtype))
@@ -335,8 +357,9 @@ class Block(nn.Module):
   def __call__(self, x_BTD, layer_cache, bias_BTS, cos_sin, index):
     cfg = self.cfg
     cache_in = None if layer_cache is None else (layer_cache[0], layer_cache[1], index)
-    attn, new_cache = Attention(cfg, name="attn")(Norm(cfg, name="norm_attn")(x_BTD), bias_BTS,
-                                                  cos_sin, cache_in)
+    attn, new_cache = Attention(cfg, name="attn")(
+      Norm(cfg, name="norm_attn")(x_BTD), bias_BTS, cos_sin, cache_in
+    )
     x_BTD = x_BTD + attn.astype(x_BTD.dtype)
     x_BTD = x_BTD + Mlp(cfg, name="mlp")(Norm(cfg, name="norm_mlp")(x_BTD)).astype(x_BTD.dtype)
     # The residual stream is materialised once per block. Without the barrier, XLA:CPU
@@ -371,8 +394,9 @@ class Transformer(nn.Module):
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, input_ids_BT, attention_mask_BT=None, positions_BT=None, cache=None,
-               head_slice=None):
+  def __call__(
+    self, input_ids_BT, attention_mask_BT=None, positions_BT=None, cache=None, head_slice=None
+  ):
     cfg = self.cfg
     b, t = input_ids_BT.shape
     if attention_mask_BT is None:
@@ -387,11 +411,13 @@ class Transformer(nn.Module):
       q_slot_T = jnp.arange(t)
     else:
       index = cache.index
-      key_mask_BS = jax.lax.dynamic_update_slice_in_dim(cache.mask, attention_mask_BT, index,
-                                                        axis=1)
+      key_mask_BS = jax.lax.dynamic_update_slice_in_dim(
+        cache.mask, attention_mask_BT, index, axis=1
+      )
       if positions_BT is None:
-        positions_BT = jax.lax.dynamic_slice_in_dim(positions_from_mask(key_mask_BS), index, t,
-                                                    axis=1)
+        positions_BT = jax.lax.dynamic_slice_in_dim(
+          positions_from_mask(key_mask_BS), index, t, axis=1
+        )
       q_slot_T = index + jnp.arange(t)
     s = key_mask_BS.shape[1]
     causal_TS = jnp.arange(s)[None, :] <= q_slot_T[:, None]
@@ -399,18 +425,24 @@ class Transformer(nn.Module):
     bias_BTS = jnp.where(allowed_BTS, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
 
     embed = nn.Embed(
-        cfg.vocab_size, cfg.d_model, dtype=jnp.dtype(cfg.dtype),
-        param_dtype=jnp.dtype(cfg.param_dtype),
-        embedding_init=_partitioned(nn.initializers.normal(cfg.init_std), ("vocab", "embed")),
-        name="embed")
+      cfg.vocab_size,
+      cfg.d_model,
+      dtype=jnp.dtype(cfg.dtype),
+      param_dtype=jnp.dtype(cfg.param_dtype),
+      embedding_init=_partitioned(nn.initializers.normal(cfg.init_std), ("vocab", "embed")),
+      name="embed",
+    )
     x_BTD = embed(input_ids_BT)
     cos_sin = None
     if cfg.position == "learned":
       pos_embed = nn.Embed(
-          cfg.max_len, cfg.d_model, dtype=jnp.dtype(cfg.dtype),
-          param_dtype=jnp.dtype(cfg.param_dtype),
-          embedding_init=_partitioned(nn.initializers.normal(cfg.init_std / 2), (None, "embed")),
-          name="pos_embed")
+        cfg.max_len,
+        cfg.d_model,
+        dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.dtype(cfg.param_dtype),
+        embedding_init=_partitioned(nn.initializers.normal(cfg.init_std / 2), (None, "embed")),
+        name="pos_embed",
+      )
       x_BTD = x_BTD + pos_embed(positions_BT)
     else:
       cos_sin = _rope_tables(cfg, positions_BT)
@@ -420,13 +452,13 @@ class Transformer(nn.Module):
     if cfg.remat:
       block = nn.remat(block, prevent_cse=False)
     layers = nn.scan(
-        block,
-        variable_axes={"params": 0},
-        split_rngs={"params": True},
-        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
-        length=cfg.n_layers,
-        unroll=min(cfg.scan_unroll or cfg.n_layers, cfg.n_layers),
-        metadata_params={nn.PARTITION_NAME: "layers"},
+      block,
+      variable_axes={"params": 0},
+      split_rngs={"params": True},
+      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+      length=cfg.n_layers,
+      unroll=min(cfg.scan_unroll or cfg.n_layers, cfg.n_layers),
+      metadata_params={nn.PARTITION_NAME: "layers"},
     )(cfg, name="layers")
     stored = None
     if self.has_variable("params", "layers"):
@@ -469,8 +501,10 @@ def _run_unrolled(cfg: TransformerConfig, layer_params, x_BTD, cache, bias_BTS, 
   """Runs the blocks one by one (Python loop); returns ``(x_BTD, (ks, vs) or None)``."""
   unstacked = isinstance(layer_params, (tuple, list))
   if unstacked and len(layer_params) != cfg.n_layers:
-    raise ValueError(f"params['layers'] holds {len(layer_params)} layers; TransformerConfig."
-                     f"n_layers={cfg.n_layers}")
+    raise ValueError(
+      f"params['layers'] holds {len(layer_params)} layers; TransformerConfig."
+      f"n_layers={cfg.n_layers}"
+    )
 
   def run_block(lp, x, layer_cache):
     return Block(cfg, parent=None).apply({"params": lp}, x, layer_cache, bias_BTS, cos_sin, index)

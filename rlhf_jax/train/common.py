@@ -17,34 +17,46 @@ from rlhf_jax import optim, sharding
 from rlhf_jax.models import Transformer, TransformerConfig, boxed_init_fn, init_params
 
 __all__ = [
-    "DivergenceError",
-    "check_skipped",
-    "check_output_paths",
-    "OPTIM_BOUNDS",
-    "spec_errors",
-    "check_batch_sizes",
-    "PRESETS",
-    "ModelSpec",
-    "MeshSpec",
-    "OptimSpec",
-    "preset_config",
-    "build_mesh",
-    "load_model",
-    "make_optimizer",
-    "shard_params",
+  "DivergenceError",
+  "check_skipped",
+  "check_output_paths",
+  "OPTIM_BOUNDS",
+  "spec_errors",
+  "check_batch_sizes",
+  "PRESETS",
+  "ModelSpec",
+  "MeshSpec",
+  "OptimSpec",
+  "preset_config",
+  "build_mesh",
+  "load_model",
+  "make_optimizer",
+  "shard_params",
 ]
 
 # Architecture presets for models initialised from scratch. "small"/"medium" are the
 # GPT-2 shapes of the benchmark anchors; "tiny" is for tests.
 PRESETS = {
-    "tiny": dict(d_model=32, n_layers=2, n_heads=2, max_len=128),
-    "gpt2-small": dict(d_model=256, n_layers=4, n_heads=4, max_len=128),
-    "gpt2-medium": dict(d_model=512, n_layers=8, n_heads=8, max_len=128),
-    "gpt2-base": dict(d_model=768, n_layers=12, n_heads=12, max_len=1024),
-    "llama-small": dict(d_model=256, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=688,
-                        norm="rmsnorm", mlp="swiglu", activation="silu", position="rope",
-                        qkv_bias=False, out_bias=False, mlp_bias=False, tie_embeddings=False,
-                        max_len=2048),
+  "tiny": dict(d_model=32, n_layers=2, n_heads=2, max_len=128),
+  "gpt2-small": dict(d_model=256, n_layers=4, n_heads=4, max_len=128),
+  "gpt2-medium": dict(d_model=512, n_layers=8, n_heads=8, max_len=128),
+  "gpt2-base": dict(d_model=768, n_layers=12, n_heads=12, max_len=1024),
+  "llama-small": dict(
+    d_model=256,
+    n_layers=4,
+    n_heads=4,
+    n_kv_heads=2,
+    d_ff=688,
+    norm="rmsnorm",
+    mlp="swiglu",
+    activation="silu",
+    position="rope",
+    qkv_bias=False,
+    out_bias=False,
+    mlp_bias=False,
+    tie_embeddings=False,
+    max_len=2048,
+  ),
 }
 
 
@@ -98,8 +110,14 @@ def load_model(spec: ModelSpec, head: str, rng: jax.Array, mesh) -> Tuple[Transf
   start from the base LM); ``head="both"`` adds a value head to an LM.
   """
   if not spec.path:
-    cfg = preset_config(spec.preset, spec.vocab_size, head=head, dtype=spec.dtype,
-                        remat=spec.remat, scan_unroll=spec.scan_unroll)
+    cfg = preset_config(
+      spec.preset,
+      spec.vocab_size,
+      head=head,
+      dtype=spec.dtype,
+      remat=spec.remat,
+      scan_unroll=spec.scan_unroll,
+    )
     model = Transformer(cfg)
     init = boxed_init_fn(model)
     params, _ = sharding.init_sharded(init, rng, mesh=mesh)
@@ -131,12 +149,14 @@ def load_model(spec: ModelSpec, head: str, rng: jax.Array, mesh) -> Tuple[Transf
 def shard_params(model: Transformer, params, mesh):
   """Place ``params`` on ``mesh`` by the model's logical axis rules."""
   init = boxed_init_fn(model)
-  return sharding.shard_tree(params, sharding.params_shardings(init, jax.random.PRNGKey(0),
-                                                               mesh=mesh))
+  return sharding.shard_tree(
+    params, sharding.params_shardings(init, jax.random.PRNGKey(0), mesh=mesh)
+  )
 
 
-def make_optimizer(spec: OptimSpec, total_steps: int) -> Tuple[optax.GradientTransformation,
-                                                                Callable[[Any], Any]]:
+def make_optimizer(
+  spec: OptimSpec, total_steps: int
+) -> Tuple[optax.GradientTransformation, Callable[[Any], Any]]:
   """``(optimizer, schedule)``; ``schedule(count)`` gives the learning rate for logging."""
   if spec.name not in ("adam", "adamw", "tf_adam"):
     raise ValueError(f"optimizer.name={spec.name!r}; expected 'adam', 'adamw' or 'tf_adam'")
@@ -144,8 +164,7 @@ def make_optimizer(spec: OptimSpec, total_steps: int) -> Tuple[optax.GradientTra
     raise ValueError(f"optimizer.learning_rate must be > 0, got {spec.learning_rate}")
   total_steps = max(int(total_steps), 1)
   if spec.anneal:
-    decay = optax.linear_schedule(spec.learning_rate, 0.0, max(total_steps - spec.warmup_steps,
-                                                               1))
+    decay = optax.linear_schedule(spec.learning_rate, 0.0, max(total_steps - spec.warmup_steps, 1))
   else:
     decay = optax.constant_schedule(spec.learning_rate)
   if spec.warmup_steps:
@@ -156,8 +175,7 @@ def make_optimizer(spec: OptimSpec, total_steps: int) -> Tuple[optax.GradientTra
   if spec.name == "tf_adam":
     tx = optim.tf_adam(schedule, b1=spec.b1, b2=spec.b2, eps=spec.eps)
   elif spec.name == "adamw":
-    tx = optax.adamw(schedule, b1=spec.b1, b2=spec.b2, eps=spec.eps,
-                     weight_decay=spec.weight_decay)
+    tx = optax.adamw(schedule, b1=spec.b1, b2=spec.b2, eps=spec.eps, weight_decay=spec.weight_decay)
   else:
     tx = optax.adam(schedule, b1=spec.b1, b2=spec.b2, eps=spec.eps)
   if spec.max_grad_norm:
@@ -169,8 +187,14 @@ class DivergenceError(RuntimeError):
   """Training diverged: too many updates were skipped for a non-finite loss or gradient."""
 
 
-def check_skipped(desc: str, skipped: int, updates_so_far: int, planned_updates: int,
-                  max_fraction: float, where: str) -> None:
+def check_skipped(
+  desc: str,
+  skipped: int,
+  updates_so_far: int,
+  planned_updates: int,
+  max_fraction: float,
+  where: str,
+) -> None:
   """Stops a run whose skipped (non-finite) updates exceed ``max_fraction`` of its planned
   updates: past that point the run cannot end below the fraction, and a state that keeps
   producing NaN (a corrupt or divergent one) would otherwise train on silently.
@@ -181,10 +205,11 @@ def check_skipped(desc: str, skipped: int, updates_so_far: int, planned_updates:
   skipped = int(skipped)
   if skipped > max_fraction * planned_updates:
     raise DivergenceError(
-        f"{desc}: {skipped} of the {updates_so_far} updates so far were skipped for a "
-        f"non-finite loss or gradient (at {where}), more than max_skipped_fraction="
-        f"{max_fraction} of the run's {planned_updates} updates; the training has diverged "
-        "(lower the learning rate, check the data, or start from an earlier checkpoint)")
+      f"{desc}: {skipped} of the {updates_so_far} updates so far were skipped for a "
+      f"non-finite loss or gradient (at {where}), more than max_skipped_fraction="
+      f"{max_fraction} of the run's {planned_updates} updates; the training has diverged "
+      "(lower the learning rate, check the data, or start from an earlier checkpoint)"
+    )
 
 
 def check_output_paths(field: str, directories=(), files=()) -> None:
@@ -196,18 +221,28 @@ def check_output_paths(field: str, directories=(), files=()) -> None:
   """
   for d in directories:
     if os.path.exists(d) and not os.path.isdir(d):
-      raise FileExistsError(f"{field}: output directory {os.fspath(d)} exists and is a file; "
-                            "move it away or choose another workdir")
+      raise FileExistsError(
+        f"{field}: output directory {os.fspath(d)} exists and is a file; "
+        "move it away or choose another workdir"
+      )
   for f in files:
     if os.path.isdir(f):
-      raise FileExistsError(f"{field}: output file {os.fspath(f)} exists and is a directory; "
-                            "move it away or choose another workdir")
+      raise FileExistsError(
+        f"{field}: output file {os.fspath(f)} exists and is a directory; "
+        "move it away or choose another workdir"
+      )
 
 
 # Bounds of every OptimSpec field (see rlhf_jax.config_schema.check_bounds).
-OPTIM_BOUNDS = {"learning_rate": "> 0", "warmup_steps": ">= 0", "b1": "in [0, 1)",
-                "b2": "in [0, 1)", "eps": ">= 0", "weight_decay": ">= 0",
-                "max_grad_norm": ">= 0"}
+OPTIM_BOUNDS = {
+  "learning_rate": "> 0",
+  "warmup_steps": ">= 0",
+  "b1": "in [0, 1)",
+  "b2": "in [0, 1)",
+  "eps": ">= 0",
+  "weight_decay": ">= 0",
+  "max_grad_norm": ">= 0",
+}
 
 
 def spec_errors(cfg: Any, *, optimizers=(), meshes=(), models=(), root: str = "config") -> list:
@@ -221,7 +256,8 @@ def spec_errors(cfg: Any, *, optimizers=(), meshes=(), models=(), root: str = "c
     if spec.name not in ("adam", "adamw", "tf_adam"):
       errors.append(f"{root}.{name}.name={spec.name!r}: expected 'adam', 'adamw' or 'tf_adam'")
     errors += config_schema.check_bounds(
-        cfg, {f"{name}.{k}": v for k, v in OPTIM_BOUNDS.items()}, root)
+      cfg, {f"{name}.{k}": v for k, v in OPTIM_BOUNDS.items()}, root
+    )
   for name in meshes:
     spec = _get(cfg, name)
     sizes = {"data": spec.data, "fsdp": spec.fsdp, "tensor": spec.tensor}
@@ -255,5 +291,7 @@ def check_batch_sizes(mesh, sizes) -> None:
   n = int(mesh.shape["data"]) * int(mesh.shape["fsdp"])
   bad = [f"{field}={size}" for field, size in sizes.items() if size % n]
   if bad:
-    raise ValueError(f"{', '.join(bad)}: must be divisible by the {n} devices of the mesh's "
-                     "batch axes (data x fsdp); change the batch size or config.mesh")
+    raise ValueError(
+      f"{', '.join(bad)}: must be divisible by the {n} devices of the mesh's "
+      "batch axes (data x fsdp); change the batch size or config.mesh"
+    )

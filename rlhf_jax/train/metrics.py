@@ -25,13 +25,13 @@ import jax
 import numpy as np
 
 __all__ = [
-    "MetricWriter",
-    "fetch",
-    "read_metrics",
-    "truncate_metrics",
-    "markdown_table",
-    "progress",
-    "Progress",
+  "MetricWriter",
+  "fetch",
+  "read_metrics",
+  "truncate_metrics",
+  "markdown_table",
+  "progress",
+  "Progress",
 ]
 
 _log = logging.getLogger(__name__)
@@ -66,8 +66,10 @@ def _scalar(key: str, value: Any) -> Union[int, float]:
   if isinstance(value, numbers.Real) and not isinstance(value, bool):
     return value
   shape = getattr(value, "shape", None)
-  raise TypeError(f"metric {key!r}: expected a scalar, got {type(value).__name__}"
-                  + (f" of shape {shape}" if shape is not None else ""))
+  raise TypeError(
+    f"metric {key!r}: expected a scalar, got {type(value).__name__}"
+    + (f" of shape {shape}" if shape is not None else "")
+  )
 
 
 def _json_value(x: Any) -> Any:
@@ -77,8 +79,9 @@ def _json_value(x: Any) -> Any:
   return x
 
 
-def truncate_metrics(workdir: Union[str, os.PathLike], step: int,
-                     drop: Optional[Callable[[dict], bool]] = None) -> int:
+def truncate_metrics(
+  workdir: Union[str, os.PathLike], step: int, drop: Optional[Callable[[dict], bool]] = None
+) -> int:
   """Drops the records of ``workdir/metrics.jsonl`` past ``step`` (and those ``drop`` picks).
 
   A run resumed from a checkpoint of ``step`` calls this first, so the steps a killed attempt
@@ -128,8 +131,14 @@ class MetricWriter:
     resume_step: the step the run resumes from (``None``: a fresh run, or appending).
   """
 
-  def __init__(self, workdir: Union[str, os.PathLike], *, process_index: Optional[int] = None,
-               tensorboard: bool = True, resume_step: Optional[int] = None):
+  def __init__(
+    self,
+    workdir: Union[str, os.PathLike],
+    *,
+    process_index: Optional[int] = None,
+    tensorboard: bool = True,
+    resume_step: Optional[int] = None,
+  ):
     self.workdir = os.fspath(workdir)
     self.process_index = jax.process_index() if process_index is None else process_index
     self.active = self.process_index == 0
@@ -144,6 +153,7 @@ class MetricWriter:
     self._jsonl = open(os.path.join(self.workdir, "metrics.jsonl"), "a", encoding="utf-8")
     if tensorboard:
       from tensorboardX import SummaryWriter
+
       kwargs = {} if resume_step is None else {"purge_step": int(resume_step) + 1}
       self._tb = SummaryWriter(os.path.join(self.workdir, "tb"), **kwargs)
 
@@ -170,8 +180,9 @@ class MetricWriter:
       if key == "step":
         raise ValueError("metric name 'step' is reserved for the step number")
       record[str(key)] = _scalar(str(key), value)
-    self._jsonl.write(json.dumps({k: _json_value(v) for k, v in record.items()},
-                                 allow_nan=False) + "\n")
+    self._jsonl.write(
+      json.dumps({k: _json_value(v) for k, v in record.items()}, allow_nan=False) + "\n"
+    )
     self._jsonl.flush()
     if self._tb is not None:
       for key, value in record.items():
@@ -241,13 +252,13 @@ def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str
   def cell(x):
     return str(x).replace("|", "\\|").replace("\n", "<br>")
 
-  lines = ["| " + " | ".join(cell(c) for c in columns) + " |",
-           "|" + "---|" * len(columns)]
+  lines = ["| " + " | ".join(cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
   lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
   return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- progress
+
 
 def _fmt_seconds(s: float) -> str:
   if not math.isfinite(s):
@@ -261,10 +272,19 @@ def _fmt_seconds(s: float) -> str:
 class Progress:
   """A tqdm bar plus plain log lines for non-TTY stderr; see :func:`progress`."""
 
-  def __init__(self, iterable: Optional[Iterable], total: Optional[int], desc: str, unit: str,
-               show_bar: bool, log_lines: bool, log_every_percent: float,
-               log_every_seconds: float):
+  def __init__(
+    self,
+    iterable: Optional[Iterable],
+    total: Optional[int],
+    desc: str,
+    unit: str,
+    show_bar: bool,
+    log_lines: bool,
+    log_every_percent: float,
+    log_every_seconds: float,
+  ):
     from tqdm.auto import tqdm
+
     self._iterable = iterable
     self.total = total
     self.desc = desc
@@ -291,13 +311,30 @@ class Progress:
       while self._next_pct <= pct + 1e-9:
         self._next_pct += self._every_pct
       eta = (self.total - self.n) / rate if rate > 0 else float("inf")
-      _log.info("%s: %3.0f%% (%d/%d %s) %.2f %s/s, elapsed %s, ETA %s", self.desc, pct, self.n,
-                self.total, self.unit, rate, self.unit, _fmt_seconds(elapsed), _fmt_seconds(eta))
+      _log.info(
+        "%s: %3.0f%% (%d/%d %s) %.2f %s/s, elapsed %s, ETA %s",
+        self.desc,
+        pct,
+        self.n,
+        self.total,
+        self.unit,
+        rate,
+        self.unit,
+        _fmt_seconds(elapsed),
+        _fmt_seconds(eta),
+      )
     else:
       if now - self._last_log < self._every_s:
         return
-      _log.info("%s: %d %s, %.2f %s/s, elapsed %s", self.desc, self.n, self.unit, rate,
-                self.unit, _fmt_seconds(elapsed))
+      _log.info(
+        "%s: %d %s, %.2f %s/s, elapsed %s",
+        self.desc,
+        self.n,
+        self.unit,
+        rate,
+        self.unit,
+        _fmt_seconds(elapsed),
+      )
     self._last_log = now
 
   def update(self, n: int = 1) -> None:
@@ -330,9 +367,16 @@ class Progress:
     self.close()
 
 
-def progress(iterable_or_total: Union[Iterable, int], desc: str = "", unit: str = "it",
-             disable: Optional[bool] = None, *, log_every_percent: float = 10.0,
-             log_every_seconds: float = 60.0, process_index: Optional[int] = None) -> Progress:
+def progress(
+  iterable_or_total: Union[Iterable, int],
+  desc: str = "",
+  unit: str = "it",
+  disable: Optional[bool] = None,
+  *,
+  log_every_percent: float = 10.0,
+  log_every_seconds: float = 60.0,
+  process_index: Optional[int] = None,
+) -> Progress:
   """Progress bar with rate and ETA for a long phase.
 
   ``for batch in progress(batches, "rollout", "batch"): ...`` or
@@ -364,5 +408,6 @@ def progress(iterable_or_total: Union[Iterable, int], desc: str = "", unit: str 
   else:
     show_bar = lead and not disable
   log_lines = lead and not tty and not show_bar and disable is not True
-  return Progress(iterable, total, desc, unit, show_bar, log_lines, log_every_percent,
-                  log_every_seconds)
+  return Progress(
+    iterable, total, desc, unit, show_bar, log_lines, log_every_percent, log_every_seconds
+  )

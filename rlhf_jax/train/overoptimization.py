@@ -35,8 +35,8 @@ from rlhf_jax.feedback import simulated as simulated_lib
 from rlhf_jax.train import common
 from rlhf_jax.train import pipeline as pl
 from rlhf_jax.train import ppo as ppo_train
-from rlhf_jax.train import reward as reward_train
 from rlhf_jax.train import report as report_lib
+from rlhf_jax.train import reward as reward_train
 
 __all__ = ["Config", "check_config", "run"]
 
@@ -60,8 +60,13 @@ class Config:
 # Fields a rerun of a workdir may change (see rlhf_jax.main): caches, layout, stop criterion.
 RESULT_NEUTRAL_FIELDS = ("data.cache_dir", "mesh", "max_skipped_fraction")
 
-_BOUNDS = {"label_counts[*]": ">= 1", "bon_ns[*]": ">= 1", "ppo_eval_every": ">= 1",
-           "num_eval_prompts": ">= 1", "max_skipped_fraction": "in [0, 1]"}
+_BOUNDS = {
+  "label_counts[*]": ">= 1",
+  "bon_ns[*]": ">= 1",
+  "ppo_eval_every": ">= 1",
+  "num_eval_prompts": ">= 1",
+  "max_skipped_fraction": "in [0, 1]",
+}
 
 
 def check_config(cfg: Config) -> None:
@@ -78,8 +83,10 @@ def check_config(cfg: Config) -> None:
   if not cfg.bon_ns:
     errors.append("config.bon_ns: expected at least one n")
   if cfg.feedback.source != "simulated":
-    errors.append(f"config.feedback.source={cfg.feedback.source!r}: the over-optimisation "
-                  "study uses simulated annotators ('simulated')")
+    errors.append(
+      f"config.feedback.source={cfg.feedback.source!r}: the over-optimisation "
+      "study uses simulated annotators ('simulated')"
+    )
   if errors:
     raise config_schema.ConfigError("\n".join(errors))
 
@@ -89,24 +96,35 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   root.mkdir(parents=True, exist_ok=True)
   t_start = time.perf_counter()
   check_config(cfg)
-  common.check_output_paths("workdir", [root / "data", root / "base"],
-                            [root / "points.json", root / "fits.json",
-                             root / "preferences.jsonl"])
+  common.check_output_paths(
+    "workdir",
+    [root / "data", root / "base"],
+    [root / "points.json", root / "fits.json", root / "preferences.jsonl"],
+  )
   mesh = common.build_mesh(cfg.mesh)
-  common.check_batch_sizes(mesh, {"config.base.batch_size": cfg.base.batch_size,
-                                  "config.ppo.batch_size": cfg.ppo.batch_size})
+  common.check_batch_sizes(
+    mesh,
+    {"config.base.batch_size": cfg.base.batch_size, "config.ppo.batch_size": cfg.ppo.batch_size},
+  )
   gold = pl.load_scorers(cfg.feedback)
   labeller = scorers_lib.get_scorer(cfg.feedback.labeller_scorer or cfg.feedback.gold_scorer)
   tokenizer = pl.prepare_data(cfg.data, root / "data", cfg.seed)
-  hp = dataclasses.replace(cfg.ppo.hparams, eos_id=int(tokenizer.eos_token_id),
-                           pad_id=int(tokenizer.pad_token_id))
-  base_model, base_params = pl.pretrain_base(cfg.base, root / "data", root / "base", tokenizer,
-                                             mesh, cfg.seed,
-                                             max_skipped_fraction=cfg.max_skipped_fraction)
+  hp = dataclasses.replace(
+    cfg.ppo.hparams, eos_id=int(tokenizer.eos_token_id), pad_id=int(tokenizer.pad_token_id)
+  )
+  base_model, base_params = pl.pretrain_base(
+    cfg.base,
+    root / "data",
+    root / "base",
+    tokenizer,
+    mesh,
+    cfg.seed,
+    max_skipped_fraction=cfg.max_skipped_fraction,
+  )
   models = pl.Models.from_base(base_model.cfg)
   sampler = pl.Sampler(models, hp, cfg.ppo.batch_size, mesh)
   train_prompts = pl.read_prompts(root / "data", "train")
-  eval_prompts = pl.read_prompts(root / "data", "eval")[:cfg.num_eval_prompts]
+  eval_prompts = pl.read_prompts(root / "data", "eval")[: cfg.num_eval_prompts]
   p_ids, p_mask = data_lib.encode_prompts(tokenizer, train_prompts, cfg.data.prompt_len)
   e_ids, e_mask = data_lib.encode_prompts(tokenizer, eval_prompts, cfg.data.prompt_len)
 
@@ -117,10 +135,15 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   tb, mb = sampler.sample(base_params, p_ids[rows], p_mask[rows], cfg.seed + 2, 1.0)
   prompts = [train_prompts[i] for i in rows]
   records = simulated_lib.annotate_pairs(
-      labeller, prompts, pl.decode_responses(tokenizer, ta, ma),
-      pl.decode_responses(tokenizer, tb, mb),
-      temperature=cfg.feedback.temperature, tie_threshold=cfg.feedback.tie_threshold,
-      flip_prob=cfg.feedback.flip_prob, seed=cfg.seed)
+    labeller,
+    prompts,
+    pl.decode_responses(tokenizer, ta, ma),
+    pl.decode_responses(tokenizer, tb, mb),
+    temperature=cfg.feedback.temperature,
+    tie_threshold=cfg.feedback.tie_threshold,
+    flip_prob=cfg.feedback.flip_prob,
+    seed=cfg.seed,
+  )
   data_lib.write_preferences_jsonl(records, root / "preferences.jsonl")
   pool = pl.pairs_arrays(p_ids[rows], p_mask[rows], ta, ma, tb, mb, pl.label_indices(records))
 
@@ -141,15 +164,36 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     n_labels = min(n_labels, n_pool)
     sub = {k: v[:n_labels] for k, v in pool.items()}
     rm_params, _ = reward_train.train_reward_model(
-        models.scalar, base_params, sub, None, hp=cfg.reward.hparams,
-        optim_spec=cfg.reward.optimizer, epochs=cfg.reward.epochs,
-        batch_size=min(cfg.reward.batch_size, n_labels), mesh=mesh, seed=cfg.seed + n_labels,
-        workdir=str(root / f"rm_{n_labels}"), max_skipped_fraction=cfg.max_skipped_fraction)
-    gain, bias = ppo_train.fit_reward_norm(models.lm, base_params, models.scalar, rm_params,
-                                           p_ids, p_mask, hp, cfg.ppo.norm_samples,
-                                           cfg.ppo.batch_size, mesh, cfg.seed)
-    proxy = [gain * sampler.scores(rm_params, *pl.join_sequences(e_ids, e_mask, t, m)) + bias
-             for t, m in zip(bon_tok, bon_mask)]
+      models.scalar,
+      base_params,
+      sub,
+      None,
+      hp=cfg.reward.hparams,
+      optim_spec=cfg.reward.optimizer,
+      epochs=cfg.reward.epochs,
+      batch_size=min(cfg.reward.batch_size, n_labels),
+      mesh=mesh,
+      seed=cfg.seed + n_labels,
+      workdir=str(root / f"rm_{n_labels}"),
+      max_skipped_fraction=cfg.max_skipped_fraction,
+    )
+    gain, bias = ppo_train.fit_reward_norm(
+      models.lm,
+      base_params,
+      models.scalar,
+      rm_params,
+      p_ids,
+      p_mask,
+      hp,
+      cfg.ppo.norm_samples,
+      cfg.ppo.batch_size,
+      mesh,
+      cfg.seed,
+    )
+    proxy = [
+      gain * sampler.scores(rm_params, *pl.join_sequences(e_ids, e_mask, t, m)) + bias
+      for t, m in zip(bon_tok, bon_mask)
+    ]
     base_proxy = float(np.mean(proxy[0]))
     # Best-of-n by the proxy.
     proxy_P = np.stack(proxy, 1)  # [prompts, n_max]
@@ -157,40 +201,79 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     for n in cfg.bon_ns:
       pick = np.argmax(proxy_P[:, :n], axis=1)
       rows_i = np.arange(len(pick))
-      points.append({"n_labels": n_labels, "method": "bon", "n": n,
-                     "kl": float(evaluation.bon_kl(n)),
-                     "gold": float(np.mean(gold_P[rows_i, pick])) - base_gold,
-                     "proxy": float(np.mean(proxy_P[rows_i, pick])) - base_proxy})
+      points.append(
+        {
+          "n_labels": n_labels,
+          "method": "bon",
+          "n": n,
+          "kl": float(evaluation.bon_kl(n)),
+          "gold": float(np.mean(gold_P[rows_i, pick])) - base_gold,
+          "proxy": float(np.mean(proxy_P[rows_i, pick])) - base_proxy,
+        }
+      )
     # PPO, evaluated every `ppo_eval_every` iterations.
-    value_model, value_params = ppo_lib.init_value_from_reward(models.scalar, rm_params, gain,
-                                                               bias, cfg.ppo.value_init)
+    value_model, value_params = ppo_lib.init_value_from_reward(
+      models.scalar, rm_params, gain, bias, cfg.ppo.value_init
+    )
     ppo_dir = root / f"ppo_{n_labels}"
     done = 0
     while done < cfg.ppo.iterations:
       state, _ = ppo_train.train_ppo(
-          policy_model=models.lm, policy_params=base_params, value_model=value_model,
-          value_params=value_params, reward_model=models.scalar, reward_params=rm_params,
-          ref_params=base_params, prompt_ids=p_ids, prompt_mask=p_mask, hp=hp,
-          optim_spec=cfg.ppo.optimizer, batch_size=cfg.ppo.batch_size,
-          iterations=cfg.ppo.iterations, init_kl_coef=cfg.ppo.init_kl_coef, reward_gain=gain,
-          reward_bias=bias, mesh=mesh, seed=cfg.seed + n_labels, workdir=str(ppo_dir),
-          stop_after=cfg.ppo_eval_every, desc=f"ppo ({n_labels} labels)",
-          max_skipped_fraction=cfg.max_skipped_fraction)
+        policy_model=models.lm,
+        policy_params=base_params,
+        value_model=value_model,
+        value_params=value_params,
+        reward_model=models.scalar,
+        reward_params=rm_params,
+        ref_params=base_params,
+        prompt_ids=p_ids,
+        prompt_mask=p_mask,
+        hp=hp,
+        optim_spec=cfg.ppo.optimizer,
+        batch_size=cfg.ppo.batch_size,
+        iterations=cfg.ppo.iterations,
+        init_kl_coef=cfg.ppo.init_kl_coef,
+        reward_gain=gain,
+        reward_bias=bias,
+        mesh=mesh,
+        seed=cfg.seed + n_labels,
+        workdir=str(ppo_dir),
+        stop_after=cfg.ppo_eval_every,
+        desc=f"ppo ({n_labels} labels)",
+        max_skipped_fraction=cfg.max_skipped_fraction,
+      )
       done = int(state.step)
       policy = state.params["policy"]
       tok, m = sampler.sample(policy, e_ids, e_mask, cfg.seed + 7 * done, hp.temperature)
       seq = pl.join_sequences(e_ids, e_mask, tok, m)
-      kl = float(np.mean(np.sum((sampler.logprobs(policy, *seq, tok, hp.temperature)
-                                 - sampler.logprobs(base_params, *seq, tok, hp.temperature))
-                                * m, 1)))
+      kl = float(
+        np.mean(
+          np.sum(
+            (
+              sampler.logprobs(policy, *seq, tok, hp.temperature)
+              - sampler.logprobs(base_params, *seq, tok, hp.temperature)
+            )
+            * m,
+            1,
+          )
+        )
+      )
       g = float(np.mean(gold(eval_prompts, pl.decode_responses(tokenizer, tok, m)))) - base_gold
       pr = float(np.mean(gain * sampler.scores(rm_params, *seq) + bias)) - base_proxy
-      points.append({"n_labels": n_labels, "method": "ppo", "iteration": done,
-                     "kl": max(kl, 0.0), "gold": g, "proxy": pr})
+      points.append(
+        {
+          "n_labels": n_labels,
+          "method": "ppo",
+          "iteration": done,
+          "kl": max(kl, 0.0),
+          "gold": g,
+          "proxy": pr,
+        }
+      )
   data_lib.atomic_write_json(root / "points.json", points)
   path = report_lib.write_overoptimization_report(str(root), points)
   fits = {}
-  for (n_labels, method) in sorted({(p["n_labels"], p["method"]) for p in points}):
+  for n_labels, method in sorted({(p["n_labels"], p["method"]) for p in points}):
     # All points, d = 0 included (the laws pass through it), as overoptimization.md fits them.
     pts = [p for p in points if p["n_labels"] == n_labels and p["method"] == method]
     d = np.sqrt([p["kl"] for p in pts])

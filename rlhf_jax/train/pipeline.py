@@ -40,8 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax import data as data_lib
 from rlhf_jax import checkpoint, evaluation, losses, ops, sharding
+from rlhf_jax import data as data_lib
 from rlhf_jax import ppo as ppo_lib
 from rlhf_jax import reward as reward_lib
 from rlhf_jax import sft as sft_lib
@@ -51,31 +51,67 @@ from rlhf_jax.feedback import simulated as simulated_lib
 from rlhf_jax.models import Transformer, boxed_init_fn
 from rlhf_jax.train import common
 from rlhf_jax.train import ppo as ppo_train
-from rlhf_jax.train import reward as reward_train
 from rlhf_jax.train import report as report_lib
+from rlhf_jax.train import reward as reward_train
 from rlhf_jax.train import sft as sft_train
 from rlhf_jax.train.metrics import MetricWriter, progress, truncate_metrics
 
 __all__ = [
-    "DataSpec", "BaseSpec", "FeedbackSpec", "RewardSpec", "PPOSpec", "EvalSpec", "Config",
-    "check_config", "stage_errors", "load_scorers", "load_independent_judges", "probe_scorer",
-    "probe_judge", "corpus_words",
-    # stages, in order
-    "prepare_data", "policy_hparams", "read_prompts", "load_prompts", "pretrain_base",
-    "prepare_rounds", "sample_reference", "reward_eval_pairs", "collect_pairs", "label_pairs",
-    "label_stage", "policy_and_value", "policy_stage", "evaluate_policy", "run_round",
-    "load_round", "write_report", "run",
-    # the values passed between them, and their helpers
-    "Models", "Sampler", "Prompts", "Reference", "SampledPairs", "PolicyResult", "Setup",
-    "RoundResult", "decode_responses", "join_sequences", "pairs_arrays", "label_indices",
+  "DataSpec",
+  "BaseSpec",
+  "FeedbackSpec",
+  "RewardSpec",
+  "PPOSpec",
+  "EvalSpec",
+  "Config",
+  "check_config",
+  "stage_errors",
+  "load_scorers",
+  "load_independent_judges",
+  "probe_scorer",
+  "probe_judge",
+  "corpus_words",
+  # stages, in order
+  "prepare_data",
+  "policy_hparams",
+  "read_prompts",
+  "load_prompts",
+  "pretrain_base",
+  "prepare_rounds",
+  "sample_reference",
+  "reward_eval_pairs",
+  "collect_pairs",
+  "label_pairs",
+  "label_stage",
+  "policy_and_value",
+  "policy_stage",
+  "evaluate_policy",
+  "run_round",
+  "load_round",
+  "write_report",
+  "run",
+  # the values passed between them, and their helpers
+  "Models",
+  "Sampler",
+  "Prompts",
+  "Reference",
+  "SampledPairs",
+  "PolicyResult",
+  "Setup",
+  "RoundResult",
+  "decode_responses",
+  "join_sequences",
+  "pairs_arrays",
+  "label_indices",
 ]
 
 _log = logging.getLogger(__name__)
 
 
 def _default_cache() -> str:
-  return os.environ.get("RLHF_JAX_DATA", os.path.join(os.path.expanduser("~"), ".cache",
-                                                      "rlhf_jax"))
+  return os.environ.get(
+    "RLHF_JAX_DATA", os.path.join(os.path.expanduser("~"), ".cache", "rlhf_jax")
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,9 +133,14 @@ class BaseSpec:
   preset: str = "gpt2-small"
   steps: int = 1000
   batch_size: int = 32
-  optimizer: common.OptimSpec = common.OptimSpec(name="adamw", learning_rate=1e-3,
-                                                 warmup_steps=50, weight_decay=0.01,
-                                                 eps=1e-8, max_grad_norm=1.0)
+  optimizer: common.OptimSpec = common.OptimSpec(
+    name="adamw",
+    learning_rate=1e-3,
+    warmup_steps=50,
+    weight_decay=0.01,
+    eps=1e-8,
+    max_grad_norm=1.0,
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,14 +164,16 @@ class RewardSpec:
   hparams: reward_lib.RewardHparams = reward_lib.RewardHparams()
   epochs: int = 2
   batch_size: int = 32
-  optimizer: common.OptimSpec = common.OptimSpec(name="adamw", learning_rate=1e-4,
-                                                 warmup_steps=10, eps=1e-8)
+  optimizer: common.OptimSpec = common.OptimSpec(
+    name="adamw", learning_rate=1e-4, warmup_steps=10, eps=1e-8
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class PPOSpec:
-  hparams: ppo_lib.PPOHparams = ppo_lib.PPOHparams(response_len=16, num_minibatches=4,
-                                                   epochs=4, temperature=0.7, kl_target=6.0)
+  hparams: ppo_lib.PPOHparams = ppo_lib.PPOHparams(
+    response_len=16, num_minibatches=4, epochs=4, temperature=0.7, kl_target=6.0
+  )
   optimizer: common.OptimSpec = common.OptimSpec(learning_rate=1e-4)
   iterations: int = 20
   batch_size: int = 64
@@ -183,28 +226,56 @@ class Config:
 # Fields a rerun of a workdir may change: they cannot change its results (report sample
 # counts, targets, caches, the human queue's place and patience, the stop criterion; the mesh
 # is the layout only, so a preempted run may resume on another slice).
-RESULT_NEUTRAL_FIELDS = ("eval.num_samples_in_report", "targets", "data.cache_dir",
-                         "feedback.human_queue_dir", "feedback.human_timeout_s", "mesh",
-                         "max_skipped_fraction")
+RESULT_NEUTRAL_FIELDS = (
+  "eval.num_samples_in_report",
+  "targets",
+  "data.cache_dir",
+  "feedback.human_queue_dir",
+  "feedback.human_timeout_s",
+  "mesh",
+  "max_skipped_fraction",
+)
 
 # Bounds of the fields shared with other trainers built on these stages (overoptimization).
 _STAGE_BOUNDS = {
-    "data.vocab_size": ">= 1", "data.seq_len": ">= 2", "data.max_train_texts": ">= 0",
-    "data.prompt_words[*]": ">= 1", "data.prompt_len": ">= 1", "data.num_prompts": ">= 1",
-    "data.num_eval_prompts": ">= 1", "base.steps": ">= 1", "base.batch_size": ">= 1",
-    "feedback.temperature": "> 0", "feedback.tie_threshold": ">= 0",
-    "feedback.flip_prob": "in [0, 1]", "feedback.pairs_per_round": ">= 1",
-    "feedback.sample_temperature": "> 0", "feedback.human_timeout_s": "> 0",
-    "reward.epochs": ">= 1", "reward.batch_size": ">= 1", "reward.hparams.center_coef": ">= 0",
-    "ppo.iterations": ">= 1", "ppo.batch_size": ">= 1", "ppo.init_kl_coef": ">= 0",
-    "ppo.norm_samples": ">= 1", "ppo.hparams.top_k": ">= 0", "ppo.hparams.top_p": "in (0, 1]",
-    "ppo.hparams.kl_target": "> 0", "ppo.hparams.kl_horizon": "> 0",
-    "ppo.hparams.gamma": "in [0, 1]", "ppo.hparams.lam": "in [0, 1]",
-    "ppo.hparams.clip_eps": "> 0", "ppo.hparams.value_clip_eps": "> 0",
-    "ppo.hparams.vf_coef": ">= 0",
+  "data.vocab_size": ">= 1",
+  "data.seq_len": ">= 2",
+  "data.max_train_texts": ">= 0",
+  "data.prompt_words[*]": ">= 1",
+  "data.prompt_len": ">= 1",
+  "data.num_prompts": ">= 1",
+  "data.num_eval_prompts": ">= 1",
+  "base.steps": ">= 1",
+  "base.batch_size": ">= 1",
+  "feedback.temperature": "> 0",
+  "feedback.tie_threshold": ">= 0",
+  "feedback.flip_prob": "in [0, 1]",
+  "feedback.pairs_per_round": ">= 1",
+  "feedback.sample_temperature": "> 0",
+  "feedback.human_timeout_s": "> 0",
+  "reward.epochs": ">= 1",
+  "reward.batch_size": ">= 1",
+  "reward.hparams.center_coef": ">= 0",
+  "ppo.iterations": ">= 1",
+  "ppo.batch_size": ">= 1",
+  "ppo.init_kl_coef": ">= 0",
+  "ppo.norm_samples": ">= 1",
+  "ppo.hparams.top_k": ">= 0",
+  "ppo.hparams.top_p": "in (0, 1]",
+  "ppo.hparams.kl_target": "> 0",
+  "ppo.hparams.kl_horizon": "> 0",
+  "ppo.hparams.gamma": "in [0, 1]",
+  "ppo.hparams.lam": "in [0, 1]",
+  "ppo.hparams.clip_eps": "> 0",
+  "ppo.hparams.value_clip_eps": "> 0",
+  "ppo.hparams.vf_coef": ">= 0",
 }
-_BOUNDS = {"rounds": ">= 1", "max_skipped_fraction": "in [0, 1]",
-           "eval.num_samples_in_report": ">= 0", "eval.rm_pairs_per_prompt": ">= 1"}
+_BOUNDS = {
+  "rounds": ">= 1",
+  "max_skipped_fraction": "in [0, 1]",
+  "eval.num_samples_in_report": ">= 0",
+  "eval.rm_pairs_per_prompt": ">= 1",
+}
 
 
 def stage_errors(cfg) -> List[str]:
@@ -213,25 +284,33 @@ def stage_errors(cfg) -> List[str]:
   from rlhf_jax import config_schema
 
   errors = config_schema.check_bounds(cfg, _STAGE_BOUNDS)
-  errors += common.spec_errors(cfg, optimizers=("base.optimizer", "reward.optimizer",
-                                                "ppo.optimizer"), meshes=("mesh",))
+  errors += common.spec_errors(
+    cfg, optimizers=("base.optimizer", "reward.optimizer", "ppo.optimizer"), meshes=("mesh",)
+  )
   if not cfg.base.path and cfg.base.preset not in common.PRESETS:
-    errors.append(f"config.base.preset={cfg.base.preset!r}: expected one of "
-                  f"{sorted(common.PRESETS)} (or set base.path)")
+    errors.append(
+      f"config.base.preset={cfg.base.preset!r}: expected one of "
+      f"{sorted(common.PRESETS)} (or set base.path)"
+    )
   lo, hi = cfg.data.prompt_words
   if lo > hi:
-    errors.append(f"config.data.prompt_words={cfg.data.prompt_words!r}: expected (min, max) "
-                  "with min <= max")
+    errors.append(
+      f"config.data.prompt_words={cfg.data.prompt_words!r}: expected (min, max) with min <= max"
+    )
   mb = cfg.ppo.hparams.num_minibatches
   if cfg.ppo.batch_size >= 1 and cfg.ppo.batch_size % mb:
-    errors.append(f"config.ppo.batch_size={cfg.ppo.batch_size}: must be divisible by "
-                  f"config.ppo.hparams.num_minibatches={mb}")
+    errors.append(
+      f"config.ppo.batch_size={cfg.ppo.batch_size}: must be divisible by "
+      f"config.ppo.hparams.num_minibatches={mb}"
+    )
   if cfg.ppo.value_init not in ("reward", "zero"):
     errors.append(f"config.ppo.value_init={cfg.ppo.value_init!r}: expected 'reward' or 'zero'")
   source = cfg.feedback.source
   if source not in ("simulated", "ai_judge", "human") and ":" not in source:
-    errors.append(f"config.feedback.source={source!r}: expected 'simulated', 'ai_judge', "
-                  "'human' or a 'module:function' judge")
+    errors.append(
+      f"config.feedback.source={source!r}: expected 'simulated', 'ai_judge', "
+      "'human' or a 'module:function' judge"
+    )
   if source == "ai_judge" and not cfg.feedback.judge_model_path:
     errors.append("config.feedback.judge_model_path: required with feedback.source='ai_judge'")
   return errors
@@ -248,16 +327,20 @@ def check_config(cfg: Config) -> None:
   errors = stage_errors(cfg) + config_schema.check_bounds(cfg, _BOUNDS)
   pairs = min(cfg.feedback.pairs_per_round, cfg.data.num_prompts)
   if 1 <= pairs < cfg.reward.batch_size:
-    errors.append(f"config.reward.batch_size={cfg.reward.batch_size}: larger than the "
-                  f"{pairs} labelled pairs of round 1 (feedback.pairs_per_round, "
-                  "data.num_prompts)")
+    errors.append(
+      f"config.reward.batch_size={cfg.reward.batch_size}: larger than the "
+      f"{pairs} labelled pairs of round 1 (feedback.pairs_per_round, "
+      "data.num_prompts)"
+    )
   if errors:
     raise config_schema.ConfigError("\n".join(errors))
 
 
 _PROBE_PROMPTS = ["The weather today", "She opened the door"]
-_PROBE_RESPONSES = ([" is lovely and warm.", " and smiled at us."],
-                    [" is cold and grey.", " and left without a word."])
+_PROBE_RESPONSES = (
+  [" is lovely and warm.", " and smiled at us."],
+  [" is cold and grey.", " and left without a word."],
+)
 
 
 def probe_scorer(fn, field: str, spec: str) -> None:
@@ -267,16 +350,22 @@ def probe_scorer(fn, field: str, spec: str) -> None:
   try:
     out = fn(list(_PROBE_PROMPTS), list(_PROBE_RESPONSES[0]))
   except Exception as e:  # any failure of user code on a valid probe
-    raise ValueError(f"{where}: calling it as scorer(prompts, responses) on a probe batch of "
-                     f"2 failed: {type(e).__name__}: {e}") from e
+    raise ValueError(
+      f"{where}: calling it as scorer(prompts, responses) on a probe batch of "
+      f"2 failed: {type(e).__name__}: {e}"
+    ) from e
   try:
     arr = np.asarray(out, np.float64)
   except (TypeError, ValueError):
-    raise ValueError(f"{where}: a scorer returns one number per response; got "
-                     f"{type(out).__name__} {str(out)[:60]!r}") from None
+    raise ValueError(
+      f"{where}: a scorer returns one number per response; got "
+      f"{type(out).__name__} {str(out)[:60]!r}"
+    ) from None
   if arr.shape != (2,):
-    raise ValueError(f"{where}: a scorer returns one number per response; got shape "
-                     f"{list(arr.shape)} for 2 responses")
+    raise ValueError(
+      f"{where}: a scorer returns one number per response; got shape "
+      f"{list(arr.shape)} for 2 responses"
+    )
   if not np.all(np.isfinite(arr)):
     raise ValueError(f"{where}: returned non-finite scores {arr.tolist()} on a probe batch")
 
@@ -286,12 +375,15 @@ def probe_judge(fn, field: str, spec: str) -> None:
   -> probabilities or labels, checked by :func:`judges.normalize_judge_output`). Raises
   ValueError naming the config ``field``."""
   try:
-    judges_lib.as_judge(fn)(list(_PROBE_PROMPTS), list(_PROBE_RESPONSES[0]),
-                            list(_PROBE_RESPONSES[1]))
+    judges_lib.as_judge(fn)(
+      list(_PROBE_PROMPTS), list(_PROBE_RESPONSES[0]), list(_PROBE_RESPONSES[1])
+    )
   except Exception as e:  # any failure of user code on a valid probe
-    raise ValueError(f"{field}={spec!r}: calling it as judge(prompts, responses_a, "
-                     f"responses_b) on a probe batch of 2 failed: {type(e).__name__}: "
-                     f"{e}") from e
+    raise ValueError(
+      f"{field}={spec!r}: calling it as judge(prompts, responses_a, "
+      f"responses_b) on a probe batch of 2 failed: {type(e).__name__}: "
+      f"{e}"
+    ) from e
 
 
 def load_scorers(spec: FeedbackSpec):
@@ -329,7 +421,9 @@ def load_independent_judges(spec: EvalSpec) -> Dict[str, Any]:
     probe_scorer(judges[name], "config.eval.independent_judges", name)
   return judges
 
+
 # ----------------------------------------------------------------------------- utilities
+
 
 def _done(path: pathlib.Path) -> bool:
   return (path / "DONE").exists()
@@ -353,9 +447,11 @@ class Models(NamedTuple):
 
   @classmethod
   def from_base(cls, base_cfg) -> "Models":
-    return cls(lm=Transformer(base_cfg.replace(head="lm")),
-               scalar=Transformer(base_cfg.replace(head="scalar")),
-               both=Transformer(base_cfg.replace(head="both")))
+    return cls(
+      lm=Transformer(base_cfg.replace(head="lm")),
+      scalar=Transformer(base_cfg.replace(head="scalar")),
+      both=Transformer(base_cfg.replace(head="both")),
+    )
 
 
 def decode_responses(tokenizer, tokens_BN: np.ndarray, mask_BN: np.ndarray) -> List[str]:
@@ -370,8 +466,10 @@ def decode_responses(tokenizer, tokens_BN: np.ndarray, mask_BN: np.ndarray) -> L
 
 def join_sequences(prompt_ids_BP, prompt_mask_BP, tokens_BN, mask_BN):
   """Prompt and response side by side: ``(ids [B, P + N], mask [B, P + N])``, int32."""
-  return (np.concatenate([prompt_ids_BP, tokens_BN], 1).astype(np.int32),
-          np.concatenate([prompt_mask_BP, mask_BN], 1).astype(np.int32))
+  return (
+    np.concatenate([prompt_ids_BP, tokens_BN], 1).astype(np.int32),
+    np.concatenate([prompt_mask_BP, mask_BN], 1).astype(np.int32),
+  )
 
 
 def pairs_arrays(prompt_ids, prompt_mask, ta, ma, tb, mb, labels) -> dict:
@@ -379,8 +477,13 @@ def pairs_arrays(prompt_ids, prompt_mask, ta, ma, tb, mb, labels) -> dict:
   (prompt + response) and ``label`` (int32 label indices)."""
   ids_a, mask_a = join_sequences(prompt_ids, prompt_mask, ta, ma)
   ids_b, mask_b = join_sequences(prompt_ids, prompt_mask, tb, mb)
-  return {"ids_a": ids_a, "mask_a": mask_a, "ids_b": ids_b, "mask_b": mask_b,
-          "label": np.asarray(labels, np.int32)}
+  return {
+    "ids_a": ids_a,
+    "mask_a": mask_a,
+    "ids_b": ids_b,
+    "mask_b": mask_b,
+    "label": np.asarray(labels, np.int32),
+  }
 
 
 def label_indices(records) -> np.ndarray:
@@ -398,6 +501,7 @@ _pad_rows = reward_train._pad_rows
 
 # ----------------------------------------------------------------------------- stage: data
 
+
 def prepare_data(spec: DataSpec, out: pathlib.Path, seed: int):
   """Corpus, tokenizer, packed pretraining rows and prompts, stored as TFDS datasets."""
   tok_dir = out / "tokenizer"
@@ -410,7 +514,7 @@ def prepare_data(spec: DataSpec, out: pathlib.Path, seed: int):
   train_texts = corpus.texts("train")
   if spec.max_train_texts:
     rng = np.random.default_rng(seed)
-    keep = rng.permutation(len(train_texts))[:spec.max_train_texts]
+    keep = rng.permutation(len(train_texts))[: spec.max_train_texts]
     train_texts = [train_texts[i] for i in sorted(keep)]
   tokenizer = data_lib.train_tokenizer(train_texts, spec.vocab_size, tok_dir)
   ids, mask = data_lib.pack_texts(tokenizer, train_texts, spec.seq_len, progress=True)
@@ -418,21 +522,37 @@ def prepare_data(spec: DataSpec, out: pathlib.Path, seed: int):
   h_ids, h_mask = data_lib.pack_texts(tokenizer, heldout, spec.seq_len)
   sentences = corpus.sentences("heldout")
   prompts = data_lib.make_opening_prompts(
-      sentences, num_words=tuple(spec.prompt_words),
-      num_prompts=spec.num_prompts + spec.num_eval_prompts, seed=seed)
+    sentences,
+    num_words=tuple(spec.prompt_words),
+    num_prompts=spec.num_prompts + spec.num_eval_prompts,
+    seed=seed,
+  )
   if len(prompts) < spec.num_prompts + spec.num_eval_prompts:
-    raise ValueError(f"data: only {len(prompts)} prompts could be cut from held-out text; "
-                     f"lower data.num_prompts / data.num_eval_prompts")
+    raise ValueError(
+      f"data: only {len(prompts)} prompts could be cut from held-out text; "
+      f"lower data.num_prompts / data.num_eval_prompts"
+    )
   _write_words(out, train_texts)
   tfds_dir = out / "tfds"
-  data_lib.write_token_rows_tfds(tfds_dir, {"train": (ids, mask), "heldout": (h_ids, h_mask)},
-                                 name="corpus_rows", overwrite=True)
-  data_lib.write_prompts_tfds(tfds_dir, {"train": prompts[:spec.num_prompts],
-                                         "eval": prompts[spec.num_prompts:]}, overwrite=True)
+  data_lib.write_token_rows_tfds(
+    tfds_dir, {"train": (ids, mask), "heldout": (h_ids, h_mask)}, name="corpus_rows", overwrite=True
+  )
+  data_lib.write_prompts_tfds(
+    tfds_dir,
+    {"train": prompts[: spec.num_prompts], "eval": prompts[spec.num_prompts :]},
+    overwrite=True,
+  )
   stats = corpus.stats()
-  _mark_done(out, {"train_rows": int(len(ids)), "heldout_rows": int(len(h_ids)),
-                   "prompts": len(prompts), "words": stats["train"]["total"]["words"],
-                   "seconds": time.perf_counter() - t0})
+  _mark_done(
+    out,
+    {
+      "train_rows": int(len(ids)),
+      "heldout_rows": int(len(h_ids)),
+      "prompts": len(prompts),
+      "words": stats["train"]["total"]["words"],
+      "seconds": time.perf_counter() - t0,
+    },
+  )
   return tokenizer
 
 
@@ -449,10 +569,9 @@ def corpus_words(spec: DataSpec, out: pathlib.Path, seed: int) -> frozenset:
   """
   path = out / "words.json"
   if not path.exists():
-    texts = data_lib.prepare_corpus(spec.cache_dir or _default_cache(), spec.sources).texts(
-        "train")
+    texts = data_lib.prepare_corpus(spec.cache_dir or _default_cache(), spec.sources).texts("train")
     if spec.max_train_texts:
-      keep = np.random.default_rng(seed).permutation(len(texts))[:spec.max_train_texts]
+      keep = np.random.default_rng(seed).permutation(len(texts))[: spec.max_train_texts]
       texts = [texts[i] for i in sorted(keep)]
     _write_words(out, texts)
   return frozenset(_read_json(path))
@@ -465,11 +584,17 @@ def policy_hparams(spec: PPOSpec, tokenizer) -> ppo_lib.PPOHparams:
   if spec.stop_text:
     ids = tokenizer.encode(spec.stop_text, add_special_tokens=False)
     if len(ids) != 1:
-      raise ValueError(f"ppo.stop_text={spec.stop_text!r} is {len(ids)} tokens of the run's "
-                       "tokenizer; it must be exactly one")
+      raise ValueError(
+        f"ppo.stop_text={spec.stop_text!r} is {len(ids)} tokens of the run's "
+        "tokenizer; it must be exactly one"
+      )
     stop = int(ids[0])
-  return dataclasses.replace(spec.hparams, eos_id=int(tokenizer.eos_token_id),
-                             pad_id=int(tokenizer.pad_token_id), stop_token_id=stop)
+  return dataclasses.replace(
+    spec.hparams,
+    eos_id=int(tokenizer.eos_token_id),
+    pad_id=int(tokenizer.pad_token_id),
+    stop_token_id=stop,
+  )
 
 
 def _read_rows(out: pathlib.Path, split: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -505,8 +630,18 @@ def load_prompts(data_dir: pathlib.Path, tokenizer, prompt_len: int) -> Prompts:
 
 # ----------------------------------------------------------------------------- stage: base model
 
-def pretrain_base(spec: BaseSpec, data_dir: pathlib.Path, out: pathlib.Path, tokenizer, mesh,
-                  seed: int, *, checkpoint_every: int = 200, max_skipped_fraction: float = 0.1):
+
+def pretrain_base(
+  spec: BaseSpec,
+  data_dir: pathlib.Path,
+  out: pathlib.Path,
+  tokenizer,
+  mesh,
+  seed: int,
+  *,
+  checkpoint_every: int = 200,
+  max_skipped_fraction: float = 0.1,
+):
   """Pretrain (or load) the base LM; returns (module, params). The training loop is the SFT
   trainer's (:func:`rlhf_jax.train.sft.train_lm`).
 
@@ -528,15 +663,30 @@ def pretrain_base(spec: BaseSpec, data_dir: pathlib.Path, out: pathlib.Path, tok
   params, _ = sharding.init_sharded(init, jax.random.PRNGKey(seed), mesh=mesh)
   t0 = time.perf_counter()
   state, _ = sft_train.train_lm(
-      model, params, ids, mask, mask, optim_spec=spec.optimizer, steps=spec.steps,
-      batch_size=spec.batch_size, seed=seed, mesh=mesh, workdir=out, log_every=50,
-      checkpoint_every=checkpoint_every, keep_checkpoints=2,
-      max_skipped_fraction=max_skipped_fraction, desc="pretrain base",
-      batch_rows=_stream_rows(len(ids), spec.batch_size, seed))
+    model,
+    params,
+    ids,
+    mask,
+    mask,
+    optim_spec=spec.optimizer,
+    steps=spec.steps,
+    batch_size=spec.batch_size,
+    seed=seed,
+    mesh=mesh,
+    workdir=out,
+    log_every=50,
+    checkpoint_every=checkpoint_every,
+    keep_checkpoints=2,
+    max_skipped_fraction=max_skipped_fraction,
+    desc="pretrain base",
+    batch_rows=_stream_rows(len(ids), spec.batch_size, seed),
+  )
   heldout_ppl = _perplexity(model, state.params, h_ids, h_mask, spec.batch_size, mesh)
   hf.save_pretrained(model, state.params, out / "model", tokenizer=tokenizer)
-  _mark_done(out, {"steps": spec.steps, "heldout_perplexity": heldout_ppl,
-                   "seconds": time.perf_counter() - t0})
+  _mark_done(
+    out,
+    {"steps": spec.steps, "heldout_perplexity": heldout_ppl, "seconds": time.perf_counter() - t0},
+  )
   return model, state.params
 
 
@@ -563,14 +713,18 @@ def _check_base_tokenizer(path: pathlib.Path, model, tokenizer, data_dir: pathli
   """A base checkpoint must speak the run's tokenizer: same vocabulary, ids in range."""
   where = f"base.path={str(path)!r}"
   if model.cfg.vocab_size < len(tokenizer):
-    raise ValueError(f"{where}: the model has {model.cfg.vocab_size} token embeddings but the "
-                     f"run's tokenizer ({data_dir / 'tokenizer'}) has {len(tokenizer)} tokens")
+    raise ValueError(
+      f"{where}: the model has {model.cfg.vocab_size} token embeddings but the "
+      f"run's tokenizer ({data_dir / 'tokenizer'}) has {len(tokenizer)} tokens"
+    )
   if (path / "tokenizer.json").exists():
     own = data_lib.load_tokenizer(path)
     if own.get_vocab() != tokenizer.get_vocab():
-      raise ValueError(f"{where}: its tokenizer.json has a different vocabulary from the run's "
-                       f"tokenizer ({data_dir / 'tokenizer'}); use the same data settings "
-                       "(data.sources, data.vocab_size) as the run that trained it")
+      raise ValueError(
+        f"{where}: its tokenizer.json has a different vocabulary from the run's "
+        f"tokenizer ({data_dir / 'tokenizer'}); use the same data settings "
+        "(data.sources, data.vocab_size) as the run that trained it"
+      )
 
 
 def _perplexity(model, params, ids, mask, batch_size, mesh) -> float:
@@ -588,13 +742,17 @@ def _perplexity(model, params, ids, mask, batch_size, mesh) -> float:
 
 # ----------------------------------------------------------------------------- sampling
 
+
 class Sampler:
   """Jitted sampling + scoring helpers with fixed shapes (compiled once per run)."""
 
   def __init__(self, models: Models, hp: ppo_lib.PPOHparams, batch: int, mesh):
     self.models, self.hp, self.batch, self.mesh = models, hp, batch, mesh
-    self._sample = jax.jit(lambda params, ids, mask, rng, temp: ppo_lib.sample_responses(
-        models.lm, hp, params, ids, mask, rng, temp))
+    self._sample = jax.jit(
+      lambda params, ids, mask, rng, temp: ppo_lib.sample_responses(
+        models.lm, hp, params, ids, mask, rng, temp
+      )
+    )
     n = hp.response_len
 
     def logp(params, seq_ids, seq_mask, tokens, temp):
@@ -603,11 +761,11 @@ class Sampler:
       return ops.token_logprobs(logits, tokens, temp)
 
     self._logp = jax.jit(logp)
-    self._score = jax.jit(lambda params, ids, mask: reward_lib.score_sequences(
-        models.scalar, params, ids, mask))
+    self._score = jax.jit(
+      lambda params, ids, mask: reward_lib.score_sequences(models.scalar, params, ids, mask)
+    )
 
-  def sample(self, params, prompt_ids, prompt_mask, seed: int, temperature: float,
-             desc: str = ""):
+  def sample(self, params, prompt_ids, prompt_mask, seed: int, temperature: float, desc: str = ""):
     """Returns (tokens [N, n], mask [N, n]) for all prompts, in fixed-size batches; with a
     ``desc``, a progress bar over the batches."""
     toks, masks = [], []
@@ -617,9 +775,9 @@ class Sampler:
       ids = _pad_rows(prompt_ids[s:e], self.batch)
       mask = _pad_rows(prompt_mask[s:e], self.batch)
       b = sharding.shard_batch({"ids": ids, "mask": mask}, self.mesh)
-      tokens, m, _, _ = self._sample(params, b["ids"], b["mask"],
-                                     jax.random.PRNGKey(seed * 100003 + i),
-                                     jnp.float32(temperature))
+      tokens, m, _, _ = self._sample(
+        params, b["ids"], b["mask"], jax.random.PRNGKey(seed * 100003 + i), jnp.float32(temperature)
+      )
       toks.append(np.asarray(tokens)[: e - s])
       masks.append(np.asarray(m)[: e - s])
     return np.concatenate(toks), np.concatenate(masks)
@@ -634,14 +792,18 @@ class Sampler:
     return np.concatenate(outs)
 
   def logprobs(self, params, seq_ids, seq_mask, tokens, temperature):
-    return self._map(lambda a, b, c, t: self._logp(params, a, b, c, t),
-                     [seq_ids, seq_mask, tokens], (jnp.float32(temperature),))
+    return self._map(
+      lambda a, b, c, t: self._logp(params, a, b, c, t),
+      [seq_ids, seq_mask, tokens],
+      (jnp.float32(temperature),),
+    )
 
   def scores(self, rm_params, seq_ids, seq_mask):
     return self._map(lambda a, b: self._score(rm_params, a, b), [seq_ids, seq_mask])
 
 
 # ----------------------------------------------------------------------------- reference
+
 
 class Reference(NamedTuple):
   """The reference policy's samples on the evaluation prompts, judged once per run."""
@@ -653,24 +815,42 @@ class Reference(NamedTuple):
   degenerate: float  # fraction of degenerate responses
 
 
-def sample_reference(sampler: Sampler, tokenizer, ref_params, prompts: Prompts, gold,
-                     independent: Dict[str, Any], vocabulary: frozenset,
-                     temperature: float, seed: int) -> Reference:
+def sample_reference(
+  sampler: Sampler,
+  tokenizer,
+  ref_params,
+  prompts: Prompts,
+  gold,
+  independent: Dict[str, Any],
+  vocabulary: frozenset,
+  temperature: float,
+  seed: int,
+) -> Reference:
   """Reference samples on the evaluation prompts: the baseline of every round's evaluation."""
   tok, m = sampler.sample(ref_params, prompts.eval_ids, prompts.eval_mask, seed, temperature)
   text = decode_responses(tokenizer, tok, m)
   seq = join_sequences(prompts.eval_ids, prompts.eval_mask, tok, m)
   nll = -sampler.logprobs(ref_params, *seq, tok, 1.0) * m
   return Reference(
-      text=text, gold=np.asarray(gold(prompts.eval, text), np.float64),
-      perplexity=float(np.exp(np.sum(nll) / max(float(np.sum(m)), 1.0))),
-      judged={k: np.asarray(j(prompts.eval, text), np.float64) for k, j in independent.items()},
-      degenerate=float(np.mean(evaluation.degenerate(text, vocabulary))))
+    text=text,
+    gold=np.asarray(gold(prompts.eval, text), np.float64),
+    perplexity=float(np.exp(np.sum(nll) / max(float(np.sum(m)), 1.0))),
+    judged={k: np.asarray(j(prompts.eval, text), np.float64) for k, j in independent.items()},
+    degenerate=float(np.mean(evaluation.degenerate(text, vocabulary))),
+  )
 
 
-def reward_eval_pairs(sampler: Sampler, tokenizer, ref_params, prompts: Prompts, gold,
-                      pairs_per_prompt: int, temperature: float, tie_threshold: float,
-                      seed: int) -> dict:
+def reward_eval_pairs(
+  sampler: Sampler,
+  tokenizer,
+  ref_params,
+  prompts: Prompts,
+  gold,
+  pairs_per_prompt: int,
+  temperature: float,
+  tie_threshold: float,
+  seed: int,
+) -> dict:
   """Held-out pairs for reward-model evaluation: ``pairs_per_prompt`` pairs of reference
   samples per evaluation prompt, drawn like round 1's labelled pairs, with noise-free gold
   labels (:func:`pairs_arrays` layout)."""
@@ -680,16 +860,24 @@ def reward_eval_pairs(sampler: Sampler, tokenizer, ref_params, prompts: Prompts,
   rep_prompts = [p for p in prompts.eval for _ in range(k)]
   sides = []
   for j in range(2):
-    tok, m = sampler.sample(ref_params, rep_ids, rep_mask, seed + j, temperature,
-                            desc=f"reward-model eval pairs, side {'ab'[j]}")
+    tok, m = sampler.sample(
+      ref_params,
+      rep_ids,
+      rep_mask,
+      seed + j,
+      temperature,
+      desc=f"reward-model eval pairs, side {'ab'[j]}",
+    )
     text = decode_responses(tokenizer, tok, m)
     sides.append((tok, m, np.asarray(gold(rep_prompts, text), np.float64)))
   (a_tok, a_m, a_gold), (b_tok, b_m, b_gold) = sides
-  return pairs_arrays(rep_ids, rep_mask, a_tok, a_m, b_tok, b_m,
-                      evaluation.gold_labels(a_gold, b_gold, tie_threshold))
+  return pairs_arrays(
+    rep_ids, rep_mask, a_tok, a_m, b_tok, b_m, evaluation.gold_labels(a_gold, b_gold, tie_threshold)
+  )
 
 
 # ----------------------------------------------------------------------------- stage: pairs
+
 
 class SampledPairs(NamedTuple):
   """Two responses per chosen training prompt: ``tokens_* [B, N]``, ``mask_* [B, N]``."""
@@ -701,22 +889,32 @@ class SampledPairs(NamedTuple):
   mask_b: np.ndarray
 
 
-def collect_pairs(sampler: Sampler, policy_params, prompts: Prompts, num_pairs: int,
-                  temperature: float, seed: int, round_idx: int) -> SampledPairs:
+def collect_pairs(
+  sampler: Sampler,
+  policy_params,
+  prompts: Prompts,
+  num_pairs: int,
+  temperature: float,
+  seed: int,
+  round_idx: int,
+) -> SampledPairs:
   """Two samples of the policy on ``num_pairs`` training prompts drawn without replacement."""
   rng = np.random.default_rng([seed, round_idx])
   n = len(prompts.train_ids)
   rows = rng.choice(n, min(num_pairs, n), replace=False)
   ids, mask = prompts.train_ids[rows], prompts.train_mask[rows]
   base = seed * 31 + 2 * round_idx
-  ta, ma = sampler.sample(policy_params, ids, mask, base, temperature,
-                          desc=f"round {round_idx}: responses a")
-  tb, mb = sampler.sample(policy_params, ids, mask, base + 1, temperature,
-                          desc=f"round {round_idx}: responses b")
+  ta, ma = sampler.sample(
+    policy_params, ids, mask, base, temperature, desc=f"round {round_idx}: responses a"
+  )
+  tb, mb = sampler.sample(
+    policy_params, ids, mask, base + 1, temperature, desc=f"round {round_idx}: responses b"
+  )
   return SampledPairs(rows, ta, ma, tb, mb)
 
 
 # ----------------------------------------------------------------------------- stage: labels
+
 
 def _make_judge(spec: FeedbackSpec):
   """The judge callable of a model-based or ``module:function`` source (not simulated/human)."""
@@ -725,13 +923,15 @@ def _make_judge(spec: FeedbackSpec):
 
     if not spec.judge_model_path:
       raise ValueError("feedback.source='ai_judge' needs feedback.judge_model_path")
-    return ai_judge.make_judge(model_path=spec.judge_model_path,
-                               principles=list(spec.judge_principles))
+    return ai_judge.make_judge(
+      model_path=spec.judge_model_path, principles=list(spec.judge_principles)
+    )
   return judges_lib.load_judge(spec.source)
 
 
-def label_pairs(spec: FeedbackSpec, workdir: pathlib.Path, round_idx: int, seed: int,
-                prompts, resp_a, resp_b) -> List[data_lib.PreferenceRecord]:
+def label_pairs(
+  spec: FeedbackSpec, workdir: pathlib.Path, round_idx: int, seed: int, prompts, resp_a, resp_b
+) -> List[data_lib.PreferenceRecord]:
   """Preference records for the pairs from ``spec.source``: simulated annotators, people
   (through the label queue; waits for them), an AI judge or a ``module:function`` judge."""
   meta = {"round": round_idx, "source": spec.source}
@@ -745,37 +945,81 @@ def label_pairs(spec: FeedbackSpec, workdir: pathlib.Path, round_idx: int, seed:
     return human.collect(queue, ids)
   if spec.source == "simulated":
     return simulated_lib.annotate_pairs(
-        scorers_lib.get_scorer(spec.labeller_scorer or spec.gold_scorer), prompts, resp_a, resp_b,
-        temperature=spec.temperature, tie_threshold=spec.tie_threshold,
-        flip_prob=spec.flip_prob, seed=seed * 1000 + round_idx, round=round_idx)
+      scorers_lib.get_scorer(spec.labeller_scorer or spec.gold_scorer),
+      prompts,
+      resp_a,
+      resp_b,
+      temperature=spec.temperature,
+      tie_threshold=spec.tie_threshold,
+      flip_prob=spec.flip_prob,
+      seed=seed * 1000 + round_idx,
+      round=round_idx,
+    )
   return judges_lib.judge_records(_make_judge(spec), prompts, resp_a, resp_b, metadata=meta)
 
 
-def label_stage(spec: FeedbackSpec, root: pathlib.Path, rdir: pathlib.Path, round_idx: int,
-                seed: int, tokenizer, gold, prompts: Prompts, sampled: SampledPairs) -> dict:
+def label_stage(
+  spec: FeedbackSpec,
+  root: pathlib.Path,
+  rdir: pathlib.Path,
+  round_idx: int,
+  seed: int,
+  tokenizer,
+  gold,
+  prompts: Prompts,
+  sampled: SampledPairs,
+) -> dict:
   """Labels the sampled pairs; writes ``preferences.jsonl`` and ``labels.json`` (agreement
   with noise-free gold labels) to ``rdir``; returns the pairs as :func:`pairs_arrays`."""
   prompts_r = [prompts.train[i] for i in sampled.rows]
-  records = label_pairs(spec, root, round_idx, seed, prompts_r,
-                        decode_responses(tokenizer, sampled.tokens_a, sampled.mask_a),
-                        decode_responses(tokenizer, sampled.tokens_b, sampled.mask_b))
+  records = label_pairs(
+    spec,
+    root,
+    round_idx,
+    seed,
+    prompts_r,
+    decode_responses(tokenizer, sampled.tokens_a, sampled.mask_a),
+    decode_responses(tokenizer, sampled.tokens_b, sampled.mask_b),
+  )
   data_lib.write_preferences_jsonl(records, rdir / "preferences.jsonl")
   labels = label_indices(records)
   text_a, text_b = [r.response_a for r in records], [r.response_b for r in records]
-  gold_lab = evaluation.gold_labels(gold(prompts_r, text_a), gold(prompts_r, text_b),
-                                    spec.tie_threshold)
+  gold_lab = evaluation.gold_labels(
+    gold(prompts_r, text_a), gold(prompts_r, text_b), spec.tie_threshold
+  )
   agree = evaluation.agreement(labels, gold_lab)
-  data_lib.atomic_write_json(rdir / "labels.json", {
-      "n": len(records), "agreement_with_gold": agree.rate, "kappa_with_gold": agree.kappa,
-      "tie_fraction": float(np.mean(labels == losses.LABEL_TIE))})
-  return pairs_arrays(prompts.train_ids[sampled.rows], prompts.train_mask[sampled.rows],
-                      sampled.tokens_a, sampled.mask_a, sampled.tokens_b, sampled.mask_b, labels)
+  data_lib.atomic_write_json(
+    rdir / "labels.json",
+    {
+      "n": len(records),
+      "agreement_with_gold": agree.rate,
+      "kappa_with_gold": agree.kappa,
+      "tie_fraction": float(np.mean(labels == losses.LABEL_TIE)),
+    },
+  )
+  return pairs_arrays(
+    prompts.train_ids[sampled.rows],
+    prompts.train_mask[sampled.rows],
+    sampled.tokens_a,
+    sampled.mask_a,
+    sampled.tokens_b,
+    sampled.mask_b,
+    labels,
+  )
 
 
 # ----------------------------------------------------------------------------- stage: policy
 
-def policy_and_value(models: Models, hp: ppo_lib.PPOHparams, policy_params, rm_params,
-                     reward_gain: float, reward_bias: float, value_init: str):
+
+def policy_and_value(
+  models: Models,
+  hp: ppo_lib.PPOHparams,
+  policy_params,
+  rm_params,
+  reward_gain: float,
+  reward_bias: float,
+  value_init: str,
+):
   """``(policy_model, policy_params, value_model, value_params)`` for ``hp.algorithm``.
 
   A separate value model starts at the normalised reward head (``value_init="reward"``) or a
@@ -783,13 +1027,15 @@ def policy_and_value(models: Models, hp: ppo_lib.PPOHparams, policy_params, rm_p
   zero (OAI); critic-free algorithms (``hp.critic_free``) have no value model.
   """
   if hp.shared_trunk:
-    start = dict(policy_params, score={
-        "kernel": jnp.zeros((models.both.cfg.d_model, 1), jnp.float32)})
+    start = dict(
+      policy_params, score={"kernel": jnp.zeros((models.both.cfg.d_model, 1), jnp.float32)}
+    )
     return models.both, start, None, None
   if hp.critic_free:
     return models.lm, policy_params, None, None
-  value_model, value_params = ppo_lib.init_value_from_reward(models.scalar, rm_params,
-                                                             reward_gain, reward_bias, value_init)
+  value_model, value_params = ppo_lib.init_value_from_reward(
+    models.scalar, rm_params, reward_gain, reward_bias, value_init
+  )
   return models.lm, policy_params, value_model, value_params
 
 
@@ -801,34 +1047,90 @@ class PolicyResult(NamedTuple):
   reward_bias: float
 
 
-def policy_stage(models: Models, spec: PPOSpec, hp: ppo_lib.PPOHparams, *, policy_params,
-                 ref_params, rm_params, prompt_ids, prompt_mask, mesh, seed: int,
-                 workdir: pathlib.Path, desc: str,
-                 max_skipped_fraction: float) -> PolicyResult:
+def policy_stage(
+  models: Models,
+  spec: PPOSpec,
+  hp: ppo_lib.PPOHparams,
+  *,
+  policy_params,
+  ref_params,
+  rm_params,
+  prompt_ids,
+  prompt_mask,
+  mesh,
+  seed: int,
+  workdir: pathlib.Path,
+  desc: str,
+  max_skipped_fraction: float,
+) -> PolicyResult:
   """RL from ``policy_params`` against the fixed reference and the reward model, with the
   algorithm of ``hp`` (the reward normalised on reference samples first). Resumes from
   ``workdir/checkpoints``; SIGTERM raises :class:`rlhf_jax.checkpoint.Preempted`."""
-  gain, bias = ppo_train.fit_reward_norm(models.lm, ref_params, models.scalar, rm_params,
-                                         prompt_ids, prompt_mask, hp, spec.norm_samples,
-                                         spec.batch_size, mesh, seed)
+  gain, bias = ppo_train.fit_reward_norm(
+    models.lm,
+    ref_params,
+    models.scalar,
+    rm_params,
+    prompt_ids,
+    prompt_mask,
+    hp,
+    spec.norm_samples,
+    spec.batch_size,
+    mesh,
+    seed,
+  )
   policy_model, start, value_model, value_params = policy_and_value(
-      models, hp, policy_params, rm_params, gain, bias, spec.value_init)
+    models, hp, policy_params, rm_params, gain, bias, spec.value_init
+  )
   state, history = ppo_train.train_ppo(
-      policy_model=policy_model, policy_params=start, value_model=value_model,
-      value_params=value_params, reward_model=models.scalar, reward_params=rm_params,
-      ref_params=ref_params, prompt_ids=prompt_ids, prompt_mask=prompt_mask, hp=hp,
-      optim_spec=spec.optimizer, batch_size=spec.batch_size, iterations=spec.iterations,
-      init_kl_coef=spec.init_kl_coef, reward_gain=gain, reward_bias=bias, mesh=mesh, seed=seed,
-      workdir=str(workdir), desc=desc, max_skipped_fraction=max_skipped_fraction)
+    policy_model=policy_model,
+    policy_params=start,
+    value_model=value_model,
+    value_params=value_params,
+    reward_model=models.scalar,
+    reward_params=rm_params,
+    ref_params=ref_params,
+    prompt_ids=prompt_ids,
+    prompt_mask=prompt_mask,
+    hp=hp,
+    optim_spec=spec.optimizer,
+    batch_size=spec.batch_size,
+    iterations=spec.iterations,
+    init_kl_coef=spec.init_kl_coef,
+    reward_gain=gain,
+    reward_bias=bias,
+    mesh=mesh,
+    seed=seed,
+    workdir=str(workdir),
+    desc=desc,
+    max_skipped_fraction=max_skipped_fraction,
+  )
   params = {k: v for k, v in state.params["policy"].items() if k != "score"}
   return PolicyResult(params, history, float(state.kl.beta), gain, bias)
 
 
 # ----------------------------------------------------------------------------- stage: evaluate
 
-def evaluate_policy(sampler: Sampler, tokenizer, gold, independent, vocabulary,
-                    policy_params, ref_params, rm_params, prompts, e_ids, e_mask,
-                    reference: Reference, hp, seed, gain, bias, tie_threshold: float) -> dict:
+
+def evaluate_policy(
+  sampler: Sampler,
+  tokenizer,
+  gold,
+  independent,
+  vocabulary,
+  policy_params,
+  ref_params,
+  rm_params,
+  prompts,
+  e_ids,
+  e_mask,
+  reference: Reference,
+  hp,
+  seed,
+  gain,
+  bias,
+  tie_threshold: float,
+) -> dict:
   """The policy against the reference on the evaluation prompts: win rate under the gold
   scorer and each independent judge, gold and proxy reward, KL, length, degenerate text,
   perplexity under the reference. ``"_samples"`` holds the per-prompt texts."""
@@ -844,37 +1146,56 @@ def evaluate_policy(sampler: Sampler, tokenizer, gold, independent, vocabulary,
   proxy = gain * sampler.scores(rm_params, *seq) + bias
   wr = evaluation.win_rate(pol_gold, ref_gold, tie_eps=tie_threshold)
   n_tok = max(float(np.sum(m)), 1.0)
-  samples = [{"prompt": prompts[i], "before": ref_text[i], "after": text[i],
-              "gold_before": float(ref_gold[i]), "gold_after": float(pol_gold[i])}
-             for i in range(len(prompts))]
+  samples = [
+    {
+      "prompt": prompts[i],
+      "before": ref_text[i],
+      "after": text[i],
+      "gold_before": float(ref_gold[i]),
+      "gold_after": float(pol_gold[i]),
+    }
+    for i in range(len(prompts))
+  ]
   judged = {}
   for i, (name, judge) in enumerate(independent.items()):
     scores = np.asarray(judge(prompts, text), np.float64)
     jwr = evaluation.win_rate(scores, reference.judged[name])
-    judged.update({f"{name}_win_rate": jwr.rate, f"{name}_win_ci_low": jwr.ci_low,
-                   f"{name}_win_ci_high": jwr.ci_high, f"{name}_mean": float(np.mean(scores)),
-                   f"{name}_ref_mean": float(np.mean(reference.judged[name]))})
+    judged.update(
+      {
+        f"{name}_win_rate": jwr.rate,
+        f"{name}_win_ci_low": jwr.ci_low,
+        f"{name}_win_ci_high": jwr.ci_high,
+        f"{name}_mean": float(np.mean(scores)),
+        f"{name}_ref_mean": float(np.mean(reference.judged[name])),
+      }
+    )
     if i == 0:
       judged["independent_win_rate"] = jwr.rate
   return {
-      "win_rate": wr.rate, "win_ci_low": wr.ci_low, "win_ci_high": wr.ci_high,
-      "wins": wr.wins, "ties": wr.ties, "losses": wr.losses,
-      **judged,
-      "degenerate_fraction": float(np.mean(evaluation.degenerate(text, vocabulary))),
-      "degenerate_fraction_ref": reference.degenerate,
-      "gold_reward_mean": float(np.mean(pol_gold)),
-      "gold_reward_ref_mean": float(np.mean(ref_gold)),
-      "proxy_reward_mean": float(np.mean(proxy)),
-      "kl": kl, "sqrt_kl": float(np.sqrt(max(kl, 0.0))),
-      "response_length": float(np.mean(np.sum(m, 1))),
-      "perplexity_policy": float(np.exp(np.sum(nll_ref_on_policy * m) / n_tok)),
-      "perplexity_ref": ref_ppl,
-      "perplexity_ratio": float(np.exp(np.sum(nll_ref_on_policy * m) / n_tok)) / ref_ppl,
-      "_samples": samples,
+    "win_rate": wr.rate,
+    "win_ci_low": wr.ci_low,
+    "win_ci_high": wr.ci_high,
+    "wins": wr.wins,
+    "ties": wr.ties,
+    "losses": wr.losses,
+    **judged,
+    "degenerate_fraction": float(np.mean(evaluation.degenerate(text, vocabulary))),
+    "degenerate_fraction_ref": reference.degenerate,
+    "gold_reward_mean": float(np.mean(pol_gold)),
+    "gold_reward_ref_mean": float(np.mean(ref_gold)),
+    "proxy_reward_mean": float(np.mean(proxy)),
+    "kl": kl,
+    "sqrt_kl": float(np.sqrt(max(kl, 0.0))),
+    "response_length": float(np.mean(np.sum(m, 1))),
+    "perplexity_policy": float(np.exp(np.sum(nll_ref_on_policy * m) / n_tok)),
+    "perplexity_ref": ref_ppl,
+    "perplexity_ratio": float(np.exp(np.sum(nll_ref_on_policy * m) / n_tok)) / ref_ppl,
+    "_samples": samples,
   }
 
 
 # ----------------------------------------------------------------------------- rounds
+
 
 class Setup(NamedTuple):
   """What every round shares, built once per run after the base model."""
@@ -893,20 +1214,50 @@ class Setup(NamedTuple):
   rm_eval_pairs: dict  # held-out pairs with gold labels (pairs_arrays layout)
 
 
-def prepare_rounds(cfg: Config, root: pathlib.Path, mesh, tokenizer, hp, base_model,
-                   base_params, gold, independent) -> Setup:
+def prepare_rounds(
+  cfg: Config, root: pathlib.Path, mesh, tokenizer, hp, base_model, base_params, gold, independent
+) -> Setup:
   """Prompts, the reference policy's judged samples and the reward model's held-out pairs."""
   models = Models.from_base(base_model.cfg)
   prompts = load_prompts(root / "data", tokenizer, cfg.data.prompt_len)
   sampler = Sampler(models, hp, cfg.ppo.batch_size, mesh)
   vocabulary = corpus_words(cfg.data, root / "data", cfg.seed)
-  reference = sample_reference(sampler, tokenizer, base_params, prompts, gold, independent,
-                               vocabulary, hp.temperature, cfg.seed + 1)
-  rm_eval = reward_eval_pairs(sampler, tokenizer, base_params, prompts, gold,
-                              cfg.eval.rm_pairs_per_prompt, cfg.feedback.sample_temperature,
-                              cfg.feedback.tie_threshold, cfg.seed + 1000)
-  return Setup(tokenizer, mesh, models, hp, sampler, base_params, prompts, gold, independent,
-               vocabulary, reference, rm_eval)
+  reference = sample_reference(
+    sampler,
+    tokenizer,
+    base_params,
+    prompts,
+    gold,
+    independent,
+    vocabulary,
+    hp.temperature,
+    cfg.seed + 1,
+  )
+  rm_eval = reward_eval_pairs(
+    sampler,
+    tokenizer,
+    base_params,
+    prompts,
+    gold,
+    cfg.eval.rm_pairs_per_prompt,
+    cfg.feedback.sample_temperature,
+    cfg.feedback.tie_threshold,
+    cfg.seed + 1000,
+  )
+  return Setup(
+    tokenizer,
+    mesh,
+    models,
+    hp,
+    sampler,
+    base_params,
+    prompts,
+    gold,
+    independent,
+    vocabulary,
+    reference,
+    rm_eval,
+  )
 
 
 class RoundResult(NamedTuple):
@@ -917,33 +1268,41 @@ class RoundResult(NamedTuple):
   samples: List[dict]  # prompts with reference and policy responses, for the report
 
 
-def load_round(rdir: pathlib.Path, models: Models, mesh,
-               pairs_so_far: Optional[dict]) -> RoundResult:
+def load_round(
+  rdir: pathlib.Path, models: Models, mesh, pairs_so_far: Optional[dict]
+) -> RoundResult:
   """A finished round (``rdir/DONE``) read back: its policy, pairs and results."""
   from rlhf_jax.models import hf
 
   _, loaded = hf.from_pretrained(rdir / "policy", head="lm")
   done = _read_json(rdir / "DONE")
-  return RoundResult(policy_params=common.shard_params(models.lm, loaded, mesh),
-                     pairs=_concat_pairs(pairs_so_far, dict(np.load(rdir / "pairs.npz"))),
-                     eval=done["eval"], curve=done["curve"], samples=done["samples"])
+  return RoundResult(
+    policy_params=common.shard_params(models.lm, loaded, mesh),
+    pairs=_concat_pairs(pairs_so_far, dict(np.load(rdir / "pairs.npz"))),
+    eval=done["eval"],
+    curve=done["curve"],
+    samples=done["samples"],
+  )
 
 
-def _save_round(rdir: pathlib.Path, root: pathlib.Path, models: Models, tokenizer,
-                result: RoundResult) -> None:
+def _save_round(
+  rdir: pathlib.Path, root: pathlib.Path, models: Models, tokenizer, result: RoundResult
+) -> None:
   """eval.json, the policy (Hugging Face layout), the metrics row, then ``DONE``."""
   from rlhf_jax.models import hf
 
   data_lib.atomic_write_json(rdir / "eval.json", result.eval)
   hf.save_pretrained(models.lm, result.policy_params, rdir / "policy", tokenizer=tokenizer)
   with MetricWriter(root) as writer:  # before DONE: a rerun drops it if DONE is missing
-    writer.write(result.eval["round"], {k: v for k, v in result.eval.items()
-                                        if isinstance(v, (int, float))})
+    writer.write(
+      result.eval["round"], {k: v for k, v in result.eval.items() if isinstance(v, (int, float))}
+    )
   _mark_done(rdir, {"eval": result.eval, "curve": result.curve, "samples": result.samples})
 
 
-def run_round(cfg: Config, setup: Setup, root: pathlib.Path, r: int, policy_params,
-              pairs_so_far: Optional[dict]) -> RoundResult:
+def run_round(
+  cfg: Config, setup: Setup, root: pathlib.Path, r: int, policy_params, pairs_so_far: Optional[dict]
+) -> RoundResult:
   """Round ``r``: pairs from the current policy -> labels -> reward model on all labels so
   far -> policy stage -> evaluation; a finished round is loaded instead (:func:`load_round`)."""
   rdir = root / f"round_{r}"
@@ -956,11 +1315,18 @@ def run_round(cfg: Config, setup: Setup, root: pathlib.Path, r: int, policy_para
   if pairs_file.exists():
     new_pairs = dict(np.load(pairs_file))
   else:
-    sampled = collect_pairs(setup.sampler, policy_params, setup.prompts,
-                            cfg.feedback.pairs_per_round, cfg.feedback.sample_temperature,
-                            cfg.seed, r)
-    new_pairs = label_stage(cfg.feedback, root, rdir, r, cfg.seed, setup.tokenizer, setup.gold,
-                            setup.prompts, sampled)
+    sampled = collect_pairs(
+      setup.sampler,
+      policy_params,
+      setup.prompts,
+      cfg.feedback.pairs_per_round,
+      cfg.feedback.sample_temperature,
+      cfg.seed,
+      r,
+    )
+    new_pairs = label_stage(
+      cfg.feedback, root, rdir, r, cfg.seed, setup.tokenizer, setup.gold, setup.prompts, sampled
+    )
     tmp = rdir / "pairs.tmp.npz"
     np.savez(tmp, **new_pairs)
     os.replace(tmp, pairs_file)
@@ -969,82 +1335,163 @@ def run_round(cfg: Config, setup: Setup, root: pathlib.Path, r: int, policy_para
   checkpoint.check_preemption(f"round {r}: reward model")
   t0 = time.perf_counter()
   rm_params, rm_eval = reward_train.train_reward_model(
-      setup.models.scalar, setup.ref_params, all_pairs, setup.rm_eval_pairs,
-      hp=cfg.reward.hparams, optim_spec=cfg.reward.optimizer, epochs=cfg.reward.epochs,
-      batch_size=cfg.reward.batch_size, mesh=setup.mesh, seed=cfg.seed + r,
-      workdir=str(rdir / "reward"), max_skipped_fraction=cfg.max_skipped_fraction,
-      desc=f"reward model round {r}")
+    setup.models.scalar,
+    setup.ref_params,
+    all_pairs,
+    setup.rm_eval_pairs,
+    hp=cfg.reward.hparams,
+    optim_spec=cfg.reward.optimizer,
+    epochs=cfg.reward.epochs,
+    batch_size=cfg.reward.batch_size,
+    mesh=setup.mesh,
+    seed=cfg.seed + r,
+    workdir=str(rdir / "reward"),
+    max_skipped_fraction=cfg.max_skipped_fraction,
+    desc=f"reward model round {r}",
+  )
   t_rm = time.perf_counter() - t0
 
   checkpoint.check_preemption(f"round {r}: PPO")
   t0 = time.perf_counter()
-  policy = policy_stage(setup.models, cfg.ppo, setup.hp, policy_params=policy_params,
-                        ref_params=setup.ref_params, rm_params=rm_params,
-                        prompt_ids=setup.prompts.train_ids, prompt_mask=setup.prompts.train_mask,
-                        mesh=setup.mesh, seed=cfg.seed + r, workdir=rdir / "ppo",
-                        desc=f"ppo round {r}", max_skipped_fraction=cfg.max_skipped_fraction)
+  policy = policy_stage(
+    setup.models,
+    cfg.ppo,
+    setup.hp,
+    policy_params=policy_params,
+    ref_params=setup.ref_params,
+    rm_params=rm_params,
+    prompt_ids=setup.prompts.train_ids,
+    prompt_mask=setup.prompts.train_mask,
+    mesh=setup.mesh,
+    seed=cfg.seed + r,
+    workdir=rdir / "ppo",
+    desc=f"ppo round {r}",
+    max_skipped_fraction=cfg.max_skipped_fraction,
+  )
   t_ppo = time.perf_counter() - t0
 
   checkpoint.check_preemption(f"round {r}: evaluation")
-  ev = evaluate_policy(setup.sampler, setup.tokenizer, setup.gold, setup.independent,
-                       setup.vocabulary, policy.params, setup.ref_params, rm_params,
-                       setup.prompts.eval, setup.prompts.eval_ids, setup.prompts.eval_mask,
-                       setup.reference, setup.hp, cfg.seed + 10 * r, policy.reward_gain,
-                       policy.reward_bias, cfg.feedback.tie_threshold)
+  ev = evaluate_policy(
+    setup.sampler,
+    setup.tokenizer,
+    setup.gold,
+    setup.independent,
+    setup.vocabulary,
+    policy.params,
+    setup.ref_params,
+    rm_params,
+    setup.prompts.eval,
+    setup.prompts.eval_ids,
+    setup.prompts.eval_mask,
+    setup.reference,
+    setup.hp,
+    cfg.seed + 10 * r,
+    policy.reward_gain,
+    policy.reward_bias,
+    cfg.feedback.tie_threshold,
+  )
   ev.update(rm_eval)
   ev.update({"label_" + k: v for k, v in _read_json(rdir / "labels.json").items() if k != "n"})
-  ev.update({"round": r, "n_labels": int(len(all_pairs["label"])), "rm_seconds": t_rm,
-             "ppo_seconds": t_ppo, "round_seconds": time.perf_counter() - t_round,
-             "ppo_iterations": cfg.ppo.iterations, "beta_final": policy.beta_final})
-  curve = [{"round": r, "iteration": h["iteration"], "kl": h["kl"], "proxy": h["score"]}
-           for h in policy.history]
-  curve.append({"round": r, "iteration": cfg.ppo.iterations, "kl": ev["kl"],
-                "gold": ev["gold_reward_mean"], "proxy": ev["proxy_reward_mean"]})
-  samples = ev.pop("_samples")[:cfg.eval.num_samples_in_report]
+  ev.update(
+    {
+      "round": r,
+      "n_labels": int(len(all_pairs["label"])),
+      "rm_seconds": t_rm,
+      "ppo_seconds": t_ppo,
+      "round_seconds": time.perf_counter() - t_round,
+      "ppo_iterations": cfg.ppo.iterations,
+      "beta_final": policy.beta_final,
+    }
+  )
+  curve = [
+    {"round": r, "iteration": h["iteration"], "kl": h["kl"], "proxy": h["score"]}
+    for h in policy.history
+  ]
+  curve.append(
+    {
+      "round": r,
+      "iteration": cfg.ppo.iterations,
+      "kl": ev["kl"],
+      "gold": ev["gold_reward_mean"],
+      "proxy": ev["proxy_reward_mean"],
+    }
+  )
+  samples = ev.pop("_samples")[: cfg.eval.num_samples_in_report]
   result = RoundResult(policy.params, all_pairs, ev, curve, samples)
   _save_round(rdir, root, setup.models, setup.tokenizer, result)
-  _log.info("round %d: win rate %.3f [%.3f, %.3f], gold %.3f (ref %.3f), KL %.2f, RM acc %.3f",
-            r, ev["win_rate"], ev["win_ci_low"], ev["win_ci_high"], ev["gold_reward_mean"],
-            ev["gold_reward_ref_mean"], ev["kl"], ev["rm_accuracy"])
+  _log.info(
+    "round %d: win rate %.3f [%.3f, %.3f], gold %.3f (ref %.3f), KL %.2f, RM acc %.3f",
+    r,
+    ev["win_rate"],
+    ev["win_ci_low"],
+    ev["win_ci_high"],
+    ev["gold_reward_mean"],
+    ev["gold_reward_ref_mean"],
+    ev["kl"],
+    ev["rm_accuracy"],
+  )
   return result
 
 
 # ----------------------------------------------------------------------------- report
 
-def write_report(cfg: Config, root: pathlib.Path, models: Models, results: Sequence[RoundResult],
-                 timings: Dict[str, float]) -> None:
+
+def write_report(
+  cfg: Config,
+  root: pathlib.Path,
+  models: Models,
+  results: Sequence[RoundResult],
+  timings: Dict[str, float],
+) -> None:
   """``report.md`` and the plots, from every round's results."""
   base_info = _read_json(root / "base" / "DONE") if _done(root / "base") else {}
-  summary = {"model": dataclasses.asdict(models.lm.cfg), "rounds": cfg.rounds,
-             "pairs_per_round": cfg.feedback.pairs_per_round,
-             "feedback": cfg.feedback.source, "gold": cfg.feedback.gold_scorer,
-             "labeller": cfg.feedback.labeller_scorer or cfg.feedback.gold_scorer,
-             "independent_judges": ", ".join(cfg.eval.independent_judges) or "none",
-             "tie_threshold": cfg.feedback.tie_threshold,
-             "ppo_iterations": cfg.ppo.iterations, "ppo_batch": cfg.ppo.batch_size,
-             "base_heldout_perplexity": base_info.get("heldout_perplexity")}
-  report_lib.write_round_report(str(root), [res.eval for res in results],
-                                results[-1].samples if results else [], summary, timings,
-                                dict(cfg.targets) or None,
-                                curve=[c for res in results for c in res.curve])
+  summary = {
+    "model": dataclasses.asdict(models.lm.cfg),
+    "rounds": cfg.rounds,
+    "pairs_per_round": cfg.feedback.pairs_per_round,
+    "feedback": cfg.feedback.source,
+    "gold": cfg.feedback.gold_scorer,
+    "labeller": cfg.feedback.labeller_scorer or cfg.feedback.gold_scorer,
+    "independent_judges": ", ".join(cfg.eval.independent_judges) or "none",
+    "tie_threshold": cfg.feedback.tie_threshold,
+    "ppo_iterations": cfg.ppo.iterations,
+    "ppo_batch": cfg.ppo.batch_size,
+    "base_heldout_perplexity": base_info.get("heldout_perplexity"),
+  }
+  report_lib.write_round_report(
+    str(root),
+    [res.eval for res in results],
+    results[-1].samples if results else [],
+    summary,
+    timings,
+    dict(cfg.targets) or None,
+    curve=[c for res in results for c in res.curve],
+  )
 
 
 # ----------------------------------------------------------------------------- the loop
+
 
 def _start_up_checks(cfg: Config, root: pathlib.Path):
   """Config, output paths, mesh and batch sizes, scorers and judges: every check that can fail
   before any work. Returns (mesh, gold scorer, independent judges)."""
   check_config(cfg)
   common.check_output_paths(
-      "workdir", [root / d for d in ["data", "base"] + [f"round_{r}" for r in
-                                                          range(1, cfg.rounds + 1)]],
-      [root / "report.md", root / "metrics.jsonl"])
+    "workdir",
+    [root / d for d in ["data", "base"] + [f"round_{r}" for r in range(1, cfg.rounds + 1)]],
+    [root / "report.md", root / "metrics.jsonl"],
+  )
   if cfg.feedback.human_queue_dir:
     common.check_output_paths("config.feedback.human_queue_dir", [cfg.feedback.human_queue_dir])
   mesh = common.build_mesh(cfg.mesh)
-  common.check_batch_sizes(mesh, {"config.base.batch_size": cfg.base.batch_size,
-                                  "config.reward.batch_size": cfg.reward.batch_size,
-                                  "config.ppo.batch_size": cfg.ppo.batch_size})
+  common.check_batch_sizes(
+    mesh,
+    {
+      "config.base.batch_size": cfg.base.batch_size,
+      "config.reward.batch_size": cfg.reward.batch_size,
+      "config.ppo.batch_size": cfg.ppo.batch_size,
+    },
+  )
   gold = load_scorers(cfg.feedback)  # fail before any work on a misnamed or broken scorer
   return mesh, gold, load_independent_judges(cfg.eval)
 
@@ -1063,12 +1510,17 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   hp = policy_hparams(cfg.ppo, tokenizer)
 
   t0 = time.perf_counter()
-  base_model, base_params = pretrain_base(cfg.base, root / "data", root / "base", tokenizer,
-                                          mesh, cfg.seed,
-                                          max_skipped_fraction=cfg.max_skipped_fraction)
+  base_model, base_params = pretrain_base(
+    cfg.base,
+    root / "data",
+    root / "base",
+    tokenizer,
+    mesh,
+    cfg.seed,
+    max_skipped_fraction=cfg.max_skipped_fraction,
+  )
   timings["base"] = time.perf_counter() - t0
-  setup = prepare_rounds(cfg, root, mesh, tokenizer, hp, base_model, base_params, gold,
-                         independent)
+  setup = prepare_rounds(cfg, root, mesh, tokenizer, hp, base_model, base_params, gold, independent)
 
   n_done = 0
   while n_done < cfg.rounds and _done(root / f"round_{n_done + 1}"):

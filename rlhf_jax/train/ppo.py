@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax import checkpoint, generation, sharding
+from rlhf_jax import checkpoint, sharding
 from rlhf_jax import data as data_lib
 from rlhf_jax import ppo as ppo_lib
 from rlhf_jax.advantages import fit_reward_normalization
@@ -30,7 +30,15 @@ from rlhf_jax.models import Transformer
 from rlhf_jax.train import common
 from rlhf_jax.train.metrics import MetricWriter, fetch, progress, read_metrics
 
-__all__ = ["PromptSpec", "Config", "check_config", "train_ppo", "fit_reward_norm", "run", "prompt_rows"]
+__all__ = [
+  "PromptSpec",
+  "Config",
+  "check_config",
+  "train_ppo",
+  "fit_reward_norm",
+  "run",
+  "prompt_rows",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -67,16 +75,35 @@ class Config:
 
 # Fields a rerun of a workdir may change (see rlhf_jax.main): logging, checkpoint cadence,
 # layout, stop criterion.
-RESULT_NEUTRAL_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "mesh",
-                         "max_skipped_fraction")
+RESULT_NEUTRAL_FIELDS = (
+  "log_every",
+  "checkpoint_every",
+  "keep_checkpoints",
+  "mesh",
+  "max_skipped_fraction",
+)
 
-_BOUNDS = {"batch_size": ">= 1", "iterations": ">= 1", "init_kl_coef": ">= 0",
-           "norm_samples": ">= 1", "log_every": ">= 1", "checkpoint_every": ">= 1",
-           "keep_checkpoints": ">= 1", "max_skipped_fraction": "in [0, 1]",
-           "prompts.prompt_len": ">= 1", "prompts.num_random": ">= 1",
-           "ppo.top_k": ">= 0", "ppo.top_p": "in (0, 1]", "ppo.kl_target": "> 0",
-           "ppo.kl_horizon": "> 0", "ppo.gamma": "in [0, 1]", "ppo.lam": "in [0, 1]",
-           "ppo.clip_eps": "> 0", "ppo.value_clip_eps": "> 0", "ppo.vf_coef": ">= 0"}
+_BOUNDS = {
+  "batch_size": ">= 1",
+  "iterations": ">= 1",
+  "init_kl_coef": ">= 0",
+  "norm_samples": ">= 1",
+  "log_every": ">= 1",
+  "checkpoint_every": ">= 1",
+  "keep_checkpoints": ">= 1",
+  "max_skipped_fraction": "in [0, 1]",
+  "prompts.prompt_len": ">= 1",
+  "prompts.num_random": ">= 1",
+  "ppo.top_k": ">= 0",
+  "ppo.top_p": "in (0, 1]",
+  "ppo.kl_target": "> 0",
+  "ppo.kl_horizon": "> 0",
+  "ppo.gamma": "in [0, 1]",
+  "ppo.lam": "in [0, 1]",
+  "ppo.clip_eps": "> 0",
+  "ppo.value_clip_eps": "> 0",
+  "ppo.vf_coef": ">= 0",
+}
 
 
 def check_config(cfg: Config) -> None:
@@ -88,11 +115,14 @@ def check_config(cfg: Config) -> None:
   from rlhf_jax import config_schema
 
   errors = config_schema.check_bounds(cfg, _BOUNDS)
-  errors += common.spec_errors(cfg, optimizers=("optimizer",), meshes=("mesh",),
-                               models=("policy", "reward"))
+  errors += common.spec_errors(
+    cfg, optimizers=("optimizer",), meshes=("mesh",), models=("policy", "reward")
+  )
   if cfg.batch_size >= 1 and cfg.batch_size % cfg.ppo.num_minibatches:
-    errors.append(f"config.batch_size={cfg.batch_size}: must be divisible by "
-                  f"config.ppo.num_minibatches={cfg.ppo.num_minibatches}")
+    errors.append(
+      f"config.batch_size={cfg.batch_size}: must be divisible by "
+      f"config.ppo.num_minibatches={cfg.ppo.num_minibatches}"
+    )
   if cfg.value_init not in ("reward", "zero"):
     errors.append(f"config.value_init={cfg.value_init!r}: expected 'reward' or 'zero'")
   if cfg.prompts.source not in ("random", "jsonl"):
@@ -108,9 +138,19 @@ def prompt_rows(n_prompts: int, batch_size: int, iteration: int, seed: int) -> n
   return rng.choice(n_prompts, batch_size, replace=n_prompts < batch_size)
 
 
-def fit_reward_norm(policy_model: Transformer, ref_params, reward_model: Transformer,
-                    reward_params, prompt_ids, prompt_mask, hp: ppo_lib.PPOHparams,
-                    n_samples: int, batch_size: int, mesh, seed: int) -> Tuple[float, float]:
+def fit_reward_norm(
+  policy_model: Transformer,
+  ref_params,
+  reward_model: Transformer,
+  reward_params,
+  prompt_ids,
+  prompt_mask,
+  hp: ppo_lib.PPOHparams,
+  n_samples: int,
+  batch_size: int,
+  mesh,
+  seed: int,
+) -> Tuple[float, float]:
   """OAI's reward normalisation: scores of reference-policy samples -> (gain, bias) giving
   mean 0 and std 1."""
   score_fn = jax.jit(ppo_lib.make_sample_and_score(policy_model, reward_model, hp))
@@ -119,23 +159,46 @@ def fit_reward_norm(policy_model: Transformer, ref_params, reward_model: Transfo
   for i in progress(range(n_batches), desc="reward normalisation", unit="batch"):
     rows = prompt_rows(len(prompt_ids), batch_size, 10_000_000 + i, seed)
     batch = sharding.shard_batch({"ids": prompt_ids[rows], "mask": prompt_mask[rows]}, mesh)
-    out = score_fn(ref_params, reward_params, batch["ids"], batch["mask"],
-                   jax.random.PRNGKey(seed + 7919 * (i + 1)))
+    out = score_fn(
+      ref_params,
+      reward_params,
+      batch["ids"],
+      batch["mask"],
+      jax.random.PRNGKey(seed + 7919 * (i + 1)),
+    )
     scores.append(np.asarray(jax.device_get(out.raw_score)))
   gain, bias = fit_reward_normalization(np.concatenate(scores))
   return float(gain), float(bias)
 
 
-def train_ppo(*, policy_model: Transformer, policy_params, value_model: Optional[Transformer],
-              value_params, reward_model: Transformer, reward_params, ref_params,
-              prompt_ids: np.ndarray, prompt_mask: np.ndarray, hp: ppo_lib.PPOHparams,
-              optim_spec: common.OptimSpec, batch_size: int, iterations: int,
-              init_kl_coef: float, reward_gain: float, reward_bias: float, mesh, seed: int,
-              workdir: str, log_every: int = 1, checkpoint_every: int = 10,
-              keep_checkpoints: int = 3, desc: str = "ppo",
-              stop_after: Optional[int] = None,
-              max_skipped_fraction: float = 0.1) -> Tuple[ppo_lib.PPOState,
-                                                          List[Dict[str, float]]]:
+def train_ppo(
+  *,
+  policy_model: Transformer,
+  policy_params,
+  value_model: Optional[Transformer],
+  value_params,
+  reward_model: Transformer,
+  reward_params,
+  ref_params,
+  prompt_ids: np.ndarray,
+  prompt_mask: np.ndarray,
+  hp: ppo_lib.PPOHparams,
+  optim_spec: common.OptimSpec,
+  batch_size: int,
+  iterations: int,
+  init_kl_coef: float,
+  reward_gain: float,
+  reward_bias: float,
+  mesh,
+  seed: int,
+  workdir: str,
+  log_every: int = 1,
+  checkpoint_every: int = 10,
+  keep_checkpoints: int = 3,
+  desc: str = "ppo",
+  stop_after: Optional[int] = None,
+  max_skipped_fraction: float = 0.1,
+) -> Tuple[ppo_lib.PPOState, List[Dict[str, float]]]:
   """Run ``iterations`` PPO iterations; resumes from ``workdir/checkpoints`` if present.
 
   Returns the final state and the logged metrics (one dict per logged iteration, those of
@@ -150,8 +213,10 @@ def train_ppo(*, policy_model: Transformer, policy_params, value_model: Optional
     rlhf_jax.checkpoint.Preempted: stopped by a signal after saving a checkpoint.
   """
   if batch_size % (hp.num_minibatches) or batch_size % jax.process_count():
-    raise ValueError(f"batch_size={batch_size} must be divisible by ppo.num_minibatches="
-                     f"{hp.num_minibatches} and by the number of processes")
+    raise ValueError(
+      f"batch_size={batch_size} must be divisible by ppo.num_minibatches="
+      f"{hp.num_minibatches} and by the number of processes"
+    )
   updates_per_iter = hp.epochs * hp.num_minibatches
   optimizer, schedule = common.make_optimizer(optim_spec, iterations * updates_per_iter)
   # The state is donated to each iteration: copy, so that the caller's arrays (which may
@@ -160,17 +225,22 @@ def train_ppo(*, policy_model: Transformer, policy_params, value_model: Optional
   if not hp.shared_trunk:
     params["value"] = jax.tree.map(jnp.copy, value_params)
   state = sharding.commit(
-      ppo_lib.init_ppo_state(params, optimizer, init_kl_coef, jax.random.PRNGKey(seed)), mesh)
-  frozen = sharding.commit(ppo_lib.PPOFrozen(ref_params, reward_params,
-                                             jnp.float32(reward_gain), jnp.float32(reward_bias)),
-                           mesh)
-  iteration = sharding.jit_step(ppo_lib.make_ppo_iteration(policy_model, value_model,
-                                                           reward_model, optimizer, hp),
-                                state, mesh)
+    ppo_lib.init_ppo_state(params, optimizer, init_kl_coef, jax.random.PRNGKey(seed)), mesh
+  )
+  frozen = sharding.commit(
+    ppo_lib.PPOFrozen(
+      ref_params, reward_params, jnp.float32(reward_gain), jnp.float32(reward_bias)
+    ),
+    mesh,
+  )
+  iteration = sharding.jit_step(
+    ppo_lib.make_ppo_iteration(policy_model, value_model, reward_model, optimizer, hp), state, mesh
+  )
 
   os.makedirs(workdir, exist_ok=True)
-  manager = checkpoint.open_manager(os.path.join(workdir, "checkpoints"),
-                                    max_to_keep=keep_checkpoints)
+  manager = checkpoint.open_manager(
+    os.path.join(workdir, "checkpoints"), max_to_keep=keep_checkpoints
+  )
   start = 0
   if checkpoint.latest_step(manager) is not None:
     state, extra = checkpoint.restore(manager, checkpoint.abstract_like(state))
@@ -180,17 +250,18 @@ def train_ppo(*, policy_model: Transformer, policy_params, value_model: Optional
   history: List[Dict[str, float]] = []
   pc, pi = jax.process_count(), jax.process_index()
   local = batch_size // pc
-  with MetricWriter(workdir, resume_step=start) as writer, \
-       checkpoint.PreemptionGuard() as guard:
+  with MetricWriter(workdir, resume_step=start) as writer, checkpoint.PreemptionGuard() as guard:
     if start and os.path.exists(writer.path):  # the curve of the attempts before this one
-      history = [dict({k: v for k, v in r.items() if k != "step"}, iteration=r["step"])
-                 for r in read_metrics(writer.path, last_per_step=True)]
+      history = [
+        dict({k: v for k, v in r.items() if k != "step"}, iteration=r["step"])
+        for r in read_metrics(writer.path, last_per_step=True)
+      ]
     bar = progress(iterations, desc=desc, unit="iter")
     bar.update(start)
     t_last = time.perf_counter()
     preempted, done = False, start
     for it in range(start, iterations):
-      rows = prompt_rows(len(prompt_ids), batch_size, it, seed)[pi * local:(pi + 1) * local]
+      rows = prompt_rows(len(prompt_ids), batch_size, it, seed)[pi * local : (pi + 1) * local]
       batch = sharding.shard_batch({"ids": prompt_ids[rows], "mask": prompt_mask[rows]}, mesh)
       state, metrics = iteration(state, frozen, batch["ids"], batch["mask"])
       done = it + 1
@@ -204,15 +275,19 @@ def train_ppo(*, policy_model: Transformer, policy_params, value_model: Optional
         writer.write(done, host)
         history.append(dict(host, iteration=done))
         bar.set_postfix(score=host["score"], kl=host["kl"], beta=host["beta"])
-        common.check_skipped(desc, host["skipped_updates"], done * updates_per_iter,
-                             iterations * updates_per_iter, max_skipped_fraction,
-                             f"iteration {done}")
+        common.check_skipped(
+          desc,
+          host["skipped_updates"],
+          done * updates_per_iter,
+          iterations * updates_per_iter,
+          max_skipped_fraction,
+          f"iteration {done}",
+        )
       bar.update(1)
       preempted = guard.should_stop()
       stop = preempted or (stop_after is not None and done - start >= stop_after)
       if done % checkpoint_every == 0 or done == iterations or stop:
-        checkpoint.save(manager, done, state, extra={"iteration": done}, force=True,
-                        wait=stop)
+        checkpoint.save(manager, done, state, extra={"iteration": done}, force=True, wait=stop)
       if stop:
         _log.warning("%s: stopping early; checkpoint saved at iteration %d", desc, done)
         break
@@ -220,8 +295,10 @@ def train_ppo(*, policy_model: Transformer, policy_params, value_model: Optional
   manager.wait_until_finished()
   manager.close()
   if preempted:
-    raise checkpoint.Preempted(f"{desc}: stopped by a signal at iteration {done} of "
-                               f"{iterations}; checkpoint saved, rerun to resume")
+    raise checkpoint.Preempted(
+      f"{desc}: stopped by a signal at iteration {done} of "
+      f"{iterations}; checkpoint saved, rerun to resume"
+    )
   return state, history
 
 
@@ -236,8 +313,10 @@ def _load_prompts(spec: PromptSpec, tokenizer, vocab_size: int, pad_id: int, see
   if not spec.path or not os.path.isfile(spec.path):
     raise FileNotFoundError(f"prompts.path={spec.path!r} is not a file")
   if tokenizer is None:
-    raise ValueError("prompts.source='jsonl' needs a tokenizer: set policy.path to a "
-                     "checkpoint directory that contains tokenizer files")
+    raise ValueError(
+      "prompts.source='jsonl' needs a tokenizer: set policy.path to a "
+      "checkpoint directory that contains tokenizer files"
+    )
   texts = []
   for loc, record in data_lib.read_jsonl(spec.path):
     if not isinstance(record, dict) or not isinstance(record.get(spec.field), str):
@@ -255,16 +334,17 @@ def encode_left_padded(tokenizer, texts, length: int, pad_id: int):
   for i, text in enumerate(texts):
     toks = tokenizer.encode(text, add_special_tokens=False)[-length:]
     if toks:
-      ids[i, length - len(toks):] = toks
-      mask[i, length - len(toks):] = 1
+      ids[i, length - len(toks) :] = toks
+      mask[i, length - len(toks) :] = 1
   return ids, mask
 
 
 def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   """Config-driven PPO: load or initialise the four models, normalise the reward, train."""
   check_config(cfg)
-  common.check_output_paths("workdir", [os.path.join(workdir, "checkpoints")],
-                            [os.path.join(workdir, "metrics.jsonl")])
+  common.check_output_paths(
+    "workdir", [os.path.join(workdir, "checkpoints")], [os.path.join(workdir, "metrics.jsonl")]
+  )
   mesh = common.build_mesh(cfg.mesh)
   common.check_batch_sizes(mesh, {"config.batch_size": cfg.batch_size})
   rng = jax.random.PRNGKey(cfg.seed)
@@ -278,30 +358,59 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     from rlhf_jax.models import hf
 
     tokenizer = hf.load_tokenizer(cfg.policy.path)
-    hp = dataclasses.replace(hp, eos_id=int(tokenizer.eos_token_id),
-                             pad_id=int(tokenizer.pad_token_id))
+    hp = dataclasses.replace(
+      hp, eos_id=int(tokenizer.eos_token_id), pad_id=int(tokenizer.pad_token_id)
+    )
   ref_params = {k: v for k, v in policy_params.items() if k != "score"}
   ref_params = jax.tree.map(jnp.copy, ref_params)
-  prompt_ids, prompt_mask = _load_prompts(cfg.prompts, tokenizer, policy_model.cfg.vocab_size,
-                                          hp.pad_id, cfg.seed)
+  prompt_ids, prompt_mask = _load_prompts(
+    cfg.prompts, tokenizer, policy_model.cfg.vocab_size, hp.pad_id, cfg.seed
+  )
   gain, bias = 1.0, 0.0
   if cfg.normalize_reward:
     ref_model = Transformer(policy_model.cfg.replace(head="lm"))
-    gain, bias = fit_reward_norm(ref_model, ref_params, reward_model, reward_params, prompt_ids,
-                                 prompt_mask, dataclasses.replace(hp, shared_trunk=False),
-                                 cfg.norm_samples, cfg.batch_size, mesh, cfg.seed)
+    gain, bias = fit_reward_norm(
+      ref_model,
+      ref_params,
+      reward_model,
+      reward_params,
+      prompt_ids,
+      prompt_mask,
+      dataclasses.replace(hp, shared_trunk=False),
+      cfg.norm_samples,
+      cfg.batch_size,
+      mesh,
+      cfg.seed,
+    )
   value_model, value_params = None, None
   if not hp.shared_trunk:
     # Started at the normalised reward (or a zero head): the returns' units.
-    value_model, value_params = ppo_lib.init_value_from_reward(reward_model, reward_params,
-                                                               gain, bias, cfg.value_init)
+    value_model, value_params = ppo_lib.init_value_from_reward(
+      reward_model, reward_params, gain, bias, cfg.value_init
+    )
   state, history = train_ppo(
-      policy_model=policy_model, policy_params=policy_params, value_model=value_model,
-      value_params=value_params, reward_model=reward_model, reward_params=reward_params,
-      ref_params=ref_params, prompt_ids=prompt_ids, prompt_mask=prompt_mask, hp=hp,
-      optim_spec=cfg.optimizer, batch_size=cfg.batch_size, iterations=cfg.iterations,
-      init_kl_coef=cfg.init_kl_coef, reward_gain=gain, reward_bias=bias, mesh=mesh,
-      seed=cfg.seed, workdir=workdir, log_every=cfg.log_every,
-      checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints,
-      max_skipped_fraction=cfg.max_skipped_fraction)
+    policy_model=policy_model,
+    policy_params=policy_params,
+    value_model=value_model,
+    value_params=value_params,
+    reward_model=reward_model,
+    reward_params=reward_params,
+    ref_params=ref_params,
+    prompt_ids=prompt_ids,
+    prompt_mask=prompt_mask,
+    hp=hp,
+    optim_spec=cfg.optimizer,
+    batch_size=cfg.batch_size,
+    iterations=cfg.iterations,
+    init_kl_coef=cfg.init_kl_coef,
+    reward_gain=gain,
+    reward_bias=bias,
+    mesh=mesh,
+    seed=cfg.seed,
+    workdir=workdir,
+    log_every=cfg.log_every,
+    checkpoint_every=cfg.checkpoint_every,
+    keep_checkpoints=cfg.keep_checkpoints,
+    max_skipped_fraction=cfg.max_skipped_fraction,
+  )
   return history[-1] if history else {}

@@ -28,10 +28,10 @@ from rlhf_jax import evaluation
 from rlhf_jax.train.metrics import markdown_table
 
 __all__ = [
-    "MISSING",
-    "ROUND_COLUMNS",
-    "write_round_report",
-    "write_overoptimization_report",
+  "MISSING",
+  "ROUND_COLUMNS",
+  "write_round_report",
+  "write_overoptimization_report",
 ]
 
 MISSING = "–"
@@ -41,6 +41,7 @@ PathLike = Union[str, os.PathLike]
 
 
 # ----------------------------------------------------------------------------- formatting
+
 
 def _number(x: Any) -> Optional[float]:
   """A finite real as ``float``; ``None`` for missing / non-numeric / NaN / inf."""
@@ -116,6 +117,7 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 
 # ----------------------------------------------------------------------------- atomic files
 
+
 def _tmp_name(path: str) -> str:
   """A fresh name next to ``path`` (same filesystem, so ``os.replace`` is atomic)."""
   head, tail = os.path.split(path)
@@ -137,6 +139,7 @@ def _atomic_write_text(path: str, text: str) -> None:
 def _new_figure(width: float, height: float):
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
+
   fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
   FigureCanvasAgg(fig)
   return fig
@@ -157,14 +160,14 @@ def _save_png(fig, path: str) -> None:
 # ----------------------------------------------------------------------------- round report
 
 ROUND_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("round", "round"),
-    ("n_labels", "labels"),
-    ("win_rate", "win rate [CI]"),
-    ("independent_win_rate", "win rate, independent judge"),
-    ("kl", "KL"),
-    ("rm_accuracy", "RM acc"),
-    ("degenerate_fraction", "degenerate"),
-    ("perplexity_ratio", "ppl ratio"),
+  ("round", "round"),
+  ("n_labels", "labels"),
+  ("win_rate", "win rate [CI]"),
+  ("independent_win_rate", "win rate, independent judge"),
+  ("kl", "KL"),
+  ("rm_accuracy", "RM acc"),
+  ("degenerate_fraction", "degenerate"),
+  ("perplexity_ratio", "ppl ratio"),
 )
 """``(key, header)`` of the headline per-round table, in order. Every other key of the round
 dicts goes to the details section (one row per key, one column per round)."""
@@ -172,8 +175,11 @@ dicts goes to the details section (one row per key, one column per round)."""
 _CONSUMED = {k for k, _ in ROUND_COLUMNS} | {"win_ci_low", "win_ci_high"}
 _TARGET_RE = re.compile(r"^\s*(>=|<=|==|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 _OPS: dict[str, Callable[[float, float], bool]] = {
-    ">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t, ">": lambda v, t: v > t,
-    "<": lambda v, t: v < t, "==": lambda v, t: v == t,
+  ">=": lambda v, t: v >= t,
+  "<=": lambda v, t: v <= t,
+  ">": lambda v, t: v > t,
+  "<": lambda v, t: v < t,
+  "==": lambda v, t: v == t,
 }
 
 
@@ -188,17 +194,20 @@ def _parse_target(name: str, spec: Any) -> tuple[str, float]:
   elif isinstance(spec, (tuple, list)) and len(spec) == 2 and spec[0] in _OPS:
     if _number(spec[1]) is not None:
       return spec[0], float(_number(spec[1]))
-  raise ValueError(f"targets[{name!r}] = {spec!r}: expected a number (meaning >=), a string "
-                   "like '>= 0.6' or '<= 10', or a tuple (op, threshold) with op in "
-                   f"{sorted(_OPS)}")
+  raise ValueError(
+    f"targets[{name!r}] = {spec!r}: expected a number (meaning >=), a string "
+    "like '>= 0.6' or '<= 10', or a tuple (op, threshold) with op in "
+    f"{sorted(_OPS)}"
+  )
 
 
 def _round_table(rounds: Sequence[Mapping[str, Any]]) -> str:
   headers = [h for _, h in ROUND_COLUMNS]
   rows = []
   for r in rounds:
-    rows.append([_fmt_win(r) if key == "win_rate" else _fmt(r.get(key))
-                 for key, _ in ROUND_COLUMNS])
+    rows.append(
+      [_fmt_win(r) if key == "win_rate" else _fmt(r.get(key)) for key, _ in ROUND_COLUMNS]
+    )
   return markdown_table(headers, rows)
 
 
@@ -211,8 +220,9 @@ def _details_table(rounds: Sequence[Mapping[str, Any]]) -> str:
   return markdown_table(headers, [[k] + [_fmt(r.get(k)) for r in rounds] for k in keys])
 
 
-def _targets_section(targets: Mapping[str, Any], rounds: Sequence[Mapping[str, Any]],
-                     timings: Mapping[str, Any]) -> list[str]:
+def _targets_section(
+  targets: Mapping[str, Any], rounds: Sequence[Mapping[str, Any]], timings: Mapping[str, Any]
+) -> list[str]:
   last = rounds[-1] if rounds else {}
   rows, n_met = [], 0
   for name, spec in targets.items():
@@ -223,10 +233,15 @@ def _targets_section(targets: Mapping[str, Any], rounds: Sequence[Mapping[str, A
     n_met += met
     rows.append([name, f"{op} {threshold:g}", _fmt(value), "yes" if met else "no"])
   where = f"round {_fmt(last.get('round'))}" if rounds else "no rounds yet"
-  return ["## Targets", "",
-          f"{n_met} of {len(rows)} met (values from the last round, {where}, or the timings; "
-          f"a missing value counts as not met).", "",
-          markdown_table(["target", "goal", "value", "met"], rows), ""]
+  return [
+    "## Targets",
+    "",
+    f"{n_met} of {len(rows)} met (values from the last round, {where}, or the timings; "
+    f"a missing value counts as not met).",
+    "",
+    markdown_table(["target", "goal", "value", "met"], rows),
+    "",
+  ]
 
 
 def _series(rounds: Sequence[Mapping[str, Any]], key: str) -> tuple[list[int], list[float]]:
@@ -261,9 +276,16 @@ def _plot_win_rate(rounds, path: str) -> bool:
   ax.bar(x, rates, color="tab:blue", alpha=0.8, width=0.6, label="win rate (ties = ½)")
   ci = np.array(has_ci)
   if ci.any():
-    ax.errorbar(x[ci], np.array(rates)[ci],
-                yerr=[np.array(lo_err)[ci], np.array(hi_err)[ci]], fmt="none",
-                ecolor="black", capsize=5, lw=1.2, label="confidence interval")
+    ax.errorbar(
+      x[ci],
+      np.array(rates)[ci],
+      yerr=[np.array(lo_err)[ci], np.array(hi_err)[ci]],
+      fmt="none",
+      ecolor="black",
+      capsize=5,
+      lw=1.2,
+      label="confidence interval",
+    )
   ax.axhline(0.5, color="tab:red", ls="--", lw=1.2, label="parity (50%)")
   for xi, rate, h in zip(x, rates, hi_err):
     ax.text(xi, min(rate + h + 0.02, 0.97), f"{rate:.0%}", ha="center", va="bottom", fontsize=9)
@@ -280,6 +302,7 @@ def _plot_win_rate(rounds, path: str) -> bool:
 
 def _plot_reward_vs_kl(rounds, curve, path: str) -> bool:
   import matplotlib
+
   fig = _new_figure(7.5, 5.4)
   ax = fig.add_subplot()
   ax_p = ax.twinx()
@@ -329,20 +352,33 @@ def _plot_reward_vs_kl(rounds, curve, path: str) -> bool:
   if not curve:
     # No per-iteration points: join the round evaluations in order.
     for key, axis, ls in (("gold_reward_mean", ax, "-"), ("proxy_reward_mean", ax_p, "--")):
-      pts = [(math.sqrt(max(_number(r.get("kl")), 0.0)), _number(r.get(key))) for r in rounds
-             if _number(r.get("kl")) is not None and _number(r.get(key)) is not None]
+      pts = [
+        (math.sqrt(max(_number(r.get("kl")), 0.0)), _number(r.get(key)))
+        for r in rounds
+        if _number(r.get("kl")) is not None and _number(r.get(key)) is not None
+      ]
       if len(pts) > 1:
         axis.plot(*zip(*pts), ls=ls, color="grey", lw=1.0, zorder=0)
 
   from matplotlib.lines import Line2D
-  handles = [Line2D([], [], color="black", ls="-", marker="o", label="gold reward (left axis)"),
-             Line2D([], [], color="black", ls="--", marker="s", mfc="none",
-                    label="proxy reward (right axis)"),
-             Line2D([], [], color="black", ls="none", marker="D", mfc="white",
-                    label="gold reward of reference (KL = 0)")]
+
+  handles = [
+    Line2D([], [], color="black", ls="-", marker="o", label="gold reward (left axis)"),
+    Line2D(
+      [], [], color="black", ls="--", marker="s", mfc="none", label="proxy reward (right axis)"
+    ),
+    Line2D(
+      [],
+      [],
+      color="black",
+      ls="none",
+      marker="D",
+      mfc="white",
+      label="gold reward of reference (KL = 0)",
+    ),
+  ]
   if len(round_ids) > 1:
-    handles += [Line2D([], [], color=colour[rid], lw=4, label=f"round {rid}")
-                for rid in round_ids]
+    handles += [Line2D([], [], color=colour[rid], lw=4, label=f"round {rid}") for rid in round_ids]
   fig.legend(handles=handles, fontsize=8, loc="outside lower center", ncols=3)
   ax.set_xlabel("√KL(policy ‖ reference)  (√nats)")
   ax.set_ylabel("gold reward (solid)")
@@ -379,14 +415,19 @@ def _plot_panels(rounds, panels, title: str, path: str) -> bool:
   return True
 
 
-def write_round_report(workdir: PathLike, rounds: Sequence[Mapping[str, Any]],
-                       samples: Sequence[Mapping[str, Any]] = (),
-                       config_summary: Optional[Mapping[str, Any]] = None,
-                       timings: Optional[Mapping[str, Any]] = None,
-                       targets: Optional[Mapping[str, Any]] = None, *,
-                       curve: Optional[Sequence[Mapping[str, Any]]] = None,
-                       title: str = "RLHF run report", filename: str = "report.md",
-                       max_sample_chars: int = 600) -> str:
+def write_round_report(
+  workdir: PathLike,
+  rounds: Sequence[Mapping[str, Any]],
+  samples: Sequence[Mapping[str, Any]] = (),
+  config_summary: Optional[Mapping[str, Any]] = None,
+  timings: Optional[Mapping[str, Any]] = None,
+  targets: Optional[Mapping[str, Any]] = None,
+  *,
+  curve: Optional[Sequence[Mapping[str, Any]]] = None,
+  title: str = "RLHF run report",
+  filename: str = "report.md",
+  max_sample_chars: int = 600,
+) -> str:
   """Writes ``workdir/report.md`` and its plots; returns the report's path.
 
   Args:
@@ -422,9 +463,13 @@ def write_round_report(workdir: PathLike, rounds: Sequence[Mapping[str, Any]],
   timings = dict(timings or {})
   config_summary = dict(config_summary or {})
 
-  lines = [f"# {title}", "",
-           f"Written {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M:%S} UTC, "
-           f"{len(rounds)} round(s).", ""]
+  lines = [
+    f"# {title}",
+    "",
+    f"Written {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M:%S} UTC, "
+    f"{len(rounds)} round(s).",
+    "",
+  ]
   if targets:
     lines += _targets_section(targets, rounds, timings)
 
@@ -432,21 +477,34 @@ def write_round_report(workdir: PathLike, rounds: Sequence[Mapping[str, Any]],
   if rounds:
     gold = config_summary.get("gold", "the gold scorer")
     judges = config_summary.get("independent_judges") or ()
+    judges = judges if isinstance(judges, str) else ", ".join(map(str, judges))
     tau = config_summary.get("tie_threshold")
-    tie_rule = (f"two responses tie when their scores differ by less than {_fmt(tau)} (the "
-                "simulated annotators' rule; it applies to labels, reward-model accuracy and "
-                "win rates alike)" if tau is not None else "ties count half")
-    lines += [f"Win rate: policy vs reference on held-out prompts under the gold judge "
-              f"({gold}), ties counted half, with its 95% Wilson interval; {tie_rule}. "
-              f"Independent judge: the win rate under "
-              f"{', '.join(map(str, judges)) if judges else 'no independent judge'} — a scorer "
-              "no label came from, which sees exploits of the labeller that the gold win rate "
-              "cannot. KL: mean sequence KL(policy ‖ reference) in nats. RM acc: the reward "
-              "model's accuracy on decided held-out pairs with noise-free gold labels. "
-              "Degenerate: fraction of the policy's responses that are empty, repetitive or "
-              "mostly non-words. ppl ratio: perplexity of the policy's text under the reference "
-              "over that of the reference's own samples.", "", _round_table(rounds), "",
-              "### Details", "", _details_table(rounds), ""]
+    tie_rule = (
+      f"two responses tie when their scores differ by less than {_fmt(tau)} (the "
+      "simulated annotators' rule; it applies to labels, reward-model accuracy and "
+      "win rates alike)"
+      if tau is not None
+      else "ties count half"
+    )
+    lines += [
+      f"Win rate: policy vs reference on held-out prompts under the gold judge "
+      f"({gold}), ties counted half, with its 95% Wilson interval; {tie_rule}. "
+      f"Independent judge: the win rate under "
+      f"{judges if judges and judges != 'none' else 'no independent judge'} — a scorer "
+      "no label came from, which sees exploits of the labeller that the gold win rate "
+      "cannot. KL: mean sequence KL(policy ‖ reference) in nats. RM acc: the reward "
+      "model's accuracy on decided held-out pairs with noise-free gold labels. "
+      "Degenerate: fraction of the policy's responses that are empty, repetitive or "
+      "mostly non-words. ppl ratio: perplexity of the policy's text under the reference "
+      "over that of the reference's own samples.",
+      "",
+      _round_table(rounds),
+      "",
+      "### Details",
+      "",
+      _details_table(rounds),
+      "",
+    ]
   else:
     lines += ["No rounds yet.", ""]
 
@@ -456,18 +514,30 @@ def write_round_report(workdir: PathLike, rounds: Sequence[Mapping[str, Any]],
       plots.append(("Gold and proxy reward vs √KL", "reward_vs_sqrt_kl.png"))
     if _plot_win_rate(rounds, os.path.join(workdir, "win_rate_by_round.png")):
       plots.append(("Win rate by round", "win_rate_by_round.png"))
-    drift = [("KL(policy ‖ reference)", [("kl", "KL", "o-")], None),
-             ("response length (tokens)", [("response_length", "policy", "o-")], None),
-             ("perplexity", [("perplexity_policy", "policy", "o-"),
-                             ("perplexity_ref", "reference", "s--")], None)]
-    if _plot_panels(rounds, drift, "Policy drift by round",
-                    os.path.join(workdir, "kl_by_round.png")):
+    drift = [
+      ("KL(policy ‖ reference)", [("kl", "KL", "o-")], None),
+      ("response length (tokens)", [("response_length", "policy", "o-")], None),
+      (
+        "perplexity",
+        [("perplexity_policy", "policy", "o-"), ("perplexity_ref", "reference", "s--")],
+        None,
+      ),
+    ]
+    if _plot_panels(
+      rounds, drift, "Policy drift by round", os.path.join(workdir, "kl_by_round.png")
+    ):
       plots.append(("KL, response length and perplexity by round", "kl_by_round.png"))
-    rm = [("held-out accuracy", [("rm_accuracy", "accuracy", "o-"),
-                                 ("rm_tie_accuracy", "accuracy incl. ties", "s--")], (0.0, 1.02)),
-          ("expected calibration error", [("rm_ece", "ECE", "o-")], None)]
-    if _plot_panels(rounds, rm, "Reward model by round",
-                    os.path.join(workdir, "reward_model_by_round.png")):
+    rm = [
+      (
+        "held-out accuracy",
+        [("rm_accuracy", "accuracy", "o-"), ("rm_tie_accuracy", "accuracy incl. ties", "s--")],
+        (0.0, 1.02),
+      ),
+      ("expected calibration error", [("rm_ece", "ECE", "o-")], None),
+    ]
+    if _plot_panels(
+      rounds, rm, "Reward model by round", os.path.join(workdir, "reward_model_by_round.png")
+    ):
       plots.append(("Reward model accuracy and calibration", "reward_model_by_round.png"))
   if plots:
     lines += ["## Plots", ""]
@@ -480,13 +550,23 @@ def write_round_report(workdir: PathLike, rounds: Sequence[Mapping[str, Any]],
     for i, s in enumerate(samples):
       before, after = _number(s.get("gold_before")), _number(s.get("gold_after"))
       delta = after - before if before is not None and after is not None else None
-      rows.append([i, _text_cell(s.get("prompt"), max_sample_chars),
-                   _text_cell(s.get("before"), max_sample_chars),
-                   _text_cell(s.get("after"), max_sample_chars),
-                   _fmt(s.get("gold_before")), _fmt(s.get("gold_after")),
-                   MISSING if delta is None else f"{delta:+.4g}"])
-    lines += [markdown_table(["#", "prompt", "before", "after", "gold before", "gold after",
-                              "Δ gold"], rows), ""]
+      rows.append(
+        [
+          i,
+          _text_cell(s.get("prompt"), max_sample_chars),
+          _text_cell(s.get("before"), max_sample_chars),
+          _text_cell(s.get("after"), max_sample_chars),
+          _fmt(s.get("gold_before")),
+          _fmt(s.get("gold_after")),
+          MISSING if delta is None else f"{delta:+.4g}",
+        ]
+      )
+    lines += [
+      markdown_table(
+        ["#", "prompt", "before", "after", "gold before", "gold after", "Δ gold"], rows
+      ),
+      "",
+    ]
   else:
     lines += ["No samples.", ""]
 
@@ -495,16 +575,17 @@ def write_round_report(workdir: PathLike, rounds: Sequence[Mapping[str, Any]],
     rows = []
     for name, sec in timings.items():
       value = _number(sec)
-      rows.append([name, _fmt(sec, ".1f"),
-                   MISSING if value is None else _fmt_duration(value)])
+      rows.append([name, _fmt(sec, ".1f"), MISSING if value is None else _fmt_duration(value)])
     lines += [markdown_table(["phase", "seconds", "h:mm:ss"], rows), ""]
   else:
     lines += ["No timings.", ""]
 
   lines += ["## Configuration", ""]
   if config_summary:
-    lines += [markdown_table(["setting", "value"],
-                             [[k, _fmt(v)] for k, v in _flatten(config_summary)]), ""]
+    lines += [
+      markdown_table(["setting", "value"], [[k, _fmt(v)] for k, v in _flatten(config_summary)]),
+      "",
+    ]
   else:
     lines += ["No configuration summary.", ""]
 
@@ -515,8 +596,10 @@ def write_round_report(workdir: PathLike, rounds: Sequence[Mapping[str, Any]],
 
 # ----------------------------------------------------------------------------- over-optimisation
 
-_METHODS = {"bon": ("best-of-n", "bon", "R = d(α − β·d)"),
-            "ppo": ("PPO", "rl", "R = d(α − β·log d)")}
+_METHODS = {
+  "bon": ("best-of-n", "bon", "R = d(α − β·d)"),
+  "ppo": ("PPO", "rl", "R = d(α − β·log d)"),
+}
 
 
 _PEAK_EXTRAPOLATION = 2.0
@@ -530,10 +613,14 @@ def _fit_or_none(form: str, d: np.ndarray, r: np.ndarray) -> Optional[evaluation
     return None
 
 
-def write_overoptimization_report(workdir: PathLike, points: Sequence[Mapping[str, Any]],
-                                  fits: Optional[Mapping[Any, Any]] = None, *,
-                                  title: str = "Reward over-optimisation",
-                                  filename: str = "overoptimization.md") -> str:
+def write_overoptimization_report(
+  workdir: PathLike,
+  points: Sequence[Mapping[str, Any]],
+  fits: Optional[Mapping[Any, Any]] = None,
+  *,
+  title: str = "Reward over-optimisation",
+  filename: str = "overoptimization.md",
+) -> str:
   """Writes ``workdir/overoptimization.md`` and ``overoptimization.png``; returns the md path.
 
   With ``d = √KL(π ‖ π_init)``, best-of-n follows ``R(d) = d(α − β d)`` and PPO
@@ -567,9 +654,9 @@ def write_overoptimization_report(workdir: PathLike, points: Sequence[Mapping[st
     if kl is None or kl < 0:
       raise ValueError(f"points[{i}]: kl must be a finite number >= 0, got {p.get('kl')!r}")
     groups.setdefault((p.get("n_labels"), method), []).append(
-        (math.sqrt(kl), _number(p.get("gold")), _number(p.get("proxy"))))
-  keys = sorted(groups, key=lambda k: (list(_METHODS).index(k[1]), _number(k[0]) or 0.0,
-                                       str(k[0])))
+      (math.sqrt(kl), _number(p.get("gold")), _number(p.get("proxy")))
+    )
+  keys = sorted(groups, key=lambda k: (list(_METHODS).index(k[1]), _number(k[0]) or 0.0, str(k[0])))
 
   fitted: dict[tuple[Any, str], dict[str, Optional[evaluation.Fit]]] = {}
   for key in keys:
@@ -594,8 +681,20 @@ def write_overoptimization_report(workdir: PathLike, points: Sequence[Mapping[st
       fit = fitted[key][name]
       n_pts = sum(pt[1 if name == "gold" else 2] is not None for pt in groups[key])
       if fit is None:
-        rows.append([_fmt(n_labels), _METHODS[method][0], name, _METHODS[method][2],
-                     MISSING, MISSING, MISSING, MISSING, MISSING, n_pts])
+        rows.append(
+          [
+            _fmt(n_labels),
+            _METHODS[method][0],
+            name,
+            _METHODS[method][2],
+            MISSING,
+            MISSING,
+            MISSING,
+            MISSING,
+            MISSING,
+            n_pts,
+          ]
+        )
         continue
       d_star, r_star = evaluation.peak(fit)
       d_max = max(pt[0] for pt in groups[key])
@@ -605,27 +704,53 @@ def write_overoptimization_report(workdir: PathLike, points: Sequence[Mapping[st
         peak_d, peak_r = f"beyond data (> {_PEAK_EXTRAPOLATION * d_max:.3g})", MISSING
       else:
         peak_d, peak_r = _fmt(d_star), _fmt(r_star)
-      rows.append([_fmt(n_labels), _METHODS[method][0], name, _METHODS[method][2],
-                   _fmt(fit.alpha), _fmt(fit.beta), _fmt(fit.r2, ".3f"), peak_d, peak_r,
-                   n_pts])
+      rows.append(
+        [
+          _fmt(n_labels),
+          _METHODS[method][0],
+          name,
+          _METHODS[method][2],
+          _fmt(fit.alpha),
+          _fmt(fit.beta),
+          _fmt(fit.r2, ".3f"),
+          peak_d,
+          peak_r,
+          n_pts,
+        ]
+      )
 
   png = "overoptimization.png"
   has_plot = _plot_overoptimization(groups, keys, fitted, os.path.join(workdir, png))
-  lines = [f"# {title}", "",
-           "Reward relative to the initial policy against d = √KL(π ‖ π_init). Fits (Gao, "
-           "Schulman & Hilton 2022): best-of-n R = d(α − β·d), PPO R = d(α − β·log d), least "
-           "squares without intercept. The gold reward peaks at d* (best-of-n α/2β, PPO "
-           "exp(α/β − 1)); the proxy reward keeps rising. A peak beyond twice the largest measured "
-           "d is an extrapolation and is not reported; β ≤ 0 means no peak.", "",
-           "## Fits", "",
-           markdown_table(["labels", "method", "reward", "law", "α", "β", "R²", "peak √KL",
-                           "peak reward", "points"], rows), ""]
+  lines = [
+    f"# {title}",
+    "",
+    "Reward relative to the initial policy against d = √KL(π ‖ π_init). Fits (Gao, "
+    "Schulman & Hilton 2022): best-of-n R = d(α − β·d), PPO R = d(α − β·log d), least "
+    "squares without intercept. The gold reward peaks at d* (best-of-n α/2β, PPO "
+    "exp(α/β − 1)); the proxy reward keeps rising. A peak beyond twice the largest measured "
+    "d is an extrapolation and is not reported; β ≤ 0 means no peak.",
+    "",
+    "## Fits",
+    "",
+    markdown_table(
+      ["labels", "method", "reward", "law", "α", "β", "R²", "peak √KL", "peak reward", "points"],
+      rows,
+    ),
+    "",
+  ]
   if has_plot:
     lines += ["## Plot", "", f"![gold and proxy reward vs √KL]({png})", ""]
-  point_rows = [[_fmt(k[0]), _METHODS[k[1]][0], _fmt(d * d), _fmt(d), _fmt(g), _fmt(pr)]
-                for k in keys for d, g, pr in sorted(groups[k], key=lambda t: t[0])]
-  lines += ["## Points", "",
-            markdown_table(["labels", "method", "KL", "√KL", "gold", "proxy"], point_rows), ""]
+  point_rows = [
+    [_fmt(k[0]), _METHODS[k[1]][0], _fmt(d * d), _fmt(d), _fmt(g), _fmt(pr)]
+    for k in keys
+    for d, g, pr in sorted(groups[k], key=lambda t: t[0])
+  ]
+  lines += [
+    "## Points",
+    "",
+    markdown_table(["labels", "method", "KL", "√KL", "gold", "proxy"], point_rows),
+    "",
+  ]
   path = os.path.join(workdir, filename)
   _atomic_write_text(path, "\n".join(lines))
   return path
@@ -634,6 +759,7 @@ def write_overoptimization_report(workdir: PathLike, points: Sequence[Mapping[st
 def _plot_overoptimization(groups, keys, fitted, path: str) -> bool:
   import matplotlib
   from matplotlib.lines import Line2D
+
   if not keys:
     return False
   methods = [m for m in _METHODS if any(k[1] == m for k in keys)]
@@ -661,11 +787,13 @@ def _plot_overoptimization(groups, keys, fitted, path: str) -> bool:
     ax.grid(alpha=0.3)
     ax.set_xlim(left=0.0)
   axes[0].set_ylabel("reward relative to initial policy")
-  handles = [Line2D([], [], color=colour[n], lw=4, label=f"{_fmt(n)} labels")
-             for n in labels_sorted]
-  handles += [Line2D([], [], color="black", ls="-", marker="o", label="gold (fit solid)"),
-              Line2D([], [], color="black", ls="--", marker="s", mfc="none",
-                     label="proxy (fit dashed)")]
+  handles = [
+    Line2D([], [], color=colour[n], lw=4, label=f"{_fmt(n)} labels") for n in labels_sorted
+  ]
+  handles += [
+    Line2D([], [], color="black", ls="-", marker="o", label="gold (fit solid)"),
+    Line2D([], [], color="black", ls="--", marker="s", mfc="none", label="proxy (fit dashed)"),
+  ]
   fig.legend(handles=handles, fontsize=8, loc="outside right upper")
   fig.suptitle("Reward over-optimisation: gold vs proxy reward")
   _save_png(fig, path)

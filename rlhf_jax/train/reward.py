@@ -26,7 +26,14 @@ from rlhf_jax.models import Transformer, boxed_init_fn, init_params
 from rlhf_jax.train import common
 from rlhf_jax.train.metrics import MetricWriter, fetch, progress, truncate_metrics
 
-__all__ = ["Config", "check_config", "run", "train_reward_model", "evaluate_reward_model", "tokenize_pairs"]
+__all__ = [
+  "Config",
+  "check_config",
+  "run",
+  "train_reward_model",
+  "evaluate_reward_model",
+  "tokenize_pairs",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +44,9 @@ class Config:
   prompt_len: int = 64
   response_len: int = 64
   hparams: reward_lib.RewardHparams = reward_lib.RewardHparams()
-  optimizer: common.OptimSpec = common.OptimSpec(name="adamw", learning_rate=5e-5,
-                                                 warmup_steps=10, eps=1e-8)
+  optimizer: common.OptimSpec = common.OptimSpec(
+    name="adamw", learning_rate=5e-5, warmup_steps=10, eps=1e-8
+  )
   mesh: common.MeshSpec = common.MeshSpec()
   epochs: int = 1
   batch_size: int = 32
@@ -49,9 +57,15 @@ class Config:
 # Fields a rerun of a workdir may change (see rlhf_jax.main): layout, stop criterion.
 RESULT_NEUTRAL_FIELDS = ("mesh", "max_skipped_fraction")
 
-_BOUNDS = {"heldout_fraction": "in (0, 1)", "prompt_len": ">= 1", "response_len": ">= 1",
-           "epochs": ">= 1", "batch_size": ">= 1", "max_skipped_fraction": "in [0, 1]",
-           "hparams.center_coef": ">= 0"}
+_BOUNDS = {
+  "heldout_fraction": "in (0, 1)",
+  "prompt_len": ">= 1",
+  "response_len": ">= 1",
+  "epochs": ">= 1",
+  "batch_size": ">= 1",
+  "max_skipped_fraction": "in [0, 1]",
+  "hparams.center_coef": ">= 0",
+}
 
 
 def check_config(cfg: Config) -> None:
@@ -65,11 +79,15 @@ def check_config(cfg: Config) -> None:
   errors = config_schema.check_bounds(cfg, _BOUNDS)
   errors += common.spec_errors(cfg, optimizers=("optimizer",), meshes=("mesh",))
   if not cfg.model.path:
-    errors.append("config.model.path: required; the reward trainer starts from a checkpoint "
-                  "directory (base LM and tokenizer)")
+    errors.append(
+      "config.model.path: required; the reward trainer starts from a checkpoint "
+      "directory (base LM and tokenizer)"
+    )
   if not cfg.preferences:
-    errors.append("config.preferences: required; a preference file (.jsonl, .json, .parquet) "
-                  "or a Hugging Face dataset directory")
+    errors.append(
+      "config.preferences: required; a preference file (.jsonl, .json, .parquet) "
+      "or a Hugging Face dataset directory"
+    )
   if errors:
     raise config_schema.ConfigError("\n".join(errors))
 
@@ -86,13 +104,24 @@ def _pad_rows(x: np.ndarray, size: int) -> np.ndarray:
   return np.concatenate([x, np.repeat(x[:1], size - len(x), axis=0)], axis=0)
 
 
-def train_reward_model(model: Transformer, base_params, pairs: Dict[str, np.ndarray],
-                       eval_pairs: Optional[Dict[str, np.ndarray]], *,
-                       hp: reward_lib.RewardHparams, optim_spec: common.OptimSpec, epochs: int,
-                       batch_size: int, mesh, seed: int, workdir: str,
-                       checkpoint_every: int = 500, keep_checkpoints: int = 2,
-                       max_skipped_fraction: float = 0.1,
-                       desc: str = "reward model") -> Tuple[Any, dict]:
+def train_reward_model(
+  model: Transformer,
+  base_params,
+  pairs: Dict[str, np.ndarray],
+  eval_pairs: Optional[Dict[str, np.ndarray]],
+  *,
+  hp: reward_lib.RewardHparams,
+  optim_spec: common.OptimSpec,
+  epochs: int,
+  batch_size: int,
+  mesh,
+  seed: int,
+  workdir: str,
+  checkpoint_every: int = 500,
+  keep_checkpoints: int = 2,
+  max_skipped_fraction: float = 0.1,
+  desc: str = "reward model",
+) -> Tuple[Any, dict]:
   """A fresh scalar-head model on the trunk of ``base_params``, trained on ``pairs``.
 
   ``pairs``: ``ids_a, mask_a, ids_b, mask_b`` ``[N, T]`` and ``label`` ``[N]``. Returns the
@@ -120,8 +149,9 @@ def train_reward_model(model: Transformer, base_params, pairs: Dict[str, np.ndar
   state = sharding.commit(reward_lib.init_reward_state(params, optimizer, hp), mesh)
   step = sharding.jit_step(reward_lib.make_reward_step(model, optimizer, hp), state, mesh)
   os.makedirs(workdir, exist_ok=True)
-  manager = checkpoint.open_manager(os.path.join(workdir, "checkpoints"),
-                                    max_to_keep=keep_checkpoints)
+  manager = checkpoint.open_manager(
+    os.path.join(workdir, "checkpoints"), max_to_keep=keep_checkpoints
+  )
   start = 0
   if checkpoint.latest_step(manager) is not None:
     state, extra = checkpoint.restore(manager, checkpoint.abstract_like(state))
@@ -130,8 +160,7 @@ def train_reward_model(model: Transformer, base_params, pairs: Dict[str, np.ndar
     truncate_metrics(workdir, start, drop=lambda r: any(k.startswith("eval_") for k in r))
   rng = np.random.default_rng(seed)
   preempted = False
-  with MetricWriter(workdir, resume_step=start) as writer, \
-       checkpoint.PreemptionGuard() as guard:
+  with MetricWriter(workdir, resume_step=start) as writer, checkpoint.PreemptionGuard() as guard:
     bar = progress(total, desc=desc, unit="step")
     bar.update(start)
     i = 0
@@ -141,15 +170,16 @@ def train_reward_model(model: Transformer, base_params, pairs: Dict[str, np.ndar
         i += 1
         if i <= start:
           continue
-        rows = perm[s * batch_size:(s + 1) * batch_size]
+        rows = perm[s * batch_size : (s + 1) * batch_size]
         batch = sharding.shard_batch({key: v[rows] for key, v in pairs.items()}, mesh)
         state, metrics = step(state, batch)
         if i % 20 == 0 or i == total:
           host = dict(fetch(metrics), learning_rate=float(schedule(i)))
           writer.write(i, host)
           bar.set_postfix(loss=host["loss"], acc=host["accuracy"])
-          common.check_skipped(desc, host["skipped_updates"], i, total, max_skipped_fraction,
-                               f"step {i}")
+          common.check_skipped(
+            desc, host["skipped_updates"], i, total, max_skipped_fraction, f"step {i}"
+          )
         bar.update(1)
         preempted = guard.should_stop()
         if i % checkpoint_every == 0 or i == total or preempted:
@@ -162,8 +192,9 @@ def train_reward_model(model: Transformer, base_params, pairs: Dict[str, np.ndar
   manager.wait_until_finished()
   manager.close()
   if preempted:
-    raise checkpoint.Preempted(f"{desc}: stopped by a signal at step {i} of {total}; "
-                               "checkpoint saved, rerun to resume")
+    raise checkpoint.Preempted(
+      f"{desc}: stopped by a signal at step {i} of {total}; checkpoint saved, rerun to resume"
+    )
   tie_info = {}
   if hp.refit_tie_param and hp.tie_model != "bradley_terry":
     # Maximum-likelihood tie parameter at the scores the trained model gives its training
@@ -171,26 +202,33 @@ def train_reward_model(model: Transformer, base_params, pairs: Dict[str, np.ndar
     ra, rb = _score_pairs(model, state.params["model"], pairs, batch_size, mesh)
     learned = float(reward_lib.tie_parameter(state.params["tie"], hp.tie_model))
     fitted = float(losses.fit_tie_parameter(ra, rb, pairs["label"], hp.tie_model))
-    params = dict(state.params, tie=jnp.asarray(reward_lib.raw_tie(fitted, hp.tie_model),
-                                                jnp.float32))
+    params = dict(
+      state.params, tie=jnp.asarray(reward_lib.raw_tie(fitted, hp.tie_model), jnp.float32)
+    )
     state = state.replace(params=sharding.commit(params, mesh))
-    p_tie = np.asarray(losses.preference_probs(ra, rb, hp.tie_model,
-                                               reward_lib.tie_parameter(params["tie"],
-                                                                        hp.tie_model))[2])
-    tie_info = {"rm_tie_param_learned": learned,
-                "rm_train_tie_rate_labels": float(np.mean(pairs["label"] == losses.LABEL_TIE)),
-                "rm_train_tie_rate_implied": float(np.mean(p_tie))}
+    p_tie = np.asarray(
+      losses.preference_probs(
+        ra, rb, hp.tie_model, reward_lib.tie_parameter(params["tie"], hp.tie_model)
+      )[2]
+    )
+    tie_info = {
+      "rm_tie_param_learned": learned,
+      "rm_train_tie_rate_labels": float(np.mean(pairs["label"] == losses.LABEL_TIE)),
+      "rm_train_tie_rate_implied": float(np.mean(p_tie)),
+    }
   result = dict(tie_info)
   if eval_pairs is not None:
     result.update(evaluate_reward_model(model, state.params, hp, eval_pairs, batch_size, mesh))
     with MetricWriter(workdir) as writer:
       writer.write(total, {"eval_" + key: v for key, v in result.items()})
-  return state.params["model"], dict(result, rm_train_pairs=int(n),
-                                     rm_skipped_updates=int(state.skipped_updates))
+  return state.params["model"], dict(
+    result, rm_train_pairs=int(n), rm_skipped_updates=int(state.skipped_updates)
+  )
 
 
-def _score_pairs(model: Transformer, model_params, pairs: Dict[str, np.ndarray],
-                 batch_size: int, mesh) -> Tuple[np.ndarray, np.ndarray]:
+def _score_pairs(
+  model: Transformer, model_params, pairs: Dict[str, np.ndarray], batch_size: int, mesh
+) -> Tuple[np.ndarray, np.ndarray]:
   """Reward-model scores ``(r_a, r_b)`` of every pair, on the host, in fixed-size batches."""
   scorer = jax.jit(reward_lib.make_pair_scorer(model))
   n = len(pairs["label"])
@@ -203,8 +241,14 @@ def _score_pairs(model: Transformer, model_params, pairs: Dict[str, np.ndarray],
   return np.concatenate(ra), np.concatenate(rb)
 
 
-def evaluate_reward_model(model: Transformer, params, hp: reward_lib.RewardHparams,
-                          eval_pairs: Dict[str, np.ndarray], batch_size: int, mesh) -> dict:
+def evaluate_reward_model(
+  model: Transformer,
+  params,
+  hp: reward_lib.RewardHparams,
+  eval_pairs: Dict[str, np.ndarray],
+  batch_size: int,
+  mesh,
+) -> dict:
   """Held-out accuracy (decided pairs), tie accuracy (ties predicted as the most probable
   outcome), the tie rate of the labels against the model's mean P(tie) and its predicted
   tie rate, ECE of P(a > b | decided), scores."""
@@ -216,22 +260,36 @@ def evaluate_reward_model(model: Transformer, params, hp: reward_lib.RewardHpara
   correct = np.where(gold == losses.LABEL_A, pred_a, ~pred_a)
   acc = float(np.mean(correct[decided])) if decided.any() else float("nan")
   tie = reward_lib.tie_parameter(params["tie"], hp.tie_model)
-  p_a, p_b, p_tie = (np.asarray(x) for x in losses.preference_probs(
-      ra, rb, hp.tie_model, None if hp.tie_model == "bradley_terry" else tie))
+  p_a, p_b, p_tie = (
+    np.asarray(x)
+    for x in losses.preference_probs(
+      ra, rb, hp.tie_model, None if hp.tie_model == "bradley_terry" else tie
+    )
+  )
   pred = np.argmax(np.stack([p_a, p_b, p_tie], 1), 1)
   ties = ~decided
   tie_acc = float(np.mean(pred[ties] == losses.LABEL_TIE)) if ties.any() else float("nan")
   p_win = p_a / np.maximum(p_a + p_b, 1e-12)
-  ece = (evaluation.expected_calibration_error(p_win[decided],
-                                               (gold[decided] == losses.LABEL_A).astype(float))
-         if decided.any() else float("nan"))
+  ece = (
+    evaluation.expected_calibration_error(
+      p_win[decided], (gold[decided] == losses.LABEL_A).astype(float)
+    )
+    if decided.any()
+    else float("nan")
+  )
   scores = np.concatenate([ra, rb])
-  return {"rm_accuracy": acc, "rm_tie_accuracy": tie_acc, "rm_ece": float(ece),
-          "rm_tie_rate_labels": float(np.mean(ties)),
-          "rm_tie_rate_implied": float(np.mean(p_tie)),
-          "rm_tie_rate_predicted": float(np.mean(pred == losses.LABEL_TIE)),
-          "rm_eval_pairs": int(n), "rm_score_mean": float(np.mean(scores)),
-          "rm_score_std": float(np.std(scores)), "rm_tie_param": float(tie)}
+  return {
+    "rm_accuracy": acc,
+    "rm_tie_accuracy": tie_acc,
+    "rm_ece": float(ece),
+    "rm_tie_rate_labels": float(np.mean(ties)),
+    "rm_tie_rate_implied": float(np.mean(p_tie)),
+    "rm_tie_rate_predicted": float(np.mean(pred == losses.LABEL_TIE)),
+    "rm_eval_pairs": int(n),
+    "rm_score_mean": float(np.mean(scores)),
+    "rm_score_std": float(np.std(scores)),
+    "rm_tie_param": float(tie),
+  }
 
 
 def tokenize_pairs(tokenizer, records, prompt_len: int, response_len: int) -> Dict[str, np.ndarray]:
@@ -251,9 +309,11 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   from rlhf_jax.models import hf
 
   check_config(cfg)
-  common.check_output_paths("workdir", [os.path.join(workdir, d) for d in
-                                        ("model", "checkpoints")],
-                            [os.path.join(workdir, "metrics.jsonl")])
+  common.check_output_paths(
+    "workdir",
+    [os.path.join(workdir, d) for d in ("model", "checkpoints")],
+    [os.path.join(workdir, "metrics.jsonl")],
+  )
   if not os.path.isdir(cfg.model.path):
     raise FileNotFoundError(f"config.model.path={cfg.model.path!r} is not a directory")
   try:  # errors in records name the file and line themselves
@@ -262,8 +322,10 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     raise FileNotFoundError(f"config.preferences: {e}") from None
   n_eval = max(1, int(round(cfg.heldout_fraction * len(records))))
   if len(records) - n_eval < cfg.batch_size:
-    raise ValueError(f"config.batch_size={cfg.batch_size}: only {len(records) - n_eval} "
-                     f"training pairs in {cfg.preferences} after holding out {n_eval}")
+    raise ValueError(
+      f"config.batch_size={cfg.batch_size}: only {len(records) - n_eval} "
+      f"training pairs in {cfg.preferences} after holding out {n_eval}"
+    )
   mesh = common.build_mesh(cfg.mesh)
   common.check_batch_sizes(mesh, {"config.batch_size": cfg.batch_size})
   tokenizer = hf.load_tokenizer(cfg.model.path)
@@ -275,9 +337,24 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   base_model, base_params = hf.from_pretrained(cfg.model.path, dtype=cfg.model.dtype)
   model = Transformer(base_model.cfg.replace(head="scalar", remat=cfg.model.remat))
   params, result = train_reward_model(
-      model, base_params, pairs, eval_pairs, hp=cfg.hparams, optim_spec=cfg.optimizer,
-      epochs=cfg.epochs, batch_size=cfg.batch_size, mesh=mesh, seed=cfg.seed, workdir=workdir,
-      max_skipped_fraction=cfg.max_skipped_fraction)
-  hf.save_pretrained(model, params, os.path.join(workdir, "model"), tokenizer=tokenizer,
-                     pad_token_id=int(tokenizer.pad_token_id))
+    model,
+    base_params,
+    pairs,
+    eval_pairs,
+    hp=cfg.hparams,
+    optim_spec=cfg.optimizer,
+    epochs=cfg.epochs,
+    batch_size=cfg.batch_size,
+    mesh=mesh,
+    seed=cfg.seed,
+    workdir=workdir,
+    max_skipped_fraction=cfg.max_skipped_fraction,
+  )
+  hf.save_pretrained(
+    model,
+    params,
+    os.path.join(workdir, "model"),
+    tokenizer=tokenizer,
+    pad_token_id=int(tokenizer.pad_token_id),
+  )
   return result

@@ -14,7 +14,7 @@ import json
 import math
 import os
 import pathlib
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -24,21 +24,50 @@ from rlhf_jax.train.metrics import markdown_table
 __all__ = ["HEADLINE", "summarize", "t_interval", "write_seed_summary"]
 
 HEADLINE: Tuple[Tuple[str, str], ...] = (
-    ("win_rate", "win rate (gold)"),
-    ("independent_win_rate", "win rate (independent judge)"),
-    ("kl", "KL (nats)"),
-    ("rm_accuracy", "RM accuracy"),
-    ("rm_tie_param", "RM tie parameter"),
-    ("degenerate_fraction", "degenerate fraction"),
-    ("perplexity_ratio", "perplexity ratio"),
-    ("gold_reward_mean", "gold reward"),
+  ("win_rate", "win rate (gold)"),
+  ("independent_win_rate", "win rate (independent judge)"),
+  ("kl", "KL (nats)"),
+  ("rm_accuracy", "RM accuracy"),
+  ("rm_tie_param", "RM tie parameter"),
+  ("degenerate_fraction", "degenerate fraction"),
+  ("perplexity_ratio", "perplexity ratio"),
+  ("gold_reward_mean", "gold reward"),
 )
 """``(key, label)`` of the per-round values summarised across seeds."""
 
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom.
-_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-        2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+_T95 = (
+  12.706,
+  4.303,
+  3.182,
+  2.776,
+  2.571,
+  2.447,
+  2.365,
+  2.306,
+  2.262,
+  2.228,
+  2.201,
+  2.179,
+  2.160,
+  2.145,
+  2.131,
+  2.120,
+  2.110,
+  2.101,
+  2.093,
+  2.086,
+  2.080,
+  2.074,
+  2.069,
+  2.064,
+  2.060,
+  2.056,
+  2.052,
+  2.048,
+  2.045,
+  2.042,
+)
 
 
 def t_interval(values: Sequence[float]) -> Tuple[float, float, float]:
@@ -50,7 +79,7 @@ def t_interval(values: Sequence[float]) -> Tuple[float, float, float]:
   mean = float(np.mean(x))
   if x.size == 1:
     return mean, mean, mean
-  half = (_T95[min(x.size - 1, len(_T95)) - 1] * float(np.std(x, ddof=1)) / math.sqrt(x.size))
+  half = _T95[min(x.size - 1, len(_T95)) - 1] * float(np.std(x, ddof=1)) / math.sqrt(x.size)
   return mean, mean - half, mean + half
 
 
@@ -74,14 +103,23 @@ def summarize(workdirs: Sequence[os.PathLike | str]) -> Dict[int, Dict[str, List
   return out
 
 
-def write_seed_summary(workdirs: Sequence[os.PathLike | str], out: os.PathLike | str,
-                       title: str = "Across seeds",
-                       note: Optional[str] = None) -> str:
+def write_seed_summary(
+  workdirs: Sequence[os.PathLike | str],
+  out: os.PathLike | str,
+  title: str = "Across seeds",
+  note: Optional[str] = None,
+) -> str:
   """Markdown table of :data:`HEADLINE` per round: each seed's value, mean [95% t interval]."""
   data = summarize(workdirs)
   names = [pathlib.Path(w).name for w in workdirs]
-  lines = [f"# {title}", "", f"{len(workdirs)} runs: " + ", ".join(f"`{w}`" for w in workdirs)
-           + ". Interval: 95% Student-t for the mean over runs.", ""]
+  lines = [
+    f"# {title}",
+    "",
+    f"{len(workdirs)} runs: "
+    + ", ".join(f"`{w}`" for w in workdirs)
+    + ". Interval: 95% Student-t for the mean over runs.",
+    "",
+  ]
   if note:
     lines += [note, ""]
   rows = []
@@ -90,8 +128,11 @@ def write_seed_summary(workdirs: Sequence[os.PathLike | str], out: os.PathLike |
       if key not in values:
         continue
       mean, lo, hi = t_interval(values[key])
-      rows.append([r, label] + [f"{v:.3f}" for v in values[key]]
-                  + [f"{mean:.3f} [{lo:.3f}, {hi:.3f}]", f"{min(values[key]):.3f}"])
+      rows.append(
+        [r, label]
+        + [f"{v:.3f}" for v in values[key]]
+        + [f"{mean:.3f} [{lo:.3f}, {hi:.3f}]", f"{min(values[key]):.3f}"]
+      )
   lines += [markdown_table(["round", "metric"] + names + ["mean [95% CI]", "min"], rows), ""]
   text = "\n".join(lines)
   files.atomic_write_text(out, text)

@@ -29,8 +29,7 @@ from rlhf_jax import sft as sft_lib
 from rlhf_jax.train import common
 from rlhf_jax.train.metrics import MetricWriter, fetch, progress
 
-__all__ = ["DataSpec", "Config", "check_config", "run", "load_sft_rows", "train_lm",
-           "step_rows"]
+__all__ = ["DataSpec", "Config", "check_config", "run", "load_sft_rows", "train_lm", "step_rows"]
 
 _log = logging.getLogger(__name__)
 
@@ -49,8 +48,9 @@ class DataSpec:
 class Config:
   model: common.ModelSpec = common.ModelSpec()
   data: DataSpec = DataSpec()
-  optimizer: common.OptimSpec = common.OptimSpec(name="adamw", learning_rate=1e-3,
-                                                 warmup_steps=50, eps=1e-8, max_grad_norm=1.0)
+  optimizer: common.OptimSpec = common.OptimSpec(
+    name="adamw", learning_rate=1e-3, warmup_steps=50, eps=1e-8, max_grad_norm=1.0
+  )
   mesh: common.MeshSpec = common.MeshSpec()
   steps: int = 1000
   batch_size: int = 32
@@ -63,13 +63,25 @@ class Config:
 
 # Fields a rerun of a workdir may change (see rlhf_jax.main): logging, checkpoint cadence,
 # caches, layout, stop criterion.
-RESULT_NEUTRAL_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "data.cache_dir",
-                         "mesh", "max_skipped_fraction")
+RESULT_NEUTRAL_FIELDS = (
+  "log_every",
+  "checkpoint_every",
+  "keep_checkpoints",
+  "data.cache_dir",
+  "mesh",
+  "max_skipped_fraction",
+)
 
-_BOUNDS = {"steps": ">= 1", "batch_size": ">= 1", "log_every": ">= 1",
-           "checkpoint_every": ">= 1", "keep_checkpoints": ">= 1",
-           "max_skipped_fraction": "in [0, 1]", "data.vocab_size": ">= 1",
-           "data.seq_len": ">= 2"}
+_BOUNDS = {
+  "steps": ">= 1",
+  "batch_size": ">= 1",
+  "log_every": ">= 1",
+  "checkpoint_every": ">= 1",
+  "keep_checkpoints": ">= 1",
+  "max_skipped_fraction": "in [0, 1]",
+  "data.vocab_size": ">= 1",
+  "data.seq_len": ">= 2",
+}
 
 
 def check_config(cfg: Config) -> None:
@@ -81,13 +93,13 @@ def check_config(cfg: Config) -> None:
   from rlhf_jax import config_schema
 
   errors = config_schema.check_bounds(cfg, _BOUNDS)
-  errors += common.spec_errors(cfg, optimizers=("optimizer",), meshes=("mesh",),
-                               models=("model",))
+  errors += common.spec_errors(cfg, optimizers=("optimizer",), meshes=("mesh",), models=("model",))
   if cfg.data.source not in ("corpus", "jsonl"):
     errors.append(f"config.data.source={cfg.data.source!r}: expected 'corpus' or 'jsonl'")
   elif cfg.data.source == "jsonl" and not cfg.model.path:
-    errors.append("config.model.path: data.source='jsonl' needs a checkpoint directory with "
-                  "tokenizer files")
+    errors.append(
+      "config.model.path: data.source='jsonl' needs a checkpoint directory with tokenizer files"
+    )
   if errors:
     raise config_schema.ConfigError("\n".join(errors))
 
@@ -100,12 +112,14 @@ def load_sft_rows(spec: DataSpec, tokenizer) -> Tuple[np.ndarray, np.ndarray, np
   for loc, rec in data_lib.read_jsonl(spec.path):
     if isinstance(rec, dict) and isinstance(rec.get("text"), str):
       texts.append(rec["text"])
-    elif (isinstance(rec, dict) and isinstance(rec.get("prompt"), str)
-          and isinstance(rec.get("response"), str)):
+    elif (
+      isinstance(rec, dict)
+      and isinstance(rec.get("prompt"), str)
+      and isinstance(rec.get("response"), str)
+    ):
       pairs.append((rec["prompt"], rec["response"]))
     else:
-      raise ValueError(f"{loc}: expected {{\"text\": str}} or "
-                       "{\"prompt\": str, \"response\": str}")
+      raise ValueError(f'{loc}: expected {{"text": str}} or {{"prompt": str, "response": str}}')
   if texts and pairs:
     raise ValueError(f"{spec.path}: mixes 'text' records and 'prompt'/'response' records")
   if texts:
@@ -121,9 +135,9 @@ def load_sft_rows(spec: DataSpec, tokenizer) -> Tuple[np.ndarray, np.ndarray, np
     p = tokenizer.encode(prompt, add_special_tokens=False)
     r = tokenizer.encode(response, add_special_tokens=False) + [tokenizer.eos_token_id]
     seq = (p + r)[:t]
-    ids[i, :len(seq)] = seq
-    mask[i, :len(seq)] = 1
-    loss_mask[i, len(p):len(seq)] = 1
+    ids[i, : len(seq)] = seq
+    mask[i, : len(seq)] = 1
+    loss_mask[i, len(p) : len(seq)] = 1
   return ids, mask, loss_mask
 
 
@@ -133,12 +147,26 @@ def step_rows(n_rows: int, batch_size: int, seed: int) -> Callable[[int], np.nda
   return lambda i: np.random.default_rng([seed, i]).integers(0, n_rows, batch_size)
 
 
-def train_lm(model, params, ids: np.ndarray, mask: np.ndarray, loss_mask: np.ndarray, *,
-             optim_spec: common.OptimSpec, steps: int, batch_size: int, seed: int, mesh,
-             workdir, log_every: int = 50, checkpoint_every: int = 500,
-             keep_checkpoints: int = 3, max_skipped_fraction: float = 0.1, desc: str = "sft",
-             batch_rows: Optional[Callable[[int], np.ndarray]] = None
-             ) -> Tuple[sft_lib.LMState, Dict[str, Any]]:
+def train_lm(
+  model,
+  params,
+  ids: np.ndarray,
+  mask: np.ndarray,
+  loss_mask: np.ndarray,
+  *,
+  optim_spec: common.OptimSpec,
+  steps: int,
+  batch_size: int,
+  seed: int,
+  mesh,
+  workdir,
+  log_every: int = 50,
+  checkpoint_every: int = 500,
+  keep_checkpoints: int = 3,
+  max_skipped_fraction: float = 0.1,
+  desc: str = "sft",
+  batch_rows: Optional[Callable[[int], np.ndarray]] = None,
+) -> Tuple[sft_lib.LMState, Dict[str, Any]]:
   """The language-model training loop: ``steps`` steps on rows ``[N, T]`` of ``ids``,
   ``mask`` and ``loss_mask``, from ``params`` of ``model``.
 
@@ -156,8 +184,9 @@ def train_lm(model, params, ids: np.ndarray, mask: np.ndarray, loss_mask: np.nda
   optimizer, schedule = common.make_optimizer(optim_spec, steps)
   state = sharding.commit(sft_lib.init_lm_state(params, optimizer), mesh)
   step = sharding.jit_step(sft_lib.make_lm_step(model, optimizer), state, mesh)
-  manager = checkpoint.open_manager(os.path.join(workdir, "checkpoints"),
-                                    max_to_keep=keep_checkpoints)
+  manager = checkpoint.open_manager(
+    os.path.join(workdir, "checkpoints"), max_to_keep=keep_checkpoints
+  )
   start = 0
   if checkpoint.latest_step(manager) is not None:
     state, extra = checkpoint.restore(manager, checkpoint.abstract_like(state))
@@ -166,22 +195,23 @@ def train_lm(model, params, ids: np.ndarray, mask: np.ndarray, loss_mask: np.nda
   last: Dict[str, Any] = {}
   preempted = False
   done = start
-  with MetricWriter(workdir, resume_step=start) as writer, \
-       checkpoint.PreemptionGuard() as guard:
+  with MetricWriter(workdir, resume_step=start) as writer, checkpoint.PreemptionGuard() as guard:
     bar = progress(steps, desc=desc, unit="step")
     bar.update(start)
     for i in range(start, steps):
       rows = rows_of(i)
-      batch = sharding.shard_batch({"ids": ids[rows], "mask": mask[rows],
-                                    "loss_mask": loss_mask[rows]}, mesh)
+      batch = sharding.shard_batch(
+        {"ids": ids[rows], "mask": mask[rows], "loss_mask": loss_mask[rows]}, mesh
+      )
       state, metrics = step(state, batch)
       done = i + 1
       if done % log_every == 0 or done == steps:
         last = dict(fetch(metrics), learning_rate=float(schedule(done)))
         writer.write(done, last)
         bar.set_postfix(loss=last["loss"])
-        common.check_skipped(desc, last["skipped_updates"], done, steps, max_skipped_fraction,
-                             f"step {done}")
+        common.check_skipped(
+          desc, last["skipped_updates"], done, steps, max_skipped_fraction, f"step {done}"
+        )
       bar.update(1)
       preempted = guard.should_stop()
       if done % checkpoint_every == 0 or done == steps or preempted:
@@ -192,8 +222,9 @@ def train_lm(model, params, ids: np.ndarray, mask: np.ndarray, loss_mask: np.nda
   manager.wait_until_finished()
   manager.close()
   if preempted:
-    raise checkpoint.Preempted(f"{desc}: stopped by a signal at step {done} of {steps}; "
-                               "checkpoint saved, rerun to resume")
+    raise checkpoint.Preempted(
+      f"{desc}: stopped by a signal at step {done} of {steps}; checkpoint saved, rerun to resume"
+    )
   return state, last
 
 
@@ -201,18 +232,25 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   from rlhf_jax.models import hf
 
   check_config(cfg)
-  common.check_output_paths("workdir", [os.path.join(workdir, d) for d in
-                                        ("model", "tokenizer", "checkpoints")],
-                            [os.path.join(workdir, "metrics.jsonl")])
+  common.check_output_paths(
+    "workdir",
+    [os.path.join(workdir, d) for d in ("model", "tokenizer", "checkpoints")],
+    [os.path.join(workdir, "metrics.jsonl")],
+  )
   mesh = common.build_mesh(cfg.mesh)
   common.check_batch_sizes(mesh, {"config.batch_size": cfg.batch_size})
   if cfg.data.source == "corpus":
-    corpus = data_lib.prepare_corpus(cfg.data.cache_dir or os.environ.get(
-        "RLHF_JAX_DATA", os.path.expanduser("~/.cache/rlhf_jax")), cfg.data.sources)
-    tokenizer = data_lib.train_tokenizer(corpus.texts("train"), cfg.data.vocab_size,
-                                         os.path.join(workdir, "tokenizer"))
-    ids, mask = data_lib.pack_texts(tokenizer, corpus.texts("train"), cfg.data.seq_len,
-                                    progress=True)
+    corpus = data_lib.prepare_corpus(
+      cfg.data.cache_dir
+      or os.environ.get("RLHF_JAX_DATA", os.path.expanduser("~/.cache/rlhf_jax")),
+      cfg.data.sources,
+    )
+    tokenizer = data_lib.train_tokenizer(
+      corpus.texts("train"), cfg.data.vocab_size, os.path.join(workdir, "tokenizer")
+    )
+    ids, mask = data_lib.pack_texts(
+      tokenizer, corpus.texts("train"), cfg.data.seq_len, progress=True
+    )
     loss_mask = mask
   elif cfg.data.source == "jsonl":
     if not cfg.model.path:
@@ -225,12 +263,23 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   if not spec.path:
     spec = dataclasses.replace(spec, path=None, vocab_size=len(tokenizer))
   model, params = common.load_model(spec, "lm", jax.random.PRNGKey(cfg.seed), mesh)
-  state, last = train_lm(model, params, ids, mask, loss_mask, optim_spec=cfg.optimizer,
-                         steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed, mesh=mesh,
-                         workdir=workdir, log_every=cfg.log_every,
-                         checkpoint_every=cfg.checkpoint_every,
-                         keep_checkpoints=cfg.keep_checkpoints,
-                         max_skipped_fraction=cfg.max_skipped_fraction)
+  state, last = train_lm(
+    model,
+    params,
+    ids,
+    mask,
+    loss_mask,
+    optim_spec=cfg.optimizer,
+    steps=cfg.steps,
+    batch_size=cfg.batch_size,
+    seed=cfg.seed,
+    mesh=mesh,
+    workdir=workdir,
+    log_every=cfg.log_every,
+    checkpoint_every=cfg.checkpoint_every,
+    keep_checkpoints=cfg.keep_checkpoints,
+    max_skipped_fraction=cfg.max_skipped_fraction,
+  )
   if int(state.step) == cfg.steps:
     hf.save_pretrained(model, state.params, os.path.join(workdir, "model"), tokenizer=tokenizer)
   return last
