@@ -29,7 +29,6 @@ import numpy as np
 
 from rlhf_jax import data as data_lib
 from rlhf_jax import evaluation
-from rlhf_jax import ppo as ppo_lib
 from rlhf_jax.feedback import scorers as scorers_lib
 from rlhf_jax.feedback import simulated as simulated_lib
 from rlhf_jax.train import common
@@ -212,15 +211,15 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
         }
       )
     # PPO, evaluated every `ppo_eval_every` iterations.
-    value_model, value_params = ppo_lib.init_value_from_reward(
-      models.scalar, rm_params, gain, bias, cfg.ppo.value_init
+    policy_model, start, value_model, value_params = pl.policy_and_value(
+      models, hp, base_params, rm_params, gain, bias, cfg.ppo.value_init
     )
     ppo_dir = root / f"ppo_{n_labels}"
     done = 0
     while done < cfg.ppo.iterations:
       state, _ = ppo_train.train_ppo(
-        policy_model=models.lm,
-        policy_params=base_params,
+        policy_model=policy_model,
+        policy_params=start,
         value_model=value_model,
         value_params=value_params,
         reward_model=models.scalar,
@@ -243,7 +242,7 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
         max_skipped_fraction=cfg.max_skipped_fraction,
       )
       done = int(state.step)
-      policy = state.params["policy"]
+      policy = {k: v for k, v in state.params["policy"].items() if k != "score"}
       tok, m = sampler.sample(policy, e_ids, e_mask, cfg.seed + 7 * done, hp.temperature)
       seq = pl.join_sequences(e_ids, e_mask, tok, m)
       kl = float(

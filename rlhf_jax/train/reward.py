@@ -195,11 +195,12 @@ def train_reward_model(
     raise checkpoint.Preempted(
       f"{desc}: stopped by a signal at step {i} of {total}; checkpoint saved, rerun to resume"
     )
+  scorer = jax.jit(reward_lib.make_pair_scorer(model))  # refit and evaluation share it
   tie_info = {}
   if hp.refit_tie_param and hp.tie_model != "bradley_terry":
     # Maximum-likelihood tie parameter at the scores the trained model gives its training
     # pairs: what the labels' tie rate says θ (ν) is, whatever the gradient steps reached.
-    ra, rb = _score_pairs(model, state.params["model"], pairs, batch_size, mesh)
+    ra, rb = _score_pairs(scorer, state.params["model"], pairs, batch_size, mesh)
     learned = float(reward_lib.tie_parameter(state.params["tie"], hp.tie_model))
     fitted = float(losses.fit_tie_parameter(ra, rb, pairs["label"], hp.tie_model))
     params = dict(
@@ -218,7 +219,9 @@ def train_reward_model(
     }
   result = dict(tie_info)
   if eval_pairs is not None:
-    result.update(evaluate_reward_model(model, state.params, hp, eval_pairs, batch_size, mesh))
+    result.update(
+      evaluate_reward_model(model, state.params, hp, eval_pairs, batch_size, mesh, scorer=scorer)
+    )
     with MetricWriter(workdir) as writer:
       writer.write(total, {"eval_" + key: v for key, v in result.items()})
   return state.params["model"], dict(
@@ -227,10 +230,10 @@ def train_reward_model(
 
 
 def _score_pairs(
-  model: Transformer, model_params, pairs: Dict[str, np.ndarray], batch_size: int, mesh
+  scorer, model_params, pairs: Dict[str, np.ndarray], batch_size: int, mesh
 ) -> Tuple[np.ndarray, np.ndarray]:
-  """Reward-model scores ``(r_a, r_b)`` of every pair, on the host, in fixed-size batches."""
-  scorer = jax.jit(reward_lib.make_pair_scorer(model))
+  """Scores ``(r_a, r_b)`` of every pair from a jitted ``reward.make_pair_scorer``, on the
+  host, in fixed-size batches (one compilation)."""
   n = len(pairs["label"])
   ra, rb = [], []
   for s, e in _batches(n, batch_size):
@@ -248,12 +251,16 @@ def evaluate_reward_model(
   eval_pairs: Dict[str, np.ndarray],
   batch_size: int,
   mesh,
+  scorer=None,
 ) -> dict:
   """Held-out accuracy (decided pairs), tie accuracy (ties predicted as the most probable
   outcome), the tie rate of the labels against the model's mean P(tie) and its predicted
-  tie rate, ECE of P(a > b | decided), scores."""
+  tie rate, ECE of P(a > b | decided), scores. ``scorer``: a jitted
+  ``reward.make_pair_scorer(model)`` to reuse (one is compiled when omitted)."""
   n = len(eval_pairs["label"])
-  ra, rb = _score_pairs(model, params["model"], eval_pairs, batch_size, mesh)
+  if scorer is None:
+    scorer = jax.jit(reward_lib.make_pair_scorer(model))
+  ra, rb = _score_pairs(scorer, params["model"], eval_pairs, batch_size, mesh)
   gold = np.asarray(eval_pairs["label"])
   decided = gold != losses.LABEL_TIE
   pred_a = ra > rb
