@@ -30,6 +30,7 @@ def study(tmp_path_factory):
   return workdir, cfg, result
 
 
+@pytest.mark.slow  # minutes on 2 cores; run by `launchers/test.sh -m slow`
 def test_smoke_study_points_fits_and_report(study):
   workdir, cfg, result = study
   points = json.loads((workdir / "points.json").read_text())

@@ -126,6 +126,7 @@ def test_rm_pairs_per_prompt_checked_before_any_work():
     pl.EvalSpec(rm_pairs_per_prompt=0)
 
 
+@pytest.mark.slow  # minutes on 2 cores; run by `launchers/test.sh -m slow`
 def test_openai_variant_runs_with_value_head_on_the_policy_trunk(smoke_run, tmp_path):
   """configs/sentiment.py:openai_smoke: shared trunk, '.' truncation, score replacement,
   whitened rewards — one round on the smoke run's base model."""

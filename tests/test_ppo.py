@@ -288,6 +288,7 @@ def test_corrupt_checkpoint_stops_the_resume_naming_the_step(tmp_path):
     _train(tmp_path / "run")
 
 
+@pytest.mark.slow  # minutes on 2 cores; run by `launchers/test.sh -m slow`
 def test_shipped_tiny_config_runs_on_presets(tmp_path):
   """configs/ppo.py:tiny as written (model.path "" = a preset, no tokenizer to load)."""
   import importlib.util
