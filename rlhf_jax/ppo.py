@@ -78,11 +78,16 @@ __all__ = [
   "ALGORITHMS",
   "CRITIC_FREE_ALGORITHMS",
   "GROUP_ALGORITHMS",
+  "PREFERENCE_ALGORITHMS",
 ]
 
 ALGORITHMS = ("ppo", "grpo", "dr_grpo", "rloo", "reinforce_pp")
 CRITIC_FREE_ALGORITHMS = ("grpo", "dr_grpo", "rloo", "reinforce_pp")
 GROUP_ALGORITHMS = ("grpo", "dr_grpo", "rloo")
+# Selected by the same field but trained from preference pairs, not rollouts: DPO and IPO
+# (rlhf_jax.dpo; the pipeline's policy stage). make_ppo_iteration refuses them; the sampling
+# settings of PPOHparams (response_len, temperature, stop token) still apply to them.
+PREFERENCE_ALGORITHMS = ("dpo", "ipo")
 # The papers' choices, used where PPOHparams leaves kl_in_loss / loss_reduction as None.
 _DEFAULT_KL_IN_LOSS = {
   "ppo": False,
@@ -90,6 +95,8 @@ _DEFAULT_KL_IN_LOSS = {
   "dr_grpo": True,
   "rloo": False,
   "reinforce_pp": False,
+  "dpo": False,
+  "ipo": False,
 }
 _DEFAULT_REDUCTION = {
   "ppo": "token",
@@ -97,6 +104,8 @@ _DEFAULT_REDUCTION = {
   "dr_grpo": "constant",
   "rloo": "token",
   "reinforce_pp": "token",
+  "dpo": "token",
+  "ipo": "token",
 }
 
 
@@ -178,7 +187,8 @@ class PPOHparams:
   # pass; None (default) recomputes when the policy computes in a dtype other than float32
   # (bfloat16 sampler log-probs differ from a full forward by up to ~0.025 nats per token).
   recompute_old_logprobs: Optional[bool] = None
-  algorithm: str = "ppo"  # "ppo" | "grpo" | "dr_grpo" | "rloo" | "reinforce_pp"
+  # "ppo" | "grpo" | "dr_grpo" | "rloo" | "reinforce_pp"; "dpo" | "ipo" (preference pairs)
+  algorithm: str = "ppo"
   group_size: int = 1  # samples per prompt (rows g*G ... g*G+G-1 are one prompt's)
   kl_in_loss: Optional[bool] = None  # None: the algorithm's (grpo, dr_grpo: True)
   kl_loss_estimator: str = "k3"  # the KL loss term's estimator (kl_in_loss)
@@ -186,8 +196,21 @@ class PPOHparams:
   loss_reduction: Optional[str] = None  # None: the algorithm's (see the class docstring)
 
   def __post_init__(self):
-    if self.algorithm not in ALGORITHMS:
-      raise ValueError(f"PPOHparams.algorithm={self.algorithm!r}; expected one of {ALGORITHMS}")
+    if self.algorithm not in ALGORITHMS + PREFERENCE_ALGORITHMS:
+      raise ValueError(
+        f"PPOHparams.algorithm={self.algorithm!r}; expected one of "
+        f"{ALGORITHMS + PREFERENCE_ALGORITHMS}"
+      )
+    if self.algorithm in PREFERENCE_ALGORITHMS and self.shared_trunk:
+      raise ValueError(
+        f"PPOHparams.shared_trunk=True with algorithm={self.algorithm!r}: DPO / IPO train "
+        "the policy alone (no value head); use shared_trunk=False"
+      )
+    if self.algorithm in PREFERENCE_ALGORITHMS and self.group_size != 1:
+      raise ValueError(
+        f"PPOHparams.group_size={self.group_size} with algorithm={self.algorithm!r}: DPO / "
+        "IPO learn from the round's labelled pairs, not from groups of samples; use 1"
+      )
     if self.group_size < 1:
       raise ValueError(f"PPOHparams.group_size must be >= 1, got {self.group_size}")
     if self.algorithm in GROUP_ALGORITHMS and self.group_size < 2:
@@ -529,6 +552,11 @@ def make_ppo_iteration(
   return-to-go); ``kl_loss`` (the reduced KL term, before β) when the KL is a loss term;
   ``group_score_std`` (mean within-group std of the total reward) for group methods.
   """
+  if hp.algorithm in PREFERENCE_ALGORITHMS:
+    raise ValueError(
+      f"PPOHparams.algorithm={hp.algorithm!r} trains from preference pairs, not rollouts: "
+      "use rlhf_jax.dpo.make_dpo_step (rlhf_jax.train.dpo.train_dpo)"
+    )
   if hp.shared_trunk != (policy_model.cfg.head == "both"):
     raise ValueError(
       "shared_trunk=True needs a policy with head='both' (and False needs "

@@ -19,7 +19,8 @@ re-run skips finished stages and resumes an interrupted training stage from its 
    b. a reward model (from the base trunk) on all labels so far, evaluated against
       noise-free gold labels on held-out pairs (``train/reward.py``);
    c. :func:`policy_stage`: RL from the current policy against the fixed reference with that
-      reward model, for any ``ppo.hparams.algorithm`` (a value model only when it has one);
+      reward model, for any ``ppo.hparams.algorithm`` (a value model only when it has one),
+      or DPO / IPO on the round's fresh pairs (``algorithm="dpo" | "ipo"``, ``config.dpo``);
    d. :func:`evaluate_policy`: win rate against the reference under the gold scorer and the
       independent judges, gold and proxy reward, KL to the reference, response length,
       degenerate text, fluency (perplexity under the reference).
@@ -42,6 +43,7 @@ import numpy as np
 
 from rlhf_jax import checkpoint, evaluation, losses, ops, sharding
 from rlhf_jax import data as data_lib
+from rlhf_jax import dpo as dpo_lib
 from rlhf_jax import ppo as ppo_lib
 from rlhf_jax import reward as reward_lib
 from rlhf_jax import sft as sft_lib
@@ -50,6 +52,7 @@ from rlhf_jax.feedback import scorers as scorers_lib
 from rlhf_jax.feedback import simulated as simulated_lib
 from rlhf_jax.models import Transformer, boxed_init_fn
 from rlhf_jax.train import common
+from rlhf_jax.train import dpo as dpo_train
 from rlhf_jax.train import ppo as ppo_train
 from rlhf_jax.train import report as report_lib
 from rlhf_jax.train import reward as reward_train
@@ -62,6 +65,7 @@ __all__ = [
   "FeedbackSpec",
   "RewardSpec",
   "PPOSpec",
+  "DPOSpec",
   "EvalSpec",
   "Config",
   "check_config",
@@ -190,6 +194,49 @@ class PPOSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class DPOSpec:
+  """The policy stage of ``ppo.hparams.algorithm = "dpo" | "ipo"``: online (iterated) DPO.
+
+  Each round trains the round's starting policy on that round's freshly labelled pairs
+  (sampled from the previous round's policy), against the frozen base model as the reference
+  — the model every round's KL is measured against, so the implicit KL penalty and the
+  reported KL agree across rounds. The algorithm field picks the loss (``dpo``: the sigmoid
+  loss, with ties through ``tie_model``; ``ipo``: IPO, which models ties itself); the
+  response length, sampling temperature and stop token come from ``ppo.hparams`` as for the
+  RL algorithms. See :class:`rlhf_jax.dpo.DPOHparams` for the fields.
+  """
+
+  beta: float = 0.1  # implicit reward β (log π - log π_ref); IPO's target gap is 1 / (2β)
+  label_smoothing: float = 0.0  # conservative DPO's ε in [0, 0.5) (dpo only)
+  tie_model: str = "bradley_terry"  # "bradley_terry" | "rao_kupper" | "davidson" (dpo only)
+  tie_param: float = 1.5  # θ >= 1 (Rao-Kupper) or ν >= 0 (Davidson)
+  learn_tie_param: bool = False
+  tie_learning_rate: float = 0.05
+  epochs: int = 2  # passes over the round's pairs
+  batch_size: int = 32  # pairs per step
+  optimizer: common.OptimSpec = common.OptimSpec(
+    name="adamw", learning_rate=5e-5, warmup_steps=10, eps=1e-8, max_grad_norm=1.0
+  )
+
+  def hparams(self, algorithm: str) -> dpo_lib.DPOHparams:
+    """The library settings for ``algorithm`` ("dpo" or "ipo"); raises ValueError naming the
+    ``DPOHparams`` field on an invalid combination."""
+    if algorithm not in ppo_lib.PREFERENCE_ALGORITHMS:
+      raise ValueError(
+        f"DPOSpec.hparams: algorithm={algorithm!r}; expected one of {ppo_lib.PREFERENCE_ALGORITHMS}"
+      )
+    return dpo_lib.DPOHparams(
+      loss_type="ipo" if algorithm == "ipo" else "sigmoid",
+      beta=self.beta,
+      label_smoothing=self.label_smoothing,
+      tie_model=self.tie_model,
+      tie_param=self.tie_param,
+      learn_tie_param=self.learn_tie_param,
+      tie_learning_rate=self.tie_learning_rate,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalSpec:
   num_samples_in_report: int = 8
   # Held-out reward-model pairs per evaluation prompt, drawn like round 1's labelled pairs
@@ -212,6 +259,8 @@ class Config:
   feedback: FeedbackSpec = FeedbackSpec()
   reward: RewardSpec = RewardSpec()
   ppo: PPOSpec = PPOSpec()
+  # The policy stage's settings when ppo.hparams.algorithm is "dpo" or "ipo" (else unused).
+  dpo: DPOSpec = DPOSpec()
   eval: EvalSpec = EvalSpec()
   mesh: common.MeshSpec = common.MeshSpec()
   rounds: int = 2
@@ -313,6 +362,35 @@ def stage_errors(cfg) -> List[str]:
     )
   if source == "ai_judge" and not cfg.feedback.judge_model_path:
     errors.append("config.feedback.judge_model_path: required with feedback.source='ai_judge'")
+  algorithm = cfg.ppo.hparams.algorithm
+  if algorithm in ppo_lib.PREFERENCE_ALGORITHMS and not hasattr(cfg, "dpo"):
+    errors.append(
+      f"config.ppo.hparams.algorithm={algorithm!r}: this task trains its policy from "
+      "rollouts; DPO / IPO run in the pipeline (task='pipeline', configs/dpo.py)"
+    )
+  return errors
+
+
+def _dpo_errors(cfg: Config) -> List[str]:
+  """Problems in ``cfg.dpo`` when the policy stage is DPO / IPO, naming the fields."""
+  from rlhf_jax import config_schema
+
+  algorithm = cfg.ppo.hparams.algorithm
+  if algorithm not in ppo_lib.PREFERENCE_ALGORITHMS:
+    return []
+  errors = config_schema.check_bounds(cfg, {"dpo.epochs": ">= 1", "dpo.batch_size": ">= 1"})
+  errors += common.spec_errors(cfg, optimizers=("dpo.optimizer",))
+  try:
+    cfg.dpo.hparams(algorithm)
+  except ValueError as e:
+    message = str(e).replace("DPOHparams.", "config.dpo.")
+    errors.append(message.replace("loss_type='ipo'", "config.ppo.hparams.algorithm='ipo'"))
+  pairs = min(cfg.feedback.pairs_per_round, cfg.data.num_prompts)
+  if 1 <= pairs < cfg.dpo.batch_size:
+    errors.append(
+      f"config.dpo.batch_size={cfg.dpo.batch_size}: larger than the {pairs} pairs labelled "
+      "each round (feedback.pairs_per_round, data.num_prompts) that DPO trains on"
+    )
   return errors
 
 
@@ -324,7 +402,7 @@ def check_config(cfg: Config) -> None:
   """
   from rlhf_jax import config_schema
 
-  errors = stage_errors(cfg) + config_schema.check_bounds(cfg, _BOUNDS)
+  errors = stage_errors(cfg) + config_schema.check_bounds(cfg, _BOUNDS) + _dpo_errors(cfg)
   pairs = min(cfg.feedback.pairs_per_round, cfg.data.num_prompts)
   if 1 <= pairs < cfg.reward.batch_size:
     errors.append(
@@ -1062,9 +1140,14 @@ def policy_stage(
   workdir: pathlib.Path,
   desc: str,
   max_skipped_fraction: float,
+  pairs: Optional[dict] = None,
+  dpo: Optional[DPOSpec] = None,
 ) -> PolicyResult:
-  """RL from ``policy_params`` against the fixed reference and the reward model, with the
-  algorithm of ``hp`` (the reward normalised on reference samples first). Resumes from
+  """The policy from ``policy_params`` with the algorithm of ``hp``: RL against the fixed
+  reference and the reward model, or, for ``"dpo"`` / ``"ipo"``, DPO on ``pairs`` (the
+  round's fresh labelled pairs, :func:`pairs_arrays` layout) with the settings ``dpo``
+  against the fixed reference (:func:`_dpo_policy`). The reward is normalised on reference
+  samples first either way (evaluation's proxy reward is in those units). Resumes from
   ``workdir/checkpoints``; SIGTERM raises :class:`rlhf_jax.checkpoint.Preempted`."""
   gain, bias = ppo_train.fit_reward_norm(
     models.lm,
@@ -1079,6 +1162,22 @@ def policy_stage(
     mesh,
     seed,
   )
+  if hp.algorithm in ppo_lib.PREFERENCE_ALGORITHMS:
+    return _dpo_policy(
+      models,
+      hp,
+      dpo or DPOSpec(),
+      policy_params=policy_params,
+      ref_params=ref_params,
+      pairs=pairs,
+      mesh=mesh,
+      seed=seed,
+      workdir=workdir,
+      desc=desc,
+      max_skipped_fraction=max_skipped_fraction,
+      gain=gain,
+      bias=bias,
+    )
   policy_model, start, value_model, value_params = policy_and_value(
     models, hp, policy_params, rm_params, gain, bias, spec.value_init
   )
@@ -1107,6 +1206,49 @@ def policy_stage(
   )
   params = {k: v for k, v in state.params["policy"].items() if k != "score"}
   return PolicyResult(params, history, float(state.kl.beta), gain, bias)
+
+
+def _dpo_policy(
+  models: Models,
+  hp: ppo_lib.PPOHparams,
+  spec: DPOSpec,
+  *,
+  policy_params,
+  ref_params,
+  pairs: Optional[dict],
+  mesh,
+  seed: int,
+  workdir: pathlib.Path,
+  desc: str,
+  max_skipped_fraction: float,
+  gain: float,
+  bias: float,
+) -> PolicyResult:
+  """DPO / IPO (``hp.algorithm``) from ``policy_params`` on ``pairs`` against ``ref_params``.
+  The history is empty (no rollouts: the round's curve is its evaluation point); the final
+  KL coefficient reported is DPO's β."""
+  if pairs is None:
+    raise ValueError(
+      f"policy stage: algorithm={hp.algorithm!r} trains on the round's labelled pairs; pass pairs="
+    )
+  dpo_hp = spec.hparams(hp.algorithm)
+  params, _ = dpo_train.train_dpo(
+    models.lm,
+    policy_params,
+    ref_params,
+    pairs,
+    hp=dpo_hp,
+    optim_spec=spec.optimizer,
+    epochs=spec.epochs,
+    batch_size=spec.batch_size,
+    response_len=hp.response_len,
+    mesh=mesh,
+    seed=seed,
+    workdir=str(workdir),
+    desc=desc,
+    max_skipped_fraction=max_skipped_fraction,
+  )
+  return PolicyResult(params, [], float(dpo_hp.beta), gain, bias)
 
 
 # ----------------------------------------------------------------------------- stage: evaluate
@@ -1367,6 +1509,8 @@ def run_round(
     workdir=rdir / "ppo",
     desc=f"ppo round {r}",
     max_skipped_fraction=cfg.max_skipped_fraction,
+    pairs=new_pairs,
+    dpo=cfg.dpo,
   )
   t_ppo = time.perf_counter() - t0
 
@@ -1490,6 +1634,11 @@ def _start_up_checks(cfg: Config, root: pathlib.Path):
       "config.base.batch_size": cfg.base.batch_size,
       "config.reward.batch_size": cfg.reward.batch_size,
       "config.ppo.batch_size": cfg.ppo.batch_size,
+      **(
+        {"config.dpo.batch_size": cfg.dpo.batch_size}
+        if cfg.ppo.hparams.algorithm in ppo_lib.PREFERENCE_ALGORITHMS
+        else {}
+      ),
     },
   )
   gold = load_scorers(cfg.feedback)  # fail before any work on a misnamed or broken scorer

@@ -127,6 +127,11 @@ def check_config(cfg: Config) -> None:
     errors.append(f"config.value_init={cfg.value_init!r}: expected 'reward' or 'zero'")
   if cfg.prompts.source not in ("random", "jsonl"):
     errors.append(f"config.prompts.source={cfg.prompts.source!r}: expected 'random' or 'jsonl'")
+  if cfg.ppo.algorithm in ppo_lib.PREFERENCE_ALGORITHMS:
+    errors.append(
+      f"config.ppo.algorithm={cfg.ppo.algorithm!r}: this trainer learns from rollouts; DPO / "
+      "IPO learn from preference pairs in the pipeline (task='pipeline', configs/dpo.py)"
+    )
   if errors:
     raise config_schema.ConfigError("\n".join(errors))
 

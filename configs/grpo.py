@@ -1,0 +1,67 @@
+r"""GRPO on the sentiment task: the sentiment run (configs/sentiment.py) with a critic-free
+policy stage.
+
+Each round's policy stage is GRPO (Shao et al. 2024, DeepSeekMath): every prompt is sampled
+`group_size` times inside the compiled iteration, a response's advantage is its reward minus
+its group's mean, divided by the group's (unbiased) standard deviation, and the KL to the
+reference is a k3 loss term (β · k3, reduced like the policy loss: per sequence, then over
+sequences). No value model. Everything else — data, base model, simulated labels, the reward
+model trained each round, evaluation and report — is the sentiment run's, so the numbers
+compare with configs/sentiment.py (PPO) and configs/rloo.py, configs/dpo.py.
+
+  python -m rlhf_jax.main --config configs/grpo.py --workdir runs/grpo
+  python -m rlhf_jax.main --config configs/grpo.py:smoke --workdir runs/grpo_smoke
+  python -m rlhf_jax.main --config configs/grpo.py:dr_grpo --workdir runs/dr_grpo
+  python -m rlhf_jax.main --config configs/grpo.py:dapo --workdir runs/dapo
+
+Variants: `dr_grpo` (Liu et al. 2025: advantages not divided by the group std, the loss
+divided by a constant), `dapo` (Yu et al. 2025: token-mean loss, clip-higher 0.28, no KL
+term), each with a `_smoke` size. Policy samples per round equal the PPO run's: 16 prompts
+x 4 samples = 64 rollouts an iteration, 24 iterations. Not yet tuned or measured on this task
+(the comparison is configs/algorithms.py's); the targets are the sentiment run's.
+"""
+
+import importlib.util
+import os
+
+
+def _sentiment():
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sentiment.py")
+  spec = importlib.util.spec_from_file_location("_rlhf_jax_sentiment_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+VARIANTS = ("default", "smoke", "dr_grpo", "dr_grpo_smoke", "dapo", "dapo_smoke")
+
+
+def get_config(arg=None):
+  variant = arg or "default"
+  if variant not in VARIANTS:
+    raise ValueError(f"configs/grpo.py: unknown variant {arg!r}; use one of {VARIANTS}")
+  smoke = variant.endswith("smoke")
+  c = _sentiment().get_config("smoke" if smoke else "default")
+  c.ppo.hparams.update(
+    algorithm="grpo",
+    group_size=4,  # samples per prompt: the group whose mean (and std) is the baseline
+    kl_in_loss=True,  # β · k3(π_θ, π_ref) as a loss term, not a per-token reward penalty
+    kl_loss_estimator="k3",
+    loss_reduction="sequence",  # GRPO: mean over sequences of each sequence's token mean
+    clip_eps_high=None,  # None: symmetric clip at clip_eps
+    # adaptive_kl and kl_target stay the sentiment run's: β (here the loss term's coefficient)
+    # is steered to the same KL budget as PPO's, so the algorithms compare at equal KL.
+  )
+  # ppo.batch_size counts prompts: 16 x group_size 4 = 64 rollouts an iteration, PPO's 64.
+  c.ppo.batch_size = 16
+  c.ppo.init_kl_coef = 0.04  # DeepSeekMath's β
+  if variant.startswith("dr_grpo"):
+    # Dr.GRPO: no std scaling (no difficulty bias), loss Σ m ℓ / (B · T) (no length bias).
+    c.ppo.hparams.update(algorithm="dr_grpo", loss_reduction="constant")
+  if variant.startswith("dapo"):
+    # DAPO: token-mean loss, asymmetric clip [1 - 0.2, 1 + 0.28], no KL term (β = 0).
+    c.ppo.hparams.update(loss_reduction="token", clip_eps_high=0.28, adaptive_kl=False)
+    c.ppo.init_kl_coef = 0.0
+  if smoke:
+    c.ppo.batch_size = 8  # 8 prompts x 4 = 32 rollouts, the sentiment smoke's
+  return c
