@@ -8,6 +8,8 @@ if [ "$#" -eq 0 ]; then
   # One code dialect (pyproject.toml [tool.ruff]): formatting drift or a lint error fails the run.
   ruff format --check --quiet rlhf_jax tests configs bench launchers
   ruff check --quiet rlhf_jax tests configs bench launchers
-  set -- -m "not slow"
+  # Two workers (one per core here; more where there are more), each test file on one worker
+  # so module-scoped fixtures (the smoke pipeline run) are built once.
+  set -- -m "not slow" -n auto --dist loadfile
 fi
 exec python -m pytest -q "$@"
