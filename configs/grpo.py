@@ -13,10 +13,15 @@ compare with configs/sentiment.py (PPO) and configs/rloo.py, configs/dpo.py.
   python -m rlhf_jax.main --config configs/grpo.py:smoke --workdir runs/grpo_smoke
   python -m rlhf_jax.main --config configs/grpo.py:dr_grpo --workdir runs/dr_grpo
   python -m rlhf_jax.main --config configs/grpo.py:dapo --workdir runs/dapo
+  python -m rlhf_jax.main --config configs/grpo.py:rlvr --workdir runs/grpo_rlvr
 
 Variants: `dr_grpo` (Liu et al. 2025: advantages not divided by the group std, the loss
 divided by a constant), `dapo` (Yu et al. 2025: token-mean loss, clip-higher 0.28, no KL
-term), each with a `_smoke` size. Policy samples per round equal the PPO run's: 16 prompts
+term), `rlvr` (verifiable-reward RL: GRPO on the VADER sentiment scorer itself,
+`ppo.reward_source="vader_sentiment"`, called on the host inside the compiled iteration,
+instead of the learned reward model — the upper bound of what the labels could teach, and
+the run to compare the reward model's over-optimisation against; the reward model is still
+trained and evaluated each round, the policy never sees it), each with a `_smoke` size. Policy samples per round equal the PPO run's: 16 prompts
 x 4 samples = 64 rollouts an iteration, 24 iterations. Not yet tuned or measured on this task
 (the comparison is configs/algorithms.py's); the targets are the sentiment run's.
 """
@@ -33,7 +38,16 @@ def _sentiment():
   return module
 
 
-VARIANTS = ("default", "smoke", "dr_grpo", "dr_grpo_smoke", "dapo", "dapo_smoke")
+VARIANTS = (
+  "default",
+  "smoke",
+  "dr_grpo",
+  "dr_grpo_smoke",
+  "dapo",
+  "dapo_smoke",
+  "rlvr",
+  "rlvr_smoke",
+)
 
 
 def get_config(arg=None):
@@ -62,6 +76,11 @@ def get_config(arg=None):
     # DAPO: token-mean loss, asymmetric clip [1 - 0.2, 1 + 0.28], no KL term (β = 0).
     c.ppo.hparams.update(loss_reduction="token", clip_eps_high=0.28, adaptive_kl=False)
     c.ppo.init_kl_coef = 0.0
+  if variant.startswith("rlvr"):
+    # The policy optimises the gold scorer directly (RLVR): no reward-model error to exploit,
+    # so the gold win rate measures the optimiser and the KL budget alone. The scorer's
+    # reward is normalised on reference samples like the reward model's.
+    c.ppo.reward_source = "vader_sentiment"
   if smoke:
     c.ppo.batch_size = 8  # 8 prompts x 4 = 32 rollouts, the sentiment smoke's
   return c

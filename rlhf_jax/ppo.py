@@ -18,7 +18,9 @@ Roles (one module definition each, see ``rlhf_jax.models``):
 * value: ``Transformer`` with ``head="scalar"`` (unused when the trunk is shared);
 * reference: the policy's module definition with frozen params (LM head only);
 * reward: ``Transformer`` with ``head="scalar"``, frozen, read at the last real token and
-  normalised by a gain and bias fitted on reference samples.
+  normalised by a gain and bias fitted on reference samples — or any ``score_fn`` (see
+  :func:`make_ppo_iteration`), e.g. a host-side text scorer through
+  :func:`host_scorer_score_fn` (verifiable-reward RL, RLVR), normalised the same way.
 
 The LM head runs only on the response positions (``head_slice``), log-probs come from a
 fused log-softmax gather (:func:`rlhf_jax.ops.token_logprobs`).
@@ -48,11 +50,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from rlhf_jax import advantages as adv_lib
@@ -70,6 +73,9 @@ __all__ = [
   "Rollout",
   "Scored",
   "make_sample_and_score",
+  "ScoreFn",
+  "reward_model_score_fn",
+  "host_scorer_score_fn",
   "sample_responses",
   "init_ppo_state",
   "init_value_from_reward",
@@ -320,7 +326,11 @@ class PPOState(flax.struct.PyTreeNode):
 
 
 class PPOFrozen(NamedTuple):
-  """Frozen inputs of an iteration: reference and reward params, reward normalisation."""
+  """Frozen inputs of an iteration: reference and reward params, reward normalisation.
+
+  ``reward_params`` is whatever the iteration's ``score_fn`` reads (the reward model's
+  params by default); None when the score comes from elsewhere (a host scorer).
+  """
 
   ref_params: Any
   reward_params: Any
@@ -456,14 +466,99 @@ def sample_responses(
   return tokens, mask, sample.logprobs_BN, has_stop
 
 
+# ``score_fn(reward_params, seq_ids_BT, seq_mask_BT, prompt_len) -> raw_score_B`` (float32):
+# the score of each whole sequence (left-padded prompt of ``prompt_len`` columns, then the
+# response, PAD with mask 0 after its end), before the normalisation ``gain · s + bias``.
+# ``reward_params`` is ``PPOFrozen.reward_params`` (None if the score needs none);
+# ``prompt_len`` is a static Python int. It is traced inside the iteration's jit.
+ScoreFn = Callable[[Any, jax.Array, jax.Array, int], jax.Array]
+
+
+def reward_model_score_fn(reward_model: Transformer) -> ScoreFn:
+  """The default ``score_fn``: the reward model's scalar head at each row's last real token."""
+
+  def score_fn(reward_params, seq_ids, seq_mask, prompt_len):
+    del prompt_len
+    return reward_lib.score_sequences(reward_model, reward_params, seq_ids, seq_mask)
+
+  return score_fn
+
+
+def host_scorer_score_fn(
+  scorer: Callable[[Sequence[Any], Sequence[Any]], Any],
+  decode: Callable[[np.ndarray, np.ndarray], Sequence[Any]],
+  name: str = "scorer",
+) -> ScoreFn:
+  """A ``score_fn`` that scores the text on the host: verifiable-reward RL (RLVR).
+
+  ``decode(ids_BL, mask_BL) -> list`` (numpy in, one item per row; the masked-out columns
+  must be dropped, e.g. ``functools.partial(pipeline.decode_responses, tokenizer)``) turns
+  the prompt columns and the response columns into texts; ``scorer(prompts, responses)``
+  (the :mod:`rlhf_jax.feedback.scorers` protocol) returns one number per row, given back to
+  the program as float32 ``[B]``.
+
+  The call is a :func:`jax.pure_callback` with a fixed result shape, so the iteration stays
+  one jitted program and compiles once; the scorer must be deterministic (XLA may call a
+  pure callback again or drop an unused one). ``name`` appears in its errors.
+
+  Placement: under ``jit`` with automatic sharding (the trainers' mesh), XLA gathers the
+  whole batch to the program's first device and calls the scorer once, on that device's
+  host, with the global batch; the scores are broadcast back. In a multi-process run this
+  is process 0's host (the scorer and tokenizer must load there; every process builds the
+  same program). Under ``vmap`` the scorer is called once per mapped element
+  (``vmap_method="sequential"``); inside a ``shard_map`` with manual axes, once per device
+  on its shard. The callback blocks the device while the host scores: a slow scorer is
+  the iteration's critical path.
+  """
+
+  def host(seq_ids, seq_mask, prompt_len):
+    ids, mask = np.asarray(seq_ids), np.asarray(seq_mask)
+    prompts = decode(ids[:, :prompt_len], mask[:, :prompt_len])
+    responses = decode(ids[:, prompt_len:], mask[:, prompt_len:])
+    out = np.asarray(scorer(list(prompts), list(responses)), np.float32)
+    if out.shape != (len(ids),):
+      raise ValueError(
+        f"{name}: a scorer returns one number per response; got shape {list(out.shape)} "
+        f"for {len(ids)} responses"
+      )
+    if not np.all(np.isfinite(out)):
+      raise ValueError(f"{name}: returned non-finite scores {out[~np.isfinite(out)][:4]}")
+    return out
+
+  def score_fn(reward_params, seq_ids, seq_mask, prompt_len):
+    del reward_params
+    return jax.pure_callback(
+      functools.partial(host, prompt_len=int(prompt_len)),
+      jax.ShapeDtypeStruct(seq_ids.shape[:1], jnp.float32),
+      seq_ids,
+      seq_mask,
+      vmap_method="sequential",
+    )
+
+  return score_fn
+
+
+def _resolve_score_fn(reward_model: Optional[Transformer], score_fn: Optional[ScoreFn]) -> ScoreFn:
+  if score_fn is not None:
+    return score_fn
+  if reward_model is None:
+    raise ValueError("reward_model=None needs a score_fn (e.g. host_scorer_score_fn)")
+  return reward_model_score_fn(reward_model)
+
+
 def make_sample_and_score(
-  policy_model: Transformer, reward_model: Transformer, hp: PPOHparams
+  policy_model: Transformer,
+  reward_model: Optional[Transformer],
+  hp: PPOHparams,
+  score_fn: Optional[ScoreFn] = None,
 ) -> Callable:
   """``fn(policy_params, reward_params, prompt_ids, prompt_mask, rng) -> Scored``.
 
   The rollout half of an iteration on its own: used to fit the reward normalisation on
-  reference samples and to evaluate policies.
+  reference samples and to evaluate policies. ``score_fn`` as in :func:`make_ppo_iteration`
+  (default: ``reward_model``'s score).
   """
+  score = _resolve_score_fn(reward_model, score_fn)
 
   def fn(policy_params, reward_params, prompt_ids, prompt_mask, rng):
     tokens, mask, logprobs, has_stop = sample_responses(
@@ -471,7 +566,7 @@ def make_sample_and_score(
     )
     seq_ids = jnp.concatenate([prompt_ids, tokens], axis=1)
     seq_mask = jnp.concatenate([prompt_mask.astype(jnp.int32), mask], axis=1)
-    raw = reward_lib.score_sequences(reward_model, reward_params, seq_ids, seq_mask)
+    raw = score(reward_params, seq_ids, seq_mask, prompt_ids.shape[1])
     return Scored(tokens, mask, logprobs, has_stop, seq_ids, seq_mask, raw)
 
   return fn
@@ -518,10 +613,11 @@ def _token_reduction(reduction: str) -> Callable:
 def make_ppo_iteration(
   policy_model: Transformer,
   value_model: Optional[Transformer],
-  reward_model: Transformer,
+  reward_model: Optional[Transformer],
   optimizer: optax.GradientTransformation,
   hp: PPOHparams,
   phases: bool = False,
+  score_fn: Optional[ScoreFn] = None,
 ) -> Callable:
   """Build ``iteration(state, frozen, prompt_ids_BP, prompt_mask_BP) -> (state, metrics)``.
 
@@ -542,6 +638,14 @@ def make_ppo_iteration(
   and advantage whitening; the loss reduction; the KL controller) is made here, once, as a
   choice of function; the iteration below reads rollout → score → shaped rewards →
   advantages → updates with no branches on ``hp``.
+
+  The score: ``score_fn(reward_params, seq_ids_BT, seq_mask_BT, prompt_len) -> raw_B``
+  (:data:`ScoreFn`; ``reward_params`` is ``frozen.reward_params``, ``prompt_len`` a static
+  int), normalised by ``frozen.reward_gain`` / ``reward_bias``. ``None`` (default): the
+  reward model's scalar head at the last real token (:func:`reward_model_score_fn`).
+  :func:`host_scorer_score_fn` scores decoded text on the host instead (RLVR); then
+  ``reward_model`` may be None and ``frozen.reward_params`` None, and a critic-free
+  iteration holds no reward model at all.
 
   Metrics: every algorithm reports ``score``, ``score_raw``, ``kl``, ``kl_penalty``,
   ``non_score_reward`` (0 when the KL is a loss term), ``response_length``, ``stop_rate``,
@@ -570,6 +674,7 @@ def make_ppo_iteration(
     )
   if not hp.critic_free and not hp.shared_trunk and value_model is None:
     raise ValueError("a separate value model is needed unless shared_trunk=True")
+  score_sequences = _resolve_score_fn(reward_model, score_fn)
   ref_model = Transformer(policy_model.cfg.replace(head="lm"))
   temperature = hp.temperature
   n = hp.response_len
@@ -752,7 +857,7 @@ def make_ppo_iteration(
       {"params": frozen.ref_params}, seq_ids, seq_mask, head_slice=heads(p)
     )
     logp_ref = ops.token_logprobs(ref_logits, tokens, temperature)
-    raw_score = reward_lib.score_sequences(reward_model, frozen.reward_params, seq_ids, seq_mask)
+    raw_score = score_sequences(frozen.reward_params, seq_ids, seq_mask, p)
     score = adv_lib.apply_reward_normalization(raw_score, frozen.reward_gain, frozen.reward_bias)
 
     beta = reward_beta(state.kl)

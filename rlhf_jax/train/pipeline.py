@@ -89,6 +89,7 @@ __all__ = [
   "label_stage",
   "policy_and_value",
   "policy_stage",
+  "reward_score_fn",
   "evaluate_policy",
   "run_round",
   "load_round",
@@ -184,6 +185,14 @@ class PPOSpec:
   init_kl_coef: float = 0.15
   norm_samples: int = 256
   value_init: str = "reward"  # "reward": normalised reward head | "zero": zero head
+  # What the policy stage optimises: "model" (the round's reward model) or a scorer of the
+  # decoded text, called on the host inside the compiled iteration (verifiable-reward RL,
+  # RLVR): a built-in name (rlhf_jax.feedback.scorers, e.g. "vader_sentiment") or
+  # "module:function", resolved like feedback.gold_scorer. Normalised on reference samples
+  # like the reward model. The reward model is still trained each round (evaluation reports
+  # its accuracy and proxy reward) but the policy never sees it. PPO with a separate value
+  # model then needs value_init="zero"; DPO / IPO take no reward.
+  reward_source: str = "model"
   # Responses end at this text's token once long enough (hparams.min_response_len), e.g.
   # "." as in OAI's sentiment run; "" for none. It must be one token of the run's tokenizer.
   stop_text: str = ""
@@ -363,6 +372,20 @@ def stage_errors(cfg) -> List[str]:
   if source == "ai_judge" and not cfg.feedback.judge_model_path:
     errors.append("config.feedback.judge_model_path: required with feedback.source='ai_judge'")
   algorithm = cfg.ppo.hparams.algorithm
+  if not hasattr(cfg, "dpo") and cfg.ppo.reward_source != "model":
+    errors.append(
+      f"config.ppo.reward_source={cfg.ppo.reward_source!r}: this task studies the reward "
+      "model; a scorer reward runs in the pipeline (task='pipeline', configs/grpo.py:rlvr)"
+    )
+  elif hasattr(cfg, "dpo"):
+    errors += ppo_train.reward_source_errors(
+      cfg.ppo.reward_source,
+      cfg.ppo.hparams,
+      cfg.ppo.value_init,
+      field="config.ppo.reward_source",
+      value_init_field="config.ppo.value_init",
+      algorithm_field="config.ppo.hparams.algorithm",
+    )
   if algorithm in ppo_lib.PREFERENCE_ALGORITHMS and not hasattr(cfg, "dpo"):
     errors.append(
       f"config.ppo.hparams.algorithm={algorithm!r}: this task trains its policy from "
@@ -1117,6 +1140,29 @@ def policy_and_value(
   return models.lm, policy_params, value_model, value_params
 
 
+def reward_score_fn(spec: PPOSpec, tokenizer) -> Optional[ppo_lib.ScoreFn]:
+  """The policy stage's ``score_fn`` for ``spec.reward_source``: None for ``"model"`` (the
+  reward model), else the scorer on text decoded with ``tokenizer``, called on the host
+  inside the compiled iteration (:func:`rlhf_jax.ppo.host_scorer_score_fn`)."""
+  scorer = ppo_train.load_reward_scorer(spec.reward_source, "config.ppo.reward_source")
+  return ppo_train.scorer_score_fn(scorer, tokenizer, "config.ppo.reward_source")
+
+
+def _curve_point(cfg: Config, r: int, h: dict) -> dict:
+  """One logged iteration as a reward-vs-KL curve point: the training score is the reward
+  model's proxy; with a scorer reward it is the scorer's (raw, i.e. the gold reward when the
+  scorer is the gold scorer)."""
+  point = {"round": r, "iteration": h["iteration"], "kl": h["kl"]}
+  source = cfg.ppo.reward_source
+  if source == "model":
+    point["proxy"] = h["score"]
+  elif source == cfg.feedback.gold_scorer:
+    point["gold"] = h["score_raw"]
+  else:
+    point["reward_source_raw"] = h["score_raw"]
+  return point
+
+
 class PolicyResult(NamedTuple):
   params: Any  # the policy LM's params (a value head on its trunk is dropped)
   history: List[Dict[str, float]]  # train_ppo's logged metrics, one dict per iteration
@@ -1142,13 +1188,26 @@ def policy_stage(
   max_skipped_fraction: float,
   pairs: Optional[dict] = None,
   dpo: Optional[DPOSpec] = None,
+  score_fn: Optional[ppo_lib.ScoreFn] = None,
 ) -> PolicyResult:
   """The policy from ``policy_params`` with the algorithm of ``hp``: RL against the fixed
   reference and the reward model, or, for ``"dpo"`` / ``"ipo"``, DPO on ``pairs`` (the
   round's fresh labelled pairs, :func:`pairs_arrays` layout) with the settings ``dpo``
   against the fixed reference (:func:`_dpo_policy`). The reward is normalised on reference
   samples first either way (evaluation's proxy reward is in those units). Resumes from
-  ``workdir/checkpoints``; SIGTERM raises :class:`rlhf_jax.checkpoint.Preempted`."""
+  ``workdir/checkpoints``; SIGTERM raises :class:`rlhf_jax.checkpoint.Preempted`.
+
+  ``score_fn`` (:func:`reward_score_fn` of ``spec.reward_source``): the RL algorithms
+  optimise it instead of the reward model (RLVR), normalised on the same reference samples;
+  the iteration then holds no reward model, and ``PolicyResult``'s gain and bias stay the
+  reward model's (evaluation's proxy reward). The history's ``score`` is then the scorer's.
+  """
+  if score_fn is not None and not hp.critic_free and not hp.shared_trunk:
+    if spec.value_init == "reward":
+      raise ValueError(
+        "config.ppo.reward_source: a scorer reward with config.ppo.value_init='reward'; the "
+        "value model cannot start at a reward it is not trained on, use 'zero'"
+      )
   gain, bias = ppo_train.fit_reward_norm(
     models.lm,
     ref_params,
@@ -1181,13 +1240,29 @@ def policy_stage(
   policy_model, start, value_model, value_params = policy_and_value(
     models, hp, policy_params, rm_params, gain, bias, spec.value_init
   )
+  train_gain, train_bias = gain, bias
+  if score_fn is not None:
+    train_gain, train_bias = ppo_train.fit_reward_norm(
+      models.lm,
+      ref_params,
+      None,
+      None,
+      prompt_ids,
+      prompt_mask,
+      hp,
+      spec.norm_samples,
+      spec.batch_size,
+      mesh,
+      seed,
+      score_fn=score_fn,
+    )
   state, history = ppo_train.train_ppo(
     policy_model=policy_model,
     policy_params=start,
     value_model=value_model,
     value_params=value_params,
-    reward_model=models.scalar,
-    reward_params=rm_params,
+    reward_model=models.scalar if score_fn is None else None,
+    reward_params=rm_params if score_fn is None else None,
     ref_params=ref_params,
     prompt_ids=prompt_ids,
     prompt_mask=prompt_mask,
@@ -1196,13 +1271,14 @@ def policy_stage(
     batch_size=spec.batch_size,
     iterations=spec.iterations,
     init_kl_coef=spec.init_kl_coef,
-    reward_gain=gain,
-    reward_bias=bias,
+    reward_gain=train_gain,
+    reward_bias=train_bias,
     mesh=mesh,
     seed=seed,
     workdir=str(workdir),
     desc=desc,
     max_skipped_fraction=max_skipped_fraction,
+    score_fn=score_fn,
   )
   params = {k: v for k, v in state.params["policy"].items() if k != "score"}
   return PolicyResult(params, history, float(state.kl.beta), gain, bias)
@@ -1511,6 +1587,7 @@ def run_round(
     max_skipped_fraction=cfg.max_skipped_fraction,
     pairs=new_pairs,
     dpo=cfg.dpo,
+    score_fn=reward_score_fn(cfg.ppo, setup.tokenizer),
   )
   t_ppo = time.perf_counter() - t0
 
@@ -1547,10 +1624,7 @@ def run_round(
       "beta_final": policy.beta_final,
     }
   )
-  curve = [
-    {"round": r, "iteration": h["iteration"], "kl": h["kl"], "proxy": h["score"]}
-    for h in policy.history
-  ]
+  curve = [_curve_point(cfg, r, h) for h in policy.history]
   curve.append(
     {
       "round": r,
@@ -1594,6 +1668,7 @@ def write_report(
     "rounds": cfg.rounds,
     "pairs_per_round": cfg.feedback.pairs_per_round,
     "feedback": cfg.feedback.source,
+    "policy_reward": cfg.ppo.reward_source,
     "gold": cfg.feedback.gold_scorer,
     "labeller": cfg.feedback.labeller_scorer or cfg.feedback.gold_scorer,
     "independent_judges": ", ".join(cfg.eval.independent_judges) or "none",
@@ -1642,6 +1717,7 @@ def _start_up_checks(cfg: Config, root: pathlib.Path):
     },
   )
   gold = load_scorers(cfg.feedback)  # fail before any work on a misnamed or broken scorer
+  ppo_train.load_reward_scorer(cfg.ppo.reward_source, "config.ppo.reward_source")
   return mesh, gold, load_independent_judges(cfg.eval)
 
 

@@ -36,6 +36,10 @@ __all__ = [
   "check_config",
   "train_ppo",
   "fit_reward_norm",
+  "reward_source_errors",
+  "load_reward_scorer",
+  "text_decoder",
+  "scorer_score_fn",
   "run",
   "prompt_rows",
 ]
@@ -57,6 +61,10 @@ class Config:
   policy: common.ModelSpec = common.ModelSpec()
   reward: common.ModelSpec = common.ModelSpec()
   value_init: str = "reward"  # "reward" | "zero"   (the value model's initial params)
+  # "model": the reward model above; or a scorer scoring the decoded text on the host (RLVR):
+  # a built-in name (rlhf_jax.feedback.scorers) or "module:function"; needs policy.path's
+  # tokenizer, and value_init="zero" for ppo with a separate value model.
+  reward_source: str = "model"
   ppo: ppo_lib.PPOHparams = ppo_lib.PPOHparams()
   optimizer: common.OptimSpec = common.OptimSpec()
   mesh: common.MeshSpec = common.MeshSpec()
@@ -125,6 +133,18 @@ def check_config(cfg: Config) -> None:
     )
   if cfg.value_init not in ("reward", "zero"):
     errors.append(f"config.value_init={cfg.value_init!r}: expected 'reward' or 'zero'")
+  errors += reward_source_errors(
+    cfg.reward_source,
+    cfg.ppo,
+    cfg.value_init,
+    field="config.reward_source",
+    value_init_field="config.value_init",
+  )
+  if cfg.reward_source != "model" and not cfg.policy.path:
+    errors.append(
+      f"config.reward_source={cfg.reward_source!r}: a scorer reads text, so it needs the "
+      "policy's tokenizer; set config.policy.path to a checkpoint directory with one"
+    )
   if cfg.prompts.source not in ("random", "jsonl"):
     errors.append(f"config.prompts.source={cfg.prompts.source!r}: expected 'random' or 'jsonl'")
   if cfg.ppo.algorithm in ppo_lib.PREFERENCE_ALGORITHMS:
@@ -134,6 +154,93 @@ def check_config(cfg: Config) -> None:
     )
   if errors:
     raise config_schema.ConfigError("\n".join(errors))
+
+
+def reward_source_errors(
+  source: str,
+  hp: ppo_lib.PPOHparams,
+  value_init: str,
+  *,
+  field: str,
+  value_init_field: str,
+  algorithm_field: str = "config.ppo.algorithm",
+) -> List[str]:
+  """Problems with a reward source (``"model"`` or a scorer spec) for ``hp``, naming ``field``.
+
+  Only the spec's form is checked here; :func:`load_reward_scorer` loads and probes it.
+  """
+  from rlhf_jax.feedback import scorers as scorers_lib
+
+  if source == "model":
+    return []
+  errors = []
+  if source not in scorers_lib.BUILTIN_SCORERS and ":" not in source:
+    errors.append(
+      f"{field}={source!r}: expected 'model', a built-in scorer "
+      f"({', '.join(sorted(scorers_lib.BUILTIN_SCORERS))}) or 'module:function'"
+    )
+  if hp.algorithm in ppo_lib.PREFERENCE_ALGORITHMS:
+    errors.append(
+      f"{field}={source!r} with {algorithm_field}={hp.algorithm!r}: DPO / IPO learn from "
+      "the labelled pairs, not from a reward; use 'model' (the default)"
+    )
+  elif not hp.critic_free and not hp.shared_trunk and value_init == "reward":
+    errors.append(
+      f"{field}={source!r} with {value_init_field}='reward': the value model can start at "
+      f"the reward model's head only when the reward model is the reward; set "
+      f"{value_init_field}='zero' (or a critic-free algorithm)"
+    )
+  return errors
+
+
+def load_reward_scorer(source: str, field: str):
+  """The scorer of a reward source spec (None for ``"model"``), loaded and probed on a small
+  batch. Raises ValueError naming ``field``."""
+  if source == "model":
+    return None
+  from rlhf_jax.feedback import judges as judges_lib
+  from rlhf_jax.feedback import scorers as scorers_lib
+
+  try:
+    scorer = scorers_lib.get_scorer(source)
+  except (ValueError, judges_lib.JudgeSpecError) as e:
+    raise ValueError(f"{field}: {e}") from None
+  out = None
+  try:
+    out = np.asarray(scorer(["The day"], [" was good."]), np.float64)
+  except Exception as e:  # any failure of user code on a valid probe
+    raise ValueError(
+      f"{field}={source!r}: calling it as scorer(prompts, responses) on a probe batch of 1 "
+      f"failed: {type(e).__name__}: {e}"
+    ) from e
+  if out.shape != (1,) or not np.all(np.isfinite(out)):
+    raise ValueError(
+      f"{field}={source!r}: a scorer returns one finite number per response; got "
+      f"{out.tolist()!r} for 1 response"
+    )
+  return scorer
+
+
+def text_decoder(tokenizer):
+  """``decode(ids_BL, mask_BL) -> list[str]``: each row's masked-in tokens as text, EOS
+  dropped (the ``decode`` of :func:`rlhf_jax.ppo.host_scorer_score_fn`)."""
+  eos = tokenizer.eos_token_id
+
+  def decode(ids_BL, mask_BL) -> List[str]:
+    out = []
+    for toks, m in zip(np.asarray(ids_BL), np.asarray(mask_BL)):
+      out.append(tokenizer.decode([int(t) for t, keep in zip(toks, m) if keep and int(t) != eos]))
+    return out
+
+  return decode
+
+
+def scorer_score_fn(scorer, tokenizer, name: str) -> Optional[ppo_lib.ScoreFn]:
+  """The iteration's ``score_fn`` for ``scorer`` on text decoded with ``tokenizer`` (None for
+  no scorer: the reward model)."""
+  if scorer is None:
+    return None
+  return ppo_lib.host_scorer_score_fn(scorer, text_decoder(tokenizer), name=name)
 
 
 def prompt_rows(n_prompts: int, batch_size: int, iteration: int, seed: int) -> np.ndarray:
@@ -146,7 +253,7 @@ def prompt_rows(n_prompts: int, batch_size: int, iteration: int, seed: int) -> n
 def fit_reward_norm(
   policy_model: Transformer,
   ref_params,
-  reward_model: Transformer,
+  reward_model: Optional[Transformer],
   reward_params,
   prompt_ids,
   prompt_mask,
@@ -155,10 +262,20 @@ def fit_reward_norm(
   batch_size: int,
   mesh,
   seed: int,
+  score_fn: Optional[ppo_lib.ScoreFn] = None,
 ) -> Tuple[float, float]:
   """OAI's reward normalisation: scores of reference-policy samples -> (gain, bias) giving
-  mean 0 and std 1."""
-  score_fn = jax.jit(ppo_lib.make_sample_and_score(policy_model, reward_model, hp))
+  mean 0 and std 1.
+
+  The score is the reward model's, or ``score_fn``'s when given (the iteration's
+  :data:`rlhf_jax.ppo.ScoreFn`, e.g. a host scorer; ``reward_model`` / ``reward_params`` may
+  then be None): the same samples (seed, rows, keys) either way.
+
+  When every reference sample scores the same (a 0/1 verifiable reward the base model never
+  earns, say) there is no scale to fit: the gain is 1 and the bias centres the scores, with a
+  warning.
+  """
+  score_fn = jax.jit(ppo_lib.make_sample_and_score(policy_model, reward_model, hp, score_fn))
   scores = []
   n_batches = max(1, -(-n_samples // batch_size))
   for i in progress(range(n_batches), desc="reward normalisation", unit="batch"):
@@ -172,7 +289,16 @@ def fit_reward_norm(
       jax.random.PRNGKey(seed + 7919 * (i + 1)),
     )
     scores.append(np.asarray(jax.device_get(out.raw_score)))
-  gain, bias = fit_reward_normalization(np.concatenate(scores))
+  scores = np.concatenate(scores)
+  if not np.std(scores) > 0:
+    _log.warning(
+      "reward normalisation: all %d reference samples score %r; gain 1, bias %r",
+      len(scores),
+      float(scores[0]),
+      -float(scores[0]),
+    )
+    return 1.0, -float(scores[0])
+  gain, bias = fit_reward_normalization(scores)
   return float(gain), float(bias)
 
 
@@ -182,7 +308,7 @@ def train_ppo(
   policy_params,
   value_model: Optional[Transformer],
   value_params,
-  reward_model: Transformer,
+  reward_model: Optional[Transformer],
   reward_params,
   ref_params,
   prompt_ids: np.ndarray,
@@ -203,8 +329,14 @@ def train_ppo(
   desc: str = "ppo",
   stop_after: Optional[int] = None,
   max_skipped_fraction: float = 0.1,
+  score_fn: Optional[ppo_lib.ScoreFn] = None,
 ) -> Tuple[ppo_lib.PPOState, List[Dict[str, float]]]:
   """Run ``iterations`` PPO iterations; resumes from ``workdir/checkpoints`` if present.
+
+  The reward is ``reward_model`` at the last token, or ``score_fn`` when given
+  (:func:`rlhf_jax.ppo.make_ppo_iteration`; e.g. :func:`rlhf_jax.ppo.host_scorer_score_fn`,
+  with ``reward_model`` and ``reward_params`` None), normalised by ``reward_gain`` /
+  ``reward_bias`` either way.
 
   Returns the final state and the logged metrics (one dict per logged iteration, those of
   earlier attempts included when resuming). The metrics also go to ``workdir/metrics.jsonl``
@@ -239,7 +371,11 @@ def train_ppo(
     mesh,
   )
   iteration = sharding.jit_step(
-    ppo_lib.make_ppo_iteration(policy_model, value_model, reward_model, optimizer, hp), state, mesh
+    ppo_lib.make_ppo_iteration(
+      policy_model, value_model, reward_model, optimizer, hp, score_fn=score_fn
+    ),
+    state,
+    mesh,
   )
 
   os.makedirs(workdir, exist_ok=True)
@@ -356,8 +492,13 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   k_policy, k_value, k_reward = jax.random.split(rng, 3)
   policy_head = "both" if cfg.ppo.shared_trunk else "lm"
   policy_model, policy_params = common.load_model(cfg.policy, policy_head, k_policy, mesh)
-  reward_model, reward_params = common.load_model(cfg.reward, "scalar", k_reward, mesh)
+  scorer = load_reward_scorer(cfg.reward_source, "config.reward_source")
   hp = cfg.ppo
+  # A scorer reward needs the reward model's module only as the value model's trunk.
+  needs_rm = scorer is None or not (hp.critic_free or hp.shared_trunk)
+  reward_model, reward_params = (
+    common.load_model(cfg.reward, "scalar", k_reward, mesh) if needs_rm else (None, None)
+  )
   tokenizer = None
   if cfg.policy.path:  # "" or None: a preset, no tokenizer
     from rlhf_jax.models import hf
@@ -366,6 +507,7 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     hp = dataclasses.replace(
       hp, eos_id=int(tokenizer.eos_token_id), pad_id=int(tokenizer.pad_token_id)
     )
+  score_fn = scorer_score_fn(scorer, tokenizer, "config.reward_source")
   ref_params = {k: v for k, v in policy_params.items() if k != "score"}
   ref_params = jax.tree.map(jnp.copy, ref_params)
   prompt_ids, prompt_mask = _load_prompts(
@@ -386,13 +528,16 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
       cfg.batch_size,
       mesh,
       cfg.seed,
+      score_fn=score_fn,
     )
   value_model, value_params = None, None
-  if not hp.shared_trunk:
+  if not hp.shared_trunk and not hp.critic_free:
     # Started at the normalised reward (or a zero head): the returns' units.
     value_model, value_params = ppo_lib.init_value_from_reward(
       reward_model, reward_params, gain, bias, cfg.value_init
     )
+  if score_fn is not None:  # the iteration scores with the scorer; no reward model in it
+    reward_model, reward_params = None, None
   state, history = train_ppo(
     policy_model=policy_model,
     policy_params=policy_params,
@@ -417,5 +562,6 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     checkpoint_every=cfg.checkpoint_every,
     keep_checkpoints=cfg.keep_checkpoints,
     max_skipped_fraction=cfg.max_skipped_fraction,
+    score_fn=score_fn,
   )
   return history[-1] if history else {}
