@@ -76,6 +76,7 @@ TASKS: dict[str, str] = {
   "ppo": "rlhf_jax.train.ppo",
   "pipeline": "rlhf_jax.train.pipeline",
   "overoptimization": "rlhf_jax.train.overoptimization",
+  "compare": "rlhf_jax.train.compare",
 }
 
 # Config keys consumed by the entry point itself.
