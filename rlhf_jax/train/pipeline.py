@@ -77,6 +77,7 @@ __all__ = [
   "read_prompts",
   "load_prompts",
   "pretrain_base",
+  "base_stage",
   "prepare_rounds",
   "sample_reference",
   "reward_eval_pairs",
@@ -84,6 +85,7 @@ __all__ = [
   "label_pairs",
   "label_stage",
   "policy_and_value",
+  "train_policy",
   "policy_stage",
   "evaluate_policy",
   "run_round",
@@ -740,6 +742,20 @@ def _perplexity(model, params, ids, mask, batch_size, mesh) -> float:
   return float(np.exp(total / max(count, 1.0)))
 
 
+def base_stage(cfg, root: pathlib.Path, tokenizer, mesh) -> Tuple[Transformer, Any]:
+  """:func:`pretrain_base` for a config with ``base``, ``seed`` and ``max_skipped_fraction``
+  (a pipeline or over-optimisation study) in its workdir ``root`` (``data/``, ``base/``)."""
+  return pretrain_base(
+    cfg.base,
+    root / "data",
+    root / "base",
+    tokenizer,
+    mesh,
+    cfg.seed,
+    max_skipped_fraction=cfg.max_skipped_fraction,
+  )
+
+
 # ----------------------------------------------------------------------------- sampling
 
 
@@ -1039,6 +1055,34 @@ def policy_and_value(
   return models.lm, policy_params, value_model, value_params
 
 
+def train_policy(
+  models: Models, spec: PPOSpec, hp: ppo_lib.PPOHparams, params, prompts, norm, **loop
+):
+  """:func:`rlhf_jax.train.ppo.train_ppo` by ``spec`` on the policy/value pair of
+  :func:`policy_and_value`: ``params`` = ``(policy, reference, reward model)``, ``prompts`` =
+  ``(ids, mask)``, ``norm`` = the reward's ``(gain, bias)``; ``loop``: ``mesh``, ``seed``,
+  ``workdir`` and train_ppo's optional loop arguments. Returns ``(state, history)``."""
+  policy_model, start, value_model, value_params = policy_and_value(
+    models, hp, params[0], params[2], *norm, spec.value_init
+  )
+  return ppo_train.train_ppo(
+    policy_model=policy_model,
+    policy_params=start,
+    value_model=value_model,
+    value_params=value_params,
+    reward_model=models.scalar,
+    reward_params=params[2],
+    ref_params=params[1],
+    prompt_ids=prompts[0],
+    prompt_mask=prompts[1],
+    hp=hp,
+    reward_gain=norm[0],
+    reward_bias=norm[1],
+    **ppo_train.schedule_kwargs(spec),
+    **loop,
+  )
+
+
 class PolicyResult(NamedTuple):
   params: Any  # the policy LM's params (a value head on its trunk is dropped)
   history: List[Dict[str, float]]  # train_ppo's logged metrics, one dict per iteration
@@ -1079,29 +1123,16 @@ def policy_stage(
     mesh,
     seed,
   )
-  policy_model, start, value_model, value_params = policy_and_value(
-    models, hp, policy_params, rm_params, gain, bias, spec.value_init
-  )
-  state, history = ppo_train.train_ppo(
-    policy_model=policy_model,
-    policy_params=start,
-    value_model=value_model,
-    value_params=value_params,
-    reward_model=models.scalar,
-    reward_params=rm_params,
-    ref_params=ref_params,
-    prompt_ids=prompt_ids,
-    prompt_mask=prompt_mask,
-    hp=hp,
-    optim_spec=spec.optimizer,
-    batch_size=spec.batch_size,
-    iterations=spec.iterations,
-    init_kl_coef=spec.init_kl_coef,
-    reward_gain=gain,
-    reward_bias=bias,
+  state, history = train_policy(
+    models,
+    spec,
+    hp,
+    (policy_params, ref_params, rm_params),
+    (prompt_ids, prompt_mask),
+    (gain, bias),
     mesh=mesh,
     seed=seed,
-    workdir=str(workdir),
+    workdir=workdir,
     desc=desc,
     max_skipped_fraction=max_skipped_fraction,
   )
@@ -1510,15 +1541,7 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   hp = policy_hparams(cfg.ppo, tokenizer)
 
   t0 = time.perf_counter()
-  base_model, base_params = pretrain_base(
-    cfg.base,
-    root / "data",
-    root / "base",
-    tokenizer,
-    mesh,
-    cfg.seed,
-    max_skipped_fraction=cfg.max_skipped_fraction,
-  )
+  base_model, base_params = base_stage(cfg, root, tokenizer, mesh)
   timings["base"] = time.perf_counter() - t0
   setup = prepare_rounds(cfg, root, mesh, tokenizer, hp, base_model, base_params, gold, independent)
 
