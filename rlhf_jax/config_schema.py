@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import math
 import numbers
 import os
+import sys
 import types
 import typing
 from typing import Any, Literal, Mapping, Union
@@ -44,6 +46,7 @@ __all__ = [
   "field_paths",
   "flatten",
   "diff",
+  "config_module",
 ]
 
 
@@ -413,3 +416,27 @@ def diff(old: Mapping, new: Mapping, ignore: Any = ()) -> list[str]:
     if not ignored(p) and a[p] != b[p]:
       lines.append(f"{p}: {a[p]!r} -> {b[p]!r}")
   return lines
+
+
+def config_module(config_file: str, name: str) -> types.ModuleType:
+  """The config module ``name`` next to ``config_file`` (e.g. ``configs/common.py`` for a
+  file of ``configs/``), loaded by path: config files are loaded by path too
+  (``ml_collections.config_flags``) and ``configs/`` is not a package, so this works from any
+  working directory. Each file is loaded once (kept in ``sys.modules``).
+
+  Use in a config file: ``common = config_module(__file__, "common")``.
+  """
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name + ".py")
+  key = "_rlhf_jax_config:" + path
+  if key not in sys.modules:
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{config_file}: no config module {name!r} at {path}")
+    spec = importlib.util.spec_from_file_location(key, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module
+    try:
+      spec.loader.exec_module(module)
+    except BaseException:
+      del sys.modules[key]
+      raise
+  return sys.modules[key]
