@@ -162,13 +162,14 @@ def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
   if origin is not None:
     raise _Invalid(path, f"unsupported field type {_type_name(tp)}")
 
+  is_bool = isinstance(value, bool) or type(value).__name__ == "bool_"  # numpy's too
   if tp is bool:
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
+    if is_bool:
       return bool(value)
     _fail(path, tp, value)
+  if is_bool and tp in (int, float):  # a bool is never a number here
+    _fail(path, tp, value)
   if tp is int:
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
-      _fail(path, tp, value)
     if isinstance(value, numbers.Integral):
       return int(value)
     if isinstance(value, numbers.Real) and float(value).is_integer():
@@ -177,8 +178,6 @@ def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
       raise _Invalid(path, f"expected int, got non-integral {_describe(value)}")
     _fail(path, tp, value)
   if tp is float:
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
-      _fail(path, tp, value)
     if isinstance(value, numbers.Real):
       return float(value)
     _fail(path, tp, value)

@@ -30,7 +30,8 @@ __all__ = [
   "SKIPPED_BOUNDS",
   "LOOP_BOUNDS",
   "LOOP_NEUTRAL_FIELDS",
-  "loop_kwargs",
+  "LOOP_FIELDS",
+  "config_kwargs",
   "TrainLoop",
   "PRESETS",
   "ModelSpec",
@@ -278,10 +279,13 @@ LOOP_NEUTRAL_FIELDS = (
 )
 
 
-def loop_kwargs(cfg: Any) -> Dict[str, Any]:
-  """The loop fields of a trainer config (logging and checkpoint cadence, stop criterion), as
-  keyword arguments of its training loop."""
-  names = ("log_every", "checkpoint_every", "keep_checkpoints", "max_skipped_fraction")
+# The loop fields of a trainer config: logging and checkpoint cadence, stop criterion.
+LOOP_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "max_skipped_fraction")
+
+
+def config_kwargs(cfg: Any, *names: str) -> Dict[str, Any]:
+  """``{name: cfg.<name>}``: fields a trainer config passes on, under the same names, to its
+  training loop (e.g. ``*LOOP_FIELDS``)."""
   return {name: getattr(cfg, name) for name in names}
 
 
@@ -343,7 +347,8 @@ class TrainLoop:
   (resume from the newest; save every ``every`` steps, at the last one, ``total``, and on a
   stop), metrics in ``workdir/metrics.jsonl``, a progress bar, the SIGTERM guard and the
   divergence check. ``key`` names the loop's step (``"step"``, ``"iteration"``) in the saved
-  extra data and in messages, ``unit`` on the bar; a step makes ``updates_per_step`` optimizer updates.
+  extra data and in messages, ``unit`` on the bar; a step makes ``updates_per_step``
+  optimizer updates.
 
   Use::
 

@@ -671,8 +671,7 @@ def pretrain_base(
     mask,
     mask,
     optim_spec=spec.optimizer,
-    steps=spec.steps,
-    batch_size=spec.batch_size,
+    **common.config_kwargs(spec, "steps", "batch_size"),
     seed=seed,
     mesh=mesh,
     workdir=out,
@@ -965,11 +964,11 @@ def label_pairs(
       prompts,
       resp_a,
       resp_b,
+      seed=seed * 1000 + round_idx,
+      round=round_idx,
       temperature=spec.temperature,
       tie_threshold=spec.tie_threshold,
       flip_prob=spec.flip_prob,
-      seed=seed * 1000 + round_idx,
-      round=round_idx,
     )
   return judges_lib.judge_records(_make_judge(spec), prompts, resp_a, resp_b, metadata=meta)
 

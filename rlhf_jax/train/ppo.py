@@ -380,6 +380,6 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     mesh=mesh,
     seed=cfg.seed,
     workdir=workdir,
-    **common.loop_kwargs(cfg),
+    **common.config_kwargs(cfg, *common.LOOP_FIELDS),
   )
   return history[-1] if history else {}

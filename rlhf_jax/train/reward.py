@@ -329,12 +329,9 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     eval_pairs,
     hp=cfg.hparams,
     optim_spec=cfg.optimizer,
-    epochs=cfg.epochs,
-    batch_size=cfg.batch_size,
     mesh=mesh,
-    seed=cfg.seed,
     workdir=workdir,
-    max_skipped_fraction=cfg.max_skipped_fraction,
+    **common.config_kwargs(cfg, "epochs", "batch_size", "seed", "max_skipped_fraction"),
   )
   hf.save_pretrained(
     model,

@@ -216,12 +216,12 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     ids, mask = data_lib.pack_texts(
       tokenizer, corpus.texts("train"), cfg.data.seq_len, progress=True
     )
-    loss_mask = mask
+    rows = (ids, mask, mask)  # the loss on every token
   elif cfg.data.source == "jsonl":
     if not cfg.model.path:
       raise ValueError("data.source='jsonl' needs model.path (a directory with tokenizer files)")
     tokenizer = hf.load_tokenizer(cfg.model.path)
-    ids, mask, loss_mask = load_sft_rows(cfg.data, tokenizer)
+    rows = load_sft_rows(cfg.data, tokenizer)
   else:
     raise ValueError(f"data.source={cfg.data.source!r}; expected 'corpus' or 'jsonl'")
   spec = cfg.model
@@ -231,16 +231,11 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   state, last = train_lm(
     model,
     params,
-    ids,
-    mask,
-    loss_mask,
+    *rows,  # ids, mask, loss_mask
     optim_spec=cfg.optimizer,
-    steps=cfg.steps,
-    batch_size=cfg.batch_size,
-    seed=cfg.seed,
     mesh=mesh,
     workdir=workdir,
-    **common.loop_kwargs(cfg),
+    **common.config_kwargs(cfg, "steps", "batch_size", "seed", *common.LOOP_FIELDS),
   )
   if int(state.step) == cfg.steps:
     hf.save_pretrained(model, state.params, os.path.join(workdir, "model"), tokenizer=tokenizer)
