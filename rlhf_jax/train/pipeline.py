@@ -456,21 +456,21 @@ class Models(NamedTuple):
     )
 
 
-def decode_responses(tokenizer, tokens_BN: np.ndarray, mask_BN: np.ndarray) -> List[str]:
-  """Response texts of sampled ``tokens_BN`` (positions with ``mask_BN`` 0 and EOS dropped)."""
+def decode_responses(tokenizer, tokens_BT: np.ndarray, mask_BT: np.ndarray) -> List[str]:
+  """Response texts of sampled ``tokens_BT`` (positions with ``mask_BT`` 0 and EOS dropped)."""
   out = []
   eos = tokenizer.eos_token_id
-  for toks, m in zip(tokens_BN, mask_BN):
+  for toks, m in zip(tokens_BT, mask_BT):
     ids = [int(t) for t, keep in zip(toks, m) if keep and int(t) != eos]
     out.append(tokenizer.decode(ids))
   return out
 
 
-def join_sequences(prompt_ids_BP, prompt_mask_BP, tokens_BN, mask_BN):
-  """Prompt and response side by side: ``(ids [B, P + N], mask [B, P + N])``, int32."""
+def join_sequences(prompt_ids_BP, prompt_mask_BP, tokens_BT, mask_BT):
+  """Prompt and response side by side: ``(ids [B, P + T], mask [B, P + T])``, int32."""
   return (
-    np.concatenate([prompt_ids_BP, tokens_BN], 1).astype(np.int32),
-    np.concatenate([prompt_mask_BP, mask_BN], 1).astype(np.int32),
+    np.concatenate([prompt_ids_BP, tokens_BT], 1).astype(np.int32),
+    np.concatenate([prompt_mask_BP, mask_BT], 1).astype(np.int32),
   )
 
 
@@ -895,7 +895,7 @@ def reward_eval_pairs(
 
 
 class SampledPairs(NamedTuple):
-  """Two responses per chosen training prompt: ``tokens_* [B, N]``, ``mask_* [B, N]``."""
+  """Two responses per chosen training prompt: ``tokens_* [B, T]``, ``mask_* [B, T]``."""
 
   rows: np.ndarray  # indices into the training prompts
   tokens_a: np.ndarray

@@ -150,7 +150,7 @@ def fit_reward_norm(
       batch["mask"],
       jax.random.PRNGKey(seed + 7919 * (i + 1)),
     )
-    scores.append(np.asarray(jax.device_get(out.raw_score)))
+    scores.append(np.asarray(jax.device_get(out.raw_score_B)))
   gain, bias = fit_reward_normalization(np.concatenate(scores))
   return float(gain), float(bias)
 
