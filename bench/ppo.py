@@ -141,7 +141,7 @@ def bench_ours(size, args, peak):
       top_k=0,
       top_p=1.0,
     )
-    jax.block_until_ready(out.tokens_BN)
+    jax.block_until_ready(out.tokens_BT)
 
   public()
   t_public = _common.timeit(public, args.iters)

@@ -25,16 +25,9 @@ Labels per round equal the PPO run's (feedback.pairs_per_round). Not yet tuned o
 this task (the comparison is configs/algorithms.py's); the targets are the sentiment run's.
 """
 
-import importlib.util
-import os
+from rlhf_jax.config_schema import config_module
 
-
-def _sentiment():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sentiment.py")
-  spec = importlib.util.spec_from_file_location("_rlhf_jax_sentiment_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+common = config_module(__file__, "common")
 
 
 VARIANTS = ("default", "smoke", "ipo", "ipo_smoke", "bradley_terry", "bradley_terry_smoke")
@@ -45,7 +38,7 @@ def get_config(arg=None):
   if variant not in VARIANTS:
     raise ValueError(f"configs/dpo.py: unknown variant {arg!r}; use one of {VARIANTS}")
   smoke = variant.endswith("smoke")
-  c = _sentiment().get_config("smoke" if smoke else "default")
+  c = common.sentiment("smoke" if smoke else "default")
   # The one field that picks the policy stage's algorithm: "dpo" (the sigmoid loss, ties
   # through dpo.tie_model) or "ipo". Response length, sampling temperature and the stop
   # token still come from ppo.hparams; the other ppo.* settings are unused.

@@ -22,29 +22,22 @@ of gold-labelled held-out pairs correctly, and the policy still wins 0.840 [0.79
 at KL 7.4, then 0.877 [0.831, 0.912] at KL 5.5 against the reference under the gold judge.
 """
 
-import importlib.util
-import os
+from rlhf_jax.config_schema import config_module
+
+common = config_module(__file__, "common")
 
 
-def _sentiment():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sentiment.py")
-  spec = importlib.util.spec_from_file_location("_rlhf_jax_sentiment_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-VARIANTS = ("default", "smoke", "openai", "openai_smoke")  # those of configs/sentiment.py
+VARIANTS = common.SENTIMENT_VARIANTS  # those of configs/sentiment.py
 
 
 def get_config(arg=None):
   if (arg or "default") not in VARIANTS:
     raise ValueError(f"configs/kind.py: unknown variant {arg!r}; use one of {VARIANTS}")
-  c = _sentiment().get_config(arg)
-  c.feedback.gold_scorer = "kind_and_clean"
-  c.feedback.labeller_scorer = "afinn_kindness"
-  c.feedback.temperature = 0.15
+  c = common.sentiment(arg or "default")
+  c.feedback.gold_scorer = "kind_and_clean"  # gold: VADER minus offensiveness (classifier)
+  c.feedback.labeller_scorer = "afinn_kindness"  # labeller: AFINN minus a word-list score
+  c.feedback.temperature = 0.15  # annotator noise on the AFINN-based score's scale
   # A judge no label came from (the labeller is AFINN-based): VADER sentiment alone.
-  c.eval.independent_judges = ("vader_sentiment",)
-  c.targets = dict(win_rate=">= 0.7", kl="<= 6")
+  c.eval.independent_judges = ("vader_sentiment",)  # scorer names or "module:function"
+  c.targets = dict(win_rate=">= 0.7", kl="<= 6")  # checked against the last round
   return c

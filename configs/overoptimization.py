@@ -18,16 +18,9 @@ to +0.03 at KL 22 while its proxy keeps rising. Best-of-16 (KL 1.83): gold +0.03
 +0.30 for proxy +1.8 / +1.6 / +1.8.
 """
 
-import importlib.util
-import os
+from rlhf_jax.config_schema import config_module
 
-
-def _sentiment():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sentiment.py")
-  spec = importlib.util.spec_from_file_location("_rlhf_jax_sentiment_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+common = config_module(__file__, "common")
 
 
 VARIANTS = ("default", "smoke")  # configs/overoptimization.py:<variant>
@@ -39,19 +32,19 @@ def get_config(arg=None):
     raise ValueError(
       f"configs/overoptimization.py: unknown variant {variant!r}; use 'default' or 'smoke'"
     )
-  c = _sentiment().get_config(variant)
-  c.task = "overoptimization"
-  for key in ("rounds", "eval", "targets"):
+  c = common.sentiment(variant)
+  c.task = "overoptimization"  # the trainer (rlhf_jax.train.overoptimization)
+  for key in ("rounds", "eval", "targets"):  # pipeline fields the study has no use for
     del c[key]
-  c.label_counts = (256, 1024, 4096)
-  c.bon_ns = (1, 2, 4, 8, 16)
-  c.num_eval_prompts = 128
-  c.ppo_eval_every = 6
-  c.ppo.iterations = 24
-  c.ppo.init_kl_coef = 0.02
-  c.ppo.hparams.adaptive_kl = False
-  c.ppo.hparams.epochs = 4
-  if variant == "smoke":
+  c.label_counts = (256, 1024, 4096)  # labels each proxy reward model is trained on
+  c.bon_ns = (1, 2, 4, 8, 16)  # best-of-n sizes
+  c.num_eval_prompts = 128  # prompts of every evaluation point
+  c.ppo_eval_every = 6  # PPO iterations between evaluation points
+  c.ppo.iterations = 24  # PPO iterations per proxy
+  c.ppo.init_kl_coef = 0.02  # a weak, fixed KL penalty ...
+  c.ppo.hparams.adaptive_kl = False  # ... not adapted
+  c.ppo.hparams.epochs = 4  # passes over each rollout batch
+  if variant == "smoke":  # minutes on a laptop
     c.label_counts = (32, 128)
     c.bon_ns = (1, 2, 4)
     c.num_eval_prompts = 32

@@ -13,6 +13,10 @@ JSONL file of {"prompt": ...} records.
 
 import ml_collections as mlc
 
+from rlhf_jax.config_schema import config_module
+
+common = config_module(__file__, "common")
+
 _PRESETS = {"tiny": "tiny", "small": "gpt2-small", "medium": "gpt2-medium"}
 VARIANTS = tuple(_PRESETS)  # configs/ppo.py:<size>
 
@@ -22,67 +26,42 @@ def get_config(arg=None):
   if size not in _PRESETS:
     raise ValueError(f"configs/ppo.py: unknown size {size!r}; use one of {sorted(_PRESETS)}")
   c = mlc.ConfigDict()
-  c.task = "ppo"
-  c.distributed = dict(auto=False)
+  c.task = "ppo"  # the trainer (rlhf_jax.train.ppo)
+  c.distributed = common.distributed()  # multi-process start-up
   # scan_unroll=0: every layer unrolled. On CPU the PPO update phase runs ~15% faster than
   # under a layer scan; compile time grows with depth, so deep models should scan (1).
-  model = dict(
-    path="", preset=_PRESETS[size], vocab_size=8192, dtype="float32", remat=False, scan_unroll=0
-  )
-  c.policy = dict(model)
-  c.reward = dict(model)
-  c.value_init = "reward"
-  c.ppo = dict(
+  c.policy = common.model(_PRESETS[size])  # the policy (and reference) model
+  c.reward = common.model(_PRESETS[size])  # the reward model
+  c.value_init = "reward"  # the value model starts at the normalised reward ("zero": 0)
+  c.ppo = common.ppo_hparams(  # the anchor workload's PPO
     response_len=32,
-    num_minibatches=4,
     epochs=4,
     temperature=1.0,
-    top_k=0,
-    top_p=1.0,
-    eos_id=0,
+    eos_id=0,  # random weights: no tokenizer; 0 and 1 are EOS and PAD
     pad_id=1,
-    min_response_len=0,
-    missing_stop="none",
-    missing_stop_score=-1.0,
-    missing_stop_penalty=1.0,
-    kl_estimator="k1",
     adaptive_kl=False,
     kl_target=6.0,
     kl_horizon=10000.0,
-    gamma=1.0,
-    lam=0.95,
-    clip_eps=0.2,
-    value_clip_eps=0.2,
-    vf_coef=0.1,
-    whiten_rewards=False,
-    whiten_advantages=True,
-    unbiased_whitening=False,
-    shared_trunk=False,
-    recompute_old_logprobs=None,
   )
-  c.optimizer = dict(
-    name="adam",
-    learning_rate=1e-5,
-    anneal=True,
-    warmup_steps=0,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-5,
-    weight_decay=0.0,
-    max_grad_norm=0.0,
+  c.optimizer = common.optimizer("adam", 1e-5, eps=1e-5, max_grad_norm=0.0)  # policy and value
+  c.mesh = common.mesh()  # device layout only
+  c.prompts = dict(
+    source="random",  # "random" (benchmarks) | "jsonl" (one {"prompt": ...} per line)
+    path="",  # "jsonl": the file
+    field="prompt",  # "jsonl": the record field that holds the prompt
+    prompt_len=32,  # prompt tokens (left-padded)
+    num_random=1024,  # "random": prompts drawn
   )
-  c.mesh = dict(data=1, fsdp=-1, tensor=1)
-  c.prompts = dict(source="random", path="", field="prompt", prompt_len=32, num_random=1024)
-  c.batch_size = 64
-  c.iterations = 10
-  c.init_kl_coef = 0.05
-  c.normalize_reward = True
-  c.norm_samples = 128
-  c.seed = 0
-  c.log_every = 1
-  c.checkpoint_every = 10
-  c.keep_checkpoints = 2
-  if size == "tiny":
+  c.batch_size = 64  # rollouts per iteration
+  c.iterations = 10  # rollout + update iterations
+  c.init_kl_coef = 0.05  # KL coefficient (beta)
+  c.normalize_reward = True  # fit the reward to mean 0, std 1 on reference samples (OAI)
+  c.norm_samples = 128  # reference samples of that fit
+  c.seed = 0  # every random draw of the run
+  c.log_every = 1  # iterations between metric records
+  c.checkpoint_every = 10  # iterations between checkpoints
+  c.keep_checkpoints = 2  # checkpoints kept
+  if size == "tiny":  # seconds on a laptop
     c.ppo.response_len = 8
     c.prompts.prompt_len = 8
     c.batch_size = 16

@@ -16,6 +16,10 @@ labels; the trained model is written to WORKDIR/model in Hugging Face layout.
 
 import ml_collections as mlc
 
+from rlhf_jax.config_schema import config_module
+
+common = config_module(__file__, "common")
+
 VARIANTS = (None,)  # no variants: configs/reward.py
 
 
@@ -26,31 +30,17 @@ def get_config(arg=None):
       "(use configs/reward.py)"
     )
   c = mlc.ConfigDict()
-  c.task = "reward"
-  c.distributed = dict(auto=False)
-  c.model = dict(
-    path="", preset="gpt2-small", vocab_size=8192, dtype="float32", remat=False, scan_unroll=0
-  )  # every layer unrolled: faster on CPU than a layer scan
-  c.preferences = ""
-  c.heldout_fraction = 0.1
-  c.prompt_len = 16
-  c.response_len = 24
-  c.hparams = dict(
-    tie_model="rao_kupper", init_tie_param=1.5, learn_tie_param=True, center_coef=0.0
-  )
-  c.optimizer = dict(
-    name="adamw",
-    learning_rate=1e-4,
-    anneal=True,
-    warmup_steps=10,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-8,
-    weight_decay=0.0,
-    max_grad_norm=1.0,
-  )
-  c.mesh = dict(data=1, fsdp=-1, tensor=1)
-  c.epochs = 2
-  c.batch_size = 32
-  c.seed = 0
+  c.task = "reward"  # the trainer (rlhf_jax.train.reward)
+  c.distributed = common.distributed()  # multi-process start-up
+  c.model = common.model()  # model.path: the base LM (and tokenizer) to start from
+  c.preferences = ""  # preference file (.jsonl, .json, .parquet) or dataset directory
+  c.heldout_fraction = 0.1  # records held out for the evaluation
+  c.prompt_len = 16  # prompt tokens (left-padded)
+  c.response_len = 24  # response tokens (right-padded, EOS appended)
+  c.hparams = common.reward_hparams()  # loss and tie model
+  c.optimizer = common.optimizer("adamw", 1e-4, warmup_steps=10)  # reward-model optimizer
+  c.mesh = common.mesh()  # device layout only
+  c.epochs = 2  # passes over the training pairs
+  c.batch_size = 32  # pairs per step
+  c.seed = 0  # initialisation, split and order
   return c

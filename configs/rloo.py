@@ -20,16 +20,9 @@ PPO run's (64 rollouts an iteration, 24 iterations). Not yet tuned or measured o
 (the comparison is configs/algorithms.py's); the targets are the sentiment run's.
 """
 
-import importlib.util
-import os
+from rlhf_jax.config_schema import config_module
 
-
-def _sentiment():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sentiment.py")
-  spec = importlib.util.spec_from_file_location("_rlhf_jax_sentiment_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+common = config_module(__file__, "common")
 
 
 VARIANTS = ("default", "smoke", "reinforce_pp", "reinforce_pp_smoke")
@@ -40,7 +33,7 @@ def get_config(arg=None):
   if variant not in VARIANTS:
     raise ValueError(f"configs/rloo.py: unknown variant {arg!r}; use one of {VARIANTS}")
   smoke = variant.endswith("smoke")
-  c = _sentiment().get_config("smoke" if smoke else "default")
+  c = common.sentiment("smoke" if smoke else "default")
   c.ppo.hparams.update(
     algorithm="rloo",
     group_size=4,  # samples per prompt; the baseline is the mean of the other 3 (>= 2 needed)

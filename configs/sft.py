@@ -15,6 +15,10 @@ checkpoint directory with tokenizer files:
 
 import ml_collections as mlc
 
+from rlhf_jax.config_schema import config_module
+
+common = config_module(__file__, "common")
+
 VARIANTS = ("corpus", "jsonl")  # configs/sft.py:<data source>
 
 
@@ -23,38 +27,26 @@ def get_config(arg=None):
   if source not in VARIANTS:
     raise ValueError(f"configs/sft.py: unknown variant {source!r}; use 'corpus' or 'jsonl'")
   c = mlc.ConfigDict()
-  c.task = "sft"
-  c.distributed = dict(auto=False)
-  c.model = dict(
-    path="", preset="gpt2-small", vocab_size=8192, dtype="float32", remat=False, scan_unroll=0
-  )  # every layer unrolled: faster on CPU than a layer scan
+  c.task = "sft"  # the trainer (rlhf_jax.train.sft)
+  c.distributed = common.distributed()  # multi-process start-up
+  c.model = common.model()  # a preset at random init, or model.path to fine-tune
   c.data = dict(
-    source=source,
-    path="",
-    cache_dir="",
-    sources=("fortunes", "bible", "austen", "shakespeare"),
-    vocab_size=8192,
-    seq_len=64,
+    source=source,  # "corpus" (pretraining) | "jsonl" (records of model.path's tokenizer)
+    path="",  # "jsonl": the file
+    cache_dir="",  # corpus downloads; "" -> $RLHF_JAX_DATA or ~/.cache/rlhf_jax
+    sources=("fortunes", "bible", "austen", "shakespeare"),  # corpus parts
+    vocab_size=8192,  # BPE tokenizer trained on the corpus
+    seq_len=64,  # tokens per row
   )
-  c.optimizer = dict(
-    name="adamw",
-    learning_rate=1e-3,
-    anneal=True,
-    warmup_steps=50,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-8,
-    weight_decay=0.01,
-    max_grad_norm=1.0,
-  )
-  c.mesh = dict(data=1, fsdp=-1, tensor=1)
-  c.steps = 1000
-  c.batch_size = 32
-  c.seed = 0
-  c.log_every = 50
-  c.checkpoint_every = 500
-  c.keep_checkpoints = 2
-  if source == "jsonl":
+  c.optimizer = common.optimizer("adamw", 1e-3, warmup_steps=50, weight_decay=0.01)
+  c.mesh = common.mesh()  # device layout only
+  c.steps = 1000  # optimizer steps
+  c.batch_size = 32  # rows per step
+  c.seed = 0  # initialisation and batches
+  c.log_every = 50  # steps between metric records
+  c.checkpoint_every = 500  # steps between checkpoints
+  c.keep_checkpoints = 2  # checkpoints kept
+  if source == "jsonl":  # fine-tuning: a lower rate, fewer steps
     c.optimizer.learning_rate = 1e-4
     c.steps = 200
   return c

@@ -4,6 +4,7 @@ Public API (stable names; anything not listed here may change):
 
 * ``rlhf_jax.losses``      preference losses with ties, DPO/IPO, PPO/GRPO policy and value
   losses, entropy
+* ``rlhf_jax.labels``      the preference label codec: "a" / "b" / "tie" <-> 0 / 1 / 2
 * ``rlhf_jax.kl``          KL estimators k1/k2/k3, adaptive and fixed KL controllers
 * ``rlhf_jax.advantages``  reward shaping, GAE, GRPO/RLOO group advantages, reward normalisation
 * ``rlhf_jax.ops``         masked statistics, whitening, fused token log-probs
@@ -21,6 +22,7 @@ from rlhf_jax import (
   advantages,
   generation,
   kl,
+  labels,
   losses,
   models,
   ops,
@@ -37,6 +39,7 @@ __all__ = [
   "advantages",
   "generation",
   "kl",
+  "labels",
   "losses",
   "models",
   "ops",

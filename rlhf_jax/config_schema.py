@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import math
 import numbers
 import os
+import sys
 import types
 import typing
 from typing import Any, Literal, Mapping, Union
@@ -44,6 +46,7 @@ __all__ = [
   "field_paths",
   "flatten",
   "diff",
+  "config_module",
 ]
 
 
@@ -159,13 +162,14 @@ def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
   if origin is not None:
     raise _Invalid(path, f"unsupported field type {_type_name(tp)}")
 
+  is_bool = isinstance(value, bool) or type(value).__name__ == "bool_"  # numpy's too
   if tp is bool:
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
+    if is_bool:
       return bool(value)
     _fail(path, tp, value)
+  if is_bool and tp in (int, float):  # a bool is never a number here
+    _fail(path, tp, value)
   if tp is int:
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
-      _fail(path, tp, value)
     if isinstance(value, numbers.Integral):
       return int(value)
     if isinstance(value, numbers.Real) and float(value).is_integer():
@@ -174,8 +178,6 @@ def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
       raise _Invalid(path, f"expected int, got non-integral {_describe(value)}")
     _fail(path, tp, value)
   if tp is float:
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
-      _fail(path, tp, value)
     if isinstance(value, numbers.Real):
       return float(value)
     _fail(path, tp, value)
@@ -413,3 +415,27 @@ def diff(old: Mapping, new: Mapping, ignore: Any = ()) -> list[str]:
     if not ignored(p) and a[p] != b[p]:
       lines.append(f"{p}: {a[p]!r} -> {b[p]!r}")
   return lines
+
+
+def config_module(config_file: str, name: str) -> types.ModuleType:
+  """The config module ``name`` next to ``config_file`` (e.g. ``configs/common.py`` for a
+  file of ``configs/``), loaded by path: config files are loaded by path too
+  (``ml_collections.config_flags``) and ``configs/`` is not a package, so this works from any
+  working directory. Each file is loaded once (kept in ``sys.modules``).
+
+  Use in a config file: ``common = config_module(__file__, "common")``.
+  """
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name + ".py")
+  key = "_rlhf_jax_config:" + path
+  if key not in sys.modules:
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{config_file}: no config module {name!r} at {path}")
+    spec = importlib.util.spec_from_file_location(key, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module
+    try:
+      spec.loader.exec_module(module)
+    except BaseException:
+      del sys.modules[key]
+      raise
+  return sys.modules[key]

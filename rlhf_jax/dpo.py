@@ -9,7 +9,7 @@ ties: a tie label is most likely at equal implicit rewards), or IPO's squared lo
 (Azar et al. 2023). ``label_smoothing`` gives conservative DPO.
 
 Batches are the reward model's pair layout (:mod:`rlhf_jax.reward`): ``ids_a, mask_a,
-ids_b, mask_b`` ``[B, T]`` (prompt left-padded in the first ``T - response_len`` columns,
+ids_b, mask_b`` ``[B, S]`` (prompt left-padded in the first ``S - response_len`` columns,
 response right-padded in the last ``response_len``) and ``label`` ``[B]`` (``LABEL_A=0``,
 ``LABEL_B=1``, ``LABEL_TIE=2``), plus the reference's summed response log-probs
 ``ref_logp_a, ref_logp_b`` ``[B]``. The reference never enters the train step: its
@@ -143,26 +143,26 @@ def init_dpo_state(policy_params, optimizer: optax.GradientTransformation, hp: D
 
 
 def sequence_logprobs(
-  model: Transformer, params, ids_BT, mask_BT, response_len: int, temperature=1.0
+  model: Transformer, params, ids_BS, mask_BS, response_len: int, temperature=1.0
 ) -> jax.Array:
   """Summed log-probs ``[B]`` of each row's response under ``model``.
 
   ``log π(y|x) = Σ_{t ≥ P} m_t log π(ids_t | ids_<t)`` with ``P = T - response_len`` and
-  ``m`` the response part of ``mask_BT``. The LM head runs only on the positions that
+  ``m`` the response part of ``mask_BS``. The LM head runs only on the positions that
   predict response tokens (``head_slice``); log-probs come from
   :func:`rlhf_jax.ops.token_logprobs` and are summed with :func:`rlhf_jax.ops.masked_sum`
   (float32 accumulation; padding never reaches the sum).
   """
   n = int(response_len)
-  p = ids_BT.shape[1] - n
+  p = ids_BS.shape[1] - n
   if p < 1:
     raise ValueError(
-      f"sequence_logprobs: rows of {ids_BT.shape[1]} tokens leave no prompt before a "
+      f"sequence_logprobs: rows of {ids_BS.shape[1]} tokens leave no prompt before a "
       f"response of {n}"
     )
-  logits = model.apply({"params": params}, ids_BT, mask_BT, head_slice=(p - 1, p + n - 1))
-  logp_BN = ops.token_logprobs(logits, ids_BT[:, p:], temperature)
-  return ops.masked_sum(logp_BN, mask_BT[:, p:], axis=1)
+  logits = model.apply({"params": params}, ids_BS, mask_BS, head_slice=(p - 1, p + n - 1))
+  logp_BT = ops.token_logprobs(logits, ids_BS[:, p:], temperature)
+  return ops.masked_sum(logp_BT, mask_BS[:, p:], axis=1)
 
 
 def _pair_logprobs(model, params, batch, response_len) -> Tuple[jax.Array, jax.Array]:

@@ -29,6 +29,8 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
+from rlhf_jax.labels import LABEL_A, LABEL_B, LABEL_TIE, encode_labels
+
 __all__ = [
   "Z_95",
   "WinRate",
@@ -56,8 +58,6 @@ __all__ = [
 
 Z_95 = 1.959963984540054
 """Two-sided 95% standard-normal quantile, ``Φ⁻¹(0.975)``."""
-
-_LABEL_NAMES = ("a", "b", "tie")
 
 
 def _float_1d(name: str, x: Any) -> np.ndarray:
@@ -125,7 +125,7 @@ def gold_labels(gold_a: Any, gold_b: Any, tie_threshold: float = 0.0) -> np.ndar
     raise ValueError(f"gold_labels: tie_threshold must be >= 0, got {tie_threshold}")
   d = a - b
   tie = (np.abs(d) < tie_threshold) | (d == 0)
-  return np.where(tie, 2, np.where(d > 0, 0, 1)).astype(np.int32)
+  return np.where(tie, LABEL_TIE, np.where(d > 0, LABEL_A, LABEL_B)).astype(np.int32)
 
 
 def win_rate(
@@ -159,8 +159,8 @@ def win_rate(
   if tie_eps < 0:
     raise ValueError(f"win_rate: tie_eps must be >= 0, got {tie_eps}")
   labels = gold_labels(pol, ref, tie_eps)
-  wins = int(np.sum(labels == 0))
-  losses = int(np.sum(labels == 1))
+  wins = int(np.sum(labels == LABEL_A))
+  losses = int(np.sum(labels == LABEL_B))
   n = int(labels.size)
   ties = n - wins - losses
   rate = (wins + 0.5 * ties) / n
@@ -218,33 +218,13 @@ def bootstrap_ci(
 # ----------------------------------------------------------------------------- labels
 
 
-def _label_codes(name: str, labels: Any) -> np.ndarray:
-  """Labels (ints 0/1/2 or strings a/b/tie) -> int64 codes 0 = a, 1 = b, 2 = tie."""
-  arr = np.asarray(labels)
-  if arr.ndim != 1:
-    raise ValueError(f"{name}: expected a 1-D array of labels, got shape {arr.shape}")
-  if arr.dtype.kind in "USO":
-    lookup = {s: i for i, s in enumerate(_LABEL_NAMES)}
-    try:
-      return np.array([lookup[str(x)] for x in arr], dtype=np.int64)
-    except KeyError as e:
-      raise ValueError(f"{name}: unknown label {e.args[0]!r}; expected 'a', 'b' or 'tie'") from None
-  if arr.dtype.kind not in "iub":
-    raise ValueError(f"{name}: labels must be ints 0/1/2 or strings a/b/tie, got {arr.dtype}")
-  codes = arr.astype(np.int64)
-  bad = codes[(codes < 0) | (codes > 2)]
-  if bad.size:
-    raise ValueError(f"{name}: label {int(bad[0])} is not 0 (a), 1 (b) or 2 (tie)")
-  return codes
-
-
 def labels_to_outcome(labels: Any) -> np.ndarray:
   """Gold labels -> float64 outcome of "a ≻ b": ``a → 1``, ``b → 0``, ``tie → ½``.
 
   This is the target that :func:`expected_calibration_error` compares P(a ≻ b) against: a tie
   is half a win for each side (the Bradley–Terry reading of a tie).
   """
-  return np.array([1.0, 0.0, 0.5])[_label_codes("labels_to_outcome", labels)]
+  return np.array([1.0, 0.0, 0.5])[encode_labels(labels, "labels_to_outcome")]
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -329,8 +309,8 @@ def agreement(labels_1: Any, labels_2: Any) -> Agreement:
   Args:
     labels_1, labels_2: [N] labels, ints 0/1/2 or strings "a"/"b"/"tie".
   """
-  c1 = _label_codes("agreement: labels_1", labels_1)
-  c2 = _label_codes("agreement: labels_2", labels_2)
+  c1 = encode_labels(labels_1, "agreement: labels_1")
+  c2 = encode_labels(labels_2, "agreement: labels_2")
   if c1.shape != c2.shape:
     raise ValueError(f"agreement: labels_1 {c1.shape} and labels_2 {c2.shape} differ")
   n = int(c1.size)

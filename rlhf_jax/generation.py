@@ -16,8 +16,8 @@ would make a padded row look finished, or a finished row look like padding). A r
 everything after it is PAD with mask 0 and log-prob 0. ``min_new_tokens`` bans EOS before
 that many tokens. ``eos_id < 0`` disables stopping (every row runs ``max_new_tokens``).
 
-Which distribution the log-probs refer to: ``logprobs_BN`` are
-``log softmax(logits / T)[token]`` over the *whole* vocabulary — the temperature-scaled
+Which distribution the log-probs refer to: ``logprobs_BT`` are
+``log softmax(logits / τ)[token]`` over the *whole* vocabulary — the temperature-scaled
 distribution that a PPO learner recomputes from the same logits (RL sampling is plain
 temperature sampling, as in lm-human-preferences). They do
 **not** include the sampling-time modifications: top-k / top-p truncation and the EOS ban of
@@ -26,9 +26,9 @@ reported log-probs. With plain temperature sampling (``top_k=0, top_p=1``, after
 ``min_new_tokens``) the two coincide; otherwise the reported log-prob is lower than the
 log-prob under the truncated distribution actually sampled from (the "negative KL from
 top-k/top-p or a suppressed EOS" trap — use plain sampling for RL). With ``temperature=0``
-(greedy) they are ``log softmax(logits)[token]`` (T taken as 1).
+(greedy) they are ``log softmax(logits)[token]`` (the temperature τ taken as 1).
 
-Sampling draws one uniform number per row and step (all ``N x B`` of them before the loop)
+Sampling draws one uniform number per row and step (all ``T x B`` of them before the loop)
 and inverts the CDF of the (truncated) distribution block-wise: cheaper on CPU than
 Gumbel-max, which needs a random number per vocabulary entry (the per-step threefry bits for
 64 x 8192 logits cost more than the forward pass of a small model). Greedy decoding is the
@@ -71,20 +71,20 @@ def _prefill_chunk(batch: int, prompt_len: int, chunk: Optional[int]) -> int:
 
 
 class SampleOutput(NamedTuple):
-  """Result of :func:`sample` / :func:`sample_fn` (N = ``max_new_tokens``).
+  """Result of :func:`sample` / :func:`sample_fn` (T = ``max_new_tokens``).
 
-  tokens_BN: int32 response tokens; PAD after the first EOS (and after an early stop).
-  mask_BN: int32, 1 on real response tokens including the EOS itself, 0 after it.
-  logprobs_BN: float32 ``log softmax(logits / T)`` of each sampled token over the full
+  tokens_BT: int32 response tokens; PAD after the first EOS (and after an early stop).
+  mask_BT: int32, 1 on real response tokens including the EOS itself, 0 after it.
+  logprobs_BT: float32 ``log softmax(logits / τ)`` of each sampled token over the full
     vocabulary (see the module docstring for top-k/top-p/min_new_tokens); 0 where masked.
-  lengths_B: int32 number of response tokens (EOS included) = ``mask_BN.sum(-1)``.
+  lengths_B: int32 number of response tokens (EOS included) = ``mask_BT.sum(-1)``.
   ended_B: bool, the row emitted EOS.
-  steps: int32 scalar, sampling steps run (tokens drawn per row); < N after an early stop.
+  steps: int32 scalar, sampling steps run (tokens drawn per row); < T after an early stop.
   """
 
-  tokens_BN: jax.Array
-  mask_BN: jax.Array
-  logprobs_BN: jax.Array
+  tokens_BT: jax.Array
+  mask_BT: jax.Array
+  logprobs_BT: jax.Array
   lengths_B: jax.Array
   ended_B: jax.Array
   steps: jax.Array
@@ -165,11 +165,11 @@ def sample_token(
 ) -> Tuple[jax.Array, jax.Array]:
   """Draws one token per row; returns ``(token_B int32, logprob_B float32)``.
 
-  ``z = logits / T``. The draw is from ``softmax(z)`` restricted to the ``top_k`` largest
-  entries (static int, 0 = all), then to the nucleus of mass ``top_p`` (traced), with
-  ``ban_id`` excluded when ``ban`` (traced bool); ``temperature <= 0`` takes the argmax of the
-  same restricted logits (the lowest index among ties). The log-prob is
-  ``z[token] - logsumexp(z)`` over the full, unrestricted vocabulary (T = 1 when greedy).
+  ``z = logits / τ`` (τ the temperature). The draw is from ``softmax(z)`` restricted to the
+  ``top_k`` largest entries (static int, 0 = all), then to the nucleus of mass ``top_p``
+  (traced), with ``ban_id`` excluded when ``ban`` (traced bool); ``temperature <= 0`` takes
+  the argmax of the same restricted logits (the lowest index among ties). The log-prob is
+  ``z[token] - logsumexp(z)`` over the full, unrestricted vocabulary (τ = 1 when greedy).
   One uniform number per row is drawn from ``rng``.
   """
   u_B = jax.random.uniform(rng, (logits_BV.shape[0],), jnp.float32)
@@ -228,8 +228,8 @@ class _Carry(NamedTuple):
   step: jax.Array
   token_B: jax.Array
   cache: Any
-  tokens_BN: jax.Array
-  logprobs_BN: jax.Array
+  tokens_BT: jax.Array
+  logprobs_BT: jax.Array
   lengths_B: jax.Array
   ended_B: jax.Array
 
@@ -263,7 +263,7 @@ def sample_fn(
     cache: an empty cache with at least ``P + max_new_tokens`` slots, or a
       ``TransformerConfig`` to allocate ``init_cache(cfg, B, P + max_new_tokens)`` here.
     prompt_ids_BP, prompt_mask_BP: left-padded prompts (the last position must be real).
-    rng: a PRNG key (raw uint32 or typed), used once to draw the ``[N, B]`` uniforms of
+    rng: a PRNG key (raw uint32 or typed), used once to draw the ``[T, B]`` uniforms of
       the inverse-CDF draws (step ``i`` uses row ``i``).
     max_new_tokens, top_k: static ints.
     eos_id, pad_id, temperature, top_p, min_new_tokens: scalars, may be traced. ``eos_id < 0``
@@ -304,9 +304,9 @@ def sample_fn(
     return carry._replace(
       step=carry.step + 1,
       token_B=token_B,
-      tokens_BN=jax.lax.dynamic_update_slice(carry.tokens_BN, token_B[:, None], (0, carry.step)),
-      logprobs_BN=jax.lax.dynamic_update_slice(
-        carry.logprobs_BN, logprob_B[:, None], (0, carry.step)
+      tokens_BT=jax.lax.dynamic_update_slice(carry.tokens_BT, token_B[:, None], (0, carry.step)),
+      logprobs_BT=jax.lax.dynamic_update_slice(
+        carry.logprobs_BT, logprob_B[:, None], (0, carry.step)
       ),
       lengths_B=carry.lengths_B + live_B.astype(jnp.int32),
       ended_B=carry.ended_B | (live_B & (token_B == eos_id)),
@@ -330,8 +330,8 @@ def sample_fn(
     step=jnp.zeros((), jnp.int32),
     token_B=zero_B,
     cache=cache,
-    tokens_BN=jnp.full((b, n), pad_id, jnp.int32),
-    logprobs_BN=jnp.zeros((b, n), jnp.float32),
+    tokens_BT=jnp.full((b, n), pad_id, jnp.int32),
+    logprobs_BT=jnp.zeros((b, n), jnp.float32),
     lengths_B=zero_B,
     ended_B=jnp.zeros((b,), bool),
   )
@@ -349,11 +349,11 @@ def sample_fn(
     return record(carry._replace(cache=cache), *draw(logits_BV, carry.step))
 
   carry = jax.lax.while_loop(cond, body, carry)
-  mask_BN = (jnp.arange(n, dtype=jnp.int32)[None, :] < carry.lengths_B[:, None]).astype(jnp.int32)
+  mask_BT = (jnp.arange(n, dtype=jnp.int32)[None, :] < carry.lengths_B[:, None]).astype(jnp.int32)
   return SampleOutput(
-    tokens_BN=carry.tokens_BN,
-    mask_BN=mask_BN,
-    logprobs_BN=carry.logprobs_BN,
+    tokens_BT=carry.tokens_BT,
+    mask_BT=mask_BT,
+    logprobs_BT=carry.logprobs_BT,
     lengths_B=carry.lengths_B,
     ended_B=carry.ended_B,
     steps=carry.step,
@@ -416,22 +416,22 @@ def sample(
 
   Compiles once per (batch, prompt length, ``max_new_tokens``, ``top_k``, model config);
   the other arguments are traced. See :func:`sample_fn` for the arguments and the module
-  docstring for what ``logprobs_BN`` means under top-k/top-p/min_new_tokens.
+  docstring for what ``logprobs_BT`` means under top-k/top-p/min_new_tokens.
 
   Args:
     model: a Transformer with ``head="lm"`` or ``"both"``.
     params: its params (stacked, as created by ``init_params``).
     prompt_ids_BP, prompt_mask_BP: ``[B, P]`` ints, left-padded (mask 0 on PAD).
     rng: PRNG key.
-    max_new_tokens: N, the response length bound (static).
+    max_new_tokens: T, the response length bound (static).
     eos_id, pad_id: distinct token ids; ``eos_id < 0`` disables stopping.
-    temperature: ``> 0`` samples ``softmax(logits / T)``; ``<= 0`` is greedy.
+    temperature: ``> 0`` samples ``softmax(logits / τ)``; ``<= 0`` is greedy.
     top_k: static int, 0 = no top-k truncation.
     top_p: nucleus mass in ``(0, 1]``; 1 = no truncation.
     min_new_tokens: EOS is banned while fewer tokens than this have been generated.
 
   Returns:
-    :class:`SampleOutput` with ``[B, N]`` arrays.
+    :class:`SampleOutput` with ``[B, T]`` arrays.
   """
   if int(pad_id) == int(eos_id):
     raise ValueError(

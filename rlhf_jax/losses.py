@@ -22,6 +22,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from rlhf_jax.labels import LABEL_A, LABEL_B, LABEL_TIE
 from rlhf_jax.ops import acc_dtype, masked_mean, masked_sum, token_entropy
 
 __all__ = [
@@ -46,12 +47,7 @@ __all__ = [
   "entropy_from_logits",
 ]
 
-LABEL_A = 0
-"""Label: response a is preferred."""
-LABEL_B = 1
-"""Label: response b is preferred."""
-LABEL_TIE = 2
-"""Label: the two responses are tied."""
+# The label codes (0 = a preferred, 1 = b preferred, 2 = tie), from the one codec.
 
 _TIE_MODELS = ("bradley_terry", "rao_kupper", "davidson")
 

@@ -8,7 +8,7 @@ KL penalty, GAE, whitening and ``epochs × num_minibatches`` clipped policy + va
 iterations — KL coefficient, learning rate (an optax schedule on the step count), RNG — is
 in the state as arrays, so nothing recompiles after the first iteration.
 
-Shapes: B rollouts, P prompt length (left-padded), N response length, V vocabulary,
+Shapes: B rollouts, P prompt length (left-padded), T response length, V vocabulary,
 b = B // num_minibatches.
 
 Roles (one module definition each, see ``rlhf_jax.models``):
@@ -339,21 +339,22 @@ class PPOFrozen(NamedTuple):
 
 
 class Rollout(NamedTuple):
-  """A scored batch of responses (all ``[B, ...]``), the data of the update epochs.
+  """A scored batch of responses, the data of the update epochs. Shape suffixes: ``B``
+  rollouts, ``T`` response tokens, ``S = P + T`` prompt and response tokens.
 
-  ``values_old`` and ``returns`` are None for critic-free algorithms; ``logp_ref`` is kept
-  only when the KL is a loss term. Group advantages (one per response) are broadcast over the
-  response tokens (0 on padding).
+  ``values_old_BT`` and ``returns_BT`` are None for critic-free algorithms; ``logp_ref_BT`` is
+  kept only when the KL is a loss term. Group advantages (one per response) are broadcast over
+  the response tokens (0 on padding).
   """
 
-  seq_ids: jax.Array  # [B, P+N] prompt (left-padded) + response (PAD after the end)
-  seq_mask: jax.Array  # [B, P+N]
-  response_mask: jax.Array  # [B, N]
-  logp_old: jax.Array  # [B, N]
-  values_old: Optional[jax.Array]  # [B, N]
-  advantages: jax.Array  # [B, N]
-  returns: Optional[jax.Array]  # [B, N]
-  logp_ref: Optional[jax.Array] = None  # [B, N]
+  seq_ids_BS: jax.Array  # prompt (left-padded) + response (PAD after the end)
+  seq_mask_BS: jax.Array  # 1 on real prompt and response tokens
+  response_mask_BT: jax.Array  # 1 on real response tokens
+  logp_old_BT: jax.Array  # log-probs of the sampled tokens under the policy that sampled them
+  values_old_BT: Optional[jax.Array]  # value estimates at sampling time
+  advantages_BT: jax.Array  # (whitened) advantages
+  returns_BT: Optional[jax.Array]  # value targets
+  logp_ref_BT: Optional[jax.Array] = None  # log-probs under the reference policy
 
 
 def init_ppo_state(
@@ -407,34 +408,35 @@ def init_value_from_reward(
   return value_model, params
 
 
-def truncate_at_stop(tokens_BN, mask_BN, stop_token_id, min_len, pad_id):
+def truncate_at_stop(tokens_BT, mask_BT, stop_token_id, min_len, pad_id):
   """Cut each response after its first ``stop_token_id`` at index ``>= min_len - 1``.
 
   OAI truncates sentiment continuations at '.' once they are at least ``min_len`` tokens
   long; tokens after the cut become PAD and leave the mask. Returns ``(tokens, mask,
   has_stop_B)`` where ``has_stop_B`` says whether the row ended by the stop token.
   """
-  n = tokens_BN.shape[1]
-  idx_N = jnp.arange(n)
-  is_stop_BN = (tokens_BN == stop_token_id) & (idx_N[None] >= min_len - 1) & (mask_BN > 0)
-  has_stop_B = jnp.any(is_stop_BN, axis=1)
-  first_B = jnp.where(has_stop_B, jnp.argmax(is_stop_BN, axis=1), n)
-  keep_BN = idx_N[None] <= first_B[:, None]
-  mask_BN = mask_BN * keep_BN.astype(mask_BN.dtype)
-  tokens_BN = jnp.where(mask_BN > 0, tokens_BN, pad_id)
-  return tokens_BN, mask_BN, has_stop_B
+  n = tokens_BT.shape[1]
+  idx_T = jnp.arange(n)
+  is_stop_BT = (tokens_BT == stop_token_id) & (idx_T[None] >= min_len - 1) & (mask_BT > 0)
+  has_stop_B = jnp.any(is_stop_BT, axis=1)
+  first_B = jnp.where(has_stop_B, jnp.argmax(is_stop_BT, axis=1), n)
+  keep_BT = idx_T[None] <= first_B[:, None]
+  mask_BT = mask_BT * keep_BT.astype(mask_BT.dtype)
+  tokens_BT = jnp.where(mask_BT > 0, tokens_BT, pad_id)
+  return tokens_BT, mask_BT, has_stop_B
 
 
 class Scored(NamedTuple):
-  """Sampled responses with their reward-model scores (all ``[B, ...]``)."""
+  """Sampled responses with their reward-model scores. Shape suffixes: ``B`` responses, ``T``
+  response tokens, ``S = P + T`` prompt and response tokens."""
 
-  tokens: jax.Array  # [B, N] response tokens, PAD after the end
-  mask: jax.Array  # [B, N] 1 on real response tokens
-  logprobs: jax.Array  # [B, N] sampler log-probs (temperature-scaled distribution)
-  has_stop: jax.Array  # [B] ended with EOS or was truncated at the stop token
-  seq_ids: jax.Array  # [B, P+N]
-  seq_mask: jax.Array  # [B, P+N]
-  raw_score: jax.Array  # [B] reward model at the last real token, before normalisation
+  tokens_BT: jax.Array  # response tokens, PAD after the end
+  mask_BT: jax.Array  # 1 on real response tokens
+  logprobs_BT: jax.Array  # sampler log-probs (temperature-scaled distribution)
+  has_stop_B: jax.Array  # ended with EOS or was truncated at the stop token
+  seq_ids_BS: jax.Array  # prompt (left-padded) + response
+  seq_mask_BS: jax.Array  # 1 on real prompt and response tokens
+  raw_score_B: jax.Array  # reward model at the last real token, before normalisation
 
 
 def sample_responses(
@@ -456,14 +458,14 @@ def sample_responses(
     temperature=jnp.asarray(hp.temperature if temperature is None else temperature, jnp.float32),
     top_p=jnp.asarray(hp.top_p, jnp.float32),
   )
-  tokens, mask = sample.tokens_BN, sample.mask_BN.astype(jnp.int32)
+  tokens, mask = sample.tokens_BT, sample.mask_BT.astype(jnp.int32)
   has_stop = sample.ended_B
   if hp.stop_token_id is not None:
     tokens, mask, stopped = truncate_at_stop(
       tokens, mask, hp.stop_token_id, hp.min_response_len, hp.pad_id
     )
     has_stop = has_stop | stopped
-  return tokens, mask, sample.logprobs_BN, has_stop
+  return tokens, mask, sample.logprobs_BT, has_stop
 
 
 # ``score_fn(reward_params, seq_ids_BT, seq_mask_BT, prompt_len) -> raw_score_B`` (float32):
@@ -583,8 +585,8 @@ class _UpdateCarry(NamedTuple):
 class _Forward(NamedTuple):
   """The policy's (and critic's) outputs on a minibatch, what the loss terms read."""
 
-  logp: jax.Array  # [b, N] log-probs of the rollout tokens under the current policy
-  values: Optional[jax.Array]  # [b, N]; None without a critic
+  logp: jax.Array  # [b, T] log-probs of the rollout tokens under the current policy
+  values: Optional[jax.Array]  # [b, T]; None without a critic
 
 
 def _identity(x, mask):
@@ -593,7 +595,7 @@ def _identity(x, mask):
 
 
 def _token_reduction(reduction: str) -> Callable:
-  """``reduce(x_BN, mask_BN) -> scalar``, the reduction of ``ppo_policy_loss(reduction=)``."""
+  """``reduce(x_BT, mask_BT) -> scalar``, the reduction of ``ppo_policy_loss(reduction=)``."""
   if reduction == "token":
     return ops.masked_mean
   if reduction == "sequence":
@@ -699,7 +701,7 @@ def make_ppo_iteration(
   if hp.shared_trunk:
 
     def policy_and_values(params, ids, mask, p):
-      """Response-position logits ``[B,N,V]`` and values ``[B,N]`` from one trunk."""
+      """Response-position logits ``[B,T,V]`` and values ``[B,T]`` from one trunk."""
       return policy_model.apply({"params": params["policy"]}, ids, mask, head_slice=heads(p))
   elif hp.critic_free:
 
@@ -757,8 +759,8 @@ def make_ppo_iteration(
     def keep_ref(logp_ref):
       del logp_ref
 
-  # The advantage estimator: ``estimate(shaped, values_BN, mask_BN) -> (advantages_BN,
-  # returns_BN or None, stats)``.
+  # The advantage estimator: ``estimate(shaped, values_BT, mask_BT) -> (advantages_BT,
+  # returns_BT or None, stats)``.
   if hp.algorithm == "ppo":
 
     def estimate(shaped, values, mask):
@@ -807,7 +809,7 @@ def make_ppo_iteration(
 
   def policy_term(fwd: _Forward, mb: Rollout, beta):
     del beta
-    pg_loss, pg_info = policy_loss(fwd.logp, mb.logp_old, mb.advantages, mb.response_mask)
+    pg_loss, pg_info = policy_loss(fwd.logp, mb.logp_old_BT, mb.advantages_BT, mb.response_mask_BT)
     return pg_loss, {
       "policy_loss": pg_loss,
       "policy_clip_frac": pg_info.clip_frac,
@@ -818,7 +820,7 @@ def make_ppo_iteration(
   def value_term(fwd: _Forward, mb: Rollout, beta):
     del beta
     vf_loss, vf_info = losses.ppo_value_loss(
-      fwd.values, mb.values_old, mb.returns, mb.response_mask, hp.value_clip_eps
+      fwd.values, mb.values_old_BT, mb.returns_BT, mb.response_mask_BT, hp.value_clip_eps
     )
     return hp.vf_coef * vf_loss, {
       "value_loss": vf_loss,
@@ -831,10 +833,13 @@ def make_ppo_iteration(
   def kl_term(fwd: _Forward, mb: Rollout, beta):
     # GRPO: β · k3(π_θ, π_ref) per token, reduced like the policy loss; the gradient flows
     # through log π_θ only (log π_ref is data).
-    k_BN = kl_lib.kl_penalty(
-      fwd.logp, jax.lax.stop_gradient(mb.logp_ref), hp.kl_loss_estimator, mask=mb.response_mask
+    k_BT = kl_lib.kl_penalty(
+      fwd.logp,
+      jax.lax.stop_gradient(mb.logp_ref_BT),
+      hp.kl_loss_estimator,
+      mask=mb.response_mask_BT,
     )
-    kl_loss = reduce_kl(k_BN, mb.response_mask)
+    kl_loss = reduce_kl(k_BT, mb.response_mask_BT)
     return beta * kl_loss, {"kl_loss": kl_loss}
 
   loss_terms = (
@@ -895,8 +900,8 @@ def make_ppo_iteration(
 
   # --- the clipped update of one minibatch ------------------------------------------------------
   def loss_fn(params, mb: Rollout, p, beta):
-    logits, values = policy_and_values(params, mb.seq_ids, mb.seq_mask, p)
-    fwd = _Forward(ops.token_logprobs(logits, mb.seq_ids[:, p:], temperature), values)
+    logits, values = policy_and_values(params, mb.seq_ids_BS, mb.seq_mask_BS, p)
+    fwd = _Forward(ops.token_logprobs(logits, mb.seq_ids_BS[:, p:], temperature), values)
     loss, info = None, {}
     for term in loss_terms:
       term_loss, term_info = term(fwd, mb, beta)
@@ -904,7 +909,7 @@ def make_ppo_iteration(
       info.update(term_info)
     info["loss"] = loss
     info["entropy"] = losses.entropy_from_logits(
-      jax.lax.stop_gradient(logits), mb.response_mask, temperature
+      jax.lax.stop_gradient(logits), mb.response_mask_BT, temperature
     )
     return loss, info
 
@@ -927,8 +932,8 @@ def make_ppo_iteration(
 
   def update_phase(state: PPOState, rollout: Rollout, stats, observed_kl):
     """``epochs × num_minibatches`` clipped updates and the KL-controller step."""
-    b = rollout.seq_ids.shape[0]
-    p = rollout.seq_ids.shape[1] - n
+    b = rollout.seq_ids_BS.shape[0]
+    p = rollout.seq_ids_BS.shape[1] - n
     if b % hp.num_minibatches:
       raise ValueError(
         f"batch of {b} rollouts (prompts × group_size={hp.group_size}) is not "

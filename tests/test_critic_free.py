@@ -130,21 +130,21 @@ def test_rollout_advantages_equal_public_functions(algorithm):
   rollout, stats, _ = jax.jit(rollout_phase)(state, frozen, ids, mask)
 
   # Prompt g's G samples are rows g*G ... g*G + G - 1.
-  np.testing.assert_array_equal(np.asarray(rollout.seq_ids[:, :P]), np.repeat(ids, G, 0))
-  assert rollout.values_old is None and rollout.returns is None
-  m = rollout.response_mask
-  score = _score(rm, frozen, rollout.seq_ids, rollout.seq_mask)
-  logp_ref = _ref_logp(policy, frozen, rollout.seq_ids, rollout.seq_mask, hp.temperature)
+  np.testing.assert_array_equal(np.asarray(rollout.seq_ids_BS[:, :P]), np.repeat(ids, G, 0))
+  assert rollout.values_old_BT is None and rollout.returns_BT is None
+  m = rollout.response_mask_BT
+  score = _score(rm, frozen, rollout.seq_ids_BS, rollout.seq_mask_BS)
+  logp_ref = _ref_logp(policy, frozen, rollout.seq_ids_BS, rollout.seq_mask_BS, hp.temperature)
   if algorithm == "rloo":  # KL as a reward penalty: the total reward is score - β Σ_t k1
-    assert not hp.kl_in_loss_resolved and rollout.logp_ref is None
-    total = score - beta * kl_lib.sequence_kl(rollout.logp_old, logp_ref, m, "k1")
+    assert not hp.kl_in_loss_resolved and rollout.logp_ref_BT is None
+    total = score - beta * kl_lib.sequence_kl(rollout.logp_old_BT, logp_ref, m, "k1")
     expected = adv_lib.rloo_advantages(total, G)[:, None] * m
   elif algorithm == "dr_grpo":  # KL as a loss term: the total reward is the score
     assert hp.kl_in_loss_resolved and hp.loss_reduction_resolved == "constant"
-    np.testing.assert_allclose(rollout.logp_ref, logp_ref, atol=1e-5)
+    np.testing.assert_allclose(rollout.logp_ref_BT, logp_ref, atol=1e-5)
     expected = adv_lib.grpo_advantages(score, G, scale_by_std=False)[:, None] * m
   else:  # REINFORCE++: whitened return-to-go of the KL-shaped per-token rewards
-    shaped = adv_lib.shape_rewards(score, rollout.logp_old, logp_ref, m, beta, "k1")
+    shaped = adv_lib.shape_rewards(score, rollout.logp_old_BT, logp_ref, m, beta, "k1")
     to_go, _ = adv_lib.gae(shaped.rewards, jnp.zeros_like(shaped.rewards), m, 1.0, 1.0)
     expected = ops.whiten(to_go, m, shift_mean=True)
     np.testing.assert_allclose(
@@ -152,7 +152,7 @@ def test_rollout_advantages_equal_public_functions(algorithm):
     )
   assert float(jnp.max(jnp.abs(expected))) > 0.1
   np.testing.assert_allclose(
-    np.asarray(rollout.advantages), np.asarray(expected), rtol=1e-4, atol=2e-5
+    np.asarray(rollout.advantages_BT), np.asarray(expected), rtol=1e-4, atol=2e-5
   )
   for key in ("value_explained_variance", "value_loss"):
     assert key not in stats

@@ -47,7 +47,7 @@ def test_mappings_and_judge_output_pass_through():
   [
     (np.array([0.5, 0.5]), "2 verdicts for 3 pairs"),
     (np.array([True, False, True]), "booleans"),
-    (["a", "b", "c"], "unknown label names"),
+    (["a", "b", "c"], "unknown label .c."),
     (np.array([0, 1, 3]), r"labels must be in \{0, 1, 2\}"),
     (np.array([0.5, 1.5, 0.0]), "prob_a must be finite probabilities"),
     ({"winner": [0, 1, 0]}, "expected prob_a and/or labels"),

@@ -67,9 +67,9 @@ def _prompts(lengths, p, seed=0):
 
 def _recompute(model, params, prompt, prompt_mask, out):
   """Logits of every response position from one full forward pass (no cache)."""
-  ids = jnp.concatenate([prompt, out.tokens_BN], axis=1)
-  mask = jnp.concatenate([prompt_mask, out.mask_BN], axis=1)
-  p, n = prompt.shape[1], out.tokens_BN.shape[1]
+  ids = jnp.concatenate([prompt, out.tokens_BT], axis=1)
+  mask = jnp.concatenate([prompt_mask, out.mask_BT], axis=1)
+  p, n = prompt.shape[1], out.tokens_BT.shape[1]
   return np.asarray(_logits(model, params, ids, mask))[:, p - 1 : p - 1 + n]
 
 
@@ -94,12 +94,12 @@ def test_greedy_equals_full_recompute(name):
     temperature=0.0,
   )
   logits = _recompute(model, params, prompt, prompt_mask, out)
-  np.testing.assert_array_equal(np.asarray(out.tokens_BN), logits.argmax(-1))
-  np.testing.assert_array_equal(np.asarray(out.mask_BN), 1)
+  np.testing.assert_array_equal(np.asarray(out.tokens_BT), logits.argmax(-1))
+  np.testing.assert_array_equal(np.asarray(out.mask_BT), 1)
   assert int(out.steps) == N and not np.asarray(out.ended_B).any()
   # greedy log-probs are those of softmax(logits), T = 1
-  want = np.take_along_axis(_log_softmax(logits), np.asarray(out.tokens_BN)[..., None], -1)
-  np.testing.assert_allclose(np.asarray(out.logprobs_BN), want[..., 0], atol=2e-5)
+  want = np.take_along_axis(_log_softmax(logits), np.asarray(out.tokens_BT)[..., None], -1)
+  np.testing.assert_allclose(np.asarray(out.logprobs_BT), want[..., 0], atol=2e-5)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -112,8 +112,8 @@ def test_left_padding_gives_the_unpadded_continuation(name):
     model, params, prompt[1:2, 3:], prompt_mask[1:2, 3:], jax.random.PRNGKey(0), **kw
   )
   assert prompt_mask[1, :3].sum() == 0 and prompt_mask[1, 3:].all()
-  np.testing.assert_array_equal(padded.tokens_BN[1], alone.tokens_BN[0])
-  np.testing.assert_allclose(padded.logprobs_BN[1], alone.logprobs_BN[0], atol=1e-5)
+  np.testing.assert_array_equal(padded.tokens_BT[1], alone.tokens_BT[0])
+  np.testing.assert_allclose(padded.logprobs_BT[1], alone.logprobs_BT[0], atol=1e-5)
 
 
 def test_compiles_once_for_seeds_prompts_temperatures_and_top_p():
@@ -175,13 +175,13 @@ def test_tokens_after_eos_are_pad_and_masked():
   free = np.asarray(
     generation.sample(
       model, params, prompt, prompt_mask, jax.random.PRNGKey(0), eos_id=-1, **kw
-    ).tokens_BN
+    ).tokens_BT
   )
   eos = int(free[0, 2])  # greedy is deterministic: row 0 now stops at its first `eos`
   out = generation.sample(
     model, params, prompt, prompt_mask, jax.random.PRNGKey(0), eos_id=eos, **kw
   )
-  tokens, mask = np.asarray(out.tokens_BN), np.asarray(out.mask_BN)
+  tokens, mask = np.asarray(out.tokens_BT), np.asarray(out.mask_BT)
   for b in range(4):
     hits = np.flatnonzero(free[b] == eos)
     n = hits[0] + 1 if hits.size else N
@@ -189,7 +189,7 @@ def test_tokens_after_eos_are_pad_and_masked():
     np.testing.assert_array_equal(tokens[b, n:], PAD)
     np.testing.assert_array_equal(mask[b], np.arange(N) < n)
     assert out.lengths_B[b] == n and bool(out.ended_B[b]) == bool(hits.size)
-    np.testing.assert_array_equal(np.asarray(out.logprobs_BN)[b, n:], 0.0)
+    np.testing.assert_array_equal(np.asarray(out.logprobs_BT)[b, n:], 0.0)
   assert out.lengths_B[0] <= 3
 
 
@@ -209,7 +209,7 @@ def test_sampled_invariants_and_logprobs_match_recompute():
       pad_id=PAD,
       temperature=0.7,
     )
-    tokens, mask = np.asarray(out.tokens_BN), np.asarray(out.mask_BN)
+    tokens, mask = np.asarray(out.tokens_BT), np.asarray(out.mask_BT)
     for b in range(4):
       hits = np.flatnonzero(tokens[b] == EOS)
       n = hits[0] + 1 if hits.size else N
@@ -218,7 +218,7 @@ def test_sampled_invariants_and_logprobs_match_recompute():
       assert bool(out.ended_B[b]) == bool(hits.size) and out.lengths_B[b] == n
     logits = _recompute(model, params, prompt, prompt_mask, out)
     want = np.take_along_axis(_log_softmax(logits / 0.7), tokens[..., None], -1)[..., 0]
-    np.testing.assert_allclose(np.asarray(out.logprobs_BN), np.where(mask > 0, want, 0), atol=5e-5)
+    np.testing.assert_allclose(np.asarray(out.logprobs_BT), np.where(mask > 0, want, 0), atol=5e-5)
 
 
 def test_top_k_1_and_tiny_top_p_equal_greedy():
@@ -234,10 +234,10 @@ def test_top_k_1_and_tiny_top_p_equal_greedy():
   nucleus = generation.sample(
     model, params, prompt, prompt_mask, jax.random.PRNGKey(2), temperature=1.3, top_p=1e-6, **kw
   )
-  np.testing.assert_array_equal(top1.tokens_BN, greedy.tokens_BN)
-  np.testing.assert_array_equal(nucleus.tokens_BN, greedy.tokens_BN)
+  np.testing.assert_array_equal(top1.tokens_BT, greedy.tokens_BT)
+  np.testing.assert_array_equal(nucleus.tokens_BT, greedy.tokens_BT)
   # T = 1: the full-vocabulary log-probs coincide with greedy's
-  np.testing.assert_allclose(top1.logprobs_BN, greedy.logprobs_BN, atol=1e-5)
+  np.testing.assert_allclose(top1.logprobs_BT, greedy.logprobs_BT, atol=1e-5)
 
 
 def _eos_first_params(name):
@@ -257,15 +257,15 @@ def test_early_exit_and_min_new_tokens():
   kw = dict(max_new_tokens=N, eos_id=EOS, pad_id=PAD, temperature=1.0)
   out = generation.sample(model, params, prompt, prompt_mask, jax.random.PRNGKey(0), **kw)
   assert int(out.steps) == 1  # the while loop never ran a decode step
-  np.testing.assert_array_equal(out.tokens_BN[:, 0], EOS)
-  np.testing.assert_array_equal(out.tokens_BN[:, 1:], PAD)
+  np.testing.assert_array_equal(out.tokens_BT[:, 0], EOS)
+  np.testing.assert_array_equal(out.tokens_BT[:, 1:], PAD)
   np.testing.assert_array_equal(out.lengths_B, 1)
   assert np.asarray(out.ended_B).all()
 
   out = generation.sample(
     model, params, prompt, prompt_mask, jax.random.PRNGKey(0), min_new_tokens=4, **kw
   )
-  tokens = np.asarray(out.tokens_BN)
+  tokens = np.asarray(out.tokens_BT)
   assert int(out.steps) == 5
   assert (tokens[:, :4] != EOS).all()
   np.testing.assert_array_equal(tokens[:, 4], EOS)
@@ -274,8 +274,8 @@ def test_early_exit_and_min_new_tokens():
   # banned steps still report log softmax(logits / T) over the full vocabulary (EOS included)
   logits = _recompute(model, params, prompt, prompt_mask, out)
   want = np.take_along_axis(_log_softmax(logits), tokens[..., None], -1)[..., 0]
-  np.testing.assert_allclose(np.asarray(out.logprobs_BN)[:, :5], want[:, :5], rtol=1e-5, atol=1e-3)
-  assert (np.asarray(out.logprobs_BN)[:, :4] < -5).all()
+  np.testing.assert_allclose(np.asarray(out.logprobs_BT)[:, :5], want[:, :5], rtol=1e-5, atol=1e-3)
+  assert (np.asarray(out.logprobs_BT)[:, :4] < -5).all()
 
 
 def _assert_frequencies(tokens, probs):
@@ -328,7 +328,7 @@ def test_sample_frequencies_through_the_model():
     temperature=1.5,
   )
   logits = np.asarray(_logits(model, params, prompt, prompt_mask))[0, -1]
-  _assert_frequencies(np.asarray(out.tokens_BN[:, 0]), np.exp(_log_softmax(logits / 1.5)))
+  _assert_frequencies(np.asarray(out.tokens_BT[:, 0]), np.exp(_log_softmax(logits / 1.5)))
 
 
 def test_sample_fn_inside_a_jitted_program_matches_sample():
@@ -352,7 +352,7 @@ def test_sample_fn_inside_a_jitted_program_matches_sample():
       pad_id=PAD,
       temperature=0.9,
     )
-    return out, jnp.sum(out.logprobs_BN)
+    return out, jnp.sum(out.logprobs_BT)
 
   out, total = rollout(params, prompt, prompt_mask, jax.random.PRNGKey(5))
   ref = generation.sample(
@@ -366,9 +366,9 @@ def test_sample_fn_inside_a_jitted_program_matches_sample():
     pad_id=PAD,
     temperature=0.9,
   )
-  np.testing.assert_array_equal(out.tokens_BN, ref.tokens_BN)
-  np.testing.assert_allclose(out.logprobs_BN, ref.logprobs_BN, atol=1e-6)
-  np.testing.assert_allclose(total, np.sum(ref.logprobs_BN), rtol=1e-5)
+  np.testing.assert_array_equal(out.tokens_BT, ref.tokens_BT)
+  np.testing.assert_allclose(out.logprobs_BT, ref.logprobs_BT, atol=1e-6)
+  np.testing.assert_allclose(total, np.sum(ref.logprobs_BT), rtol=1e-5)
 
   # a prompt fed in chunks of 4 positions (some chunks are all padding for short rows)
   chunked = jax.jit(
@@ -397,5 +397,5 @@ def test_sample_fn_inside_a_jitted_program_matches_sample():
     pad_id=PAD,
     temperature=0.0,
   )
-  np.testing.assert_array_equal(chunked.tokens_BN, whole.tokens_BN)
-  np.testing.assert_allclose(chunked.logprobs_BN, whole.logprobs_BN, atol=1e-5)
+  np.testing.assert_array_equal(chunked.tokens_BT, whole.tokens_BT)
+  np.testing.assert_allclose(chunked.logprobs_BT, whole.logprobs_BT, atol=1e-5)

@@ -394,12 +394,12 @@ def test_bfloat16_policy_recomputes_old_logprobs():
   p = ids.shape[1]
   logits = policy.apply(
     {"params": params["policy"]},
-    rollout.seq_ids,
-    rollout.seq_mask,
+    rollout.seq_ids_BS,
+    rollout.seq_mask_BS,
     head_slice=(p - 1, p + HP.response_len - 1),
   )
   from rlhf_jax import ops
 
-  full = ops.token_logprobs(logits, rollout.seq_ids[:, p:], HP.temperature)
-  m = np.asarray(rollout.response_mask) > 0
-  np.testing.assert_allclose(np.asarray(rollout.logp_old)[m], np.asarray(full)[m], atol=1e-6)
+  full = ops.token_logprobs(logits, rollout.seq_ids_BS[:, p:], HP.temperature)
+  m = np.asarray(rollout.response_mask_BT) > 0
+  np.testing.assert_allclose(np.asarray(rollout.logp_old_BT)[m], np.asarray(full)[m], atol=1e-6)

@@ -70,15 +70,15 @@ def test_callback_score_equals_the_scorer_on_the_decoded_batch():
   sample = jax.jit(ppo.make_sample_and_score(policy, None, GRPO, score_fn))
   out = sample(params["policy"], None, ids, mask, jax.random.PRNGKey(3))
   prompts = decode_ids(ids, mask)
-  responses = decode_ids(np.asarray(out.tokens), np.asarray(out.mask))
+  responses = decode_ids(np.asarray(out.tokens_BT), np.asarray(out.mask_BT))
   assert [len(p) for p in prompts] == [P - 2, P - 2, P, P]
-  np.testing.assert_array_equal(np.asarray(out.raw_score), toy_scorer(prompts, responses))
-  assert out.raw_score.dtype == jnp.float32 and out.raw_score.shape == (B,)
+  np.testing.assert_array_equal(np.asarray(out.raw_score_B), toy_scorer(prompts, responses))
+  assert out.raw_score_B.dtype == jnp.float32 and out.raw_score_B.shape == (B,)
   # vmap calls the scorer once per mapped element, with that element's rows.
-  seq = jnp.stack([out.seq_ids, out.seq_ids[::-1]])
-  seq_mask = jnp.stack([out.seq_mask, out.seq_mask[::-1]])
+  seq = jnp.stack([out.seq_ids_BS, out.seq_ids_BS[::-1]])
+  seq_mask = jnp.stack([out.seq_mask_BS, out.seq_mask_BS[::-1]])
   vm = jax.jit(jax.vmap(lambda i, m: score_fn(None, i, m, P)))(seq, seq_mask)
-  np.testing.assert_array_equal(np.asarray(vm), np.stack([out.raw_score, out.raw_score[::-1]]))
+  np.testing.assert_array_equal(np.asarray(vm), np.stack([out.raw_score_B, out.raw_score_B[::-1]]))
 
 
 def test_host_scorer_errors_name_the_scorer():

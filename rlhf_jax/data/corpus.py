@@ -513,30 +513,23 @@ def parse_shakespeare_text(
         )
       )
     return docs
+
+  def part(chunk: list[str]) -> Document:
+    n = len(docs) + 1
+    return Document(
+      f"shakespeare/{key}/c{n:03d}", "shakespeare", f"{title}, part {n}", tuple(chunk)
+    )
+
   chunk: list[str] = []
   words = 0
   for b in blocks:
     chunk.append(b)
     words += len(b.split())
     if words >= chunk_words:
-      docs.append(
-        Document(
-          f"shakespeare/{key}/c{len(docs) + 1:03d}",
-          "shakespeare",
-          f"{title}, part {len(docs) + 1}",
-          tuple(chunk),
-        )
-      )
+      docs.append(part(chunk))
       chunk, words = [], 0
   if chunk:
-    docs.append(
-      Document(
-        f"shakespeare/{key}/c{len(docs) + 1:03d}",
-        "shakespeare",
-        f"{title}, part {len(docs) + 1}",
-        tuple(chunk),
-      )
-    )
+    docs.append(part(chunk))
   return docs
 
 

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from rlhf_jax.data.files import atomic_write_jsonl
+from rlhf_jax.labels import LABELS, encode_label  # the label codec: 0 = a, 1 = b, 2 = tie
 
 __all__ = [
   "LABELS",
@@ -52,7 +53,6 @@ __all__ = [
   "import_preferences",
 ]
 
-LABELS: tuple[str, ...] = ("a", "b", "tie")  # index = integer label: 0 = a, 1 = b, 2 = tie
 METADATA_FIELDS: dict[str, type | tuple[type, ...]] = {
   "annotator": str,
   "source": str,
@@ -155,7 +155,7 @@ class PreferenceRecord:
   @property
   def label_index(self) -> int:
     """0 = a, 1 = b, 2 = tie."""
-    return LABELS.index(self.label)
+    return encode_label(self.label)
 
   @property
   def chosen(self) -> str | None:

@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from rlhf_jax.data.corpus import Document
-from rlhf_jax.data.preferences import LABELS, PreferenceRecord
+from rlhf_jax.data.preferences import PreferenceRecord
+from rlhf_jax.labels import LABELS, decode_label, encode_label
 
 __all__ = [
   "write_tfds_dataset",
@@ -381,7 +382,7 @@ def write_preferences_tfds(
         "prompt": r.prompt,
         "response_a": r.response_a,
         "response_b": r.response_b,
-        "label": LABELS.index(r.label),
+        "label": encode_label(r.label),
         "metadata_json": json.dumps(dict(r.metadata), ensure_ascii=False),
       }
       for r in recs
@@ -443,6 +444,6 @@ def preference_from_example(example: Mapping[str, Any]) -> PreferenceRecord:
     prompt=ex["prompt"],
     response_a=ex["response_a"],
     response_b=ex["response_b"],
-    label=LABELS[int(ex["label"])],
+    label=decode_label(ex["label"]),
     metadata=json.loads(ex["metadata_json"]),
   )

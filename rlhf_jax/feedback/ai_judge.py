@@ -59,13 +59,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax.data.tokenizer import TokenizerFileError, encode_batch, load_tokenizer
-from rlhf_jax.feedback.judges import (
-  LABEL_A,
-  LABEL_B,
-  LABEL_TIE,
-  JudgeOutput,
-  normalize_judge_output,
-)
+from rlhf_jax.evaluation import agreement
+from rlhf_jax.feedback.judges import JudgeOutput, normalize_judge_output
+from rlhf_jax.labels import LABEL_A, LABEL_B, LABEL_TIE
 
 __all__ = [
   "DEFAULT_TEMPLATE",
@@ -547,6 +543,7 @@ def agreement_with_gold(judge_output: Any, gold_labels: Any) -> dict[str, float]
   Returns:
     dict of floats:
       accuracy: fraction of all N pairs where the labels are equal (a tie must match a tie);
+      kappa: Cohen's kappa of the two labelings (:func:`rlhf_jax.evaluation.agreement`);
       decided_accuracy: the same over pairs where neither side says tie (NaN if none);
       soft_accuracy: mean probability the judge gives the gold winner, over pairs gold decides
         (P(a ≻ b) for gold a, P(b ≻ a) = 1 - prob_a - prob_tie for gold b; NaN if none);
@@ -560,8 +557,10 @@ def agreement_with_gold(judge_output: Any, gold_labels: Any) -> dict[str, float]
   prob_b = 1.0 - out.prob_a - (out.prob_tie if out.prob_tie is not None else 0.0)
   p_gold = np.where(gold == LABEL_A, out.prob_a, prob_b)
   nan = float("nan")
+  agree = agreement(labels, gold) if len(gold) else None  # the one agreement metric
   return {
-    "accuracy": float(np.mean(labels == gold)) if len(gold) else nan,
+    "accuracy": agree.rate if agree else nan,
+    "kappa": agree.kappa if agree else nan,
     "decided_accuracy": float(np.mean(labels[decided] == gold[decided])) if decided.any() else nan,
     "soft_accuracy": float(np.mean(p_gold[gold_decided])) if gold_decided.any() else nan,
     "judge_tie_rate": float(np.mean(labels == LABEL_TIE)) if len(gold) else nan,

@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 
 from rlhf_jax.data import files
 from rlhf_jax.data.files import atomic_write_jsonl
-from rlhf_jax.data.preferences import LABELS, PreferenceRecord, check_metadata
+from rlhf_jax.data.preferences import PreferenceRecord, check_metadata
+from rlhf_jax.labels import LABELS
 
 __all__ = [
   "PENDING_FILE",

@@ -24,7 +24,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from rlhf_jax.data.preferences import LABELS, PreferenceRecord
+from rlhf_jax.data.preferences import PreferenceRecord
+from rlhf_jax.labels import LABEL_A, LABEL_B, LABEL_TIE, decode_label, decode_labels, encode_labels
 
 __all__ = [
   "LABEL_A",
@@ -40,8 +41,6 @@ __all__ = [
   "load_judge",
   "judge_records",
 ]
-
-LABEL_A, LABEL_B, LABEL_TIE = 0, 1, 2
 
 
 class Judge(Protocol):
@@ -78,11 +77,7 @@ class JudgeOutput:
       )
     if labels.size and not np.issubdtype(labels.dtype, np.integer):
       raise ValueError(f"JudgeOutput: labels must be integers 0/1/2, got dtype {labels.dtype}")
-    labels = labels.astype(np.int32)
-    if labels.size and (labels.min() < 0 or labels.max() > 2):
-      raise ValueError(
-        f"JudgeOutput: labels must be in {{0, 1, 2}}, got values {sorted(set(labels.tolist()))}"
-      )
+    labels = encode_labels(labels, "JudgeOutput: labels")
     if not np.all(np.isfinite(prob_a)) or np.any((prob_a < 0) | (prob_a > 1)):
       raise ValueError("JudgeOutput: prob_a must be finite probabilities in [0, 1]")
     prob_tie = self.prob_tie
@@ -102,7 +97,7 @@ class JudgeOutput:
   @property
   def label_names(self) -> list[str]:
     """Labels as "a" / "b" / "tie"."""
-    return [LABELS[i] for i in self.labels.tolist()]
+    return decode_labels(self.labels)
 
 
 def _from_labels(labels: np.ndarray) -> JudgeOutput:
@@ -141,7 +136,7 @@ def normalize_judge_output(output: Any, n: int) -> JudgeOutput:
       )
     prob_tie = output.get("prob_tie")
     if "labels" in output:
-      labels = _label_array(output["labels"])
+      labels = encode_labels(output["labels"], "judge labels")
       prob_a = output["prob_a"] if "prob_a" in output else (labels == LABEL_A).astype(np.float64)
       if prob_tie is None and "prob_a" not in output:
         prob_tie = (labels == LABEL_TIE).astype(np.float64)
@@ -156,7 +151,7 @@ def normalize_judge_output(output: Any, n: int) -> JudgeOutput:
       )
     seq = list(output) if not isinstance(output, np.ndarray) else output
     if len(seq) and all(isinstance(x, str) for x in seq):
-      out = _from_labels(_label_array(seq))
+      out = _from_labels(encode_labels(seq, "judge labels"))
     else:
       arr = np.asarray(seq)
       if arr.dtype == bool:
@@ -164,7 +159,7 @@ def normalize_judge_output(output: Any, n: int) -> JudgeOutput:
           "judge returned booleans; return labels (0 = a, 1 = b, 2 = tie) or P(a ≻ b) floats"
         )
       if arr.size == 0 or np.issubdtype(arr.dtype, np.integer):
-        out = _from_labels(_label_array(arr.astype(np.int64) if arr.size else arr.astype(np.int32)))
+        out = _from_labels(encode_labels(arr, "judge labels"))
       elif np.issubdtype(arr.dtype, np.floating):
         prob_a = arr.astype(np.float64)
         out = JudgeOutput(prob_a=prob_a, labels=_labels_from_prob(prob_a))
@@ -175,19 +170,6 @@ def normalize_judge_output(output: Any, n: int) -> JudgeOutput:
   if len(out) != n:
     raise ValueError(f"judge returned {len(out)} verdicts for {n} pairs")
   return out
-
-
-def _label_array(labels: Any) -> np.ndarray:
-  seq = list(labels) if not isinstance(labels, np.ndarray) else labels
-  if len(seq) and all(isinstance(x, str) for x in seq):
-    bad = sorted({x for x in seq if x not in LABELS})
-    if bad:
-      raise ValueError(f"judge returned unknown label names {bad}; expected {LABELS}")
-    return np.asarray([LABELS.index(x) for x in seq], dtype=np.int32)
-  arr = np.asarray(seq)
-  if arr.size and not np.issubdtype(arr.dtype, np.integer):
-    raise ValueError(f"labels must be integers 0/1/2 or names {LABELS}, got dtype {arr.dtype}")
-  return arr.astype(np.int32)
 
 
 def as_judge(
@@ -278,6 +260,6 @@ def judge_records(
   out = as_judge(judge)(prompts, responses_a, responses_b)
   base = dict(metadata or {})
   return [
-    PreferenceRecord(p, a, b, LABELS[int(lab)], {**base, "probability": float(pa)})
+    PreferenceRecord(p, a, b, decode_label(lab), {**base, "probability": float(pa)})
     for p, a, b, lab, pa in zip(prompts, responses_a, responses_b, out.labels, out.prob_a)
   ]

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from rlhf_jax.data.preferences import LABELS, PreferenceRecord
-from rlhf_jax.feedback.judges import LABEL_A, LABEL_B, LABEL_TIE, JudgeOutput
+from rlhf_jax.data.preferences import PreferenceRecord
+from rlhf_jax.feedback.judges import JudgeOutput
+from rlhf_jax.labels import LABEL_A, LABEL_B, LABEL_TIE, decode_label
 
 __all__ = [
   "SimulatedLabels",
@@ -219,7 +220,7 @@ def annotate_pairs(
       p,
       a,
       b,
-      LABELS[int(sim.labels[i])],
+      decode_label(sim.labels[i]),
       {
         **base,
         "index": i,

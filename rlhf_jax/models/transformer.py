@@ -47,8 +47,8 @@ __all__ = [
   "unstack_layers",
 ]
 
-_HEADS = ("lm", "scalar", "both")
 _NORMS = ("layernorm", "rmsnorm")
+_HEADS = ("lm", "scalar", "both")
 _MLPS = ("gelu", "swiglu")
 _POSITIONS = ("learned", "rope")
 _ACTIVATIONS = ("gelu_tanh", "gelu", "silu", "relu")

@@ -7,22 +7,32 @@ here turn them into models, params placed on the mesh, and optax optimizers.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import optax
 
-from rlhf_jax import optim, sharding
+from rlhf_jax import checkpoint, config_schema, optim, sharding
+from rlhf_jax.config_schema import ConfigError
 from rlhf_jax.models import Transformer, TransformerConfig, boxed_init_fn, init_params
+from rlhf_jax.train.metrics import MetricWriter, progress
 
 __all__ = [
+  "ConfigError",
   "DivergenceError",
   "check_skipped",
   "check_output_paths",
   "OPTIM_BOUNDS",
   "spec_errors",
   "check_batch_sizes",
+  "SKIPPED_BOUNDS",
+  "LOOP_BOUNDS",
+  "LOOP_NEUTRAL_FIELDS",
+  "LOOP_FIELDS",
+  "config_kwargs",
+  "TrainLoop",
   "PRESETS",
   "ModelSpec",
   "MeshSpec",
@@ -33,6 +43,8 @@ __all__ = [
   "make_optimizer",
   "shard_params",
 ]
+
+_log = logging.getLogger(__name__)
 
 # Architecture presets for models initialised from scratch. "small"/"medium" are the
 # GPT-2 shapes of the benchmark anchors; "tiny" is for tests.
@@ -245,12 +257,45 @@ OPTIM_BOUNDS = {
 }
 
 
-def spec_errors(cfg: Any, *, optimizers=(), meshes=(), models=(), root: str = "config") -> list:
-  """Problems in the shared specs of a trainer config, as error lines naming each field:
-  optimizer names and bounds, mesh axis sizes (>= 1, or -1 for one axis), model presets."""
-  from rlhf_jax import config_schema
+# Bounds of the stop criterion every trainer config has.
+SKIPPED_BOUNDS = {"max_skipped_fraction": "in [0, 1]"}
 
-  errors = []
+# Bounds of the loop fields of the trainers that log and checkpoint on a cadence.
+LOOP_BOUNDS = {
+  "log_every": ">= 1",
+  "checkpoint_every": ">= 1",
+  "keep_checkpoints": ">= 1",
+  **SKIPPED_BOUNDS,
+}
+
+# Loop fields a rerun of a workdir may change (see rlhf_jax.main): logging, checkpoint
+# cadence, layout, stop criterion.
+LOOP_NEUTRAL_FIELDS = (
+  "log_every",
+  "checkpoint_every",
+  "keep_checkpoints",
+  "mesh",
+  "max_skipped_fraction",
+)
+
+
+# The loop fields of a trainer config: logging and checkpoint cadence, stop criterion.
+LOOP_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "max_skipped_fraction")
+
+
+def config_kwargs(cfg: Any, *names: str) -> Dict[str, Any]:
+  """``{name: cfg.<name>}``: fields a trainer config passes on, under the same names, to its
+  training loop (e.g. ``*LOOP_FIELDS``)."""
+  return {name: getattr(cfg, name) for name in names}
+
+
+def spec_errors(
+  cfg: Any, bounds=None, *, optimizers=(), meshes=(), models=(), root: str = "config"
+) -> list:
+  """Problems in a trainer config, as error lines naming each field: the ``bounds``
+  (field -> bound, see :func:`rlhf_jax.config_schema.check_bounds`), optimizer names and
+  bounds, mesh axis sizes (>= 1, or -1 for one axis), model presets."""
+  errors = config_schema.check_bounds(cfg, bounds, root) if bounds else []
   for name in optimizers:
     spec = _get(cfg, name)
     if spec.name not in ("adam", "adamw", "tf_adam"):
@@ -295,3 +340,103 @@ def check_batch_sizes(mesh, sizes) -> None:
       f"{', '.join(bad)}: must be divisible by the {n} devices of the mesh's "
       "batch axes (data x fsdp); change the batch size or config.mesh"
     )
+
+
+class TrainLoop:
+  """The plumbing of a training loop in ``workdir``: checkpoints in ``workdir/checkpoints``
+  (resume from the newest; save every ``every`` steps, at the last one, ``total``, and on a
+  stop), metrics in ``workdir/metrics.jsonl``, a progress bar, the SIGTERM guard and the
+  divergence check. ``key`` names the loop's step (``"step"``, ``"iteration"``) in the saved
+  extra data and in messages, ``unit`` on the bar; a step makes ``updates_per_step``
+  optimizer updates.
+
+  Use::
+
+      loop = TrainLoop(workdir, keep, every, total, desc)
+      state, start = loop.restore(state)
+      with loop:
+        for i in range(start, total):
+          ...
+          loop.log(i + 1, host_metrics, loss=...)   # on logging steps
+          if loop.end_step(i + 1, state):
+            break
+      loop.close()                                   # raises Preempted after a signal
+  """
+
+  def __init__(
+    self,
+    workdir,
+    keep: int,
+    every: int,
+    total: int,
+    desc: str,
+    *,
+    key: str = "step",
+    unit: str = "step",
+    max_skipped_fraction: float = 0.1,
+    updates_per_step: int = 1,
+  ):
+    self.workdir = os.fspath(workdir)
+    os.makedirs(self.workdir, exist_ok=True)
+    self.manager = checkpoint.open_manager(
+      os.path.join(self.workdir, "checkpoints"), max_to_keep=keep
+    )
+    self.every, self.total, self.desc, self.key, self.unit = every, total, desc, key, unit
+    self.max_skipped_fraction, self.updates_per_step = max_skipped_fraction, updates_per_step
+    self.start = self.done = 0
+    self.preempted = False
+
+  def restore(self, state) -> Tuple[Any, int]:
+    """``(state, start)``: the newest checkpoint and its step, or ``(state, 0)``."""
+    if checkpoint.latest_step(self.manager) is not None:
+      state, extra = checkpoint.restore(self.manager, checkpoint.abstract_like(state))
+      self.start = self.done = int(extra[self.key])
+      _log.info("%s: resumed from %s %d", self.desc, self.key, self.start)
+    return state, self.start
+
+  def __enter__(self) -> "TrainLoop":
+    self.writer = MetricWriter(self.workdir, resume_step=self.start).__enter__()
+    self.guard = checkpoint.PreemptionGuard().__enter__()
+    self.bar = progress(self.total, desc=self.desc, unit=self.unit)
+    self.bar.update(self.start)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.bar.close()
+    self.guard.__exit__(*exc)
+    self.writer.__exit__(*exc)
+
+  def log(self, done: int, host: Dict[str, Any], **postfix) -> None:
+    """Writes the metrics of step ``done``, shows ``postfix`` on the bar and stops a run
+    whose skipped updates exceed ``max_skipped_fraction`` (see :func:`check_skipped`)."""
+    self.writer.write(done, host)
+    self.bar.set_postfix(**postfix)
+    check_skipped(
+      self.desc,
+      host["skipped_updates"],
+      done * self.updates_per_step,
+      self.total * self.updates_per_step,
+      self.max_skipped_fraction,
+      f"{self.key} {done}",
+    )
+
+  def end_step(self, done: int, state, stop: bool = False) -> bool:
+    """Ends step ``done``: saves ``state`` when a checkpoint is due (waiting for the write
+    when the loop stops); true when it stops (``stop``, or a signal)."""
+    self.done = done
+    self.bar.update(1)
+    self.preempted = self.guard.should_stop()
+    stop = stop or self.preempted
+    if done % self.every == 0 or done == self.total or stop:
+      checkpoint.save(self.manager, done, state, extra={self.key: done}, force=True, wait=stop)
+    return stop
+
+  def close(self) -> None:
+    """Waits for the pending writes; a loop a signal stopped raises ``Preempted``."""
+    self.manager.wait_until_finished()
+    self.manager.close()
+    if self.preempted:
+      raise checkpoint.Preempted(
+        f"{self.desc}: stopped by a signal at {self.key} {self.done} of {self.total}; "
+        "checkpoint saved, rerun to resume"
+      )

@@ -64,15 +64,16 @@ _BOUNDS = {
   "bon_ns[*]": ">= 1",
   "ppo_eval_every": ">= 1",
   "num_eval_prompts": ">= 1",
-  "max_skipped_fraction": "in [0, 1]",
+  **common.SKIPPED_BOUNDS,
 }
 
 
 def check_config(cfg: Config) -> None:
-  """Every check of ``cfg`` that needs no files or devices (run at start-up, before any work).
+  """The checks of the pipeline stages the study runs, and its own: label counts, best-of-n
+  sizes, simulated feedback.
 
   Raises:
-    ConfigError: one line per problem, each naming the field.
+    ConfigError: one line per problem, naming the field.
   """
   from rlhf_jax import config_schema
 
@@ -111,15 +112,7 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   hp = dataclasses.replace(
     cfg.ppo.hparams, eos_id=int(tokenizer.eos_token_id), pad_id=int(tokenizer.pad_token_id)
   )
-  base_model, base_params = pl.pretrain_base(
-    cfg.base,
-    root / "data",
-    root / "base",
-    tokenizer,
-    mesh,
-    cfg.seed,
-    max_skipped_fraction=cfg.max_skipped_fraction,
-  )
+  base_model, base_params = pl.base_stage(cfg, root, tokenizer, mesh)
   models = pl.Models.from_base(base_model.cfg)
   sampler = pl.Sampler(models, hp, cfg.ppo.batch_size, mesh)
   train_prompts = pl.read_prompts(root / "data", "train")
@@ -211,32 +204,19 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
         }
       )
     # PPO, evaluated every `ppo_eval_every` iterations.
-    policy_model, start, value_model, value_params = pl.policy_and_value(
-      models, hp, base_params, rm_params, gain, bias, cfg.ppo.value_init
-    )
     ppo_dir = root / f"ppo_{n_labels}"
     done = 0
     while done < cfg.ppo.iterations:
-      state, _ = ppo_train.train_ppo(
-        policy_model=policy_model,
-        policy_params=start,
-        value_model=value_model,
-        value_params=value_params,
-        reward_model=models.scalar,
-        reward_params=rm_params,
-        ref_params=base_params,
-        prompt_ids=p_ids,
-        prompt_mask=p_mask,
-        hp=hp,
-        optim_spec=cfg.ppo.optimizer,
-        batch_size=cfg.ppo.batch_size,
-        iterations=cfg.ppo.iterations,
-        init_kl_coef=cfg.ppo.init_kl_coef,
-        reward_gain=gain,
-        reward_bias=bias,
+      state, _ = pl.train_policy(
+        models,
+        cfg.ppo,
+        hp,
+        (base_params, base_params, rm_params),
+        (p_ids, p_mask),
+        (gain, bias),
         mesh=mesh,
         seed=cfg.seed + n_labels,
-        workdir=str(ppo_dir),
+        workdir=ppo_dir,
         stop_after=cfg.ppo_eval_every,
         desc=f"ppo ({n_labels} labels)",
         max_skipped_fraction=cfg.max_skipped_fraction,

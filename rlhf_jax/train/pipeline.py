@@ -81,6 +81,7 @@ __all__ = [
   "read_prompts",
   "load_prompts",
   "pretrain_base",
+  "base_stage",
   "prepare_rounds",
   "sample_reference",
   "reward_eval_pairs",
@@ -88,6 +89,7 @@ __all__ = [
   "label_pairs",
   "label_stage",
   "policy_and_value",
+  "train_policy",
   "policy_stage",
   "reward_score_fn",
   "evaluate_policy",
@@ -555,21 +557,21 @@ class Models(NamedTuple):
     )
 
 
-def decode_responses(tokenizer, tokens_BN: np.ndarray, mask_BN: np.ndarray) -> List[str]:
-  """Response texts of sampled ``tokens_BN`` (positions with ``mask_BN`` 0 and EOS dropped)."""
+def decode_responses(tokenizer, tokens_BT: np.ndarray, mask_BT: np.ndarray) -> List[str]:
+  """Response texts of sampled ``tokens_BT`` (positions with ``mask_BT`` 0 and EOS dropped)."""
   out = []
   eos = tokenizer.eos_token_id
-  for toks, m in zip(tokens_BN, mask_BN):
+  for toks, m in zip(tokens_BT, mask_BT):
     ids = [int(t) for t, keep in zip(toks, m) if keep and int(t) != eos]
     out.append(tokenizer.decode(ids))
   return out
 
 
-def join_sequences(prompt_ids_BP, prompt_mask_BP, tokens_BN, mask_BN):
-  """Prompt and response side by side: ``(ids [B, P + N], mask [B, P + N])``, int32."""
+def join_sequences(prompt_ids_BP, prompt_mask_BP, tokens_BT, mask_BT):
+  """Prompt and response side by side: ``(ids [B, P + T], mask [B, P + T])``, int32."""
   return (
-    np.concatenate([prompt_ids_BP, tokens_BN], 1).astype(np.int32),
-    np.concatenate([prompt_mask_BP, mask_BN], 1).astype(np.int32),
+    np.concatenate([prompt_ids_BP, tokens_BT], 1).astype(np.int32),
+    np.concatenate([prompt_mask_BP, mask_BT], 1).astype(np.int32),
   )
 
 
@@ -770,8 +772,7 @@ def pretrain_base(
     mask,
     mask,
     optim_spec=spec.optimizer,
-    steps=spec.steps,
-    batch_size=spec.batch_size,
+    **common.config_kwargs(spec, "steps", "batch_size"),
     seed=seed,
     mesh=mesh,
     workdir=out,
@@ -839,6 +840,20 @@ def _perplexity(model, params, ids, mask, batch_size, mesh) -> float:
     total += float(nll)
     count += float(n)
   return float(np.exp(total / max(count, 1.0)))
+
+
+def base_stage(cfg, root: pathlib.Path, tokenizer, mesh) -> Tuple[Transformer, Any]:
+  """:func:`pretrain_base` for a config with ``base``, ``seed`` and ``max_skipped_fraction``
+  (a pipeline or over-optimisation study) in its workdir ``root`` (``data/``, ``base/``)."""
+  return pretrain_base(
+    cfg.base,
+    root / "data",
+    root / "base",
+    tokenizer,
+    mesh,
+    cfg.seed,
+    max_skipped_fraction=cfg.max_skipped_fraction,
+  )
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -981,7 +996,7 @@ def reward_eval_pairs(
 
 
 class SampledPairs(NamedTuple):
-  """Two responses per chosen training prompt: ``tokens_* [B, N]``, ``mask_* [B, N]``."""
+  """Two responses per chosen training prompt: ``tokens_* [B, T]``, ``mask_* [B, T]``."""
 
   rows: np.ndarray  # indices into the training prompts
   tokens_a: np.ndarray
@@ -1050,11 +1065,11 @@ def label_pairs(
       prompts,
       resp_a,
       resp_b,
+      seed=seed * 1000 + round_idx,
+      round=round_idx,
       temperature=spec.temperature,
       tie_threshold=spec.tie_threshold,
       flip_prob=spec.flip_prob,
-      seed=seed * 1000 + round_idx,
-      round=round_idx,
     )
   return judges_lib.judge_records(_make_judge(spec), prompts, resp_a, resp_b, metadata=meta)
 
@@ -1163,6 +1178,43 @@ def _curve_point(cfg: Config, r: int, h: dict) -> dict:
   return point
 
 
+def train_policy(
+  models: Models,
+  spec: PPOSpec,
+  hp: ppo_lib.PPOHparams,
+  params,
+  prompts,
+  norm,
+  score_fn: Optional[ppo_lib.ScoreFn] = None,
+  **loop,
+):
+  """:func:`rlhf_jax.train.ppo.train_ppo` by ``spec`` on the policy/value pair of
+  :func:`policy_and_value`: ``params`` = ``(policy, reference, reward model)``, ``prompts`` =
+  ``(ids, mask)``, ``norm`` = the reward's ``(gain, bias)``; ``loop``: ``mesh``, ``seed``,
+  ``workdir`` and train_ppo's optional loop arguments. With ``score_fn`` (RLVR) the iteration
+  optimises it and holds no reward model. Returns ``(state, history)``."""
+  policy_model, start, value_model, value_params = policy_and_value(
+    models, hp, params[0], params[2], *norm, spec.value_init
+  )
+  return ppo_train.train_ppo(
+    policy_model=policy_model,
+    policy_params=start,
+    value_model=value_model,
+    value_params=value_params,
+    reward_model=models.scalar if score_fn is None else None,
+    reward_params=params[2] if score_fn is None else None,
+    ref_params=params[1],
+    prompt_ids=prompts[0],
+    prompt_mask=prompts[1],
+    hp=hp,
+    reward_gain=norm[0],
+    reward_bias=norm[1],
+    **ppo_train.schedule_kwargs(spec),
+    score_fn=score_fn,
+    **loop,
+  )
+
+
 class PolicyResult(NamedTuple):
   params: Any  # the policy LM's params (a value head on its trunk is dropped)
   history: List[Dict[str, float]]  # train_ppo's logged metrics, one dict per iteration
@@ -1237,9 +1289,6 @@ def policy_stage(
       gain=gain,
       bias=bias,
     )
-  policy_model, start, value_model, value_params = policy_and_value(
-    models, hp, policy_params, rm_params, gain, bias, spec.value_init
-  )
   train_gain, train_bias = gain, bias
   if score_fn is not None:
     train_gain, train_bias = ppo_train.fit_reward_norm(
@@ -1256,29 +1305,19 @@ def policy_stage(
       seed,
       score_fn=score_fn,
     )
-  state, history = ppo_train.train_ppo(
-    policy_model=policy_model,
-    policy_params=start,
-    value_model=value_model,
-    value_params=value_params,
-    reward_model=models.scalar if score_fn is None else None,
-    reward_params=rm_params if score_fn is None else None,
-    ref_params=ref_params,
-    prompt_ids=prompt_ids,
-    prompt_mask=prompt_mask,
-    hp=hp,
-    optim_spec=spec.optimizer,
-    batch_size=spec.batch_size,
-    iterations=spec.iterations,
-    init_kl_coef=spec.init_kl_coef,
-    reward_gain=train_gain,
-    reward_bias=train_bias,
+  state, history = train_policy(
+    models,
+    spec,
+    hp,
+    (policy_params, ref_params, rm_params),
+    (prompt_ids, prompt_mask),
+    (train_gain, train_bias),
+    score_fn=score_fn,
     mesh=mesh,
     seed=seed,
-    workdir=str(workdir),
+    workdir=workdir,
     desc=desc,
     max_skipped_fraction=max_skipped_fraction,
-    score_fn=score_fn,
   )
   params = {k: v for k, v in state.params["policy"].items() if k != "score"}
   return PolicyResult(params, history, float(state.kl.beta), gain, bias)
@@ -1320,7 +1359,7 @@ def _dpo_policy(
     response_len=hp.response_len,
     mesh=mesh,
     seed=seed,
-    workdir=str(workdir),
+    workdir=workdir,
     desc=desc,
     max_skipped_fraction=max_skipped_fraction,
   )
@@ -1735,15 +1774,7 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   hp = policy_hparams(cfg.ppo, tokenizer)
 
   t0 = time.perf_counter()
-  base_model, base_params = pretrain_base(
-    cfg.base,
-    root / "data",
-    root / "base",
-    tokenizer,
-    mesh,
-    cfg.seed,
-    max_skipped_fraction=cfg.max_skipped_fraction,
-  )
+  base_model, base_params = base_stage(cfg, root, tokenizer, mesh)
   timings["base"] = time.perf_counter() - t0
   setup = prepare_rounds(cfg, root, mesh, tokenizer, hp, base_model, base_params, gold, independent)
 

@@ -22,13 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax import checkpoint, sharding
 from rlhf_jax import data as data_lib
 from rlhf_jax import ppo as ppo_lib
+from rlhf_jax import sharding
 from rlhf_jax.advantages import fit_reward_normalization
 from rlhf_jax.models import Transformer
 from rlhf_jax.train import common
-from rlhf_jax.train.metrics import MetricWriter, fetch, progress, read_metrics
+from rlhf_jax.train.metrics import fetch, progress, read_metrics
 
 __all__ = [
   "PromptSpec",
@@ -42,6 +42,7 @@ __all__ = [
   "scorer_score_fn",
   "run",
   "prompt_rows",
+  "schedule_kwargs",
 ]
 
 _log = logging.getLogger(__name__)
@@ -81,25 +82,14 @@ class Config:
   max_skipped_fraction: float = 0.1  # stop when more updates are skipped as non-finite
 
 
-# Fields a rerun of a workdir may change (see rlhf_jax.main): logging, checkpoint cadence,
-# layout, stop criterion.
-RESULT_NEUTRAL_FIELDS = (
-  "log_every",
-  "checkpoint_every",
-  "keep_checkpoints",
-  "mesh",
-  "max_skipped_fraction",
-)
+# Fields a rerun of a workdir may change (see rlhf_jax.main): those of the loop.
+RESULT_NEUTRAL_FIELDS = common.LOOP_NEUTRAL_FIELDS
 
 _BOUNDS = {
   "batch_size": ">= 1",
   "iterations": ">= 1",
   "init_kl_coef": ">= 0",
   "norm_samples": ">= 1",
-  "log_every": ">= 1",
-  "checkpoint_every": ">= 1",
-  "keep_checkpoints": ">= 1",
-  "max_skipped_fraction": "in [0, 1]",
   "prompts.prompt_len": ">= 1",
   "prompts.num_random": ">= 1",
   "ppo.top_k": ">= 0",
@@ -111,20 +101,14 @@ _BOUNDS = {
   "ppo.clip_eps": "> 0",
   "ppo.value_clip_eps": "> 0",
   "ppo.vf_coef": ">= 0",
+  **common.LOOP_BOUNDS,
 }
 
 
 def check_config(cfg: Config) -> None:
-  """Every check of ``cfg`` that needs no files or devices (run at start-up, before any work).
-
-  Raises:
-    ConfigError: one line per problem, each naming the field.
-  """
-  from rlhf_jax import config_schema
-
-  errors = config_schema.check_bounds(cfg, _BOUNDS)
-  errors += common.spec_errors(
-    cfg, optimizers=("optimizer",), meshes=("mesh",), models=("policy", "reward")
+  """Raises ``ConfigError`` naming every field of a PPO config that cannot run."""
+  errors = common.spec_errors(
+    cfg, _BOUNDS, optimizers=("optimizer",), meshes=("mesh",), models=("policy", "reward")
   )
   if cfg.batch_size >= 1 and cfg.batch_size % cfg.ppo.num_minibatches:
     errors.append(
@@ -153,7 +137,7 @@ def check_config(cfg: Config) -> None:
       "IPO learn from preference pairs in the pipeline (task='pipeline', configs/dpo.py)"
     )
   if errors:
-    raise config_schema.ConfigError("\n".join(errors))
+    raise common.ConfigError("\n".join(errors))
 
 
 def reward_source_errors(
@@ -288,7 +272,7 @@ def fit_reward_norm(
       batch["mask"],
       jax.random.PRNGKey(seed + 7919 * (i + 1)),
     )
-    scores.append(np.asarray(jax.device_get(out.raw_score)))
+    scores.append(np.asarray(jax.device_get(out.raw_score_B)))
   scores = np.concatenate(scores)
   if not np.std(scores) > 0:
     _log.warning(
@@ -378,29 +362,29 @@ def train_ppo(
     mesh,
   )
 
-  os.makedirs(workdir, exist_ok=True)
-  manager = checkpoint.open_manager(
-    os.path.join(workdir, "checkpoints"), max_to_keep=keep_checkpoints
+  loop = common.TrainLoop(
+    workdir,
+    keep_checkpoints,
+    checkpoint_every,
+    iterations,
+    desc,
+    key="iteration",
+    unit="iter",
+    max_skipped_fraction=max_skipped_fraction,
+    updates_per_step=updates_per_iter,
   )
-  start = 0
-  if checkpoint.latest_step(manager) is not None:
-    state, extra = checkpoint.restore(manager, checkpoint.abstract_like(state))
-    start = int(extra["iteration"])
-    _log.info("%s: resumed from iteration %d", desc, start)
+  state, start = loop.restore(state)
 
   history: List[Dict[str, float]] = []
   pc, pi = jax.process_count(), jax.process_index()
   local = batch_size // pc
-  with MetricWriter(workdir, resume_step=start) as writer, checkpoint.PreemptionGuard() as guard:
-    if start and os.path.exists(writer.path):  # the curve of the attempts before this one
+  with loop:
+    if start and os.path.exists(loop.writer.path):  # the curve of the attempts before this one
       history = [
         dict({k: v for k, v in r.items() if k != "step"}, iteration=r["step"])
-        for r in read_metrics(writer.path, last_per_step=True)
+        for r in read_metrics(loop.writer.path, last_per_step=True)
       ]
-    bar = progress(iterations, desc=desc, unit="iter")
-    bar.update(start)
     t_last = time.perf_counter()
-    preempted, done = False, start
     for it in range(start, iterations):
       rows = prompt_rows(len(prompt_ids), batch_size, it, seed)[pi * local : (pi + 1) * local]
       batch = sharding.shard_batch({"ids": prompt_ids[rows], "mask": prompt_mask[rows]}, mesh)
@@ -413,34 +397,25 @@ def train_ppo(
         host["samples_per_second"] = batch_size / host["iteration_seconds"]
         host["learning_rate"] = float(schedule(done * updates_per_iter))
         t_last = now
-        writer.write(done, host)
+        loop.log(done, host, score=host["score"], kl=host["kl"], beta=host["beta"])
         history.append(dict(host, iteration=done))
-        bar.set_postfix(score=host["score"], kl=host["kl"], beta=host["beta"])
-        common.check_skipped(
-          desc,
-          host["skipped_updates"],
-          done * updates_per_iter,
-          iterations * updates_per_iter,
-          max_skipped_fraction,
-          f"iteration {done}",
-        )
-      bar.update(1)
-      preempted = guard.should_stop()
-      stop = preempted or (stop_after is not None and done - start >= stop_after)
-      if done % checkpoint_every == 0 or done == iterations or stop:
-        checkpoint.save(manager, done, state, extra={"iteration": done}, force=True, wait=stop)
-      if stop:
+      if loop.end_step(done, state, stop_after is not None and done - start >= stop_after):
         _log.warning("%s: stopping early; checkpoint saved at iteration %d", desc, done)
         break
-    bar.close()
-  manager.wait_until_finished()
-  manager.close()
-  if preempted:
-    raise checkpoint.Preempted(
-      f"{desc}: stopped by a signal at iteration {done} of "
-      f"{iterations}; checkpoint saved, rerun to resume"
-    )
+  loop.close()
   return state, history
+
+
+def schedule_kwargs(spec) -> Dict[str, Any]:
+  """:func:`train_ppo`'s optimizer and length arguments from a config with the fields
+  ``optimizer``, ``batch_size``, ``iterations`` and ``init_kl_coef`` (:class:`Config`, or the
+  pipeline's PPO stage spec)."""
+  return {
+    "optim_spec": spec.optimizer,
+    "batch_size": spec.batch_size,
+    "iterations": spec.iterations,
+    "init_kl_coef": spec.init_kl_coef,
+  }
 
 
 def _load_prompts(spec: PromptSpec, tokenizer, vocab_size: int, pad_id: int, seed: int):
@@ -549,19 +524,13 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     prompt_ids=prompt_ids,
     prompt_mask=prompt_mask,
     hp=hp,
-    optim_spec=cfg.optimizer,
-    batch_size=cfg.batch_size,
-    iterations=cfg.iterations,
-    init_kl_coef=cfg.init_kl_coef,
+    **schedule_kwargs(cfg),
     reward_gain=gain,
     reward_bias=bias,
     mesh=mesh,
     seed=cfg.seed,
     workdir=workdir,
-    log_every=cfg.log_every,
-    checkpoint_every=cfg.checkpoint_every,
-    keep_checkpoints=cfg.keep_checkpoints,
-    max_skipped_fraction=cfg.max_skipped_fraction,
+    **common.config_kwargs(cfg, *common.LOOP_FIELDS),
     score_fn=score_fn,
   )
   return history[-1] if history else {}

@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax import checkpoint, evaluation, losses, sharding
 from rlhf_jax import data as data_lib
+from rlhf_jax import evaluation, losses, sharding
 from rlhf_jax import reward as reward_lib
 from rlhf_jax.models import Transformer, boxed_init_fn, init_params
 from rlhf_jax.train import common
-from rlhf_jax.train.metrics import MetricWriter, fetch, progress, truncate_metrics
+from rlhf_jax.train.metrics import MetricWriter, fetch, truncate_metrics
 
 __all__ = [
   "Config",
@@ -63,21 +63,14 @@ _BOUNDS = {
   "response_len": ">= 1",
   "epochs": ">= 1",
   "batch_size": ">= 1",
-  "max_skipped_fraction": "in [0, 1]",
   "hparams.center_coef": ">= 0",
+  **common.SKIPPED_BOUNDS,
 }
 
 
 def check_config(cfg: Config) -> None:
-  """Every check of ``cfg`` that needs no files or devices (run at start-up, before any work).
-
-  Raises:
-    ConfigError: one line per problem, each naming the field.
-  """
-  from rlhf_jax import config_schema
-
-  errors = config_schema.check_bounds(cfg, _BOUNDS)
-  errors += common.spec_errors(cfg, optimizers=("optimizer",), meshes=("mesh",))
+  """Refuses a reward-model config that cannot run: ``ConfigError`` names each field."""
+  errors = common.spec_errors(cfg, _BOUNDS, optimizers=("optimizer",), meshes=("mesh",))
   if not cfg.model.path:
     errors.append(
       "config.model.path: required; the reward trainer starts from a checkpoint "
@@ -89,7 +82,7 @@ def check_config(cfg: Config) -> None:
       "or a Hugging Face dataset directory"
     )
   if errors:
-    raise config_schema.ConfigError("\n".join(errors))
+    raise common.ConfigError("\n".join(errors))
 
 
 def _batches(n: int, size: int):
@@ -116,7 +109,7 @@ def train_reward_model(
   batch_size: int,
   mesh,
   seed: int,
-  workdir: str,
+  workdir: Union[str, os.PathLike],
   checkpoint_every: int = 500,
   keep_checkpoints: int = 2,
   max_skipped_fraction: float = 0.1,
@@ -148,21 +141,20 @@ def train_reward_model(
   optimizer = reward_lib.reward_optimizer(optimizer, hp)
   state = sharding.commit(reward_lib.init_reward_state(params, optimizer, hp), mesh)
   step = sharding.jit_step(reward_lib.make_reward_step(model, optimizer, hp), state, mesh)
-  os.makedirs(workdir, exist_ok=True)
-  manager = checkpoint.open_manager(
-    os.path.join(workdir, "checkpoints"), max_to_keep=keep_checkpoints
+  loop = common.TrainLoop(
+    workdir,
+    keep_checkpoints,
+    checkpoint_every,
+    total,
+    desc,
+    max_skipped_fraction=max_skipped_fraction,
   )
-  start = 0
-  if checkpoint.latest_step(manager) is not None:
-    state, extra = checkpoint.restore(manager, checkpoint.abstract_like(state))
-    start = int(extra["step"])
+  state, start = loop.restore(state)
   if jax.process_index() == 0:  # the evaluation rows are written again below
     truncate_metrics(workdir, start, drop=lambda r: any(k.startswith("eval_") for k in r))
   rng = np.random.default_rng(seed)
-  preempted = False
-  with MetricWriter(workdir, resume_step=start) as writer, checkpoint.PreemptionGuard() as guard:
-    bar = progress(total, desc=desc, unit="step")
-    bar.update(start)
+  stop = False
+  with loop:
     i = 0
     for _ in range(epochs):
       perm = rng.permutation(n)  # drawn for every epoch, so a resumed run sees the same order
@@ -175,26 +167,13 @@ def train_reward_model(
         state, metrics = step(state, batch)
         if i % 20 == 0 or i == total:
           host = dict(fetch(metrics), learning_rate=float(schedule(i)))
-          writer.write(i, host)
-          bar.set_postfix(loss=host["loss"], acc=host["accuracy"])
-          common.check_skipped(
-            desc, host["skipped_updates"], i, total, max_skipped_fraction, f"step {i}"
-          )
-        bar.update(1)
-        preempted = guard.should_stop()
-        if i % checkpoint_every == 0 or i == total or preempted:
-          checkpoint.save(manager, i, state, extra={"step": i}, force=True, wait=preempted)
-        if preempted:
+          loop.log(i, host, loss=host["loss"], acc=host["accuracy"])
+        stop = loop.end_step(i, state)
+        if stop:
           break
-      if preempted:
+      if stop:
         break
-    bar.close()
-  manager.wait_until_finished()
-  manager.close()
-  if preempted:
-    raise checkpoint.Preempted(
-      f"{desc}: stopped by a signal at step {i} of {total}; checkpoint saved, rerun to resume"
-    )
+  loop.close()
   scorer = jax.jit(reward_lib.make_pair_scorer(model))  # refit and evaluation share it
   tie_info = {}
   if hp.refit_tie_param and hp.tie_model != "bradley_terry":
@@ -350,12 +329,9 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     eval_pairs,
     hp=cfg.hparams,
     optim_spec=cfg.optimizer,
-    epochs=cfg.epochs,
-    batch_size=cfg.batch_size,
     mesh=mesh,
-    seed=cfg.seed,
     workdir=workdir,
-    max_skipped_fraction=cfg.max_skipped_fraction,
+    **common.config_kwargs(cfg, "epochs", "batch_size", "seed", "max_skipped_fraction"),
   )
   hf.save_pretrained(
     model,

@@ -23,11 +23,11 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import jax
 import numpy as np
 
-from rlhf_jax import checkpoint, sharding
 from rlhf_jax import data as data_lib
 from rlhf_jax import sft as sft_lib
+from rlhf_jax import sharding
 from rlhf_jax.train import common
-from rlhf_jax.train.metrics import MetricWriter, fetch, progress
+from rlhf_jax.train.metrics import fetch
 
 __all__ = ["DataSpec", "Config", "check_config", "run", "load_sft_rows", "train_lm", "step_rows"]
 
@@ -51,9 +51,9 @@ class Config:
   optimizer: common.OptimSpec = common.OptimSpec(
     name="adamw", learning_rate=1e-3, warmup_steps=50, eps=1e-8, max_grad_norm=1.0
   )
-  mesh: common.MeshSpec = common.MeshSpec()
   steps: int = 1000
   batch_size: int = 32
+  mesh: common.MeshSpec = common.MeshSpec()
   seed: int = 0
   log_every: int = 50
   checkpoint_every: int = 500
@@ -61,39 +61,22 @@ class Config:
   max_skipped_fraction: float = 0.1  # stop when more updates are skipped as non-finite
 
 
-# Fields a rerun of a workdir may change (see rlhf_jax.main): logging, checkpoint cadence,
-# caches, layout, stop criterion.
-RESULT_NEUTRAL_FIELDS = (
-  "log_every",
-  "checkpoint_every",
-  "keep_checkpoints",
-  "data.cache_dir",
-  "mesh",
-  "max_skipped_fraction",
-)
+# Fields a rerun of a workdir may change (see rlhf_jax.main): those of the loop, caches.
+RESULT_NEUTRAL_FIELDS = common.LOOP_NEUTRAL_FIELDS + ("data.cache_dir",)
 
 _BOUNDS = {
-  "steps": ">= 1",
-  "batch_size": ">= 1",
-  "log_every": ">= 1",
-  "checkpoint_every": ">= 1",
-  "keep_checkpoints": ">= 1",
-  "max_skipped_fraction": "in [0, 1]",
-  "data.vocab_size": ">= 1",
+  **common.LOOP_BOUNDS,
+  **{name: ">= 1" for name in ("steps", "batch_size", "data.vocab_size")},
   "data.seq_len": ">= 2",
 }
 
 
 def check_config(cfg: Config) -> None:
-  """Every check of ``cfg`` that needs no files or devices (run at start-up, before any work).
-
-  Raises:
-    ConfigError: one line per problem, each naming the field.
-  """
-  from rlhf_jax import config_schema
-
-  errors = config_schema.check_bounds(cfg, _BOUNDS)
-  errors += common.spec_errors(cfg, optimizers=("optimizer",), meshes=("mesh",), models=("model",))
+  """Start-up checks of an SFT config (bounds, specs, the data source), before any work:
+  raises ``ConfigError``, one line per problem naming the field."""
+  errors = common.spec_errors(
+    cfg, _BOUNDS, optimizers=("optimizer",), meshes=("mesh",), models=("model",)
+  )
   if cfg.data.source not in ("corpus", "jsonl"):
     errors.append(f"config.data.source={cfg.data.source!r}: expected 'corpus' or 'jsonl'")
   elif cfg.data.source == "jsonl" and not cfg.model.path:
@@ -101,7 +84,7 @@ def check_config(cfg: Config) -> None:
       "config.model.path: data.source='jsonl' needs a checkpoint directory with tokenizer files"
     )
   if errors:
-    raise config_schema.ConfigError("\n".join(errors))
+    raise common.ConfigError("\n".join(errors))
 
 
 def load_sft_rows(spec: DataSpec, tokenizer) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -179,25 +162,21 @@ def train_lm(
     DivergenceError: more than ``max_skipped_fraction`` of the updates were skipped.
     rlhf_jax.checkpoint.Preempted: stopped by a signal after saving a checkpoint.
   """
-  workdir = os.fspath(workdir)
   rows_of = batch_rows or step_rows(len(ids), batch_size, seed)
   optimizer, schedule = common.make_optimizer(optim_spec, steps)
   state = sharding.commit(sft_lib.init_lm_state(params, optimizer), mesh)
   step = sharding.jit_step(sft_lib.make_lm_step(model, optimizer), state, mesh)
-  manager = checkpoint.open_manager(
-    os.path.join(workdir, "checkpoints"), max_to_keep=keep_checkpoints
+  loop = common.TrainLoop(
+    workdir,
+    keep_checkpoints,
+    checkpoint_every,
+    steps,
+    desc,
+    max_skipped_fraction=max_skipped_fraction,
   )
-  start = 0
-  if checkpoint.latest_step(manager) is not None:
-    state, extra = checkpoint.restore(manager, checkpoint.abstract_like(state))
-    start = int(extra["step"])
-    _log.info("%s: resumed from step %d", desc, start)
+  state, start = loop.restore(state)
   last: Dict[str, Any] = {}
-  preempted = False
-  done = start
-  with MetricWriter(workdir, resume_step=start) as writer, checkpoint.PreemptionGuard() as guard:
-    bar = progress(steps, desc=desc, unit="step")
-    bar.update(start)
+  with loop:
     for i in range(start, steps):
       rows = rows_of(i)
       batch = sharding.shard_batch(
@@ -207,24 +186,10 @@ def train_lm(
       done = i + 1
       if done % log_every == 0 or done == steps:
         last = dict(fetch(metrics), learning_rate=float(schedule(done)))
-        writer.write(done, last)
-        bar.set_postfix(loss=last["loss"])
-        common.check_skipped(
-          desc, last["skipped_updates"], done, steps, max_skipped_fraction, f"step {done}"
-        )
-      bar.update(1)
-      preempted = guard.should_stop()
-      if done % checkpoint_every == 0 or done == steps or preempted:
-        checkpoint.save(manager, done, state, extra={"step": done}, force=True, wait=preempted)
-      if preempted:
+        loop.log(done, last, loss=last["loss"])
+      if loop.end_step(done, state):
         break
-    bar.close()
-  manager.wait_until_finished()
-  manager.close()
-  if preempted:
-    raise checkpoint.Preempted(
-      f"{desc}: stopped by a signal at step {done} of {steps}; checkpoint saved, rerun to resume"
-    )
+  loop.close()
   return state, last
 
 
@@ -251,12 +216,12 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     ids, mask = data_lib.pack_texts(
       tokenizer, corpus.texts("train"), cfg.data.seq_len, progress=True
     )
-    loss_mask = mask
+    rows = (ids, mask, mask)  # the loss on every token
   elif cfg.data.source == "jsonl":
     if not cfg.model.path:
       raise ValueError("data.source='jsonl' needs model.path (a directory with tokenizer files)")
     tokenizer = hf.load_tokenizer(cfg.model.path)
-    ids, mask, loss_mask = load_sft_rows(cfg.data, tokenizer)
+    rows = load_sft_rows(cfg.data, tokenizer)
   else:
     raise ValueError(f"data.source={cfg.data.source!r}; expected 'corpus' or 'jsonl'")
   spec = cfg.model
@@ -266,19 +231,11 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   state, last = train_lm(
     model,
     params,
-    ids,
-    mask,
-    loss_mask,
+    *rows,  # ids, mask, loss_mask
     optim_spec=cfg.optimizer,
-    steps=cfg.steps,
-    batch_size=cfg.batch_size,
-    seed=cfg.seed,
     mesh=mesh,
     workdir=workdir,
-    log_every=cfg.log_every,
-    checkpoint_every=cfg.checkpoint_every,
-    keep_checkpoints=cfg.keep_checkpoints,
-    max_skipped_fraction=cfg.max_skipped_fraction,
+    **common.config_kwargs(cfg, "steps", "batch_size", "seed", *common.LOOP_FIELDS),
   )
   if int(state.step) == cfg.steps:
     hf.save_pretrained(model, state.params, os.path.join(workdir, "model"), tokenizer=tokenizer)

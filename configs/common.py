@@ -1,0 +1,243 @@
+r"""Pieces the configs share: specs built by one function each, and the sentiment pipeline.
+
+Not a config itself (no ``get_config``). A config file loads it by path, from any working
+directory (``configs/`` is not a package):
+
+  from rlhf_jax.config_schema import config_module
+
+  common = config_module(__file__, "common")
+
+Each function returns a fresh dict (or ConfigDict), so a config may change what it gets.
+"""
+
+import ml_collections as mlc
+
+
+def distributed():
+  """Multi-process start-up (``rlhf_jax.distributed``)."""
+  # auto=True: jax.distributed initialises from the cluster environment (TPU pods, SLURM GPU
+  # clusters; launchers/tpu_vm.sh, slurm_gpu.sbatch).
+  return dict(auto=False)
+
+
+def mesh():
+  """The device mesh (``rlhf_jax.train.common.MeshSpec``): axis sizes, -1 for the rest."""
+  return dict(
+    data=1,  # data-parallel replicas
+    fsdp=-1,  # parameter-sharded data parallelism: every device not used by the other axes
+    tensor=1,  # tensor (model) parallelism
+  )
+
+
+def model(preset="gpt2-small"):
+  """A model spec (``rlhf_jax.train.common.ModelSpec``): a checkpoint or a random preset."""
+  return dict(
+    path="",  # Hugging Face-layout checkpoint directory; "": the preset at random init
+    preset=preset,  # architecture without a path (rlhf_jax.train.common.PRESETS)
+    vocab_size=8192,  # vocabulary without a path
+    dtype="float32",  # compute dtype ("bfloat16" on accelerators)
+    remat=False,  # recompute each block in the backward pass (memory for compute)
+    scan_unroll=0,  # layers per scan step; 0: every layer unrolled (faster on CPU)
+  )
+
+
+def optimizer(
+  name, learning_rate, *, warmup_steps=0, eps=1e-8, weight_decay=0.0, max_grad_norm=1.0
+):
+  """An optimizer spec (``rlhf_jax.train.common.OptimSpec``)."""
+  return dict(
+    name=name,  # "adam" | "adamw" | "tf_adam" (TensorFlow's epsilon placement)
+    learning_rate=learning_rate,  # peak learning rate
+    anneal=True,  # decay linearly to 0 over the run (OAI)
+    warmup_steps=warmup_steps,  # linear warm-up from 0
+    b1=0.9,  # Adam beta1
+    b2=0.999,  # Adam beta2
+    eps=eps,  # Adam epsilon
+    weight_decay=weight_decay,  # decoupled weight decay (adamw)
+    max_grad_norm=max_grad_norm,  # clip the global gradient norm; 0: no clipping
+  )
+
+
+def reward_hparams(**overrides):
+  """Reward-model hyper-parameters (``rlhf_jax.reward.RewardHparams``)."""
+  hparams = dict(
+    tie_model="rao_kupper",  # "bradley_terry" | "rao_kupper" | "davidson" (ties modelled)
+    init_tie_param=1.5,  # theta >= 1 (Rao-Kupper) or nu >= 0 (Davidson) at the start
+    learn_tie_param=True,  # train the tie parameter with the model
+    center_coef=0.0,  # TRL's reward centring: coef * mean((r_a + r_b)^2)
+  )
+  hparams.update(overrides)
+  return hparams
+
+
+def ppo_hparams(**overrides):
+  """PPO (and critic-free) hyper-parameters (``rlhf_jax.ppo.PPOHparams``)."""
+  hparams = dict(
+    response_len=16,  # sampled tokens per response
+    num_minibatches=4,  # minibatches per PPO epoch
+    epochs=2,  # passes over each rollout batch
+    temperature=0.7,  # sampling temperature
+    top_k=0,  # must be 0 for PPO (the policy's own distribution)
+    top_p=1.0,  # must be 1.0 for PPO
+    min_response_len=0,  # the stop token counts from response index min_response_len - 1
+    missing_stop="none",  # "none" | "replace" (OAI) | "penalty" (TRL): a response without stop
+    missing_stop_score=-1.0,  # "replace": its score
+    missing_stop_penalty=1.0,  # "penalty": subtracted from its score
+    kl_estimator="k1",  # "k1" | "k2" | "k3" per-token KL estimator
+    adaptive_kl=True,  # adapt the KL coefficient towards kl_target
+    kl_target=5.5,  # nats per response
+    kl_horizon=250.0,  # samples over which the adaptive controller moves
+    gamma=1.0,  # discount
+    lam=0.95,  # GAE lambda
+    clip_eps=0.2,  # policy ratio clip
+    value_clip_eps=0.2,  # value clip
+    vf_coef=0.1,  # value loss weight
+    whiten_rewards=False,  # whiten the shaped rewards (OAI)
+    whiten_advantages=True,  # whiten the advantages
+    unbiased_whitening=False,  # OAI: biased variance; TRL: unbiased
+    shared_trunk=False,  # value head on the policy trunk instead of a separate value model
+    recompute_old_logprobs=None,  # None: only when the compute dtype is not float32
+  )
+  hparams.update(overrides)
+  return hparams
+
+
+SENTIMENT_VARIANTS = ("default", "smoke", "openai", "openai_smoke")  # of sentiment()
+
+
+def sentiment(variant="default"):
+  """The sentiment pipeline of configs/sentiment.py (its docstring says what and why); the
+  other tasks on the same prompts (configs/kind.py, configs/overoptimization.py) start here."""
+  if variant not in SENTIMENT_VARIANTS:
+    raise ValueError(f"unknown sentiment variant {variant!r}; use one of {SENTIMENT_VARIANTS}")
+  c = mlc.ConfigDict()
+  c.task = "pipeline"  # the trainer (rlhf_jax.main.TASKS)
+  c.distributed = distributed()  # multi-process start-up
+  c.seed = 0  # every random draw of the run
+  c.rounds = 2  # label -> reward model -> policy rounds
+
+  c.data = mlc.ConfigDict()
+  c.data.cache_dir = ""  # corpus downloads; "" -> $RLHF_JAX_DATA or ~/.cache/rlhf_jax
+  c.data.sources = ("fortunes", "bible", "austen", "shakespeare")  # corpus parts
+  c.data.vocab_size = 8192  # BPE tokenizer trained on the corpus
+  c.data.seq_len = 64  # pretraining row width (tokens)
+  c.data.max_train_texts = 0  # 0: all training documents
+  c.data.prompt_words = (3, 6)  # prompt length in words (min, max): sentence openings
+  c.data.prompt_len = 16  # prompt tokens, left-padded
+  c.data.num_prompts = 4096  # training prompts (labels and PPO)
+  c.data.num_eval_prompts = 256  # held-out prompts for evaluation and reward-model tests
+
+  c.base = mlc.ConfigDict()
+  c.base.path = ""  # a checkpoint directory to start from instead of pretraining
+  c.base.preset = "gpt2-small"  # 4 layers x 256, tied embeddings
+  c.base.steps = 800  # pretraining steps
+  c.base.batch_size = 32  # pretraining rows per step
+  c.base.optimizer = optimizer("adamw", 1e-3, warmup_steps=50, weight_decay=0.01)  # pretraining
+
+  c.feedback = mlc.ConfigDict()
+  c.feedback.source = "simulated"  # "simulated" | "ai_judge" | "human" | "module:function"
+  c.feedback.gold_scorer = "vader_sentiment"  # the gold judge of evaluation
+  c.feedback.labeller_scorer = ""  # simulated annotators' scorer ("" -> the gold scorer)
+  c.feedback.temperature = 0.05  # annotator noise: P(a > b) = sigmoid(gap / T); VADER in [-1, 1]
+  c.feedback.tie_threshold = 0.05  # a tie when the scores differ by less
+  c.feedback.flip_prob = 0.05  # fraction of labels flipped at random
+  c.feedback.pairs_per_round = 4096  # labelled pairs per round
+  c.feedback.sample_temperature = 1.0  # temperature of the two responses of a pair
+  c.feedback.human_queue_dir = ""  # "human": the label queue ("" -> workdir/annotation_queue)
+  c.feedback.human_timeout_s = 86400.0  # "human": how long to wait for the labels
+  c.feedback.judge_model_path = ""  # "ai_judge": the judge's checkpoint directory
+  c.feedback.judge_principles = (  # "ai_judge": what it prefers
+    "Prefer the response that is more positive and kind.",
+  )
+
+  c.reward = mlc.ConfigDict()
+  c.reward.hparams = reward_hparams()  # loss and tie model
+  c.reward.epochs = 2  # passes over each round's labels
+  c.reward.batch_size = 32  # pairs per step
+  c.reward.optimizer = optimizer("adamw", 5e-4, warmup_steps=10)  # reward-model optimizer
+
+  c.ppo = mlc.ConfigDict()
+  c.ppo.hparams = ppo_hparams()  # the RL algorithm's hyper-parameters
+  c.ppo.optimizer = optimizer("tf_adam", 1e-4, eps=1e-5)  # policy (and value) optimizer
+  c.ppo.iterations = 24  # rollout + update iterations per round
+  c.ppo.batch_size = 64  # rollouts per iteration
+  c.ppo.init_kl_coef = 0.2  # starting KL coefficient (beta)
+  c.ppo.norm_samples = 256  # reference samples that fit the reward normalisation
+  c.ppo.value_init = "reward"  # the value model starts at the normalised reward ("zero": 0)
+  c.ppo.stop_text = ""  # "" or one token that ends a response (OAI: ".")
+
+  c.eval = mlc.ConfigDict()
+  c.eval.num_samples_in_report = 8  # sample responses shown in report.md
+  c.eval.rm_pairs_per_prompt = 4  # held-out reward-model pairs per evaluation prompt
+  # Judges no label came from: AFINN is a different sentiment lexicon than the labeller's
+  # (VADER), so a policy that games VADER's lexicon shows up as a gap between the two.
+  c.eval.independent_judges = ("afinn_sentiment",)  # scorer names or "module:function"
+
+  c.mesh = mesh()  # device layout only
+  # Checked against the last round in report.md.
+  c.targets = dict(win_rate=">= 0.9", kl="<= 6", rm_accuracy=">= 0.8", perplexity_ratio="<= 1.5")
+
+  if variant.startswith("openai"):
+    # lm-human-preferences' sentiment hyper-parameters (Ziegler et al. 2019): value head on
+    # the policy trunk (zero-initialised), truncation at '.' found at response index >= 16
+    # (min_response_len = truncate_after + 1), score -1 for a response without one, whitened
+    # rewards, one minibatch of 512 rollouts, 4 epochs, lr 1e-5 annealed with TF-style Adam
+    # (eps 1e-5), adaptive KL from 0.15 to 6 nats over a 10 000-sample horizon; reward model
+    # with Bradley-Terry loss, lr 5e-5, 1 epoch, batch 32. Model size, prompts and the
+    # number of PPO iterations stay this run's.
+    c.ppo.hparams.update(
+      response_len=24,
+      num_minibatches=1,
+      epochs=4,
+      temperature=0.7,
+      min_response_len=17,
+      missing_stop="replace",
+      missing_stop_score=-1.0,
+      kl_estimator="k1",
+      adaptive_kl=True,
+      kl_target=6.0,
+      kl_horizon=10000.0,
+      gamma=1.0,
+      lam=0.95,
+      clip_eps=0.2,
+      value_clip_eps=0.2,
+      vf_coef=0.1,
+      whiten_rewards=True,
+      whiten_advantages=True,
+      unbiased_whitening=False,
+      shared_trunk=True,
+    )
+    c.ppo.stop_text = "."
+    c.ppo.optimizer.update(
+      name="tf_adam", learning_rate=1e-5, anneal=True, warmup_steps=0, eps=1e-5, max_grad_norm=0.0
+    )
+    c.ppo.batch_size = 512
+    c.ppo.init_kl_coef = 0.15
+    c.reward.hparams.update(tie_model="bradley_terry")
+    c.reward.optimizer.update(learning_rate=5e-5)
+    c.reward.epochs = 1
+    c.reward.batch_size = 32
+    c.targets = {}
+
+  if variant.endswith("smoke"):  # CI size: minutes on a laptop
+    c.data.sources = ("fortunes",)
+    c.data.vocab_size = 1024
+    c.data.max_train_texts = 4000
+    c.data.num_prompts = 256
+    c.data.num_eval_prompts = 64
+    c.base.preset = "tiny"
+    c.base.steps = 60
+    c.base.batch_size = 16
+    c.feedback.pairs_per_round = 128
+    c.reward.epochs = 1
+    c.reward.batch_size = 16
+    c.ppo.hparams.response_len = 8
+    c.ppo.hparams.num_minibatches = 1 if variant == "openai_smoke" else 2
+    if variant == "openai_smoke":
+      c.ppo.hparams.min_response_len = 4
+    c.ppo.hparams.epochs = 2
+    c.ppo.iterations = 3
+    c.ppo.batch_size = 32
+    c.ppo.norm_samples = 32
+    c.eval.num_samples_in_report = 4
+  return c
