@@ -260,10 +260,9 @@ def _sigterm_during(stack, monkeypatch, stage: str, at: int = 1):
   import signal
 
   from rlhf_jax import data as data_lib
+  from rlhf_jax.train import common as train_common
   from rlhf_jax.train import pipeline as pl
   from rlhf_jax.train import ppo as ppo_train
-  from rlhf_jax.train import reward as reward_train
-  from rlhf_jax.train import sft as sft_train
 
   mp = stack.enter_context(monkeypatch.context())
   fired = []
@@ -305,7 +304,8 @@ def _sigterm_during(stack, monkeypatch, stage: str, at: int = 1):
 
     return progress
 
-  for module in (pl, sft_train, reward_train, ppo_train):
+  # The training loops (base model, reward model, PPO) share train.common.TrainLoop's bar.
+  for module in (pl, train_common, ppo_train):
     mp.setattr(module, "progress", wrap(module.progress))
   return fired
 
