@@ -162,6 +162,10 @@ class Store:
     self.labels_per_pair = labels_per_pair
     self.synchronous = synchronous
     self._local = threading.local()
+    # Writers queue here rather than in SQLite's busy handler, which sleeps in steps of up to
+    # 100 ms and would set the tail latency under load (other processes still get the busy
+    # timeout).
+    self._write_lock = threading.Lock()
     self._rng = random.SystemRandom()
     conn = self._conn()
     version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -190,13 +194,14 @@ class Store:
   def transaction(self) -> Iterator[sqlite3.Connection]:
     """One write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``; rolled back on an exception)."""
     db = self._conn()
-    db.execute("BEGIN IMMEDIATE")
-    try:
-      yield db
-    except BaseException:
-      db.execute("ROLLBACK")
-      raise
-    db.execute("COMMIT")
+    with self._write_lock:
+      db.execute("BEGIN IMMEDIATE")
+      try:
+        yield db
+      except BaseException:
+        db.execute("ROLLBACK")
+        raise
+      db.execute("COMMIT")
 
   def close(self) -> None:
     """Closes this thread's connection (others close when their thread ends)."""
@@ -277,9 +282,12 @@ class Store:
 
   def next_pair(self, annotator_id: int, now: float | None = None) -> dict[str, Any] | None:
     """The pair to show ``annotator_id`` next, with its display order, or None when none is
-    left for them: their own unfinished assignment first, else the oldest pair with fewer than
-    K labels that they have not labelled or skipped and that fewest others hold; the choice and
-    a random left/right order are recorded in one transaction."""
+    left for them now: their own unfinished assignment first, else the pair with the fewest
+    labels + live assignments (oldest first) among those they have not labelled or skipped
+    whose labels + live assignments are under K; the choice and a random left/right order are
+    recorded in one transaction. An assignment is live for :data:`ASSIGNMENT_TTL_S` seconds
+    after it was last shown, so K annotators working at once never get more than K labels on a
+    pair, and a pair someone walked away from is handed out again later."""
     now = time.time() if now is None else now
     k = self.labels_per_pair
     with self.transaction() as db:
@@ -302,19 +310,22 @@ class Store:
         pair_id, a_left = mine["pair_id"], mine["a_left"]
       else:
         row = db.execute(
-          """SELECT p.id,
-               (SELECT count(*) FROM labels l WHERE l.pair_id = p.id) AS n_labels,
-               (SELECT count(*) FROM assignments s WHERE s.pair_id = p.id
-                  AND s.annotator_id != ?1 AND s.shown_at > ?3
-                  AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = p.id
-                                  AND l.annotator_id = s.annotator_id)) AS n_held
-             FROM pairs p
-             WHERE NOT EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = p.id
-                               AND l.annotator_id = ?1)
-               AND NOT EXISTS (SELECT 1 FROM skips k WHERE k.pair_id = p.id
-                               AND k.annotator_id = ?1)
-               AND (SELECT count(*) FROM labels l WHERE l.pair_id = p.id) < ?2
-             ORDER BY (n_labels + n_held >= ?2), n_labels + n_held, p.seq
+          """SELECT id FROM (
+               SELECT p.id, p.seq,
+                 (SELECT count(*) FROM labels l WHERE l.pair_id = p.id) AS n_labels,
+                 (SELECT count(*) FROM assignments s WHERE s.pair_id = p.id
+                    AND s.annotator_id != ?1 AND s.shown_at > ?3
+                    AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = p.id
+                                    AND l.annotator_id = s.annotator_id)
+                    AND NOT EXISTS (SELECT 1 FROM skips k WHERE k.pair_id = p.id
+                                    AND k.annotator_id = s.annotator_id)) AS n_held
+               FROM pairs p
+               WHERE NOT EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = p.id
+                                 AND l.annotator_id = ?1)
+                 AND NOT EXISTS (SELECT 1 FROM skips k WHERE k.pair_id = p.id
+                                 AND k.annotator_id = ?1))
+             WHERE n_labels + n_held < ?2
+             ORDER BY n_labels + n_held, seq
              LIMIT 1""",
           (annotator_id, k, now - ASSIGNMENT_TTL_S),
         ).fetchone()
@@ -412,11 +423,11 @@ class Store:
     """``{"total", "complete", "mine", "left_for_me"}``: pairs, pairs with K labels, this
     annotator's labels, pairs they could still label."""
     db, k = self._conn(), self.labels_per_pair
-    total, complete = db.execute(
-      """SELECT count(*), coalesce(sum(n >= ?), 0) FROM
-           (SELECT (SELECT count(*) FROM labels l WHERE l.pair_id = p.id) AS n FROM pairs p)""",
+    total = db.execute("SELECT count(*) FROM pairs").fetchone()[0]
+    complete = db.execute(
+      "SELECT count(*) FROM (SELECT pair_id FROM labels GROUP BY pair_id HAVING count(*) >= ?)",
       (k,),
-    ).fetchone()
+    ).fetchone()[0]
     mine = db.execute(
       "SELECT count(*) FROM labels WHERE annotator_id = ?", (annotator_id,)
     ).fetchone()[0]
