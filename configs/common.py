@@ -145,6 +145,9 @@ def sentiment(variant="default"):
   c.feedback.sample_temperature = 1.0  # temperature of the two responses of a pair
   c.feedback.human_queue_dir = ""  # "human": the label queue ("" -> workdir/annotation_queue)
   c.feedback.human_timeout_s = 86400.0  # "human": how long to wait for the labels
+  c.feedback.human_fraction = 1.0  # "human": share of pairs sent to people (served by
+  # `python -m rlhf_jax.annotate serve --queue ...`); the rest go to human_mix_source
+  c.feedback.human_mix_source = "simulated"  # "simulated" | "ai_judge" | "module:function"
   c.feedback.judge_model_path = ""  # "ai_judge": the judge's checkpoint directory
   c.feedback.judge_principles = (  # "ai_judge": what it prefers
     "Prefer the response that is more positive and kind.",

@@ -18,20 +18,36 @@ Public API (stable names; anything not listed here may change):
   (imported on use: they pull in heavier dependencies)
 """
 
-from rlhf_jax import (
-  advantages,
-  generation,
-  kl,
-  labels,
-  losses,
-  models,
-  ops,
-  optim,
-  ppo,
-  reward,
-  sft,
-  sharding,
+import importlib
+from typing import Any
+
+# The submodules load on first use (PEP 562): `import rlhf_jax.annotate` or
+# `rlhf_jax.labels` must not pay for importing JAX. `rlhf_jax.losses` etc. work as before.
+_SUBMODULES = (
+  "advantages",
+  "generation",
+  "kl",
+  "labels",
+  "losses",
+  "models",
+  "ops",
+  "optim",
+  "ppo",
+  "reward",
+  "sft",
+  "sharding",
 )
+
+
+def __getattr__(name: str) -> Any:
+  if name in _SUBMODULES:
+    return importlib.import_module(f"rlhf_jax.{name}")
+  raise AttributeError(f"module 'rlhf_jax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(_SUBMODULES))
+
 
 __version__ = "0.1.0"
 

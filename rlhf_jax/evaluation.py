@@ -10,6 +10,7 @@ probabilities, judge labels) and calls these functions.
 * :func:`expected_calibration_error` / :func:`reliability_table` — is the reward model's
   P(a ≻ b) a probability?
 * :func:`agreement` — raw agreement and Cohen's kappa of two label sets over {a, b, tie}.
+* :func:`fleiss_kappa` — Fleiss' kappa of many annotators' label counts per pair.
 * :func:`fit_bon` / :func:`fit_rl` / :func:`predict` / :func:`peak` / :func:`bon_kl` — the
   reward over-optimisation scaling laws of Gao, Schulman & Hilton (2022), "Scaling Laws for
   Reward Model Overoptimization", with ``d = sqrt(KL(π ‖ π_init))``.
@@ -29,7 +30,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from rlhf_jax.labels import LABEL_A, LABEL_B, LABEL_TIE, encode_labels
+from rlhf_jax.labels import LABEL_A, LABEL_B, LABEL_TIE, LABELS, encode_labels
 
 __all__ = [
   "Z_95",
@@ -45,6 +46,7 @@ __all__ = [
   "expected_calibration_error",
   "Agreement",
   "agreement",
+  "fleiss_kappa",
   "Fit",
   "fit_bon",
   "fit_rl",
@@ -322,6 +324,43 @@ def agreement(labels_1: Any, labels_2: Any) -> Agreement:
   p_e = float(np.dot(m1, m2))
   kappa = float("nan") if p_e >= 1.0 else (p_o - p_e) / (1.0 - p_e)
   return Agreement(p_o, kappa, n)
+
+
+def fleiss_kappa(counts: Any) -> Agreement:
+  """Fleiss' kappa of several annotators labelling the same pairs over {a, b, tie}.
+
+  ``counts[i, c]`` is how many annotators gave pair ``i`` label ``c``; a pair's number of labels
+  ``n_i`` may vary (each pair needs at least two). With the per-pair agreement
+  ``P_i = (Σ_c n_ic² - n_i) / (n_i (n_i - 1))``, ``P̄ = mean_i P_i`` and the chance agreement
+  ``P_e = Σ_c p_c²`` from the pooled label shares ``p_c = Σ_i n_ic / Σ_i n_i``:
+  ``kappa = (P̄ - P_e) / (1 - P_e)`` (NaN when ``P_e = 1``: one label used throughout). With
+  two labels per pair this is Scott's pi, close to Cohen's kappa.
+
+  Args:
+    counts: [N, 3] non-negative integer counts (columns a, b, tie).
+  Returns:
+    ``Agreement(rate=P̄, kappa, n=N)``.
+  """
+  c = np.asarray(counts)
+  if c.ndim != 2 or c.shape[1] != len(LABELS):
+    raise ValueError(f"fleiss_kappa: expected counts of shape [N, 3], got {c.shape}")
+  if c.shape[0] == 0:
+    raise ValueError("fleiss_kappa: no pairs")
+  if c.dtype.kind not in "iu" or (c < 0).any():
+    raise ValueError("fleiss_kappa: counts must be non-negative integers")
+  c = c.astype(np.float64)
+  n_i = c.sum(axis=1)
+  if (n_i < 2).any():
+    raise ValueError(
+      f"fleiss_kappa: pair {int(np.argmax(n_i < 2))} has {int(n_i[n_i < 2][0])} label(s); "
+      "every pair needs at least two"
+    )
+  p_i = ((c * c).sum(axis=1) - n_i) / (n_i * (n_i - 1.0))
+  p_bar = float(p_i.mean())
+  p_c = c.sum(axis=0) / n_i.sum()
+  p_e = float(np.dot(p_c, p_c))
+  kappa = float("nan") if p_e >= 1.0 else (p_bar - p_e) / (1.0 - p_e)
+  return Agreement(p_bar, kappa, int(c.shape[0]))
 
 
 # ----------------------------------------------------------------------------- over-optimisation

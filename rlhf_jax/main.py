@@ -20,7 +20,8 @@ message without a traceback; 1 the run failed (diverged training, corrupt checkp
 :data:`EXIT_PREEMPTED` (75) stopped by SIGTERM after saving what it needs: rerun the same
 command to resume.
 
-The console script ``rlhf-jax`` (``pyproject.toml``) runs the same :func:`run`.
+The console script ``rlhf-jax`` (``pyproject.toml``) runs the same :func:`run`;
+``rlhf-jax annotate COMMAND`` runs the annotation app (:mod:`rlhf_jax.annotate.cli`).
 
 Config keys read here and not passed to trainers:
 
@@ -455,7 +456,12 @@ def main(argv: Sequence[str]) -> None:
 
 
 def run() -> None:
-  """Console-script entry point (``rlhf-jax``)."""
+  """Console-script entry point (``rlhf-jax``); ``rlhf-jax annotate ...`` runs the annotation
+  app's command line (:mod:`rlhf_jax.annotate.cli`) instead of a training task."""
+  if len(sys.argv) > 1 and sys.argv[1] == "annotate":
+    from rlhf_jax.annotate.cli import main as annotate_main
+
+    sys.exit(annotate_main(sys.argv[2:]))
   app.run(main, flags_parser=_parse_flags)
 
 

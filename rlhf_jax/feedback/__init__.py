@@ -11,6 +11,7 @@ from rlhf_jax.feedback.human import (
   labelled,
   pending,
   submit_label,
+  submit_labels,
   wait_for_labels,
 )
 from rlhf_jax.feedback.judges import (
@@ -54,6 +55,7 @@ __all__ = [
   "labelled",
   "pending",
   "submit_label",
+  "submit_labels",
   "wait_for_labels",
   # judges
   "LABEL_A",

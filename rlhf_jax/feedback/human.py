@@ -5,7 +5,8 @@ Layout of `queue_dir`:
 * `pending.jsonl` — items waiting for a label, one per line:
   `{"id", "prompt", "response_a", "response_b", "metadata", "created"}`.
 * `labels.jsonl` — labelled items, one per line: the item's fields plus
-  `{"label": "a" | "b" | "tie", "annotator", "labelled_at"}`.
+  `{"label": "a" | "b" | "tie", "annotator", "labelled_at"}` (and `"votes"` when the annotation
+  app, `rlhf_jax.annotate`, merged several annotators' labels into one).
 * `.lock` — an advisory `fcntl` lock held while a writer rewrites either file.
 
 Every write rewrites a whole file atomically (temp file + rename), so a reader never sees a
@@ -39,6 +40,7 @@ __all__ = [
   "QueueError",
   "enqueue",
   "submit_label",
+  "submit_labels",
   "pending",
   "labelled",
   "collect",
@@ -171,6 +173,60 @@ def submit_label(
     atomic_write_jsonl(queue_dir / LABELS_FILE, done + [row])
     atomic_write_jsonl(queue_dir / PENDING_FILE, [it for it in items if it["id"] != item_id])
   return _record(row)
+
+
+def submit_labels(
+  queue_dir: str | os.PathLike[str], labels: Sequence[Mapping[str, Any]]
+) -> list[PreferenceRecord]:
+  """Record many labels at once (one rewrite of each file), as the annotation app does.
+
+  Args:
+    labels: dicts with ``id``, ``label`` ("a" | "b" | "tie"), ``annotator`` (non-empty str)
+      and optionally ``votes`` (a JSON value kept in the labelled row, e.g. each annotator's
+      label when several labelled the pair).
+  Returns:
+    the records written, in input order. Items that are already labelled are skipped, so a
+    writer that crashed after this call but before noting it can call it again.
+  Raises:
+    QueueError: a bad label or annotator, or an id that is neither pending nor labelled.
+  """
+  queue_dir = pathlib.Path(queue_dir)
+  for row in labels:
+    if row.get("label") not in LABELS:
+      raise QueueError(
+        f"item {row.get('id')!r}: label must be one of {LABELS}, got {row.get('label')!r}"
+      )
+    annotator = row.get("annotator")
+    if not isinstance(annotator, str) or not annotator.strip():
+      raise QueueError(
+        f"item {row.get('id')!r}: annotator must be a non-empty string, got {annotator!r}"
+      )
+  with _locked(queue_dir):
+    done = _read(queue_dir / LABELS_FILE)
+    done_ids = {r["id"] for r in done}
+    items = _read(queue_dir / PENDING_FILE)
+    by_id = {it["id"]: it for it in items}
+    now, new = time.time(), []
+    for row in labels:
+      if row["id"] in done_ids:
+        continue
+      if row["id"] not in by_id:
+        raise QueueError(f"no pending item {row['id']!r} in {queue_dir}")
+      extra = {"votes": row["votes"]} if "votes" in row else {}
+      new.append(
+        {
+          **by_id[row["id"]],
+          "label": row["label"],
+          "annotator": row["annotator"],
+          "labelled_at": now,
+          **extra,
+        }
+      )
+      done_ids.add(row["id"])
+    if new:
+      atomic_write_jsonl(queue_dir / LABELS_FILE, done + new)
+      atomic_write_jsonl(queue_dir / PENDING_FILE, [it for it in items if it["id"] not in done_ids])
+  return [_record(r) for r in new]
 
 
 def pending(queue_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:

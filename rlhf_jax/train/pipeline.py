@@ -162,6 +162,11 @@ class FeedbackSpec:
   sample_temperature: float = 1.0
   human_queue_dir: str = ""  # "" -> workdir/annotation_queue
   human_timeout_s: float = 86400.0
+  # source="human": the fraction of each round's pairs sent to people (the queue, served by
+  # `python -m rlhf_jax.annotate serve --queue ...`); the rest are labelled at once by
+  # human_mix_source ("simulated", "ai_judge" or a "module:function" judge).
+  human_fraction: float = 1.0
+  human_mix_source: str = "simulated"
   judge_model_path: str = ""  # ai_judge: a checkpoint directory
   judge_principles: Tuple[str, ...] = ("Prefer the response that is more positive and kind.",)
 
@@ -313,6 +318,7 @@ _STAGE_BOUNDS = {
   "feedback.pairs_per_round": ">= 1",
   "feedback.sample_temperature": "> 0",
   "feedback.human_timeout_s": "> 0",
+  "feedback.human_fraction": "in [0, 1]",
   "reward.epochs": ">= 1",
   "reward.batch_size": ">= 1",
   "reward.hparams.center_coef": ">= 0",
@@ -371,6 +377,15 @@ def stage_errors(cfg) -> List[str]:
       f"config.feedback.source={source!r}: expected 'simulated', 'ai_judge', "
       "'human' or a 'module:function' judge"
     )
+  mix = cfg.feedback.human_mix_source
+  if source == "human" and cfg.feedback.human_fraction < 1.0:
+    if mix not in ("simulated", "ai_judge") and ":" not in mix:
+      errors.append(
+        f"config.feedback.human_mix_source={mix!r}: expected 'simulated', 'ai_judge' or a "
+        "'module:function' judge (labels the pairs not sent to people)"
+      )
+    if mix == "ai_judge" and not cfg.feedback.judge_model_path:
+      errors.append("config.feedback.judge_model_path: required with human_mix_source='ai_judge'")
   if source == "ai_judge" and not cfg.feedback.judge_model_path:
     errors.append("config.feedback.judge_model_path: required with feedback.source='ai_judge'")
   algorithm = cfg.ppo.hparams.algorithm
@@ -1051,6 +1066,23 @@ def label_pairs(
   """Preference records for the pairs from ``spec.source``: simulated annotators, people
   (through the label queue; waits for them), an AI judge or a ``module:function`` judge."""
   meta = {"round": round_idx, "source": spec.source}
+  n_human = int(round(spec.human_fraction * len(prompts))) if spec.source == "human" else 0
+  if spec.source == "human" and n_human < len(prompts):
+    # Mixed: a random human_fraction of the pairs go to people, the rest to human_mix_source.
+    to_human = np.zeros(len(prompts), bool)
+    to_human[np.random.default_rng([seed, round_idx]).permutation(len(prompts))[:n_human]] = True
+
+    def part(keep, sub_spec):
+      if not keep.any():
+        return []
+      pick = lambda xs: [x for x, k in zip(xs, keep) if k]
+      return label_pairs(
+        sub_spec, workdir, round_idx, seed, pick(prompts), pick(resp_a), pick(resp_b)
+      )
+
+    people = iter(part(to_human, dataclasses.replace(spec, human_fraction=1.0)))
+    machine = iter(part(~to_human, dataclasses.replace(spec, source=spec.human_mix_source)))
+    return [next(people) if k else next(machine) for k in to_human]
   if spec.source == "human":
     from rlhf_jax.feedback import human
 
