@@ -51,18 +51,4 @@ def __dir__() -> list[str]:
 
 __version__ = "0.1.0"
 
-__all__ = [
-  "advantages",
-  "generation",
-  "kl",
-  "labels",
-  "losses",
-  "models",
-  "ops",
-  "optim",
-  "sharding",
-  "ppo",
-  "reward",
-  "sft",
-  "__version__",
-]
+__all__ = [*_SUBMODULES, "__version__"]

@@ -34,7 +34,6 @@ import optax
 from rlhf_jax import losses, ops
 from rlhf_jax import reward as reward_lib
 from rlhf_jax.models import Transformer
-from rlhf_jax.update import guarded_update
 
 __all__ = [
   "DPOHparams",
@@ -230,21 +229,7 @@ def make_dpo_step(
     r_b = hp.beta * (logp_b - batch["ref_logp_b"])
     return jnp.mean(loss_B), (jax.lax.stop_gradient(r_a), jax.lax.stop_gradient(r_b), tie)
 
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
-  def step(state: DPOState, batch: Dict[str, jax.Array]):
-    (loss, (r_a, r_b, tie)), grads = grad_fn(state.params, batch)
-    params, opt_state, finite, grad_norm = guarded_update(
-      optimizer, state.params, state.opt_state, grads, loss
-    )
-    skipped = state.skipped_updates + (~finite).astype(jnp.int32)
-    metrics = dpo_metrics(r_a, r_b, batch["label"])
-    metrics.update(loss=loss, grad_norm=grad_norm, tie_param=tie, skipped_updates=skipped)
-    return state.replace(
-      params=params, opt_state=opt_state, step=state.step + 1, skipped_updates=skipped
-    ), metrics
-
-  return step
+  return reward_lib.pair_step(loss_fn, optimizer, dpo_metrics)
 
 
 def dpo_metrics(r_a, r_b, label) -> Dict[str, jax.Array]:

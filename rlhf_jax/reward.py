@@ -30,6 +30,7 @@ __all__ = [
   "RewardHparams",
   "RewardState",
   "init_reward_state",
+  "pair_step",
   "score_sequences",
   "tie_parameter",
   "raw_tie",
@@ -168,15 +169,26 @@ def make_reward_step(
       loss = loss + jnp.mean(losses.reward_centering_loss(r_a, r_b, hp.center_coef))
     return loss, (r_a, r_b, tie)
 
+  return pair_step(loss_fn, optimizer, preference_metrics)
+
+
+def pair_step(loss_fn: Callable, optimizer, metrics_fn: Callable) -> Callable:
+  """``step(state, batch) -> (state, metrics)`` for a loss over preference pairs, shared by
+  the reward-model and DPO steps: ``loss_fn(params, batch) -> (loss, (r_a, r_b, tie))``
+  (``r_*`` ``[B]`` the two sides' rewards, ``tie`` the tie parameter), an update that is
+  skipped (and counted in ``skipped_updates``) when the loss or gradient is not finite, and
+  ``metrics_fn(r_a, r_b, label)`` plus ``loss``, ``grad_norm``, ``tie_param``,
+  ``skipped_updates``. ``state`` has ``params``, ``opt_state``, ``step``,
+  ``skipped_updates``."""
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def step(state: RewardState, batch: Dict[str, jax.Array]):
+  def step(state, batch: Dict[str, jax.Array]):
     (loss, (r_a, r_b, tie)), grads = grad_fn(state.params, batch)
     params, opt_state, finite, grad_norm = guarded_update(
       optimizer, state.params, state.opt_state, grads, loss
     )
     skipped = state.skipped_updates + (~finite).astype(jnp.int32)
-    metrics = preference_metrics(r_a, r_b, batch["label"])
+    metrics = metrics_fn(r_a, r_b, batch["label"])
     metrics.update(loss=loss, grad_norm=grad_norm, tie_param=tie, skipped_updates=skipped)
     return state.replace(
       params=params, opt_state=opt_state, step=state.step + 1, skipped_updates=skipped

@@ -211,7 +211,7 @@ def test_train_dpo_runs_the_reference_once_and_resumes_to_the_uninterrupted_para
   assert summary["dpo_skipped_updates"] == 0 and summary["dpo_reward_margin"] > 0
   jax.tree.map(np.testing.assert_array_equal, original, jax.tree.map(np.asarray, args["params"]))
 
-  real_progress = dpo_train.progress
+  real_progress = common.progress  # the bar of the shared TrainLoop
 
   def progress(*a, **kw):
     bar = real_progress(*a, **kw)
@@ -228,7 +228,7 @@ def test_train_dpo_runs_the_reference_once_and_resumes_to_the_uninterrupted_para
   args = _trainer_args(tmp_path / "preempted")
   with contextlib.ExitStack() as stack:
     mp = stack.enter_context(monkeypatch.context())
-    mp.setattr(dpo_train, "progress", progress)
+    mp.setattr(common, "progress", progress)
     with pytest.raises(checkpoint.Preempted, match="step 3 of 6"):
       dpo_train.train_dpo(**args)
   checkpoint.clear_preemption()

@@ -12,12 +12,13 @@ import os
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
+import numpy as np
 import optax
 
 from rlhf_jax import checkpoint, config_schema, optim, sharding
 from rlhf_jax.config_schema import ConfigError
 from rlhf_jax.models import Transformer, TransformerConfig, boxed_init_fn, init_params
-from rlhf_jax.train.metrics import MetricWriter, progress
+from rlhf_jax.train.metrics import MetricWriter, fetch, progress
 
 __all__ = [
   "ConfigError",
@@ -440,3 +441,76 @@ class TrainLoop:
         f"{self.desc}: stopped by a signal at {self.key} {self.done} of {self.total}; "
         "checkpoint saved, rerun to resume"
       )
+
+
+def run_epochs(
+  loop: TrainLoop,
+  step: Callable,
+  state,
+  data: Dict[str, np.ndarray],
+  *,
+  epochs: int,
+  batch_size: int,
+  seed: int,
+  mesh,
+  schedule: Callable,
+  log_every: int,
+  postfix: Dict[str, str],
+) -> Tuple[Any, Dict[str, Any]]:
+  """``epochs`` passes of ``step(state, batch) -> (state, metrics)`` over the rows of
+  ``data`` (arrays ``[N, ...]``) in batches of ``batch_size``, inside ``loop`` (entered and
+  restored by the caller; steps up to ``loop.start`` are skipped). Each epoch draws a new
+  permutation from ``seed`` (drawn for every epoch, so a resumed run sees the same order) and
+  drops its last partial batch. Every ``log_every`` steps and at the last one the metrics
+  (with the ``learning_rate`` of ``schedule``) are logged, ``postfix`` mapping bar labels to
+  metric names. Returns the state and the last logged metrics."""
+  n = len(next(iter(data.values())))
+  steps_per_epoch = n // batch_size
+  rng = np.random.default_rng(seed)
+  i, last = 0, {}
+  for _ in range(epochs):
+    perm = rng.permutation(n)
+    for s in range(steps_per_epoch):
+      i += 1
+      if i <= loop.start:
+        continue
+      rows = perm[s * batch_size : (s + 1) * batch_size]
+      state, metrics = step(
+        state, sharding.shard_batch({k: v[rows] for k, v in data.items()}, mesh)
+      )
+      if i % log_every == 0 or i == loop.total:
+        last = dict(fetch(metrics), learning_rate=float(schedule(i)))
+        loop.log(i, last, **{label: last[name] for label, name in postfix.items()})
+      if loop.end_step(i, state):
+        return state, last
+  return state, last
+
+
+def batches(n: int, size: int):
+  """``(start, end)`` of consecutive batches of ``size`` rows over ``n`` (the last may be
+  short)."""
+  for start in range(0, n, size):
+    yield start, min(start + size, n)
+
+
+def pad_rows(x: np.ndarray, size: int) -> np.ndarray:
+  """Pad the leading dim up to ``size`` by repeating the first row (fixed compiled shapes)."""
+  if len(x) == size:
+    return x
+  return np.concatenate([x, np.repeat(x[:1], size - len(x), axis=0)], axis=0)
+
+
+def pair_outputs(
+  fn: Callable, params, pairs: Dict[str, np.ndarray], batch_size: int, mesh
+) -> Tuple[np.ndarray, np.ndarray]:
+  """``(out_a, out_b)`` ``[N]`` of a jitted ``fn(params, batch) -> (a [B], b [B])`` over
+  every pair of ``pairs`` (arrays ``[N, ...]``, all passed to ``fn``), on the host, in
+  fixed-size batches (one compilation; the last batch padded, its padding dropped)."""
+  n = len(next(iter(pairs.values())))
+  out_a, out_b = [], []
+  for s, e in batches(n, batch_size):
+    rows = {key: pad_rows(v[s:e], batch_size) for key, v in pairs.items()}
+    a, b = fn(params, sharding.shard_batch(rows, mesh))
+    out_a.append(np.asarray(a)[: e - s])
+    out_b.append(np.asarray(b)[: e - s])
+  return np.concatenate(out_a), np.concatenate(out_b)

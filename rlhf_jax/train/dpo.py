@@ -12,20 +12,18 @@ skipped as non-finite.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax import checkpoint, sharding
 from rlhf_jax import dpo as dpo_lib
 from rlhf_jax import reward as reward_lib
+from rlhf_jax import sharding
 from rlhf_jax.models import Transformer
 from rlhf_jax.train import common
-from rlhf_jax.train.metrics import MetricWriter, fetch, progress, truncate_metrics
-from rlhf_jax.train.reward import _batches, _pad_rows
+from rlhf_jax.train.metrics import truncate_metrics
 
 __all__ = ["PAIR_KEYS", "reference_logprobs", "train_dpo"]
 
@@ -45,14 +43,9 @@ def reference_logprobs(
   frozen reference, on the host: one jitted program over fixed-size batches (the last one
   padded), run once per training call."""
   fn = jax.jit(dpo_lib.make_pair_logprobs(model, response_len))
-  n = len(pairs["label"])
-  out_a, out_b = [], []
-  for s, e in _batches(n, batch_size):
-    rows = {key: _pad_rows(pairs[key][s:e], batch_size) for key in PAIR_KEYS}
-    a, b = fn(ref_params, sharding.shard_batch(rows, mesh))
-    out_a.append(np.asarray(a)[: e - s])
-    out_b.append(np.asarray(b)[: e - s])
-  return np.concatenate(out_a), np.concatenate(out_b)
+  return common.pair_outputs(
+    fn, ref_params, {key: pairs[key] for key in PAIR_KEYS}, batch_size, mesh
+  )
 
 
 def train_dpo(
@@ -112,53 +105,32 @@ def train_dpo(
   start_params = jax.tree.map(jnp.copy, params)
   state = sharding.commit(dpo_lib.init_dpo_state(start_params, optimizer, hp), mesh)
   step = sharding.jit_step(dpo_lib.make_dpo_step(model, optimizer, hp, response_len), state, mesh)
-  os.makedirs(workdir, exist_ok=True)
-  manager = checkpoint.open_manager(
-    os.path.join(workdir, "checkpoints"), max_to_keep=keep_checkpoints
+  loop = common.TrainLoop(
+    workdir,
+    keep_checkpoints,
+    checkpoint_every,
+    total,
+    desc,
+    max_skipped_fraction=max_skipped_fraction,
   )
-  start = 0
-  if checkpoint.latest_step(manager) is not None:
-    state, extra = checkpoint.restore(manager, checkpoint.abstract_like(state))
-    start = int(extra["step"])
+  state, start = loop.restore(state)
   if jax.process_index() == 0:
     truncate_metrics(workdir, start)
-  rng = np.random.default_rng(seed)
-  preempted, last = False, {}
-  with MetricWriter(workdir, resume_step=start) as writer, checkpoint.PreemptionGuard() as guard:
-    bar = progress(total, desc=desc, unit="step")
-    bar.update(start)
-    i = 0
-    for _ in range(epochs):
-      perm = rng.permutation(n)  # drawn for every epoch, so a resumed run sees the same order
-      for s in range(steps_per_epoch):
-        i += 1
-        if i <= start:
-          continue
-        rows = perm[s * batch_size : (s + 1) * batch_size]
-        batch = sharding.shard_batch({key: v[rows] for key, v in data.items()}, mesh)
-        state, metrics = step(state, batch)
-        if i % log_every == 0 or i == total:
-          last = dict(fetch(metrics), learning_rate=float(schedule(i)))
-          writer.write(i, last)
-          bar.set_postfix(loss=last["loss"], acc=last["accuracy"], margin=last["reward_margin"])
-          common.check_skipped(
-            desc, last["skipped_updates"], i, total, max_skipped_fraction, f"step {i}"
-          )
-        bar.update(1)
-        preempted = guard.should_stop()
-        if i % checkpoint_every == 0 or i == total or preempted:
-          checkpoint.save(manager, i, state, extra={"step": i}, force=True, wait=preempted)
-        if preempted:
-          break
-      if preempted:
-        break
-    bar.close()
-  manager.wait_until_finished()
-  manager.close()
-  if preempted:
-    raise checkpoint.Preempted(
-      f"{desc}: stopped by a signal at step {i} of {total}; checkpoint saved, rerun to resume"
+  with loop:
+    state, last = common.run_epochs(
+      loop,
+      step,
+      state,
+      data,
+      epochs=epochs,
+      batch_size=batch_size,
+      seed=seed,
+      mesh=mesh,
+      schedule=schedule,
+      log_every=log_every,
+      postfix={"loss": "loss", "acc": "accuracy", "margin": "reward_margin"},
     )
+  loop.close()
   tie = float(reward_lib.tie_parameter(state.params["tie"], hp.tie_model))
   summary = {"dpo_" + k: v for k, v in last.items() if k not in ("tie_param", "skipped_updates")}
   summary.update(

@@ -613,10 +613,6 @@ def _concat_pairs(pairs: Optional[dict], new: dict) -> dict:
   return new if pairs is None else {k: np.concatenate([pairs[k], new[k]]) for k in new}
 
 
-_batches = reward_train._batches
-_pad_rows = reward_train._pad_rows
-
-
 # ----------------------------------------------------------------------------- stage: data
 
 
@@ -847,7 +843,7 @@ def _check_base_tokenizer(path: pathlib.Path, model, tokenizer, data_dir: pathli
 def _perplexity(model, params, ids, mask, batch_size, mesh) -> float:
   evaluate = jax.jit(sft_lib.make_lm_eval(model))
   total, count = 0.0, 0.0
-  for s, e in _batches(len(ids), batch_size):
+  for s, e in common.batches(len(ids), batch_size):
     if e - s < batch_size:
       break
     b = sharding.shard_batch({"ids": ids[s:e], "mask": mask[s:e], "loss_mask": mask[s:e]}, mesh)
@@ -900,11 +896,11 @@ class Sampler:
     """Returns (tokens [N, n], mask [N, n]) for all prompts, in fixed-size batches; with a
     ``desc``, a progress bar over the batches."""
     toks, masks = [], []
-    batches = list(_batches(len(prompt_ids), self.batch))
+    batches = list(common.batches(len(prompt_ids), self.batch))
     bar = progress(batches, desc=desc, unit="batch", disable=None if desc else True)
     for i, (s, e) in enumerate(bar):
-      ids = _pad_rows(prompt_ids[s:e], self.batch)
-      mask = _pad_rows(prompt_mask[s:e], self.batch)
+      ids = common.pad_rows(prompt_ids[s:e], self.batch)
+      mask = common.pad_rows(prompt_mask[s:e], self.batch)
       b = sharding.shard_batch({"ids": ids, "mask": mask}, self.mesh)
       tokens, m, _, _ = self._sample(
         params, b["ids"], b["mask"], jax.random.PRNGKey(seed * 100003 + i), jnp.float32(temperature)
@@ -916,8 +912,8 @@ class Sampler:
   def _map(self, fn, arrays, extra=()):
     outs = []
     n = len(arrays[0])
-    for s, e in _batches(n, self.batch):
-      padded = [_pad_rows(a[s:e], self.batch) for a in arrays]
+    for s, e in common.batches(n, self.batch):
+      padded = [common.pad_rows(a[s:e], self.batch) for a in arrays]
       b = sharding.shard_batch(dict(enumerate(padded)), self.mesh)
       outs.append(np.asarray(fn(*[b[i] for i in range(len(padded))], *extra))[: e - s])
     return np.concatenate(outs)
@@ -1292,19 +1288,24 @@ def policy_stage(
         "config.ppo.reward_source: a scorer reward with config.ppo.value_init='reward'; the "
         "value model cannot start at a reward it is not trained on, use 'zero'"
       )
-  gain, bias = ppo_train.fit_reward_norm(
-    models.lm,
-    ref_params,
-    models.scalar,
-    rm_params,
-    prompt_ids,
-    prompt_mask,
-    hp,
-    spec.norm_samples,
-    spec.batch_size,
-    mesh,
-    seed,
-  )
+
+  def fit_norm(reward_model, reward_params, fn=None):
+    return ppo_train.fit_reward_norm(
+      models.lm,
+      ref_params,
+      reward_model,
+      reward_params,
+      prompt_ids,
+      prompt_mask,
+      hp,
+      spec.norm_samples,
+      spec.batch_size,
+      mesh,
+      seed,
+      score_fn=fn,
+    )
+
+  gain, bias = fit_norm(models.scalar, rm_params)
   if hp.algorithm in ppo_lib.PREFERENCE_ALGORITHMS:
     return _dpo_policy(
       models,
@@ -1323,20 +1324,7 @@ def policy_stage(
     )
   train_gain, train_bias = gain, bias
   if score_fn is not None:
-    train_gain, train_bias = ppo_train.fit_reward_norm(
-      models.lm,
-      ref_params,
-      None,
-      None,
-      prompt_ids,
-      prompt_mask,
-      hp,
-      spec.norm_samples,
-      spec.batch_size,
-      mesh,
-      seed,
-      score_fn=score_fn,
-    )
+    train_gain, train_bias = fit_norm(None, None, score_fn)
   state, history = train_policy(
     models,
     spec,

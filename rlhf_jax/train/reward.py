@@ -24,7 +24,7 @@ from rlhf_jax import evaluation, losses, sharding
 from rlhf_jax import reward as reward_lib
 from rlhf_jax.models import Transformer, boxed_init_fn, init_params
 from rlhf_jax.train import common
-from rlhf_jax.train.metrics import MetricWriter, fetch, truncate_metrics
+from rlhf_jax.train.metrics import MetricWriter, truncate_metrics
 
 __all__ = [
   "Config",
@@ -85,18 +85,6 @@ def check_config(cfg: Config) -> None:
     raise common.ConfigError("\n".join(errors))
 
 
-def _batches(n: int, size: int):
-  for start in range(0, n, size):
-    yield start, min(start + size, n)
-
-
-def _pad_rows(x: np.ndarray, size: int) -> np.ndarray:
-  """Pad the leading dim up to ``size`` by repeating the first row (fixed compiled shapes)."""
-  if len(x) == size:
-    return x
-  return np.concatenate([x, np.repeat(x[:1], size - len(x), axis=0)], axis=0)
-
-
 def train_reward_model(
   model: Transformer,
   base_params,
@@ -152,34 +140,27 @@ def train_reward_model(
   state, start = loop.restore(state)
   if jax.process_index() == 0:  # the evaluation rows are written again below
     truncate_metrics(workdir, start, drop=lambda r: any(k.startswith("eval_") for k in r))
-  rng = np.random.default_rng(seed)
-  stop = False
   with loop:
-    i = 0
-    for _ in range(epochs):
-      perm = rng.permutation(n)  # drawn for every epoch, so a resumed run sees the same order
-      for s in range(steps_per_epoch):
-        i += 1
-        if i <= start:
-          continue
-        rows = perm[s * batch_size : (s + 1) * batch_size]
-        batch = sharding.shard_batch({key: v[rows] for key, v in pairs.items()}, mesh)
-        state, metrics = step(state, batch)
-        if i % 20 == 0 or i == total:
-          host = dict(fetch(metrics), learning_rate=float(schedule(i)))
-          loop.log(i, host, loss=host["loss"], acc=host["accuracy"])
-        stop = loop.end_step(i, state)
-        if stop:
-          break
-      if stop:
-        break
+    state, _ = common.run_epochs(
+      loop,
+      step,
+      state,
+      pairs,
+      epochs=epochs,
+      batch_size=batch_size,
+      seed=seed,
+      mesh=mesh,
+      schedule=schedule,
+      log_every=20,
+      postfix={"loss": "loss", "acc": "accuracy"},
+    )
   loop.close()
   scorer = jax.jit(reward_lib.make_pair_scorer(model))  # refit and evaluation share it
   tie_info = {}
   if hp.refit_tie_param and hp.tie_model != "bradley_terry":
     # Maximum-likelihood tie parameter at the scores the trained model gives its training
     # pairs: what the labels' tie rate says θ (ν) is, whatever the gradient steps reached.
-    ra, rb = _score_pairs(scorer, state.params["model"], pairs, batch_size, mesh)
+    ra, rb = common.pair_outputs(scorer, state.params["model"], pairs, batch_size, mesh)
     learned = float(reward_lib.tie_parameter(state.params["tie"], hp.tie_model))
     fitted = float(losses.fit_tie_parameter(ra, rb, pairs["label"], hp.tie_model))
     params = dict(
@@ -208,21 +189,6 @@ def train_reward_model(
   )
 
 
-def _score_pairs(
-  scorer, model_params, pairs: Dict[str, np.ndarray], batch_size: int, mesh
-) -> Tuple[np.ndarray, np.ndarray]:
-  """Scores ``(r_a, r_b)`` of every pair from a jitted ``reward.make_pair_scorer``, on the
-  host, in fixed-size batches (one compilation)."""
-  n = len(pairs["label"])
-  ra, rb = [], []
-  for s, e in _batches(n, batch_size):
-    rows = {key: _pad_rows(v[s:e], batch_size) for key, v in pairs.items()}
-    a, b = scorer(model_params, sharding.shard_batch(rows, mesh))
-    ra.append(np.asarray(a)[: e - s])
-    rb.append(np.asarray(b)[: e - s])
-  return np.concatenate(ra), np.concatenate(rb)
-
-
 def evaluate_reward_model(
   model: Transformer,
   params,
@@ -239,7 +205,7 @@ def evaluate_reward_model(
   n = len(eval_pairs["label"])
   if scorer is None:
     scorer = jax.jit(reward_lib.make_pair_scorer(model))
-  ra, rb = _score_pairs(scorer, params["model"], eval_pairs, batch_size, mesh)
+  ra, rb = common.pair_outputs(scorer, params["model"], eval_pairs, batch_size, mesh)
   gold = np.asarray(eval_pairs["label"])
   decided = gold != losses.LABEL_TIE
   pred_a = ra > rb
