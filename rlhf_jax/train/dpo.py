@@ -23,7 +23,6 @@ from rlhf_jax import reward as reward_lib
 from rlhf_jax import sharding
 from rlhf_jax.models import Transformer
 from rlhf_jax.train import common
-from rlhf_jax.train.metrics import truncate_metrics
 
 __all__ = ["PAIR_KEYS", "reference_logprobs", "train_dpo"]
 
@@ -113,9 +112,7 @@ def train_dpo(
     desc,
     max_skipped_fraction=max_skipped_fraction,
   )
-  state, start = loop.restore(state)
-  if jax.process_index() == 0:
-    truncate_metrics(workdir, start)
+  state, _ = loop.restore(state)  # the loop's metric writer drops rows past the checkpoint
   with loop:
     state, last = common.run_epochs(
       loop,
