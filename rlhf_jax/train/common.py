@@ -444,10 +444,10 @@ class TrainLoop:
 
 
 def run_epochs(
-  loop: TrainLoop,
   step: Callable,
   state,
   data: Dict[str, np.ndarray],
+  loop: TrainLoop,
   *,
   epochs: int,
   batch_size: int,
@@ -456,33 +456,42 @@ def run_epochs(
   schedule: Callable,
   log_every: int,
   postfix: Dict[str, str],
+  on_restore: Optional[Callable[[int], None]] = None,
 ) -> Tuple[Any, Dict[str, Any]]:
   """``epochs`` passes of ``step(state, batch) -> (state, metrics)`` over the rows of
-  ``data`` (arrays ``[N, ...]``) in batches of ``batch_size``, inside ``loop`` (entered and
-  restored by the caller; steps up to ``loop.start`` are skipped). Each epoch draws a new
-  permutation from ``seed`` (drawn for every epoch, so a resumed run sees the same order) and
-  drops its last partial batch. Every ``log_every`` steps and at the last one the metrics
-  (with the ``learning_rate`` of ``schedule``) are logged, ``postfix`` mapping bar labels to
-  metric names. Returns the state and the last logged metrics."""
+  ``data`` (arrays ``[N, ...]``) in batches of ``batch_size``, inside ``loop`` (a fresh
+  :class:`TrainLoop` with ``loop.total`` = epochs × ``N // batch_size``): restores the
+  newest checkpoint (then calls ``on_restore(start)``), skips the steps done, and closes the
+  loop (raising ``Preempted`` after a signal). Each epoch draws a new permutation from
+  ``seed`` (drawn for every epoch, so a resumed run sees the same order) and drops its last
+  partial batch. Every ``log_every`` steps and at the last one the metrics (with the
+  ``learning_rate`` of ``schedule``) are logged, ``postfix`` mapping bar labels to metric
+  names. Returns the state and the last logged metrics."""
+  state, start = loop.restore(state)
+  if on_restore is not None:
+    on_restore(start)
   n = len(next(iter(data.values())))
   steps_per_epoch = n // batch_size
   rng = np.random.default_rng(seed)
   i, last = 0, {}
-  for _ in range(epochs):
-    perm = rng.permutation(n)
-    for s in range(steps_per_epoch):
-      i += 1
-      if i <= loop.start:
-        continue
-      rows = perm[s * batch_size : (s + 1) * batch_size]
-      state, metrics = step(
-        state, sharding.shard_batch({k: v[rows] for k, v in data.items()}, mesh)
-      )
-      if i % log_every == 0 or i == loop.total:
-        last = dict(fetch(metrics), learning_rate=float(schedule(i)))
-        loop.log(i, last, **{label: last[name] for label, name in postfix.items()})
-      if loop.end_step(i, state):
-        return state, last
+  with loop:
+    for _ in range(epochs):
+      perm = rng.permutation(n)
+      for s in range(steps_per_epoch):
+        i += 1
+        if i <= start:
+          continue
+        rows = perm[s * batch_size : (s + 1) * batch_size]
+        batch = sharding.shard_batch({k: v[rows] for k, v in data.items()}, mesh)
+        state, metrics = step(state, batch)
+        if i % log_every == 0 or i == loop.total:
+          last = dict(fetch(metrics), learning_rate=float(schedule(i)))
+          loop.log(i, last, **{label: last[name] for label, name in postfix.items()})
+        if loop.end_step(i, state):
+          break
+      if loop.preempted:
+        break
+  loop.close()
   return state, last
 
 

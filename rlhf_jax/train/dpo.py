@@ -104,6 +104,7 @@ def train_dpo(
   start_params = jax.tree.map(jnp.copy, params)
   state = sharding.commit(dpo_lib.init_dpo_state(start_params, optimizer, hp), mesh)
   step = sharding.jit_step(dpo_lib.make_dpo_step(model, optimizer, hp, response_len), state, mesh)
+  # The loop's metric writer drops the rows past a restored checkpoint.
   loop = common.TrainLoop(
     workdir,
     keep_checkpoints,
@@ -112,22 +113,19 @@ def train_dpo(
     desc,
     max_skipped_fraction=max_skipped_fraction,
   )
-  state, _ = loop.restore(state)  # the loop's metric writer drops rows past the checkpoint
-  with loop:
-    state, last = common.run_epochs(
-      loop,
-      step,
-      state,
-      data,
-      epochs=epochs,
-      batch_size=batch_size,
-      seed=seed,
-      mesh=mesh,
-      schedule=schedule,
-      log_every=log_every,
-      postfix={"loss": "loss", "acc": "accuracy", "margin": "reward_margin"},
-    )
-  loop.close()
+  state, last = common.run_epochs(
+    step,
+    state,
+    data,
+    loop,
+    epochs=epochs,
+    batch_size=batch_size,
+    seed=seed,
+    mesh=mesh,
+    schedule=schedule,
+    log_every=log_every,
+    postfix={"loss": "loss", "acc": "accuracy", "margin": "reward_margin"},
+  )
   tie = float(reward_lib.tie_parameter(state.params["tie"], hp.tie_model))
   summary = {"dpo_" + k: v for k, v in last.items() if k not in ("tie_param", "skipped_updates")}
   summary.update(

@@ -129,32 +129,32 @@ def train_reward_model(
   optimizer = reward_lib.reward_optimizer(optimizer, hp)
   state = sharding.commit(reward_lib.init_reward_state(params, optimizer, hp), mesh)
   step = sharding.jit_step(reward_lib.make_reward_step(model, optimizer, hp), state, mesh)
-  loop = common.TrainLoop(
-    workdir,
-    keep_checkpoints,
-    checkpoint_every,
-    total,
-    desc,
-    max_skipped_fraction=max_skipped_fraction,
+
+  def drop_eval_rows(start: int) -> None:  # the evaluation rows are written again below
+    if jax.process_index() == 0:
+      truncate_metrics(workdir, start, drop=lambda r: any(k.startswith("eval_") for k in r))
+
+  state, _ = common.run_epochs(
+    step,
+    state,
+    pairs,
+    common.TrainLoop(
+      workdir,
+      keep_checkpoints,
+      checkpoint_every,
+      total,
+      desc,
+      max_skipped_fraction=max_skipped_fraction,
+    ),
+    epochs=epochs,
+    batch_size=batch_size,
+    seed=seed,
+    mesh=mesh,
+    schedule=schedule,
+    log_every=20,
+    postfix={"loss": "loss", "acc": "accuracy"},
+    on_restore=drop_eval_rows,
   )
-  state, start = loop.restore(state)
-  if jax.process_index() == 0:  # the evaluation rows are written again below
-    truncate_metrics(workdir, start, drop=lambda r: any(k.startswith("eval_") for k in r))
-  with loop:
-    state, _ = common.run_epochs(
-      loop,
-      step,
-      state,
-      pairs,
-      epochs=epochs,
-      batch_size=batch_size,
-      seed=seed,
-      mesh=mesh,
-      schedule=schedule,
-      log_every=20,
-      postfix={"loss": "loss", "acc": "accuracy"},
-    )
-  loop.close()
   scorer = jax.jit(reward_lib.make_pair_scorer(model))  # refit and evaluation share it
   tie_info = {}
   if hp.refit_tie_param and hp.tie_model != "bradley_terry":
