@@ -70,6 +70,7 @@ def grpo_iteration():
   return it, opt
 
 
+@pytest.mark.slow  # the default suite keeps a cheaper test of the same path
 def test_grpo_iteration_equals_composition_of_public_functions():
   """epochs = minibatches = 1: sample (same key) → score → grpo_advantages → clipped loss with
   the sequence reduction + β·k3 loss term → one SGD step gives the iteration's params."""
@@ -120,7 +121,14 @@ def test_grpo_iteration_equals_composition_of_public_functions():
   assert moved > 1e-4  # the comparison is not between two unchanged trees
 
 
-@pytest.mark.parametrize("algorithm", ["rloo", "dr_grpo", "reinforce_pp"])
+@pytest.mark.parametrize(
+  "algorithm",
+  [
+    "rloo",
+    pytest.param("dr_grpo", marks=pytest.mark.slow),
+    pytest.param("reinforce_pp", marks=pytest.mark.slow),
+  ],
+)
 def test_rollout_advantages_equal_public_functions(algorithm):
   policy, rm, params, frozen, ids, mask = _setup(seed=1)
   hp = dataclasses.replace(GRPO, algorithm=algorithm)
@@ -158,6 +166,7 @@ def test_rollout_advantages_equal_public_functions(algorithm):
     assert key not in stats
 
 
+@pytest.mark.slow  # the default suite keeps a cheaper test of the same path
 def test_critic_free_iteration_compiles_once_while_beta_changes(grpo_iteration):
   it, opt = grpo_iteration
   _, _, params, frozen, ids, mask = _setup()

@@ -101,7 +101,9 @@ def test_dpo_step_raises_the_preferred_responses_implicit_reward(loss_type):
   assert hist[-1]["skipped_updates"] == 0
 
 
-@pytest.mark.parametrize("tie_model", ["bradley_terry", "rao_kupper"])
+@pytest.mark.parametrize(
+  "tie_model", [pytest.param("bradley_terry", marks=pytest.mark.slow), "rao_kupper"]
+)
 def test_all_tie_labels_keep_the_implicit_reward_gap_at_zero(tie_model):
   """All-tie data: from the reference the gap stays 0 (it is the loss's minimum), while the
   same pairs labelled 'a' open a gap; from a start where the gap is not 0, tie training

@@ -155,9 +155,9 @@ def test_bfloat16_compute_close_to_float32(name):
   [
     dict(remat=True),
     dict(scan_unroll=2),
-    dict(scan_unroll=64),
-    dict(scan_unroll=0),
-    dict(remat=True, scan_unroll=2),
+    pytest.param(dict(scan_unroll=64), marks=pytest.mark.slow),
+    pytest.param(dict(scan_unroll=0), marks=pytest.mark.slow),
+    pytest.param(dict(remat=True, scan_unroll=2), marks=pytest.mark.slow),
   ],
 )
 def test_remat_and_unroll_same_outputs_and_grads(variant):

@@ -356,6 +356,7 @@ def _steps(path):
   return [r["step"] for r in read_metrics(path)]
 
 
+@pytest.mark.slow  # the default suite keeps a cheaper test of the same path
 def test_sigterm_in_training_stages_resumes_to_the_uninterrupted_result(
   smoke_run, tmp_path, monkeypatch
 ):

@@ -62,7 +62,13 @@ def test_truncate_at_stop_hand_example():
   np.testing.assert_array_equal(has, [True, False, False])
 
 
-@pytest.mark.parametrize("shared_trunk", [False, True], ids=["separate_value", "shared_trunk"])
+@pytest.mark.parametrize(
+  "shared_trunk",
+  [
+    pytest.param(False, id="separate_value"),
+    pytest.param(True, id="shared_trunk", marks=pytest.mark.slow),
+  ],
+)
 def test_iteration_compiles_once_while_beta_changes(shared_trunk):
   policy, rm, params, frozen, ids, mask = _setup(shared_trunk)
   hp = dataclasses.replace(HP, shared_trunk=shared_trunk)
@@ -92,6 +98,7 @@ def test_iteration_compiles_once_while_beta_changes(shared_trunk):
   assert int(m["skipped_updates"]) == 0
 
 
+@pytest.mark.slow  # the default suite keeps a cheaper test of the same path
 def test_nonfinite_reward_skips_every_update_bitwise():
   policy, rm, params, frozen, ids, mask = _setup()
   opt = optax.adam(1e-3)
@@ -127,6 +134,7 @@ def test_ppo_increases_reward():
   assert np.mean(scores[-5:]) > np.mean(scores[:5]) + 0.5, scores
 
 
+@pytest.mark.slow  # the default suite keeps a cheaper test of the same path
 def test_sharded_iteration_equals_single_device():
   policy, rm, params, frozen, ids, mask = _setup()
   opt = optax.adam(1e-3)
