@@ -12,3 +12,16 @@ jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="rlhf_jax_xla_cache_"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+# The longest files go first, so that with one pytest-xdist worker per core (launchers/test.sh)
+# no worker starts a long file when the others are nearly done.
+_LONG_FILES = ("test_pipeline.py", "test_ppo.py", "test_critic_free.py", "test_dpo.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  def rank(item):
+    name = item.path.name
+    return _LONG_FILES.index(name) if name in _LONG_FILES else len(_LONG_FILES)
+
+  items.sort(key=rank)  # stable: the order within a file is kept
