@@ -105,13 +105,16 @@ def wait_healthy(url: str, proc: subprocess.Popen | None = None, timeout_s: floa
   while time.monotonic() < deadline:
     if proc is not None and proc.poll() is not None:
       raise RuntimeError(f"the server exited with status {proc.returncode} before answering")
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=2)
     try:
-      conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=2)
       conn.request("GET", "/healthz")
-      if conn.getresponse().status == 200:
-        return
-    except OSError:
-      pass
+      healthy = conn.getresponse().status == 200
+    except OSError:  # not listening yet (connection refused / reset): poll again
+      healthy = False
+    finally:
+      conn.close()
+    if healthy:
+      return
     time.sleep(0.1)
   raise TimeoutError(f"{url}/healthz did not answer within {timeout_s} s")
 
