@@ -168,6 +168,10 @@ def sentiment(variant="default"):
   c.ppo.norm_samples = 256  # reference samples that fit the reward normalisation
   c.ppo.value_init = "reward"  # the value model starts at the normalised reward ("zero": 0)
   c.ppo.stop_text = ""  # "" or one token that ends a response (OAI: ".")
+  # What the RL algorithms optimise: "model" (the learned reward model) or a scorer name /
+  # "module:function" called on the decoded text (verifiable-reward RL; needs value_init="zero"
+  # for PPO with a separate value model).
+  c.ppo.reward_source = "model"
 
   c.eval = mlc.ConfigDict()
   c.eval.num_samples_in_report = 8  # sample responses shown in report.md
