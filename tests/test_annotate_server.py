@@ -96,7 +96,10 @@ def test_kill_9_mid_submissions_keeps_every_acknowledged_label(tmp_path):
     (r["annotator"], r["pair_id"], r["label"]) for r in Store(db, labels_per_pair=2).labels()
   }
   acked = {(a.annotator, a.pair_id, a.label) for a in result.acks}
-  assert len(acked) >= 150
+  # The kill came after 150 labels were stored; up to one request per annotator may have been
+  # stored but not yet answered at that moment, so at least 150 - annotators were acknowledged.
+  assert len(stored) >= 150
+  assert len(acked) >= 150 - len(tokens)
   assert acked <= stored, f"{len(acked - stored)} acknowledged labels lost"
   # At most the requests in flight (one per annotator) were stored without an answer.
   assert len(stored - acked) <= len(tokens)
