@@ -247,6 +247,14 @@ def test_pipeline_sizes_checked_before_any_work():
     "config.reward.batch_size=16: larger than the 8 labelled pairs of round 1 "
     "(feedback.pairs_per_round, data.num_prompts)",
   ]
+  cfg = from_config(pl.Config, {"data": {"num_prompts": 100}, "feedback": {"pairs_per_round": 200}})
+  with pytest.raises(ConfigError) as e:
+    pl.check_config(cfg)
+  assert str(e.value).splitlines() == [
+    "config.feedback.pairs_per_round=200: more than the 100 training prompts (data.num_prompts); "
+    "a round labels one pair per prompt, drawn without replacement, so raise data.num_prompts "
+    "or lower pairs_per_round"
+  ]
   pl.check_config(pl.Config())  # the defaults pass
 
 

@@ -35,7 +35,14 @@ def test_score_reads_last_real_token():
   np.testing.assert_allclose(np.asarray(got), [full[0, 3], full[1, 5]], rtol=1e-6)
 
 
-@pytest.mark.parametrize("tie_model", ["bradley_terry", "rao_kupper", "davidson"])
+@pytest.mark.parametrize(
+  "tie_model",
+  [  # the default tie model in the default suite, the other two in the slow one
+    pytest.param("bradley_terry", marks=pytest.mark.slow),
+    "rao_kupper",
+    pytest.param("davidson", marks=pytest.mark.slow),
+  ],
+)
 def test_reward_training_learns_preferences(tie_model):
   hp = reward.RewardHparams(tie_model=tie_model, init_tie_param=1.5)
   opt = optax.adam(3e-3)

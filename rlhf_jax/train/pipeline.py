@@ -443,6 +443,13 @@ def check_config(cfg: Config) -> None:
   from rlhf_jax import config_schema
 
   errors = stage_errors(cfg) + config_schema.check_bounds(cfg, _BOUNDS) + _dpo_errors(cfg)
+  if cfg.feedback.pairs_per_round > cfg.data.num_prompts >= 1:
+    errors.append(
+      f"config.feedback.pairs_per_round={cfg.feedback.pairs_per_round}: more than the "
+      f"{cfg.data.num_prompts} training prompts (data.num_prompts); a round labels one pair "
+      "per prompt, drawn without replacement, so raise data.num_prompts or lower "
+      "pairs_per_round"
+    )
   pairs = min(cfg.feedback.pairs_per_round, cfg.data.num_prompts)
   if 1 <= pairs < cfg.reward.batch_size:
     errors.append(
