@@ -124,7 +124,7 @@ def sentiment(variant="default"):
   c.data.max_train_texts = 0  # 0: all training documents
   c.data.prompt_words = (3, 6)  # prompt length in words (min, max): sentence openings
   c.data.prompt_len = 16  # prompt tokens, left-padded
-  c.data.num_prompts = 8192  # training prompts (labels and PPO); >= pairs_per_round
+  c.data.num_prompts = 4096  # training prompts (labels and PPO)
   c.data.num_eval_prompts = 256  # held-out prompts for evaluation and reward-model tests
 
   c.base = mlc.ConfigDict()
@@ -141,7 +141,7 @@ def sentiment(variant="default"):
   c.feedback.temperature = 0.05  # annotator noise: P(a > b) = sigmoid(gap / T); VADER in [-1, 1]
   c.feedback.tie_threshold = 0.05  # a tie when the scores differ by less
   c.feedback.flip_prob = 0.05  # fraction of labels flipped at random
-  c.feedback.pairs_per_round = 8192  # labelled pairs per round (one prompt each)
+  c.feedback.pairs_per_round = 8192  # labelled pairs per round (two per training prompt)
   c.feedback.sample_temperature = 1.0  # temperature of the two responses of a pair
   c.feedback.human_queue_dir = ""  # "human": the label queue ("" -> workdir/annotation_queue)
   c.feedback.human_timeout_s = 86400.0  # "human": how long to wait for the labels

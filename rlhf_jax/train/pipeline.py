@@ -425,11 +425,11 @@ def _dpo_errors(cfg: Config) -> List[str]:
   except ValueError as e:
     message = str(e).replace("DPOHparams.", "config.dpo.")
     errors.append(message.replace("loss_type='ipo'", "config.ppo.hparams.algorithm='ipo'"))
-  pairs = min(cfg.feedback.pairs_per_round, cfg.data.num_prompts)
+  pairs = cfg.feedback.pairs_per_round
   if 1 <= pairs < cfg.dpo.batch_size:
     errors.append(
       f"config.dpo.batch_size={cfg.dpo.batch_size}: larger than the {pairs} pairs labelled "
-      "each round (feedback.pairs_per_round, data.num_prompts) that DPO trains on"
+      "each round (feedback.pairs_per_round) that DPO trains on"
     )
   return errors
 
@@ -443,19 +443,11 @@ def check_config(cfg: Config) -> None:
   from rlhf_jax import config_schema
 
   errors = stage_errors(cfg) + config_schema.check_bounds(cfg, _BOUNDS) + _dpo_errors(cfg)
-  if cfg.feedback.pairs_per_round > cfg.data.num_prompts >= 1:
-    errors.append(
-      f"config.feedback.pairs_per_round={cfg.feedback.pairs_per_round}: more than the "
-      f"{cfg.data.num_prompts} training prompts (data.num_prompts); a round labels one pair "
-      "per prompt, drawn without replacement, so raise data.num_prompts or lower "
-      "pairs_per_round"
-    )
-  pairs = min(cfg.feedback.pairs_per_round, cfg.data.num_prompts)
+  pairs = cfg.feedback.pairs_per_round
   if 1 <= pairs < cfg.reward.batch_size:
     errors.append(
       f"config.reward.batch_size={cfg.reward.batch_size}: larger than the "
-      f"{pairs} labelled pairs of round 1 (feedback.pairs_per_round, "
-      "data.num_prompts)"
+      f"{pairs} labelled pairs of round 1 (feedback.pairs_per_round)"
     )
   if errors:
     raise config_schema.ConfigError("\n".join(errors))
@@ -1032,10 +1024,15 @@ def collect_pairs(
   seed: int,
   round_idx: int,
 ) -> SampledPairs:
-  """Two samples of the policy on ``num_pairs`` training prompts drawn without replacement."""
+  """Two samples of the policy on each of ``num_pairs`` training prompts, drawn without
+  replacement; when ``num_pairs`` exceeds the prompts, every prompt is drawn once before any is
+  drawn again (``ceil(num_pairs / prompts)`` pairs at most per prompt, each two fresh samples)."""
   rng = np.random.default_rng([seed, round_idx])
   n = len(prompts.train_ids)
-  rows = rng.choice(n, min(num_pairs, n), replace=False)
+  chunks = [rng.choice(n, min(num_pairs, n), replace=False)]
+  while sum(map(len, chunks)) < num_pairs:
+    chunks.append(rng.permutation(n)[: num_pairs - sum(map(len, chunks))])
+  rows = np.concatenate(chunks)
   ids, mask = prompts.train_ids[rows], prompts.train_mask[rows]
   base = seed * 31 + 2 * round_idx
   ta, ma = sampler.sample(
