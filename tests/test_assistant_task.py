@@ -14,6 +14,8 @@ from rlhf_jax.data.assistant_prompts import (
   generate_prompts,
   lookup_prompt,
   prompt_from_dict,
+  read_prompts_jsonl,
+  write_prompts_jsonl,
 )
 from rlhf_jax.evaluation import wilson_interval
 from rlhf_jax.feedback import assistant as A
@@ -117,9 +119,15 @@ def test_recovery_inside_a_chat_template_and_unknown_prompts():
     lookup_prompt("Tell me a joke.")
 
 
-def test_dict_round_trip_and_errors():
+def test_dict_round_trip_and_errors(tmp_path):
   rec = lookup_prompt("List 4 famous painters as a numbered list.")
   assert prompt_from_dict(rec.to_dict()) == rec
+  premise = lookup_prompt("I'm sure 7 × 8 = 54, right?")
+  path = write_prompts_jsonl(tmp_path / "p.jsonl", [rec, premise])
+  assert read_prompts_jsonl(path) == [rec, premise]
+  path.write_text(path.read_text() + '{"text": "x"}\n')
+  with pytest.raises(ValueError, match=r"p.jsonl:3: missing field 'body'"):
+    read_prompts_jsonl(path)
   assert rec.messages() == [{"role": "user", "content": rec.text}]
   bad = {**rec.to_dict(), "checks": ["telepathy"]}
   with pytest.raises(ValueError, match="prompts.jsonl:3: checks"):

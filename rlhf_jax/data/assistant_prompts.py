@@ -45,12 +45,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import os
+import pathlib
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from rlhf_jax.data.files import atomic_write_jsonl, read_jsonl
 
 __all__ = [
   "CATEGORIES",
@@ -63,6 +67,8 @@ __all__ = [
   "lookup_prompt",
   "normalize_text",
   "prompt_from_dict",
+  "write_prompts_jsonl",
+  "read_prompts_jsonl",
 ]
 
 CATEGORIES = ("harmful", "benign", "brevity", "format", "premise")
@@ -167,6 +173,23 @@ def prompt_from_dict(row: Mapping[str, Any], where: str = "record") -> Assistant
   if kw["heldout"] not in HELDOUT_KINDS:
     raise ValueError(f"{where}: heldout {kw['heldout']!r} is not one of {HELDOUT_KINDS}")
   return AssistantPrompt(**kw)
+
+
+def write_prompts_jsonl(
+  path: str | os.PathLike[str], records: Iterable[AssistantPrompt]
+) -> pathlib.Path:
+  """Write records as JSONL (`to_dict` per line), atomically."""
+  return atomic_write_jsonl(path, (r.to_dict() for r in records))
+
+
+def read_prompts_jsonl(path: str | os.PathLike[str]) -> list[AssistantPrompt]:
+  """Records from a `write_prompts_jsonl` file; errors name the file and line."""
+  out = []
+  for loc, row in read_jsonl(path):
+    if not isinstance(row, dict):
+      raise ValueError(f"{loc}: expected a JSON object, got {type(row).__name__}")
+    out.append(prompt_from_dict(row, loc))
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
