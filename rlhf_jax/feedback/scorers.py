@@ -11,6 +11,8 @@ text alone. All run on CPU, batch-friendly, and need no download at run time.
   reports which backend is used.
 * `response_length`: number of words in the response.
 * `offensiveness`: P(offensive) alone, in [0, 1].
+* `assistant_gold`: the assistant task's programmatic checks (`rlhf_jax.feedback.assistant`), in
+  [0, 1]; it reads the prompt to know which checks apply.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
   "response_length",
   "afinn_sentiment",
   "afinn_kindness",
+  "assistant_gold",
   "get_scorer",
 ]
 
@@ -171,6 +174,14 @@ def afinn_kindness(prompts: Sequence[str], responses: Sequence[str]) -> np.ndarr
   return afinn_sentiment(prompts, responses) - lexicon_offensiveness(responses)
 
 
+def assistant_gold(prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+  """The assistant task's gold judge: `rlhf_jax.feedback.assistant.assistant_gold` (imported on
+  first use). float32 [N] in [0, 1]; raises ValueError on a prompt the task did not generate."""
+  from rlhf_jax.feedback import assistant
+
+  return assistant.assistant_gold(prompts, responses)
+
+
 BUILTIN_SCORERS: dict[str, Callable[[Sequence[str], Sequence[str]], np.ndarray]] = {
   "vader_sentiment": vader_sentiment,
   "afinn_sentiment": afinn_sentiment,
@@ -178,6 +189,7 @@ BUILTIN_SCORERS: dict[str, Callable[[Sequence[str], Sequence[str]], np.ndarray]]
   "kind_and_clean": kind_and_clean,
   "offensiveness": offensiveness,
   "response_length": response_length,
+  "assistant_gold": assistant_gold,
 }
 
 
