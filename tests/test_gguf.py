@@ -125,6 +125,7 @@ def write_gguf(
   drop=(),
   tokenizer=True,
   pad_is_eos=True,
+  eos="<|im_end|>",
 ):
   """A tiny llama GGUF at ``path`` as llama.cpp writes one. ``types`` maps a tensor-name
   substring to a quant type (first match wins; default F32). Returns the HF-layout weights."""
@@ -148,9 +149,9 @@ def write_gguf(
     w.add_token_types(token_types)
     w.add_token_merges(merges)
     w.add_bos_token_id(tokens.index("<|im_start|>"))
-    w.add_eos_token_id(tokens.index("<|im_end|>"))
+    w.add_eos_token_id(tokens.index(eos))
     w.add_unk_token_id(tokens.index("<|endoftext|>"))
-    w.add_pad_token_id(tokens.index("<|im_end|>" if pad_is_eos else "<|endoftext|>"))
+    w.add_pad_token_id(tokens.index(eos if pad_is_eos else "<|endoftext|>"))
     w.add_add_bos_token(False)
     w.add_chat_template(CHATML)
   for name, x in weights.items():
@@ -274,6 +275,23 @@ def test_tokenizer_matches_transformers(files, vocab):
   assert tok.checkpoint_pad_id == ref.pad_token_id == im_end
   assert tok.pad_id == tok.pad_token_id == eot
   assert tok.padding_side == ref.padding_side
+
+
+def test_end_of_turn_comes_from_the_template(tmp_path, vocab):
+  """EOS <|endoftext|> (also PAD), turns closed by <|im_end|>: both stop, and a third special
+  token pads (the Llama 3 / Qwen shape)."""
+  path = tmp_path / "eos.gguf"
+  write_gguf(path, vocab, eos="<|endoftext|>")
+  tok = load_chat_tokenizer(path)
+  ref = tr.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+  tokens = vocab[0]
+  eos, im_end = tokens.index("<|endoftext|>"), tokens.index("<|im_end|>")
+  assert tok.eos_id == ref.eos_token_id == eos
+  assert tok.end_of_turn_id == im_end and tok.stop_ids == (eos, im_end)
+  assert tok.checkpoint_pad_id == eos and tok.pad_id == tokens.index("<|im_start|>")
+  msgs = [{"role": "user", "content": "hi"}]
+  text = ref.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+  assert tok.encode_chat(msgs) == ref.encode(text, add_special_tokens=False)
 
 
 def test_convert_round_trip(files, tmp_path, capsys):
