@@ -91,6 +91,8 @@ __all__ = [
   "tree_bytes",
   "optimizer_state_size",
   "save_merged",
+  "save_trainable",
+  "load_trainable",
 ]
 
 # Our Dense module names that LoRA may target (see the module docstring).
@@ -313,7 +315,10 @@ def adapter_logical_axes(adapters: Any, base_logical_axes: Any) -> Any:
   ``base_logical_axes`` from :func:`rlhf_jax.models.param_logical_axes`."""
   items = {}
   for path, ab in _adapter_items(adapters):
-    spec = _get(base_logical_axes, path + ("kernel",))
+    try:
+      spec = _get(base_logical_axes, path + ("kernel",))
+    except KeyError:  # a kernel the model does not use (an LM head under a scalar head)
+      spec = P()
     for which in ("a", "b"):
       items[path + (which,)] = _adapter_spec(spec, ab[which].ndim, which)
   return _nest(items)
@@ -374,9 +379,33 @@ def save_merged(model, trainable: Any, base: Any, path, **kwargs):
   :func:`rlhf_jax.models.hf.save_pretrained` (``kwargs`` passed on); returns the path."""
   from rlhf_jax.models import hf
 
-  params = jax.device_get(jax.jit(full_params)(trainable, base))
+  params = jax.jit(full_params)(trainable, base) if is_lora(trainable) else trainable
   if model.cfg.head == "lm":  # a reward model's base may carry an unused LM head and v.v.
     params = {k: v for k, v in params.items() if k != "score"}
   elif model.cfg.head == "scalar":
     params = {k: v for k, v in params.items() if k != "lm_head"}
   return hf.save_pretrained(model, params, path, **kwargs)
+
+
+def save_trainable(path, trainable: LoraParams) -> None:
+  """Writes a :class:`LoraParams` (adapters, dense subtrees, scale) to one ``.npz`` file:
+  what a run needs to continue training the same adapters on the same base."""
+  flat = {"scale": np.float64(trainable.scale)}
+  for part in ("adapters", "dense"):
+    for keys, leaf in jax.tree_util.tree_flatten_with_path(getattr(trainable, part))[0]:
+      flat["/".join([part] + [_key(k) for k in keys])] = np.asarray(jax.device_get(leaf))
+  with open(path, "wb") as f:
+    np.savez(f, **flat)
+
+
+def load_trainable(path) -> LoraParams:
+  """The :class:`LoraParams` written by :func:`save_trainable` (host arrays)."""
+  with np.load(path) as data:
+    parts: Dict[str, dict] = {"adapters": {}, "dense": {}}
+    for name in data.files:
+      if name == "scale":
+        continue
+      part, *keys = name.split("/")
+      parts[part][tuple(keys)] = jnp.asarray(data[name])
+    scale = float(data["scale"])
+  return LoraParams(_nest(parts["adapters"]), _nest(parts["dense"]), scale=scale)
