@@ -44,18 +44,29 @@ the policy, the value model (adapters + head) and a LoRA reward model all sit on
 
 **Merge per step, not ``x @ A @ B`` in the layer.** The adapted forward materialises ``W'``
 for each targeted kernel (inside the step, once per forward; the rollout merges once per
-iteration and then decodes with plain weights). Cost, measured on this repository's CPU with
-``bench/lora_merge.py``: merging every attention and MLP kernel of a SmolLM2-135M-like stack
-(30 layers × d 576, rank 8) takes ~0.1 s (a few percent of one forward+backward of a 16 × 128
-token minibatch). The alternative, computing ``x @ A @ B`` beside ``x @ W`` in the layer,
-would skip the dense weight gradient ``xᵀ·dy`` of the targeted kernels (autodiff through the
-merge forms it, then projects it onto ``A`` and ``B``): about a third of the update FLOPs on
-those matrices, plus one transient ``W'``/``dW'`` per targeted kernel. We take the merge
-because it needs no change to the model: one module definition keeps serving every role, the
-KV-cache sampler, the layer scan, the logical-axis sharding (``W'`` is sharded like ``W``, ``A``
-on ``W``'s input axis, ``B`` on its output axis) and the Hugging Face export without a line of
-LoRA code in any of them, and because what LoRA saves that matters most here — optimizer
-state, checkpoints, and the second (reference) copy of the weights — it saves either way.
+iteration and then decodes with plain weights). Measured with ``bench/lora_merge.py`` on this
+repository's 2-core CPU (shared with other work; ``bench/results/lora_merge.jsonl``), rank 8
+on every attention and MLP kernel, SFT batch of 4 × 128 tokens:
+
+==============  ===========  ========  =======  ===================  =====================
+shape           adapters     merge     forward  dense step (+Adam)   LoRA step (merge in)
+==============  ===========  ========  =======  ===================  =====================
+tiny (2 × 32)   9.2 k        0.6 ms    9 ms     22 ms                28 ms
+SmolLM2 30×576  2.4 M (2%)   1.0 s     4.1 s    20.9 s               16.6 s
+==============  ===========  ========  =======  ===================  =====================
+
+The merge is a fixed cost per step (~25% of one forward at 512 tokens, ~6% of the step, less
+at larger batches), and the LoRA step is still faster than the dense one (no Adam over 135 M
+params, no embedding or untargeted gradients). The alternative, ``x @ A @ B`` beside
+``x @ W`` in the layer, would also skip the dense weight gradient ``xᵀ·dy`` of the targeted
+kernels (autodiff through the merge forms it, then projects it onto ``A`` and ``B``): about a
+third of the update FLOPs on those matrices, plus one transient ``W'``/``dW'`` each. We take
+the merge because it needs no change to the model: one module definition keeps serving every
+role, the KV-cache sampler, the layer scan, the logical-axis sharding (``W'`` is sharded like
+``W``, ``A`` on ``W``'s input axis, ``B`` on its output axis) and the Hugging Face export
+without a line of LoRA code in any of them; what LoRA saves that matters most here —
+optimizer state, checkpoints, and the second (reference) copy of the weights — it saves
+either way.
 
 Export: ``save_pretrained(model, full_params(trainable, base), path)`` writes an ordinary
 dense checkpoint (:func:`save_merged`).

@@ -223,6 +223,7 @@ def test_sft_step_trains_only_adapters_and_the_optimizer_state_is_theirs():
   assert float(jnp.max(jnp.abs(state.params.adapters["layers"]["attn"]["q"]["b"]))) > 0
 
 
+@pytest.mark.slow  # the default suite keeps the SFT and PPO steps
 def test_gradients_reach_only_the_trainable_pytree():
   """The step differentiates the trainable pytree alone: the gradient tree has its structure
   (adapters and head), with no base leaf, and its loss sees the merged model."""
@@ -262,6 +263,7 @@ def _pairs(rng, b=16, t=8):
   return dict(ids_a=ids_a, mask_a=mask, ids_b=ids_b, mask_b=mask.copy(), label=label)
 
 
+@pytest.mark.slow  # the default suite keeps the SFT and PPO steps
 def test_reward_step_lora_on_an_8_device_mesh_learns_with_adapters_and_a_new_head():
   _, lm_base = _base(GPT)
   rm = Transformer(GPT.replace(head="scalar"))
@@ -300,6 +302,7 @@ def test_reward_step_lora_on_an_8_device_mesh_learns_with_adapters_and_a_new_hea
 # ----------------------------------------------------------------------------- DPO
 
 
+@pytest.mark.slow  # the default suite keeps the SFT and PPO steps
 def test_dpo_step_lora_starts_at_zero_implicit_reward_and_learns():
   model, base = _base(GPT)
   n = 4
@@ -399,6 +402,7 @@ def test_policy_iteration_with_lora_reference_is_the_base(algorithm, group_size)
 # ----------------------------------------------------------------------------- export
 
 
+@pytest.mark.slow  # imports torch and transformers
 def test_merged_export_loads_in_transformers_with_equal_logits(tmp_path):
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
