@@ -41,6 +41,20 @@ def model(preset="gpt2-small"):
   )
 
 
+def lora():
+  """LoRA instead of dense fine-tuning (``rlhf_jax.train.common.LoraConfig``, rlhf_jax/lora.py):
+  adapters W + (alpha / rank) A @ B on the named Dense modules of the frozen base, which is
+  stored once (and is the reference policy); only adapters and scalar heads are trained."""
+  return dict(
+    enabled=False,  # off: every parameter is trained
+    rank=8,  # r of A [in, r] @ B [r, out]
+    alpha=16.0,  # the update's scale is alpha / rank
+    # Dense modules: q, k, v, o (attention), gate, up, down (MLP), lm_head (untied head);
+    # Hugging Face names q_proj ... down_proj are accepted too.
+    targets=("q", "v"),
+  )
+
+
 def optimizer(
   name, learning_rate, *, warmup_steps=0, eps=1e-8, weight_decay=0.0, max_grad_norm=1.0
 ):
@@ -181,6 +195,7 @@ def sentiment(variant="default"):
   c.eval.independent_judges = ("afinn_sentiment",)  # scorer names or "module:function"
 
   c.mesh = mesh()  # device layout only
+  c.lora = lora()  # adapters on the frozen base for the reward model, value model and policy
   # Checked against the last round in report.md.
   c.targets = dict(win_rate=">= 0.9", kl="<= 6", rm_accuracy=">= 0.8", perplexity_ratio="<= 1.5")
 

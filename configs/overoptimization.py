@@ -34,7 +34,7 @@ def get_config(arg=None):
     )
   c = common.sentiment(variant)
   c.task = "overoptimization"  # the trainer (rlhf_jax.train.overoptimization)
-  for key in ("rounds", "eval", "targets"):  # pipeline fields the study has no use for
+  for key in ("rounds", "eval", "targets", "lora"):  # pipeline fields the study has no use for
     del c[key]
   c.label_counts = (256, 1024, 4096)  # labels each proxy reward model is trained on
   c.bon_ns = (1, 2, 4, 8, 16)  # best-of-n sizes

@@ -58,6 +58,7 @@ def get_config(arg=None):
   c.normalize_reward = True  # fit the reward to mean 0, std 1 on reference samples (OAI)
   c.norm_samples = 128  # reference samples of that fit
   c.seed = 0  # every random draw of the run
+  c.lora = common.lora()  # a LoRA policy on the frozen policy (= the reference)
   c.log_every = 1  # iterations between metric records
   c.checkpoint_every = 10  # iterations between checkpoints
   c.keep_checkpoints = 2  # checkpoints kept

@@ -43,4 +43,5 @@ def get_config(arg=None):
   c.epochs = 2  # passes over the training pairs
   c.batch_size = 32  # pairs per step
   c.seed = 0  # initialisation, split and order
+  c.lora = common.lora()  # adapters + a new scalar head on the frozen base
   return c

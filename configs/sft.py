@@ -40,6 +40,7 @@ def get_config(arg=None):
   )
   c.optimizer = common.optimizer("adamw", 1e-3, warmup_steps=50, weight_decay=0.01)
   c.mesh = common.mesh()  # device layout only
+  c.lora = common.lora()  # adapters on model.path's weights (frozen) instead of dense fine-tuning
   c.steps = 1000  # optimizer steps
   c.batch_size = 32  # rows per step
   c.seed = 0  # initialisation and batches

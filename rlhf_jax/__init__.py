@@ -12,6 +12,7 @@ Public API (stable names; anything not listed here may change):
 * ``rlhf_jax.generation``  KV-cache sampling (``sample``, ``sample_fn``)
 * ``rlhf_jax.models``      the Flax transformer, Hugging Face import/export
 * ``rlhf_jax.sharding``    meshes and logical-axis shardings
+* ``rlhf_jax.lora``        LoRA as a params transform: adapters, merge, the trainable pytree
 * ``rlhf_jax.ppo``, ``rlhf_jax.reward``, ``rlhf_jax.sft``   step builders (``ppo``: one
   compiled iteration for PPO and the critic-free GRPO, Dr.GRPO, RLOO, REINFORCE++)
 * ``rlhf_jax.data``, ``rlhf_jax.feedback``, ``rlhf_jax.train``   data, judges, loops
@@ -28,6 +29,7 @@ _SUBMODULES = (
   "generation",
   "kl",
   "labels",
+  "lora",
   "losses",
   "models",
   "ops",

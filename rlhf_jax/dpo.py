@@ -33,6 +33,7 @@ import optax
 
 from rlhf_jax import losses, ops
 from rlhf_jax import reward as reward_lib
+from rlhf_jax.lora import full_params
 from rlhf_jax.models import Transformer
 
 __all__ = [
@@ -192,7 +193,10 @@ def make_dpo_step(
   hp: DPOHparams,
   response_len: int,
 ) -> Callable:
-  """``step(state, batch) -> (state, metrics)``: one DPO / IPO update on a batch of pairs.
+  """``step(state, batch, base=None) -> (state, metrics)``: one DPO / IPO update on a batch of
+  pairs. ``state.params["model"]`` is the policy's params, or LoRA adapters
+  (:class:`rlhf_jax.lora.LoraParams`) on the frozen ``base`` (a step input; the reference is
+  then usually that base, adapters off).
 
   ``batch`` holds the pairs and the reference's ``ref_logp_a`` / ``ref_logp_b`` ``[B]``
   (inputs: the step never runs the reference). The loss is the mean of
@@ -209,8 +213,9 @@ def make_dpo_step(
   _check_lm(model)
   bt = hp.tie_model == "bradley_terry"
 
-  def loss_fn(params, batch):
-    logp_a, logp_b = _pair_logprobs(model, params["model"], batch, response_len)
+  def loss_fn(params, batch, base):
+    policy = full_params(params["model"], base)
+    logp_a, logp_b = _pair_logprobs(model, policy, batch, response_len)
     raw = params["tie"] if hp.learn_tie_param else jax.lax.stop_gradient(params["tie"])
     tie = reward_lib.tie_parameter(raw, hp.tie_model)
     loss_B = losses.dpo_loss(

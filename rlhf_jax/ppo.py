@@ -62,6 +62,7 @@ from rlhf_jax import advantages as adv_lib
 from rlhf_jax import generation, losses, ops
 from rlhf_jax import kl as kl_lib
 from rlhf_jax import reward as reward_lib
+from rlhf_jax.lora import LoraParams, full_params
 from rlhf_jax.models import Transformer
 from rlhf_jax.models.transformer import unstack_layers
 from rlhf_jax.update import guarded_update
@@ -309,7 +310,8 @@ class PPOState(flax.struct.PyTreeNode):
   """Everything that changes during PPO, as one pytree.
 
   params: ``{"policy": ..., "value": ...}`` (or only ``"policy"`` with a shared trunk or a
-    critic-free algorithm).
+    critic-free algorithm): each the role's params, or LoRA adapters (+ a value head) on the
+    frozen base ``PPOFrozen.ref_params`` (:class:`rlhf_jax.lora.LoraParams`).
   opt_state: optax state over ``params``.
   kl: ``KLControllerState`` (β, the KL coefficient: reward penalty or loss term).
   rng: raw ``uint32[2]`` PRNG key; each iteration folds in ``step``.
@@ -330,6 +332,10 @@ class PPOFrozen(NamedTuple):
 
   ``reward_params`` is whatever the iteration's ``score_fn`` reads (the reward model's
   params by default); None when the score comes from elsewhere (a host scorer).
+
+  LoRA: the reference policy is the base with adapters off, so ``ref_params`` is also the
+  frozen base that every :class:`rlhf_jax.lora.LoraParams` of the state (policy, value) and a
+  LoRA ``reward_params`` (adapters + score head) are merged onto — one copy of the weights.
   """
 
   ref_params: Any
@@ -385,7 +391,9 @@ def init_value_from_reward(
   ``head="zero"`` keeps the reward trunk and zeroes the head (value 0 everywhere).
 
   Returns ``(value_model, value_params)``; the params are fresh arrays (the caller's
-  ``reward_params`` may be donated or kept frozen independently).
+  ``reward_params`` may be donated or kept frozen independently). A LoRA reward model
+  (:class:`rlhf_jax.lora.LoraParams`: adapters + score head) gives a LoRA value model on the
+  same base: its adapters copied, its head transformed as above.
   """
   if head not in ("reward", "zero"):
     raise ValueError(f"value init head={head!r}; expected 'reward' or 'zero'")
@@ -394,6 +402,12 @@ def init_value_from_reward(
       f"the value model starts from a scalar-head model, got head={reward_model.cfg.head!r}"
     )
   value_model = Transformer(reward_model.cfg.replace(scalar_bias=True))
+  if isinstance(reward_params, LoraParams):  # adapters + head: the same transform on the head
+    head_params = init_value_from_reward(
+      reward_model, reward_params.dense, reward_gain, reward_bias, head
+    )[1]
+    adapters = jax.tree.map(jnp.copy, reward_params.adapters)
+    return value_model, reward_params.replace(adapters=adapters, dense=head_params)
   params = jax.tree.map(jnp.copy, dict(reward_params))
   kernel = params["score"]["kernel"]
   old_bias = params["score"].get("bias", jnp.zeros(kernel.shape[-1:], kernel.dtype))
@@ -626,8 +640,9 @@ def make_ppo_iteration(
   The returned function is pure; jit it (``jax.jit(it, donate_argnums=0)``). ``metrics`` is
   a dict of scalar arrays (kept on device). With ``phases=True`` the two halves are returned
   instead, ``(rollout_phase, update_phase)`` — ``rollout_phase(state, frozen, ids, mask) ->
-  (rollout, stats, observed_kl)`` and ``update_phase(state, rollout, stats, observed_kl) ->
-  (state, metrics)`` — for profiling each separately.
+  (rollout, stats, observed_kl)`` and ``update_phase(state, rollout, stats, observed_kl,
+  base=None) -> (state, metrics)`` (``base``: ``frozen.ref_params`` under LoRA) — for
+  profiling each separately.
 
   ``hp.algorithm`` picks PPO (``value_model`` given, or ``shared_trunk``) or a critic-free
   algorithm (``value_model=None``, ``state.params = {"policy": ...}``); see the module
@@ -700,35 +715,35 @@ def make_ppo_iteration(
 
   if hp.shared_trunk:
 
-    def policy_and_values(params, ids, mask, p):
+    def policy_and_values(params, base, ids, mask, p):
       """Response-position logits ``[B,T,V]`` and values ``[B,T]`` from one trunk."""
-      return policy_model.apply({"params": params["policy"]}, ids, mask, head_slice=heads(p))
+      policy = full_params(params["policy"], base)
+      return policy_model.apply({"params": policy}, ids, mask, head_slice=heads(p))
   elif hp.critic_free:
 
-    def policy_and_values(params, ids, mask, p):
-      return (
-        policy_model.apply({"params": params["policy"]}, ids, mask, head_slice=heads(p)),
-        None,
-      )
+    def policy_and_values(params, base, ids, mask, p):
+      policy = full_params(params["policy"], base)
+      return policy_model.apply({"params": policy}, ids, mask, head_slice=heads(p)), None
   else:
 
-    def policy_and_values(params, ids, mask, p):
-      logits = policy_model.apply({"params": params["policy"]}, ids, mask, head_slice=heads(p))
-      values = value_model.apply({"params": params["value"]}, ids, mask, head_slice=heads(p))
+    def policy_and_values(params, base, ids, mask, p):
+      policy, value = full_params(params["policy"], base), full_params(params["value"], base)
+      logits = policy_model.apply({"params": policy}, ids, mask, head_slice=heads(p))
+      values = value_model.apply({"params": value}, ids, mask, head_slice=heads(p))
       return logits, values
 
   if recompute_old:
 
-    def old_logprobs_and_values(params, ids, mask, p, sampler_logp):
+    def old_logprobs_and_values(params, base, ids, mask, p, sampler_logp):
       del sampler_logp
-      logits, values = policy_and_values(params, ids, mask, p)
+      logits, values = policy_and_values(params, base, ids, mask, p)
       return ops.token_logprobs(logits, ids[:, p:], temperature), values
   else:
 
-    def old_logprobs_and_values(params, ids, mask, p, sampler_logp):
+    def old_logprobs_and_values(params, base, ids, mask, p, sampler_logp):
       # The sampler's log-probs are those of the rollout policy; XLA drops the unused
       # logits of this forward pass (and, without a critic, the whole pass).
-      return sampler_logp, policy_and_values(params, ids, mask, p)[1]
+      return sampler_logp, policy_and_values(params, base, ids, mask, p)[1]
 
   whiten_rewards = (
     functools.partial(ops.whiten, shift_mean=False, unbiased=hp.unbiased_whitening)
@@ -850,19 +865,24 @@ def make_ppo_iteration(
   def rollout_and_score(state: PPOState, frozen: PPOFrozen, prompt_ids, prompt_mask, rng):
     p = prompt_ids.shape[1]
     prompt_ids, prompt_mask = repeat_prompts(prompt_ids), repeat_prompts(prompt_mask)
+    # Under LoRA the policy is merged once here; the decode loop reads plain weights.
+    base = frozen.ref_params
+    policy = full_params(state.params["policy"], base)
     tokens, resp_mask, sampler_logp, has_stop = sample_responses(
-      policy_model, hp, state.params["policy"], prompt_ids, prompt_mask, rng
+      policy_model, hp, policy, prompt_ids, prompt_mask, rng
     )
     seq_ids = jnp.concatenate([prompt_ids, tokens], axis=1)
     seq_mask = jnp.concatenate([prompt_mask.astype(jnp.int32), resp_mask], axis=1)
 
-    logp_old, values = old_logprobs_and_values(state.params, seq_ids, seq_mask, p, sampler_logp)
+    logp_old, values = old_logprobs_and_values(
+      state.params, base, seq_ids, seq_mask, p, sampler_logp
+    )
     logp_old = jax.lax.stop_gradient(logp_old)
     ref_logits = ref_model.apply(
       {"params": frozen.ref_params}, seq_ids, seq_mask, head_slice=heads(p)
     )
     logp_ref = ops.token_logprobs(ref_logits, tokens, temperature)
-    raw_score = score_sequences(frozen.reward_params, seq_ids, seq_mask, p)
+    raw_score = score_sequences(full_params(frozen.reward_params, base), seq_ids, seq_mask, p)
     score = adv_lib.apply_reward_normalization(raw_score, frozen.reward_gain, frozen.reward_bias)
 
     beta = reward_beta(state.kl)
@@ -899,8 +919,8 @@ def make_ppo_iteration(
     return rollout, stats, jnp.mean(seq_kl_k1)
 
   # --- the clipped update of one minibatch ------------------------------------------------------
-  def loss_fn(params, mb: Rollout, p, beta):
-    logits, values = policy_and_values(params, mb.seq_ids_BS, mb.seq_mask_BS, p)
+  def loss_fn(params, base, mb: Rollout, p, beta):
+    logits, values = policy_and_values(params, base, mb.seq_ids_BS, mb.seq_mask_BS, p)
     fwd = _Forward(ops.token_logprobs(logits, mb.seq_ids_BS[:, p:], temperature), values)
     loss, info = None, {}
     for term in loss_terms:
@@ -915,8 +935,8 @@ def make_ppo_iteration(
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def update_minibatch(carry: _UpdateCarry, mb: Rollout, p, beta):
-    (loss, info), grads = grad_fn(carry.params, mb, p, beta)
+  def update_minibatch(carry: _UpdateCarry, base, mb: Rollout, p, beta):
+    (loss, info), grads = grad_fn(carry.params, base, mb, p, beta)
     params, opt_state, finite, grad_norm = guarded_update(
       optimizer, carry.params, carry.opt_state, grads, loss
     )
@@ -930,8 +950,9 @@ def make_ppo_iteration(
     sample_key, _ = jax.random.split(key)
     return rollout_and_score(state, frozen, prompt_ids_BP, prompt_mask_BP, sample_key)
 
-  def update_phase(state: PPOState, rollout: Rollout, stats, observed_kl):
-    """``epochs × num_minibatches`` clipped updates and the KL-controller step."""
+  def update_phase(state: PPOState, rollout: Rollout, stats, observed_kl, base=None):
+    """``epochs × num_minibatches`` clipped updates and the KL-controller step; ``base``: the
+    frozen LoRA base (``frozen.ref_params``), None for dense params."""
     b = rollout.seq_ids_BS.shape[0]
     p = rollout.seq_ids_BS.shape[1] - n
     if b % hp.num_minibatches:
@@ -946,7 +967,7 @@ def make_ppo_iteration(
     def epoch(carry, epoch_key):
       perm = jax.random.permutation(epoch_key, b).reshape(hp.num_minibatches, mb_size)
       batches = jax.tree.map(lambda x: x[perm], rollout)
-      return jax.lax.scan(lambda c, mb: update_minibatch(c, mb, p, beta), carry, batches)
+      return jax.lax.scan(lambda c, mb: update_minibatch(c, base, mb, p, beta), carry, batches)
 
     carry = _UpdateCarry(state.params, state.opt_state, state.skipped_updates)
     carry, infos = jax.lax.scan(epoch, carry, jax.random.split(shuffle_key, hp.epochs))
@@ -966,7 +987,7 @@ def make_ppo_iteration(
 
   def iteration(state: PPOState, frozen: PPOFrozen, prompt_ids_BP, prompt_mask_BP):
     rollout, stats, observed_kl = rollout_phase(state, frozen, prompt_ids_BP, prompt_mask_BP)
-    return update_phase(state, rollout, stats, observed_kl)
+    return update_phase(state, rollout, stats, observed_kl, frozen.ref_params)
 
   if phases:
     return rollout_phase, update_phase

@@ -8,6 +8,10 @@ forward pass over ``[2B, T]`` (a and b concatenated on the batch axis) and train
 
 Batches are dicts of arrays: ``ids_a, mask_a, ids_b, mask_b`` ``[B, T]`` and ``label``
 ``[B]`` (``LABEL_A=0``, ``LABEL_B=1``, ``LABEL_TIE=2``).
+
+``RewardState.params["model"]`` is the trainable pytree: the model's params, or LoRA
+adapters plus the scalar head (:class:`rlhf_jax.lora.LoraParams`) on a frozen base that the
+step takes as its third argument.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import optax
 
 from rlhf_jax import losses
 from rlhf_jax.advantages import last_token_index
+from rlhf_jax.lora import full_params
 from rlhf_jax.models import Transformer
 from rlhf_jax.update import guarded_update
 
@@ -151,12 +156,13 @@ def _pair_scores(model, params, batch):
 def make_reward_step(
   model: Transformer, optimizer: optax.GradientTransformation, hp: RewardHparams
 ) -> Callable:
-  """``step(state, batch) -> (state, metrics)``; jit it with the state donated."""
+  """``step(state, batch, base=None) -> (state, metrics)``; jit it with the state donated.
+  ``base``: the frozen params under LoRA (:func:`rlhf_jax.lora.full_params`), else None."""
   if model.cfg.head != "scalar":
     raise ValueError(f"reward model needs head='scalar', got {model.cfg.head!r}")
 
-  def loss_fn(params, batch):
-    r_a, r_b = _pair_scores(model, params["model"], batch)
+  def loss_fn(params, batch, base):
+    r_a, r_b = _pair_scores(model, full_params(params["model"], base), batch)
     raw = params["tie"] if hp.learn_tie_param else jax.lax.stop_gradient(params["tie"])
     tie = tie_parameter(raw, hp.tie_model)
     # Bradley-Terry treats a tie label as half a win for each side (see preference_loss).
@@ -173,8 +179,9 @@ def make_reward_step(
 
 
 def pair_step(loss_fn: Callable, optimizer, metrics_fn: Callable) -> Callable:
-  """``step(state, batch) -> (state, metrics)`` for a loss over preference pairs, shared by
-  the reward-model and DPO steps: ``loss_fn(params, batch) -> (loss, (r_a, r_b, tie))``
+  """``step(state, batch, base=None) -> (state, metrics)`` for a loss over preference pairs,
+  shared by the reward-model and DPO steps: ``loss_fn(params, batch, base) -> (loss, (r_a,
+  r_b, tie))`` (``base``: the frozen LoRA base, an input of the step, or None)
   (``r_*`` ``[B]`` the two sides' rewards, ``tie`` the tie parameter), an update that is
   skipped (and counted in ``skipped_updates``) when the loss or gradient is not finite, and
   ``metrics_fn(r_a, r_b, label)`` plus ``loss``, ``grad_norm``, ``tie_param``,
@@ -182,8 +189,8 @@ def pair_step(loss_fn: Callable, optimizer, metrics_fn: Callable) -> Callable:
   ``skipped_updates``."""
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def step(state, batch: Dict[str, jax.Array]):
-    (loss, (r_a, r_b, tie)), grads = grad_fn(state.params, batch)
+  def step(state, batch: Dict[str, jax.Array], base: Any = None):
+    (loss, (r_a, r_b, tie)), grads = grad_fn(state.params, batch, base)
     params, opt_state, finite, grad_norm = guarded_update(
       optimizer, state.params, state.opt_state, grads, loss
     )

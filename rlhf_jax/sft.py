@@ -4,6 +4,9 @@ Batches are dicts of ``[B, T]`` arrays: ``ids``, ``mask`` (attention: 1 = real t
 ``loss_mask`` (1 where the token is a training target). Pretraining on packed text sets
 ``loss_mask = mask``; SFT on prompt→response pairs sets it only on response tokens. Loss is
 the token-mean negative log-likelihood over target tokens (position t predicts token t+1).
+
+``LMState.params`` is the trainable pytree: the model's params, or LoRA adapters
+(:class:`rlhf_jax.lora.LoraParams`) whose frozen base is the step's third argument.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from rlhf_jax import ops
+from rlhf_jax.lora import full_params
 from rlhf_jax.models import Transformer
 from rlhf_jax.update import guarded_update
 
@@ -53,11 +57,17 @@ def lm_loss(model: Transformer, params, batch) -> tuple:
 
 
 def make_lm_step(model: Transformer, optimizer: optax.GradientTransformation) -> Callable:
-  """``step(state, batch) -> (state, metrics)``; jit it with the state donated."""
-  grad_fn = jax.value_and_grad(lambda p, b: lm_loss(model, p, b), has_aux=True)
+  """``step(state, batch, base=None) -> (state, metrics)``; jit it with the state donated.
 
-  def step(state: LMState, batch: Dict[str, jax.Array]):
-    (loss, n_tokens), grads = grad_fn(state.params, batch)
+  ``base``: the frozen params under LoRA ``state.params`` (:func:`rlhf_jax.lora.full_params`),
+  an input of the step, never a constant of the compiled program; None for dense training.
+  """
+  grad_fn = jax.value_and_grad(
+    lambda t, b, base: lm_loss(model, full_params(t, base), b), has_aux=True
+  )
+
+  def step(state: LMState, batch: Dict[str, jax.Array], base: Any = None):
+    (loss, n_tokens), grads = grad_fn(state.params, batch, base)
     params, opt_state, finite, grad_norm = guarded_update(
       optimizer, state.params, state.opt_state, grads, loss
     )

@@ -9,13 +9,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
 import optax
 
-from rlhf_jax import checkpoint, config_schema, optim, sharding
+from rlhf_jax import checkpoint, config_schema, lora, optim, sharding
 from rlhf_jax.config_schema import ConfigError
 from rlhf_jax.models import Transformer, TransformerConfig, boxed_init_fn, init_params
 from rlhf_jax.train.metrics import MetricWriter, fetch, progress
@@ -43,6 +43,10 @@ __all__ = [
   "load_model",
   "make_optimizer",
   "shard_params",
+  "LoraConfig",
+  "lora_errors",
+  "lora_spec",
+  "lora_trainable",
 ]
 
 _log = logging.getLogger(__name__)
@@ -103,6 +107,62 @@ class OptimSpec:
   eps: float = 1e-5
   weight_decay: float = 0.0
   max_grad_norm: Optional[float] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+  """The ``lora`` block of a trainer config: LoRA adapters instead of dense fine-tuning
+  (:mod:`rlhf_jax.lora`; ``targets`` are our Dense module names or their Hugging Face
+  aliases). Disabled by default."""
+
+  enabled: bool = False
+  rank: int = 8
+  alpha: float = 16.0
+  targets: Tuple[str, ...] = ("q", "v")
+
+
+def lora_errors(cfg: LoraConfig, field: str = "config.lora") -> List[str]:
+  """Problems in a ``lora`` block that need no model (bounds, known target names), one line
+  per problem naming ``field``; a name that the loaded model lacks is refused when the
+  adapters are made (:func:`lora_spec`, :func:`rlhf_jax.lora.target_paths`)."""
+  if not cfg.enabled:
+    return []
+  errors = []
+  try:
+    lora.LoraSpec(cfg.rank, cfg.alpha, tuple(cfg.targets))
+  except ValueError as e:
+    errors.append(str(e).replace("LoraSpec.", f"{field}."))
+  known = set(lora.TARGETS) | set(lora.TARGET_ALIASES)
+  for t in cfg.targets:
+    if "/" not in t and t not in known:
+      errors.append(
+        f"{field}.targets: unknown module {t!r}; expected names from {list(lora.TARGETS)} or "
+        f"their Hugging Face aliases {sorted(lora.TARGET_ALIASES)}"
+      )
+  return errors
+
+
+def lora_spec(cfg: LoraConfig, field: str = "config.lora") -> Optional[lora.LoraSpec]:
+  """The :class:`rlhf_jax.lora.LoraSpec` of an enabled block, None when disabled.
+
+  Raises:
+    ConfigError: naming ``field`` and each problem.
+  """
+  errors = lora_errors(cfg, field)
+  if errors:
+    raise ConfigError("\n".join(errors))
+  return lora.LoraSpec(cfg.rank, cfg.alpha, tuple(cfg.targets)) if cfg.enabled else None
+
+
+def lora_trainable(spec: lora.LoraSpec, base, model, rng, mesh, dense=None, field="config.lora"):
+  """Fresh LoRA adapters (B = 0) on ``base`` for ``model``, with the ``dense`` subtrees,
+  placed on ``mesh`` like their kernels; a target the model lacks raises ``ConfigError``
+  naming ``field``."""
+  try:
+    trainable = lora.init_lora_params(spec, base, rng, dense=dense)
+  except ValueError as e:
+    raise ConfigError(str(e).replace("LoraSpec.", f"{field}.")) from None
+  return lora.shard_trainable(trainable, model, mesh)
 
 
 def preset_config(name: str, vocab_size: int, **overrides) -> TransformerConfig:

@@ -12,6 +12,7 @@ skipped as non-finite.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Dict, Tuple
 
 import jax
@@ -21,6 +22,7 @@ import numpy as np
 from rlhf_jax import dpo as dpo_lib
 from rlhf_jax import reward as reward_lib
 from rlhf_jax import sharding
+from rlhf_jax.lora import is_lora
 from rlhf_jax.models import Transformer
 from rlhf_jax.train import common
 
@@ -82,6 +84,10 @@ def train_dpo(
   A call with the same arguments resumes from ``workdir/checkpoints`` (a finished run only
   recomputes the reference log-probs and returns).
 
+  LoRA: ``params`` may be a :class:`rlhf_jax.lora.LoraParams` on the frozen ``ref_params``
+  (the reference is the base with adapters off); the base is then an input of every step and
+  the returned params are the trained adapters.
+
   Raises:
     DivergenceError: more than ``max_skipped_fraction`` of the updates were non-finite.
     rlhf_jax.checkpoint.Preempted: stopped by a signal after saving a checkpoint.
@@ -104,6 +110,8 @@ def train_dpo(
   start_params = jax.tree.map(jnp.copy, params)
   state = sharding.commit(dpo_lib.init_dpo_state(start_params, optimizer, hp), mesh)
   step = sharding.jit_step(dpo_lib.make_dpo_step(model, optimizer, hp, response_len), state, mesh)
+  if is_lora(params):  # adapters on the reference: the base is an input of every step
+    step = functools.partial(step, base=ref_params)
   # The loop's metric writer drops the rows past a restored checkpoint.
   loop = common.TrainLoop(
     workdir,

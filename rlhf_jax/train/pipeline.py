@@ -44,6 +44,7 @@ import numpy as np
 from rlhf_jax import checkpoint, evaluation, losses, ops, sharding
 from rlhf_jax import data as data_lib
 from rlhf_jax import dpo as dpo_lib
+from rlhf_jax import lora as lora_lib
 from rlhf_jax import ppo as ppo_lib
 from rlhf_jax import reward as reward_lib
 from rlhf_jax import sft as sft_lib
@@ -286,6 +287,9 @@ class Config:
   # Stop with an error when more than this fraction of a stage's updates are skipped for a
   # non-finite loss or gradient (a corrupt or divergent state).
   max_skipped_fraction: float = 0.1
+  # LoRA for every trained role: adapters (+ scalar heads) on the frozen base model, which is
+  # also the reference; the policy's adapters carry over from round to round.
+  lora: common.LoraConfig = common.LoraConfig()
 
 
 # Fields a rerun of a workdir may change: they cannot change its results (report sample
@@ -443,6 +447,7 @@ def check_config(cfg: Config) -> None:
   from rlhf_jax import config_schema
 
   errors = stage_errors(cfg) + config_schema.check_bounds(cfg, _BOUNDS) + _dpo_errors(cfg)
+  errors += common.lora_errors(cfg.lora)
   pairs = cfg.feedback.pairs_per_round
   if 1 <= pairs < cfg.reward.batch_size:
     errors.append(
@@ -1175,10 +1180,10 @@ def policy_and_value(
   zero (OAI); critic-free algorithms (``hp.critic_free``) have no value model.
   """
   if hp.shared_trunk:
-    start = dict(
-      policy_params, score={"kernel": jnp.zeros((models.both.cfg.d_model, 1), jnp.float32)}
-    )
-    return models.both, start, None, None
+    head = {"kernel": jnp.zeros((models.both.cfg.d_model, 1), jnp.float32)}
+    if lora_lib.is_lora(policy_params):  # LoRA: the head joins the trained subtrees
+      return models.both, policy_params.replace(dense={"score": head}), None, None
+    return models.both, dict(policy_params, score=head), None, None
   if hp.critic_free:
     return models.lm, policy_params, None, None
   value_model, value_params = ppo_lib.init_value_from_reward(
@@ -1247,8 +1252,14 @@ def train_policy(
   )
 
 
+def _materialize(params, base):
+  """The model params of a trainable pytree: LoRA adapters merged onto ``base``
+  (:func:`rlhf_jax.lora.full_params`); dense params as they are."""
+  return jax.jit(lora_lib.full_params)(params, base) if lora_lib.is_lora(params) else params
+
+
 class PolicyResult(NamedTuple):
-  params: Any  # the policy LM's params (a value head on its trunk is dropped)
+  params: Any  # the policy LM's params (a value head on its trunk is dropped), or its LoRA
   history: List[Dict[str, float]]  # train_ppo's logged metrics, one dict per iteration
   beta_final: float  # the KL coefficient at the end
   reward_gain: float  # reward normalisation: gain * score + bias
@@ -1309,7 +1320,7 @@ def policy_stage(
       score_fn=fn,
     )
 
-  gain, bias = fit_norm(models.scalar, rm_params)
+  gain, bias = fit_norm(models.scalar, _materialize(rm_params, ref_params))
   if hp.algorithm in ppo_lib.PREFERENCE_ALGORITHMS:
     return _dpo_policy(
       models,
@@ -1343,7 +1354,11 @@ def policy_stage(
     desc=desc,
     max_skipped_fraction=max_skipped_fraction,
   )
-  params = {k: v for k, v in state.params["policy"].items() if k != "score"}
+  params = state.params["policy"]
+  if lora_lib.is_lora(params):
+    params = params.replace(dense={k: v for k, v in params.dense.items() if k != "score"})
+  else:
+    params = {k: v for k, v in params.items() if k != "score"}
   return PolicyResult(params, history, float(state.kl.beta), gain, bias)
 
 
@@ -1555,10 +1570,16 @@ def load_round(
   """A finished round (``rdir/DONE``) read back: its policy, pairs and results."""
   from rlhf_jax.models import hf
 
-  _, loaded = hf.from_pretrained(rdir / "policy", head="lm")
   done = _read_json(rdir / "DONE")
+  if (rdir / "policy_lora.npz").exists():  # a LoRA run continues the same adapters
+    trainable = lora_lib.shard_trainable(
+      lora_lib.load_trainable(rdir / "policy_lora.npz"), models.lm, mesh
+    )
+  else:
+    _, loaded = hf.from_pretrained(rdir / "policy", head="lm")
+    trainable = common.shard_params(models.lm, loaded, mesh)
   return RoundResult(
-    policy_params=common.shard_params(models.lm, loaded, mesh),
+    policy_params=trainable,
     pairs=_concat_pairs(pairs_so_far, dict(np.load(rdir / "pairs.npz"))),
     eval=done["eval"],
     curve=done["curve"],
@@ -1567,13 +1588,21 @@ def load_round(
 
 
 def _save_round(
-  rdir: pathlib.Path, root: pathlib.Path, models: Models, tokenizer, result: RoundResult
+  rdir: pathlib.Path,
+  root: pathlib.Path,
+  models: Models,
+  tokenizer,
+  result: RoundResult,
+  base=None,
 ) -> None:
-  """eval.json, the policy (Hugging Face layout), the metrics row, then ``DONE``."""
-  from rlhf_jax.models import hf
-
+  """eval.json, the policy (Hugging Face layout; LoRA: merged onto ``base``, and the
+  adapters in ``policy_lora.npz``), the metrics row, then ``DONE``."""
   data_lib.atomic_write_json(rdir / "eval.json", result.eval)
-  hf.save_pretrained(models.lm, result.policy_params, rdir / "policy", tokenizer=tokenizer)
+  if lora_lib.is_lora(result.policy_params):
+    tmp = rdir / "policy_lora.tmp.npz"
+    lora_lib.save_trainable(tmp, result.policy_params)
+    os.replace(tmp, rdir / "policy_lora.npz")
+  lora_lib.save_merged(models.lm, result.policy_params, base, rdir / "policy", tokenizer=tokenizer)
   with MetricWriter(root) as writer:  # before DONE: a rerun drops it if DONE is missing
     writer.write(
       result.eval["round"], {k: v for k, v in result.eval.items() if isinstance(v, (int, float))}
@@ -1592,13 +1621,18 @@ def run_round(
   if _done(rdir):
     return load_round(rdir, setup.models, setup.mesh, pairs_so_far)
   checkpoint.check_preemption(f"round {r}")
+  lora = common.lora_spec(cfg.lora)
+  if lora is not None and not lora_lib.is_lora(policy_params):  # round 1: fresh adapters
+    key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 7919)
+    policy_params = common.lora_trainable(lora, setup.ref_params, setup.models.lm, key, setup.mesh)
+  policy_dense = _materialize(policy_params, setup.ref_params)  # what samples
   pairs_file = rdir / "pairs.npz"
   if pairs_file.exists():
     new_pairs = dict(np.load(pairs_file))
   else:
     sampled = collect_pairs(
       setup.sampler,
-      policy_params,
+      policy_dense,
       setup.prompts,
       cfg.feedback.pairs_per_round,
       cfg.feedback.sample_temperature,
@@ -1629,6 +1663,7 @@ def run_round(
     workdir=str(rdir / "reward"),
     max_skipped_fraction=cfg.max_skipped_fraction,
     desc=f"reward model round {r}",
+    lora=lora,
   )
   t_rm = time.perf_counter() - t0
 
@@ -1661,9 +1696,9 @@ def run_round(
     setup.gold,
     setup.independent,
     setup.vocabulary,
-    policy.params,
+    _materialize(policy.params, setup.ref_params),
     setup.ref_params,
-    rm_params,
+    _materialize(rm_params, setup.ref_params),
     setup.prompts.eval,
     setup.prompts.eval_ids,
     setup.prompts.eval_mask,
@@ -1699,7 +1734,7 @@ def run_round(
   )
   samples = ev.pop("_samples")[: cfg.eval.num_samples_in_report]
   result = RoundResult(policy.params, all_pairs, ev, curve, samples)
-  _save_round(rdir, root, setup.models, setup.tokenizer, result)
+  _save_round(rdir, root, setup.models, setup.tokenizer, result, setup.ref_params)
   _log.info(
     "round %d: win rate %.3f [%.3f, %.3f], gold %.3f (ref %.3f), KL %.2f, RM acc %.3f",
     r,

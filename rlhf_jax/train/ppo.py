@@ -80,6 +80,9 @@ class Config:
   checkpoint_every: int = 10
   keep_checkpoints: int = 3
   max_skipped_fraction: float = 0.1  # stop when more updates are skipped as non-finite
+  # LoRA policy on the frozen policy checkpoint, which is also the reference (one copy); the
+  # value model is adapters + a zero head on it with value_init="zero", else dense from reward.
+  lora: common.LoraConfig = common.LoraConfig()
 
 
 # Fields a rerun of a workdir may change (see rlhf_jax.main): those of the loop.
@@ -110,6 +113,7 @@ def check_config(cfg: Config) -> None:
   errors = common.spec_errors(
     cfg, _BOUNDS, optimizers=("optimizer",), meshes=("mesh",), models=("policy", "reward")
   )
+  errors += common.lora_errors(cfg.lora)
   if cfg.batch_size >= 1 and cfg.batch_size % cfg.ppo.num_minibatches:
     errors.append(
       f"config.batch_size={cfg.batch_size}: must be divisible by "
@@ -322,6 +326,10 @@ def train_ppo(
   with ``reward_model`` and ``reward_params`` None), normalised by ``reward_gain`` /
   ``reward_bias`` either way.
 
+  LoRA: ``policy_params`` (and ``value_params``, and ``reward_params``) may be
+  :class:`rlhf_jax.lora.LoraParams`; their frozen base is ``ref_params`` — the reference is
+  the base with adapters off, held once (:class:`rlhf_jax.ppo.PPOFrozen`).
+
   Returns the final state and the logged metrics (one dict per logged iteration, those of
   earlier attempts included when resuming). The metrics also go to ``workdir/metrics.jsonl``
   and TensorBoard. ``stop_after=k`` ends this call after k iterations with a checkpoint
@@ -484,7 +492,13 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     )
   score_fn = scorer_score_fn(scorer, tokenizer, "config.reward_source")
   ref_params = {k: v for k, v in policy_params.items() if k != "score"}
-  ref_params = jax.tree.map(jnp.copy, ref_params)
+  lora = common.lora_spec(cfg.lora)
+  if lora is None:
+    ref_params = jax.tree.map(jnp.copy, ref_params)
+  else:  # adapters (+ the value head of a shared trunk) on the reference itself
+    head = {"score": policy_params["score"]} if hp.shared_trunk else None
+    key = jax.random.fold_in(k_policy, 1)
+    policy_params = common.lora_trainable(lora, ref_params, policy_model, key, mesh, head)
   prompt_ids, prompt_mask = _load_prompts(
     cfg.prompts, tokenizer, policy_model.cfg.vocab_size, hp.pad_id, cfg.seed
   )
@@ -506,7 +520,13 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
       score_fn=score_fn,
     )
   value_model, value_params = None, None
-  if not hp.shared_trunk and not hp.critic_free:
+  if lora is not None and not hp.shared_trunk and not hp.critic_free and cfg.value_init == "zero":
+    value_model = Transformer(policy_model.cfg.replace(head="scalar", scalar_bias=True))
+    d = policy_model.cfg.d_model
+    head = {"score": {"kernel": jnp.zeros((d, 1), jnp.float32), "bias": jnp.zeros((1,))}}
+    key = jax.random.fold_in(k_value, 1)
+    value_params = common.lora_trainable(lora, ref_params, value_model, key, mesh, head)
+  elif not hp.shared_trunk and not hp.critic_free:
     # Started at the normalised reward (or a zero head): the returns' units.
     value_model, value_params = ppo_lib.init_value_from_reward(
       reward_model, reward_params, gain, bias, cfg.value_init

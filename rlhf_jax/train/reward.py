@@ -12,6 +12,7 @@ calibration error, score distribution) and writes it in Hugging Face layout
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any, Dict, Optional, Tuple, Union
 
@@ -21,6 +22,7 @@ import numpy as np
 
 from rlhf_jax import data as data_lib
 from rlhf_jax import evaluation, losses, sharding
+from rlhf_jax import lora as lora_lib
 from rlhf_jax import reward as reward_lib
 from rlhf_jax.models import Transformer, boxed_init_fn, init_params
 from rlhf_jax.train import common
@@ -52,6 +54,7 @@ class Config:
   batch_size: int = 32
   seed: int = 0
   max_skipped_fraction: float = 0.1  # stop when more updates are skipped as non-finite
+  lora: common.LoraConfig = common.LoraConfig()  # adapters + a scalar head on the frozen base
 
 
 # Fields a rerun of a workdir may change (see rlhf_jax.main): layout, stop criterion.
@@ -71,6 +74,7 @@ _BOUNDS = {
 def check_config(cfg: Config) -> None:
   """Refuses a reward-model config that cannot run: ``ConfigError`` names each field."""
   errors = common.spec_errors(cfg, _BOUNDS, optimizers=("optimizer",), meshes=("mesh",))
+  errors += common.lora_errors(cfg.lora)
   if not cfg.model.path:
     errors.append(
       "config.model.path: required; the reward trainer starts from a checkpoint "
@@ -102,6 +106,7 @@ def train_reward_model(
   keep_checkpoints: int = 2,
   max_skipped_fraction: float = 0.1,
   desc: str = "reward model",
+  lora: Optional[lora_lib.LoraSpec] = None,
 ) -> Tuple[Any, dict]:
   """A fresh scalar-head model on the trunk of ``base_params``, trained on ``pairs``.
 
@@ -110,16 +115,27 @@ def train_reward_model(
   Checkpoints go to ``workdir/checkpoints`` every ``checkpoint_every`` steps, at the end and
   on SIGTERM; a call with the same arguments resumes (a finished run only re-evaluates).
 
+  With ``lora`` the model is LoRA adapters and a fresh scalar head on the frozen
+  ``base_params`` (an input of every step; never copied or changed), and the returned
+  params are that :class:`rlhf_jax.lora.LoraParams` (its model params:
+  ``lora.full_params(params, base_params)``).
+
   Raises:
     DivergenceError: more than ``max_skipped_fraction`` of the updates were non-finite.
     rlhf_jax.checkpoint.Preempted: stopped by a signal after saving a checkpoint.
   """
   k = jax.random.PRNGKey(seed)
   params = dict(init_params(model, k))
-  params.update({key: v for key, v in base_params.items() if key not in ("lm_head", "score")})
-  init = boxed_init_fn(model)
-  params = sharding.shard_tree(params, sharding.params_shardings(init, k, mesh=mesh))
-  params = jax.tree.map(jnp.copy, params)  # the state is donated; keep the caller's trunk alive
+  base = None
+  if lora is not None:
+    base = base_params
+    head = {"score": params["score"]}
+    params = common.lora_trainable(lora, base, model, jax.random.fold_in(k, 1), mesh, head)
+  else:
+    params.update({key: v for key, v in base_params.items() if key not in ("lm_head", "score")})
+    init = boxed_init_fn(model)
+    params = sharding.shard_tree(params, sharding.params_shardings(init, k, mesh=mesh))
+    params = jax.tree.map(jnp.copy, params)  # the state is donated; keep the caller's trunk
   n = len(pairs["label"])
   if n < batch_size:
     raise ValueError(f"reward training: {n} pairs is fewer than batch_size={batch_size}")
@@ -129,6 +145,8 @@ def train_reward_model(
   optimizer = reward_lib.reward_optimizer(optimizer, hp)
   state = sharding.commit(reward_lib.init_reward_state(params, optimizer, hp), mesh)
   step = sharding.jit_step(reward_lib.make_reward_step(model, optimizer, hp), state, mesh)
+  if base is not None:  # the frozen base is an input of every step
+    step = functools.partial(step, base=base)
 
   def drop_eval_rows(start: int) -> None:  # the evaluation rows are written again below
     if jax.process_index() == 0:
@@ -156,11 +174,12 @@ def train_reward_model(
     on_restore=drop_eval_rows,
   )
   scorer = jax.jit(reward_lib.make_pair_scorer(model))  # refit and evaluation share it
+  merged = jax.jit(lora_lib.full_params)(state.params["model"], base)  # dense: the params
   tie_info = {}
   if hp.refit_tie_param and hp.tie_model != "bradley_terry":
     # Maximum-likelihood tie parameter at the scores the trained model gives its training
     # pairs: what the labels' tie rate says θ (ν) is, whatever the gradient steps reached.
-    ra, rb = common.pair_outputs(scorer, state.params["model"], pairs, batch_size, mesh)
+    ra, rb = common.pair_outputs(scorer, merged, pairs, batch_size, mesh)
     learned = float(reward_lib.tie_parameter(state.params["tie"], hp.tie_model))
     fitted = float(losses.fit_tie_parameter(ra, rb, pairs["label"], hp.tie_model))
     params = dict(
@@ -180,7 +199,9 @@ def train_reward_model(
   result = dict(tie_info)
   if eval_pairs is not None:
     result.update(
-      evaluate_reward_model(model, state.params, hp, eval_pairs, batch_size, mesh, scorer=scorer)
+      evaluate_reward_model(
+        model, dict(state.params, model=merged), hp, eval_pairs, batch_size, mesh, scorer=scorer
+      )
     )
     with MetricWriter(workdir) as writer:
       writer.write(total, {"eval_" + key: v for key, v in result.items()})
@@ -288,6 +309,9 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   eval_pairs = tokenize_pairs(tokenizer, eval_records, cfg.prompt_len, cfg.response_len)
   base_model, base_params = hf.from_pretrained(cfg.model.path, dtype=cfg.model.dtype)
   model = Transformer(base_model.cfg.replace(head="scalar", remat=cfg.model.remat))
+  lora = common.lora_spec(cfg.lora)
+  if lora is not None:  # the frozen base, placed on the mesh once
+    base_params = common.shard_params(base_model, base_params, mesh)
   params, result = train_reward_model(
     model,
     base_params,
@@ -298,10 +322,12 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     mesh=mesh,
     workdir=workdir,
     **common.config_kwargs(cfg, "epochs", "batch_size", "seed", "max_skipped_fraction"),
+    lora=lora,
   )
-  hf.save_pretrained(
+  lora_lib.save_merged(  # LoRA: adapters merged into the base, and the head
     model,
     params,
+    base_params,
     os.path.join(workdir, "model"),
     tokenizer=tokenizer,
     pad_token_id=int(tokenizer.pad_token_id),

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from rlhf_jax import data as data_lib
+from rlhf_jax import lora as lora_lib
 from rlhf_jax import sft as sft_lib
 from rlhf_jax import sharding
 from rlhf_jax.train import common
@@ -59,6 +60,7 @@ class Config:
   checkpoint_every: int = 500
   keep_checkpoints: int = 3
   max_skipped_fraction: float = 0.1  # stop when more updates are skipped as non-finite
+  lora: common.LoraConfig = common.LoraConfig()  # adapters on the frozen model instead
 
 
 # Fields a rerun of a workdir may change (see rlhf_jax.main): those of the loop, caches.
@@ -77,6 +79,7 @@ def check_config(cfg: Config) -> None:
   errors = common.spec_errors(
     cfg, _BOUNDS, optimizers=("optimizer",), meshes=("mesh",), models=("model",)
   )
+  errors += common.lora_errors(cfg.lora)
   if cfg.data.source not in ("corpus", "jsonl"):
     errors.append(f"config.data.source={cfg.data.source!r}: expected 'corpus' or 'jsonl'")
   elif cfg.data.source == "jsonl" and not cfg.model.path:
@@ -149,6 +152,7 @@ def train_lm(
   max_skipped_fraction: float = 0.1,
   desc: str = "sft",
   batch_rows: Optional[Callable[[int], np.ndarray]] = None,
+  lora: Optional[lora_lib.LoraSpec] = None,
 ) -> Tuple[sft_lib.LMState, Dict[str, Any]]:
   """The language-model training loop: ``steps`` steps on rows ``[N, T]`` of ``ids``,
   ``mask`` and ``loss_mask``, from ``params`` of ``model``.
@@ -158,13 +162,21 @@ def train_lm(
   ``batch_rows(i)``, by default :func:`step_rows`). Metrics every ``log_every`` steps go to
   ``workdir/metrics.jsonl``. Returns the final state and the last logged metrics.
 
+  With ``lora`` the state trains adapters on the frozen ``params`` (an input of every step,
+  never donated): ``state.params`` is a :class:`rlhf_jax.lora.LoraParams`, the model's params
+  are ``lora.full_params(state.params, params)``.
+
   Raises:
     DivergenceError: more than ``max_skipped_fraction`` of the updates were skipped.
     rlhf_jax.checkpoint.Preempted: stopped by a signal after saving a checkpoint.
   """
   rows_of = batch_rows or step_rows(len(ids), batch_size, seed)
   optimizer, schedule = common.make_optimizer(optim_spec, steps)
-  state = sharding.commit(sft_lib.init_lm_state(params, optimizer), mesh)
+  base, trainable = None, params
+  if lora is not None:
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
+    base, trainable = params, common.lora_trainable(lora, params, model, key, mesh)
+  state = sharding.commit(sft_lib.init_lm_state(trainable, optimizer), mesh)
   step = sharding.jit_step(sft_lib.make_lm_step(model, optimizer), state, mesh)
   loop = common.TrainLoop(
     workdir,
@@ -182,7 +194,7 @@ def train_lm(
       batch = sharding.shard_batch(
         {"ids": ids[rows], "mask": mask[rows], "loss_mask": loss_mask[rows]}, mesh
       )
-      state, metrics = step(state, batch)
+      state, metrics = step(state, batch, base)
       done = i + 1
       if done % log_every == 0 or done == steps:
         last = dict(fetch(metrics), learning_rate=float(schedule(done)))
@@ -228,6 +240,7 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   if not spec.path:
     spec = dataclasses.replace(spec, path=None, vocab_size=len(tokenizer))
   model, params = common.load_model(spec, "lm", jax.random.PRNGKey(cfg.seed), mesh)
+  lora = common.lora_spec(cfg.lora)
   state, last = train_lm(
     model,
     params,
@@ -236,7 +249,10 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     mesh=mesh,
     workdir=workdir,
     **common.config_kwargs(cfg, "steps", "batch_size", "seed", *common.LOOP_FIELDS),
+    lora=lora,
   )
-  if int(state.step) == cfg.steps:
-    hf.save_pretrained(model, state.params, os.path.join(workdir, "model"), tokenizer=tokenizer)
+  if int(state.step) == cfg.steps:  # LoRA: the merged model
+    lora_lib.save_merged(
+      model, state.params, params, os.path.join(workdir, "model"), tokenizer=tokenizer
+    )
   return last
