@@ -22,7 +22,7 @@ if [ ! -f "$_stamp" ] || [ "$_root/pyproject.toml" -nt "$_stamp" ]; then
     "$VENV/bin/pip" install -q "torch==2.13.0" >&2
   fi
   if [ -n "$_extra" ]; then
-    "$VENV/bin/pip" install -q -e "$_root[$_extra]" >&2
+    "$VENV/bin/pip" install -q -e "${_root}[${_extra}]" >&2
   else
     "$VENV/bin/pip" install -q -e "$_root" >&2
   fi
