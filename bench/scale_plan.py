@@ -84,23 +84,25 @@ SHAPES = {
   ),
 }
 
-# The default plan: (devices, mesh (data, fsdp, tensor), sizes). Each size is compiled on the
-# smallest device count whose memory could hold it, plus the meshes where the choice matters;
-# a cell whose state alone exceeds the largest memory is listed without compiling.
-# --all-meshes compiles every size on every mesh of MESHES instead.
-PLAN = [
-  (8, (1, 8, 1), ("0.5B", "1B", "8B", "70B")),
-  (8, (1, 2, 4), ("8B",)),
-  (64, (1, 64, 1), ("8B", "70B")),
-  (64, (1, 8, 8), ("70B",)),
-  (256, (1, 256, 1), ("70B",)),
-  (256, (1, 32, 8), ("70B",)),
+# Compiled cells: (devices, mesh (data, fsdp, tensor), sizes, programs), all on 8 simulated
+# devices (XLA:CPU's SPMD compile of these programs takes tens of minutes per cell on 64+
+# devices on a 2-core machine).
+COMPILED = [
+  (8, (1, 8, 1), ("0.5B", "1B", "8B", "70B"), ("ppo", "reward")),
+  (8, (1, 2, 4), ("8B", "70B"), ("ppo",)),
 ]
-MESHES = {
-  8: [(1, 8, 1), (1, 4, 2), (1, 2, 4)],
-  64: [(1, 64, 1), (1, 16, 4), (1, 8, 8), (8, 8, 1)],
-  256: [(1, 256, 1), (1, 64, 4), (1, 32, 8)],
-}
+# Larger meshes: (devices, mesh, sizes, programs, the compiled 8-device mesh whose activations
+# they take). With the same per-device batch and the same tensor-parallel degree (fsdp > 1 in
+# both), the temporaries are the same program per device -- activations, gathered weights
+# (whole layers / tensor), logits -- except gradient and optimizer temporaries, which shrink
+# with the fsdp degree; so the 8-device value is an upper bound. Params and optimizer state are
+# measured exactly on the larger mesh.
+DERIVED = [
+  (64, (1, 64, 1), ("8B", "70B"), ("ppo", "reward"), (1, 8, 1)),
+  (64, (1, 16, 4), ("8B", "70B"), ("ppo",), (1, 2, 4)),
+  (256, (1, 256, 1), ("70B",), ("ppo", "reward"), (1, 8, 1)),
+  (256, (1, 64, 4), ("70B",), ("ppo",), (1, 2, 4)),
+]
 
 ACCELERATOR_GIB = (16, 32, 80, 95)
 HEADROOM = 0.9  # a mesh "fits" when its peak is below 90% of the device memory
@@ -431,7 +433,9 @@ def extrapolate(at: dict, n_layers: int) -> dict:
 
 
 def run_worker(args) -> None:
-  """One process, one simulated device count: compile every requested cell, print RESULT."""
+  """One process, one simulated device count: every requested cell's exact full-depth state
+  bytes, and (unless ``--state-only``) its compilation at the ``--layers`` depths; prints one
+  ``RESULT {json}`` line per cell."""
   import jax
 
   jax.config.update("jax_platforms", "cpu")
@@ -442,40 +446,37 @@ def run_worker(args) -> None:
   wl = Workload(**json.loads(args.workload))
   layers = [int(x) for x in args.layers.split(",")]
   for cell in args.cells.split(";"):
-    program, size, mesh_s = cell.split(":")
+    program, size, mesh_s = cell.split(":")[:3]
     mesh_t = tuple(int(x) for x in mesh_s.split("x"))
     mesh = sharding.make_mesh(*mesh_t)
     rec = {"program": program, "size": size, "devices": args.devices, "mesh": list(mesh_t)}
-    full = state_only(program, size, wl, mesh)
-    rec.update(full)
-    state = sum(v for k, v in full["state_bytes"].items() if k != "trained_params")
-    if state > HEADROOM * max(ACCELERATOR_GIB) * 2**30:
-      rec["status"] = "state_exceeds"
+    rec.update(state_only(program, size, wl, mesh))
+    if args.state_only:
+      rec["activations_from"] = cell.split(":")[3]
     else:
       rec["compiled"] = {
         str(n): compile_cell(program, size, wl, mesh, n, not args.no_constraints) for n in layers
       }
-      rec["status"] = "ok"
     print("RESULT " + json.dumps(rec), flush=True)
 
 
 # ------------------------------------------------------------------------------------ driver
-def cells_for(sizes, devices, programs, all_meshes: bool = False) -> dict:
-  """``{device count: [cell, ...]}``, cells as ``program:size:DxFxT``, in :data:`PLAN` order
-  (or every mesh of :data:`MESHES` with ``all_meshes``)."""
-  plan = (
-    [(n, mesh, tuple(SHAPES)) for n, meshes in MESHES.items() for mesh in meshes]
-    if all_meshes
-    else PLAN
-  )
-  out: dict = {}
-  for n, mesh, plan_sizes in plan:
-    if n not in devices:
-      continue
-    for size in plan_sizes:
-      if size in sizes:
-        for program in programs:
-          out.setdefault(n, []).append(f"{program}:{size}:{'x'.join(map(str, mesh))}")
+def cells_for(sizes, programs) -> list:
+  """``[(devices, state_only, [cell, ...])]``: the compiled cells (``program:size:DxFxT``)
+  first, then the derived ones (``program:size:DxFxT:source DxFxT``)."""
+  out = []
+  for derived, table in ((False, COMPILED), (True, DERIVED)):
+    by_n: dict = {}
+    for row in table:
+      n, mesh, plan_sizes, plan_programs = row[:4]
+      for size in plan_sizes:
+        for program in plan_programs:
+          if size in sizes and program in programs:
+            cell = f"{program}:{size}:{'x'.join(map(str, mesh))}"
+            if derived:
+              cell += ":" + "x".join(map(str, row[4]))
+            by_n.setdefault(n, []).append(cell)
+    out += [(n, derived, cells) for n, cells in by_n.items()]
   return out
 
 
@@ -483,16 +484,22 @@ def _key(rec: dict) -> str:
   return f"{rec['program']}:{rec['size']}:{'x'.join(map(str, rec['mesh']))}"
 
 
-def summarize(rec: dict, wl: Workload) -> dict:
-  """Full-depth per-device bytes (GiB) and which accelerator memories the cell fits."""
+def summarize(rec: dict, wl: Workload, compiled: dict) -> dict:
+  """Full-depth per-device bytes (GiB) and which accelerator memories the cell fits.
+
+  ``compiled``: ``{"program:size:DxFxT": record}`` of the 8-device compilations, where a
+  derived record finds its activations."""
   sb = rec["state_bytes"]
+  source = rec
+  if "activations_from" in rec:
+    source = compiled.get(f"{rec['program']}:{rec['size']}:{rec['activations_from']}", {})
   out = {
     "params_gib": _gib(sb["params"]),
     "optimizer_gib": _gib(sb["optimizer"]),
     "batch_gib": _gib(sb["batch"]),
   }
-  if rec["status"] == "ok":
-    ex = extrapolate(rec["compiled"], SHAPES[rec["size"]]["n_layers"])
+  if "compiled" in source:
+    ex = extrapolate(source["compiled"], SHAPES[rec["size"]]["n_layers"])
     out["activations_gib"] = _gib(ex["temp"])
     out["activations_per_layer_gib"] = _gib(ex["temp_per_layer"])
     peak = sb["params"] + sb["optimizer"] + sb["batch"] + ex["temp"] + ex["non_aliased_output"]
@@ -500,7 +507,7 @@ def summarize(rec: dict, wl: Workload) -> dict:
     out["activations_gib"] = None
     peak = sb["params"] + sb["optimizer"] + sb["batch"]
   out["peak_gib"] = _gib(peak)
-  out["peak_is_lower_bound"] = rec["status"] != "ok"
+  out["peak_is_lower_bound"] = "compiled" not in source
   out["fits"] = {str(g): peak <= HEADROOM * g * 2**30 for g in ACCELERATOR_GIB}
   n_dev = rec["devices"]
   if rec["program"] == "ppo":
@@ -550,15 +557,18 @@ def markdown(records: list, wl: Workload, meta: dict) -> str:
     "* **params / optimizer** are exact: the per-device shard sizes of the full-depth state "
     "under the project's sharding rules (`rlhf_jax.sharding.DEFAULT_RULES`). For PPO "
     "*params* counts all four models (trained policy + value, frozen reference + reward).",
-    f"* **activations** is XLA's `temp_size_in_bytes` (activations, gathered FSDP weights, "
-    "KV cache, gradients in flight), compiled at "
+    "* **activations** is XLA's `temp_size_in_bytes` (activations, gathered FSDP weights, "
+    "KV cache, logits, gradients in flight), compiled on 8 simulated devices at "
     f"{' and '.join(map(str, meta['layers']))} layers and extrapolated linearly to the "
-    "model's depth (compiling 80 layers on 256 simulated devices does not fit the time box "
-    "on a 2-core machine; the sampler unrolls its layers, so compile time grows with depth).",
+    "model's depth (XLA:CPU's SPMD compile of these programs takes minutes per cell at 8 "
+    "devices and far longer at 64+ on a 2-core machine; the sampler unrolls its layers, so "
+    "compile time grows with depth). Rows for 64 and 256 devices (`<=`) take the activations "
+    "of the 8-device compile with the same tensor degree: the per-device batch is the same, "
+    "gathered weights are whole layers / tensor on any fsdp degree, and only gradient and "
+    "optimizer temporaries shrink with a larger fsdp axis, so it is an upper bound.",
     "* **peak** = params + optimizer + batch + activations (+ non-donated outputs); a cell "
     "*fits* a device memory when its peak is at most 90% of it (10% kept for the runtime "
-    "and fragmentation). Cells marked `>` were not compiled: the state alone exceeds the "
-    "largest memory, so the peak shown is a lower bound.",
+    "and fragmentation).",
     "* XLA:CPU's memory analysis is an estimate of what the TPU/GPU compilers allocate: "
     "fusion, layouts, scheduling and collective buffers differ. Plan with margin, and check "
     "the first step on the real machine (`jax.local_devices()[0].memory_stats()`).",
@@ -579,6 +589,7 @@ def markdown(records: list, wl: Workload, meta: dict) -> str:
     "sampler is memory-bandwidth bound, so the real rollout phase is slower.",
     "",
   ]
+  compiled = {_key(r): r for r in records if "compiled" in r}
   by_size: dict = {}
   for rec in records:
     by_size.setdefault(rec["size"], []).append(rec)
@@ -600,8 +611,10 @@ def markdown(records: list, wl: Workload, meta: dict) -> str:
     ]
     recs = sorted(by_size[size], key=lambda r: (r["program"], r["devices"], -r["mesh"][1]))
     for rec in recs:
-      sm = summarize(rec, wl)
+      sm = summarize(rec, wl, compiled)
       act = "-" if sm["activations_gib"] is None else _fmt(sm["activations_gib"])
+      if "activations_from" in rec and sm["activations_gib"] is not None:
+        act = f"<= {act}"
       peak = f"{'>' if sm['peak_is_lower_bound'] else ''}{_fmt(sm['peak_gib'])}"
       fits = " | ".join(mark[sm["fits"][str(g)]] for g in ACCELERATOR_GIB)
       lines.append(
@@ -619,7 +632,8 @@ def markdown(records: list, wl: Workload, meta: dict) -> str:
       "",
     ]
   lines += [
-    f"Compiled with jax {meta['jax']} on {meta['machine']} in {meta['seconds']:.0f} s.",
+    f"Compiled with jax {meta['jax']} (XLA:CPU, {os.cpu_count()} cores): "
+    f"{meta['compile_seconds']:.0f} s of compilation.",
     "",
   ]
   return "\n".join(lines)
@@ -628,7 +642,6 @@ def markdown(records: list, wl: Workload, meta: dict) -> str:
 def run_driver(args) -> int:
   wl = Workload()
   sizes = args.sizes.split(",")
-  devices = [int(x) for x in args.devices.split(",")]
   for size in sizes:
     if size not in SHAPES:
       raise SystemExit(f"--sizes: unknown size {size!r}; expected some of {list(SHAPES)}")
@@ -638,26 +651,22 @@ def run_driver(args) -> int:
       raise SystemExit(f"--programs: unknown {program!r}; expected some of {list(PROGRAMS)}")
   wl_json = json.dumps(dataclasses.asdict(wl), sort_keys=True)
   signature = {"workload": wl_json, "layers": args.layers, "constraints": not args.no_constraints}
-  if any(n not in MESHES for n in devices):
-    raise SystemExit(f"--devices={args.devices}: expected some of {sorted(MESHES)}")
   cache = {}
   if os.path.exists(args.json) and not args.fresh:
     with open(args.json, encoding="utf-8") as f:
       old = json.load(f)
     if old.get("signature") == signature:
-      cache = {f"{r['devices']}/{_key(r)}": r for r in old["records"]}
+      cache = {f"{r['devices']}/{_key(r)}": r for r in old["records"] if _complete(r)}
   start = time.perf_counter()
-  todo = cells_for(sizes, devices, programs, args.all_meshes)
   records, missing = [], []
-  for i, (n, cells) in enumerate(todo.items()):
-    pending = [c for c in cells if f"{n}/{c}" not in cache]
-    records += [cache[f"{n}/{c}"] for c in cells if f"{n}/{c}" in cache]
-    # Each device count gets an equal share of the time left (unused time carries over).
-    left = (args.time_box - (time.perf_counter() - start)) / (len(todo) - i)
+  for n, state_only_, cells in cells_for(sizes, programs):
+    pending = [c for c in cells if f"{n}/{_cell_key(c)}" not in cache]
+    records += [cache[f"{n}/{_cell_key(c)}"] for c in cells if f"{n}/{_cell_key(c)}" in cache]
+    left = args.time_box - (time.perf_counter() - start)
     if not pending:
       continue
     if left <= 0:
-      missing += [f"{n}:{c}" for c in pending]
+      missing += [f"{n}:{_cell_key(c)}" for c in pending]
       continue
     cmd = [
       sys.executable,
@@ -671,8 +680,12 @@ def run_driver(args) -> int:
       args.layers,
       "--workload",
       wl_json,
-    ] + (["--no-constraints"] if args.no_constraints else [])
-    print(f"[scale_plan] {n} devices: {len(pending)} cells (time left {left:.0f} s)", flush=True)
+    ]
+    cmd += ["--no-constraints"] if args.no_constraints else []
+    cmd += ["--state-only"] if state_only_ else []
+    what = "exact state sizes" if state_only_ else "compiling"
+    print(f"[scale_plan] {n} devices, {what}: {len(pending)} cells (time left {left:.0f} s)")
+    sys.stdout.flush()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     watchdog = threading.Timer(left, proc.kill)  # the time box ends a compilation in flight
     watchdog.start()
@@ -683,14 +696,15 @@ def run_driver(args) -> int:
           rec = json.loads(line[7:])
           records.append(rec)
           got.add(_key(rec))
-          print(f"[scale_plan]   {n} {_key(rec)}: {rec['status']}", flush=True)
+          seconds = sum(c["compile_s"] for c in rec.get("compiled", {}).values())
+          print(f"[scale_plan]   {n} {_key(rec)} ({seconds:.0f} s)", flush=True)
           _save(args.json, signature, records)
     finally:
       watchdog.cancel()
       if proc.poll() is None:
         proc.kill()
       proc.wait()
-    missing += [f"{n}:{c}" for c in pending if c not in got]
+    missing += [f"{n}:{_cell_key(c)}" for c in pending if _cell_key(c) not in got]
   records.sort(key=lambda r: (r["program"], list(SHAPES).index(r["size"]), r["devices"]))
   _save(args.json, signature, records)
   import jax
@@ -700,8 +714,7 @@ def run_driver(args) -> int:
     "constraints": not args.no_constraints,
     "missing": missing,
     "jax": jax.__version__,
-    "machine": f"{os.cpu_count()} CPU cores",
-    "seconds": time.perf_counter() - start,
+    "compile_seconds": sum(c["compile_s"] for r in records for c in r.get("compiled", {}).values()),
   }
   text = markdown(records, wl, meta)
   print(text)
@@ -710,6 +723,14 @@ def run_driver(args) -> int:
     with open(args.md, "w", encoding="utf-8") as f:
       f.write(text)
   return 0
+
+
+def _cell_key(cell: str) -> str:
+  return ":".join(cell.split(":")[:3])
+
+
+def _complete(rec: dict) -> bool:
+  return "compiled" in rec or "activations_from" in rec
 
 
 def _save(path: str, signature: dict, records: list) -> None:
@@ -724,11 +745,9 @@ def main() -> int:
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--sizes", default=",".join(SHAPES), help="comma list of " + ",".join(SHAPES))
-  ap.add_argument("--devices", default=",".join(map(str, MESHES)), help="simulated device counts")
   ap.add_argument("--programs", default="ppo,reward")
   ap.add_argument("--layers", default="2,4", help="two depths to compile and extrapolate from")
   ap.add_argument("--time-box", type=float, default=1500.0, help="seconds for all compilations")
-  ap.add_argument("--all-meshes", action="store_true", help="every size on every mesh")
   ap.add_argument("--no-constraints", action="store_true", help="no activation constraints")
   ap.add_argument("--fresh", action="store_true", help="ignore cells cached in --json")
   ap.add_argument("--json", default=os.path.join(root, "bench", "results", "scale_plan.json"))
@@ -736,9 +755,10 @@ def main() -> int:
   ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   ap.add_argument("--cells", default="", help=argparse.SUPPRESS)
   ap.add_argument("--workload", default="{}", help=argparse.SUPPRESS)
+  ap.add_argument("--devices", type=int, default=8, help=argparse.SUPPRESS)
+  ap.add_argument("--state-only", action="store_true", help=argparse.SUPPRESS)
   args = ap.parse_args()
   if args.worker:
-    args.devices = int(args.devices)
     run_worker(args)
     return 0
   layers = [int(x) for x in args.layers.split(",")]
