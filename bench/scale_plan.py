@@ -90,6 +90,9 @@ SHAPES = {
 COMPILED = [
   (8, (1, 8, 1), ("0.5B", "1B", "8B", "70B"), ("ppo", "reward")),
   (8, (1, 2, 4), ("8B", "70B"), ("ppo",)),
+  (8, (1, 8, 1), ("1B", "8B"), ("sampler",)),
+  (8, (1, 2, 4), ("8B",), ("sampler",)),
+  (16, (1, 2, 8), ("70B",), ("ppo",)),
 ]
 # Larger meshes: (devices, mesh, sizes, programs, the compiled 8-device mesh whose activations
 # they take). With the same per-device batch and the same tensor-parallel degree (fsdp > 1 in
@@ -102,6 +105,8 @@ DERIVED = [
   (64, (1, 16, 4), ("8B", "70B"), ("ppo",), (1, 2, 4)),
   (256, (1, 256, 1), ("70B",), ("ppo", "reward"), (1, 8, 1)),
   (256, (1, 64, 4), ("70B",), ("ppo",), (1, 2, 4)),
+  (64, (1, 8, 8), ("70B",), ("ppo",), (1, 2, 8)),
+  (256, (1, 32, 8), ("70B",), ("ppo",), (1, 2, 8)),
 ]
 
 ACCELERATOR_GIB = (16, 32, 80, 95)
@@ -380,7 +385,34 @@ def reward_program(size: str, wl: Workload, mesh, n_layers: Optional[int]):
   return fn, (state, batch), sizes, pairs
 
 
-PROGRAMS = {"ppo": ppo_program, "reward": reward_program}
+def sampler_program(size: str, wl: Workload, mesh, n_layers: Optional[int]):
+  """The rollout sampler alone (:func:`rlhf_jax.ppo.sample_responses`, as the PPO iteration
+  runs it): which part of the iteration's memory is the sampler's."""
+  import jax
+  import jax.numpy as jnp
+
+  from rlhf_jax import ppo, sharding
+  from rlhf_jax.models import Transformer
+
+  policy = Transformer(model_config(size, "lm", wl, n_layers))
+  params, _ = _abstract_params(policy, mesh)
+  rollouts = wl.rollouts_per_device * math.prod(mesh.shape[a] for a in sharding.BATCH_AXES)
+  ids = jax.ShapeDtypeStruct(
+    (rollouts, wl.prompt_len), jnp.int32, sharding=sharding.batch_sharding(mesh, 2)
+  )
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sharding.replicated(mesh))
+  hp = ppo.PPOHparams(response_len=wl.response_len, temperature=1.0, eos_id=2, pad_id=0)
+  fn = jax.jit(lambda p, i, m, r: ppo.sample_responses(policy, hp, p, i, m, r))
+  sizes = {
+    "params": _shard_bytes(params),
+    "trained_params": 0,
+    "optimizer": 0,
+    "batch": 2 * _shard_bytes(ids),
+  }
+  return fn, (params, ids, ids, key), sizes, rollouts
+
+
+PROGRAMS = {"ppo": ppo_program, "reward": reward_program, "sampler": sampler_program}
 
 
 def compile_cell(program: str, size: str, wl: Workload, mesh, n_layers: Optional[int], constrain):
@@ -512,6 +544,10 @@ def summarize(rec: dict, wl: Workload, compiled: dict) -> dict:
   n_dev = rec["devices"]
   if rec["program"] == "ppo":
     flops = ppo_flops(rec["size"], wl, rec["rows"])["total"]
+  elif rec["program"] == "sampler":
+    s_len = wl.prompt_len + wl.response_len
+    rows = rec["rows"]
+    flops = forward_flops(rec["size"], rows * s_len, rows * wl.response_len, s_len, True)
   else:
     flops = reward_flops(rec["size"], wl, rec["rows"])
   out["flops"] = flops
@@ -543,6 +579,8 @@ def markdown(records: list, wl: Workload, meta: dict) -> str:
     "(4 models of the same shape).",
     "* **Reward step** (`rlhf_jax.reward.make_reward_step`): one Adam step of the reward "
     "model on preference pairs.",
+    "* **Sampler** (`rlhf_jax.ppo.sample_responses`, the rollout inside the PPO iteration) "
+    "alone, for a few cells: which share of the iteration's memory is the sampler's.",
     "",
     f"Workload: {wl.prompt_len} prompt + {wl.response_len} response tokens; "
     f"{wl.rollouts_per_device} rollouts per batch device (`data x fsdp`) per iteration "
@@ -558,12 +596,14 @@ def markdown(records: list, wl: Workload, meta: dict) -> str:
     "under the project's sharding rules (`rlhf_jax.sharding.DEFAULT_RULES`). For PPO "
     "*params* counts all four models (trained policy + value, frozen reference + reward).",
     "* **activations** is XLA's `temp_size_in_bytes` (activations, gathered FSDP weights, "
-    "KV cache, logits, gradients in flight), compiled on 8 simulated devices at "
+    "KV cache, logits, gradients in flight), compiled on 8 simulated devices (16 for "
+    "`tensor=8`) at "
     f"{' and '.join(map(str, meta['layers']))} layers and extrapolated linearly to the "
     "model's depth (XLA:CPU's SPMD compile of these programs takes minutes per cell at 8 "
     "devices and far longer at 64+ on a 2-core machine; the sampler unrolls its layers, so "
     "compile time grows with depth). Rows for 64 and 256 devices (`<=`) take the activations "
-    "of the 8-device compile with the same tensor degree: the per-device batch is the same, "
+    "of the compiled mesh with the same tensor degree (and fsdp >= 2 in both): the "
+    "per-device batch is the same, "
     "gathered weights are whole layers / tensor on any fsdp degree, and only gradient and "
     "optimizer temporaries shrink with a larger fsdp axis, so it is an upper bound.",
     "* **peak** = params + optimizer + batch + activations (+ non-donated outputs); a cell "
@@ -623,6 +663,7 @@ def markdown(records: list, wl: Workload, meta: dict) -> str:
         f"{sm['flops'] / 1e12:,.0f} | {sm['seconds_at_100tflops_per_device']:.1f} |"
       )
     lines.append("")
+  lines += findings(records, wl, compiled)
   missing = meta.get("missing") or []
   if missing:
     lines += [
@@ -637,6 +678,68 @@ def markdown(records: list, wl: Workload, meta: dict) -> str:
     "",
   ]
   return "\n".join(lines)
+
+
+def _layer_weight_bytes(size: str) -> int:
+  """Float32 bytes of one whole (unsharded) transformer layer."""
+  s = SHAPES[size]
+  d, hd = s["d_model"], s["d_model"] // s["n_heads"]
+  return 4 * (d * hd * (2 * s["n_heads"] + 2 * s["n_kv_heads"]) + 3 * d * s["d_ff"])
+
+
+def findings(records: list, wl: Workload, compiled: dict) -> list:
+  """What the table says about the code, computed from the records."""
+  out = [
+    "## Smallest mesh that fits",
+    "",
+    "Per model size and device memory, the mesh with the fewest devices (then the least "
+    "tensor parallelism) among the rows above whose peak fits; `-`: none of them.",
+    "",
+    "| model | program | " + " | ".join(f"{g} GiB" for g in ACCELERATOR_GIB) + " |",
+    "|" + "---|" * (2 + len(ACCELERATOR_GIB)),
+  ]
+  for size in SHAPES:
+    for program in ("ppo", "reward"):
+      recs = [r for r in records if r["size"] == size and r["program"] == program]
+      if not recs:
+        continue
+      recs.sort(key=lambda r: (r["devices"], r["mesh"][2]))
+      cells = []
+      for g in ACCELERATOR_GIB:
+        fit = [r for r in recs if summarize(r, wl, compiled)["fits"][str(g)]]
+        cells.append(f"{fit[0]['devices']} ({'x'.join(map(str, fit[0]['mesh']))})" if fit else "-")
+      out.append(f"| {size} | {program} | " + " | ".join(cells) + " |")
+  out += ["", "## What the table says", ""]
+  for rec in records:
+    if rec["program"] != "sampler" or "compiled" not in rec:
+      continue
+    key = _key(rec).replace("sampler:", "ppo:", 1)
+    if key not in compiled:
+      continue
+    size = rec["size"]
+    sam = extrapolate(rec["compiled"], SHAPES[size]["n_layers"])
+    it = extrapolate(compiled[key]["compiled"], SHAPES[size]["n_layers"])
+    copies = sam["temp_per_layer"] / _layer_weight_bytes(size)
+    out.append(
+      f"* {size} on {'x'.join(map(str, rec['mesh']))}: the sampler alone needs "
+      f"{_fmt(_gib(sam['temp']))} GiB of the PPO iteration's {_fmt(_gib(it['temp']))} GiB of "
+      f"temporaries; per layer {_fmt(_gib(sam['temp_per_layer']))} of "
+      f"{_fmt(_gib(it['temp_per_layer']))} GiB, {copies:.1f}x one layer's whole float32 "
+      "weights."
+    )
+  out += [
+    "",
+    "The rollout sampler decides whether PPO fits. It runs the layers unrolled inside the "
+    "decoding loop, and the compiled program keeps every layer's all-gathered (FSDP) weights "
+    "live for the whole loop instead of gathering one layer at a time; with tensor "
+    "parallelism each of those copies is a 1/tensor slice, which is why `tensor=4` shrinks "
+    "the iteration's temporaries by far more than the other programs'. Until the sampler scans its layers (the KV "
+    "cache as a scan carry, one layer's weights gathered per step) or samples from a "
+    "bfloat16 copy of the policy, PPO on the larger models needs tensor parallelism (see "
+    "the summary above). The reward step has no such term.",
+    "",
+  ]
+  return out
 
 
 def run_driver(args) -> int:
@@ -745,7 +848,7 @@ def main() -> int:
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--sizes", default=",".join(SHAPES), help="comma list of " + ",".join(SHAPES))
-  ap.add_argument("--programs", default="ppo,reward")
+  ap.add_argument("--programs", default=",".join(PROGRAMS))
   ap.add_argument("--layers", default="2,4", help="two depths to compile and extrapolate from")
   ap.add_argument("--time-box", type=float, default=1500.0, help="seconds for all compilations")
   ap.add_argument("--no-constraints", action="store_true", help="no activation constraints")

@@ -197,6 +197,7 @@ ensure_ready() {
         fi
         [ "$state" = "NOT_FOUND" ] || delete_tpu
         create_tpu ;;
+      STOPPED) run gcloud compute tpus tpu-vm start "$name" "${where[@]}" ;;
       *)
         if [ "$dry_run" -eq 1 ]; then
           echo "sleep $poll  # until the state is READY"
@@ -214,7 +215,9 @@ workers() {
   local ips
   ips="$(gcloud compute tpus tpu-vm describe "$name" "${where[@]}" \
     "--format=value(networkEndpoints[].ipAddress)")"
-  echo "$ips" | tr ';' '\n' | grep -c .
+  local n
+  n="$(echo "$ips" | tr ';' '\n' | grep -c . || true)"
+  if [ "${n:-0}" -gt 0 ]; then echo "$n"; else echo 1; fi
 }
 
 # The script every worker runs (argument: the attempt number); shipped next to the tarball.
