@@ -1,17 +1,22 @@
 """Memory and time plan for real model sizes, by ahead-of-time compilation on simulated meshes.
 
-For Llama-family shapes (0.5B, 1B, 8B, 70B) and meshes of 8, 64 and 256 devices
+For Llama-family shapes (0.5B, 1B, 8B, 70B) on meshes of 8, 64 and 256 devices
 (``data x fsdp x tensor``), this compiles, on abstract shapes only (``jax.ShapeDtypeStruct``
-with shardings; no weights are allocated), the two programs that dominate a run:
+with shardings; no weights are allocated), the programs that dominate a run:
 
 * the PPO iteration (:func:`rlhf_jax.ppo.make_ppo_iteration`): rollout with the KV-cache
   sampler, reference / value / reward forward passes, GAE, and ``epochs x minibatches``
   updates of policy and value, with policy + value trained (Adam) and reference + reward
   frozen;
 * the reward-model step (:func:`rlhf_jax.reward.make_reward_step`) on preference pairs;
+* the rollout sampler alone (:func:`rlhf_jax.ppo.sample_responses`), for a few cells;
 
 and reads XLA's per-device memory analysis (``compiled.memory_analysis()``: argument, output,
-temporary and aliased bytes) and cost analysis (``compiled.cost_analysis()``: FLOPs).
+temporary and aliased bytes). Params and optimizer bytes are exact (shard sizes of the
+full-depth state). Temporaries are compiled at two small depths and extrapolated linearly in
+the number of layers, on 8 (or 16) simulated devices; 64- and 256-device rows take them from
+the compiled mesh with the same tensor degree (an upper bound, see :data:`DERIVED`). FLOPs are
+analytic model FLOPs (XLA's cost analysis counts a loop body once; it is kept in the JSON).
 
 Each device count runs in its own subprocess (the simulated CPU device count,
 ``jax_num_cpu_devices``, is fixed once a process's backend starts). The CPU compiler's memory
@@ -19,11 +24,11 @@ analysis is an estimate of what TPU/GPU compilers allocate: fusion, layouts and 
 differ, so treat the numbers as a plan with a margin (the table's "fits" column keeps 10% of
 the device memory free for the runtime and fragmentation), not a guarantee.
 
-  nice -n 10 python bench/scale_plan.py                       # the full table (docs/)
-  python bench/scale_plan.py --sizes 0.5B --devices 8        # one cell, quickly
-  python bench/scale_plan.py --worker --devices 8 ...         # (internal: one device count)
+  nice -n 10 python bench/scale_plan.py            # the table (cells cached in the JSON)
+  python bench/scale_plan.py --sizes 0.5B --programs reward --json /tmp/p.json --md /tmp/p.md
+  python bench/scale_plan.py --fresh --no-constraints   # without activation constraints
 
-Outputs: ``docs/scale_plan.md`` (Markdown table) and ``bench/results/scale_plan.json``.
+Outputs: ``docs/scale_plan.md`` (Markdown) and ``bench/results/scale_plan.json`` (raw).
 """
 
 from __future__ import annotations
