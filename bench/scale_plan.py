@@ -715,6 +715,7 @@ def findings(records: list, wl: Workload, compiled: dict) -> list:
         cells.append(f"{fit[0]['devices']} ({'x'.join(map(str, fit[0]['mesh']))})" if fit else "-")
       out.append(f"| {size} | {program} | " + " | ".join(cells) + " |")
   out += ["", "## What the table says", ""]
+  fsdp_copies: list = []
   for rec in records:
     if rec["program"] != "sampler" or "compiled" not in rec:
       continue
@@ -725,6 +726,8 @@ def findings(records: list, wl: Workload, compiled: dict) -> list:
     sam = extrapolate(rec["compiled"], SHAPES[size]["n_layers"])
     it = extrapolate(compiled[key]["compiled"], SHAPES[size]["n_layers"])
     copies = sam["temp_per_layer"] / _layer_weight_bytes(size)
+    if rec["mesh"][2] == 1:
+      fsdp_copies.append(copies)
     out.append(
       f"* {size} on {'x'.join(map(str, rec['mesh']))}: the sampler alone needs "
       f"{_fmt(_gib(sam['temp']))} GiB of the PPO iteration's {_fmt(_gib(it['temp']))} GiB of "
@@ -735,11 +738,12 @@ def findings(records: list, wl: Workload, compiled: dict) -> list:
   out += [
     "",
     "The rollout sampler decides whether PPO fits. It runs the layers unrolled inside the "
-    "decoding loop, and the compiled program keeps every layer's all-gathered (FSDP) weights "
-    "live for the whole loop instead of gathering one layer at a time; with tensor "
-    "parallelism each of those copies is a 1/tensor slice, which is why `tensor=4` shrinks "
-    "the iteration's temporaries by far more than the other programs'. Until the sampler scans its layers (the KV "
-    "cache as a scan carry, one layer's weights gathered per step) or samples from a "
+    "decoding loop, and with FSDP alone the compiled program keeps about "
+    f"{sum(fsdp_copies) / max(len(fsdp_copies), 1):.0f} float32 copies "
+    "of every layer's all-gathered weights live for the whole loop, instead of gathering one "
+    "layer at a time; with tensor parallelism it keeps far less (compare the 1x8x1 and 1x2x4 "
+    "rows above). Until the sampler scans its layers (the KV cache as a scan carry, one "
+    "layer's weights gathered per step) or samples from a "
     "bfloat16 copy of the policy, PPO on the larger models needs tensor parallelism (see "
     "the summary above). The reward step has no such term.",
     "",
