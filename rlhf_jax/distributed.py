@@ -8,6 +8,11 @@ connects them. There is no cluster layer here beyond that call:
 
       maybe_initialize("10.0.0.1:1234", num_processes=2, process_id=int(os.environ["RANK"]))
 
+* environment variables, for launchers that start any command N times
+  (``launchers/multiprocess.sh``; like ``torchrun``'s ``MASTER_ADDR`` / ``RANK``):
+  ``RLHF_JAX_COORDINATOR_ADDRESS`` (``host:port``), ``RLHF_JAX_NUM_PROCESSES`` and
+  ``RLHF_JAX_PROCESS_ID`` fill the arguments that are not given explicitly;
+
 * no arguments on SLURM, Open MPI, multi-host Cloud TPU (GKE env vars) and other clusters
   JAX detects itself; ``maybe_initialize()`` calls ``jax.distributed.initialize()`` when it sees
   such an environment. Multi-host Cloud TPU VMs outside GKE are detected by JAX through the
@@ -34,6 +39,30 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
+# Set by launchers/multiprocess.sh for every process it starts (read by maybe_initialize).
+ENV_COORDINATOR = "RLHF_JAX_COORDINATOR_ADDRESS"
+ENV_NUM_PROCESSES = "RLHF_JAX_NUM_PROCESSES"
+ENV_PROCESS_ID = "RLHF_JAX_PROCESS_ID"
+
+
+def _launcher_env() -> dict:
+  """``coordinator_address`` / ``num_processes`` / ``process_id`` from the ``RLHF_JAX_*``
+  variables a launcher set (only those present). Raises ValueError naming a malformed one."""
+  out: dict = {}
+  if os.environ.get(ENV_COORDINATOR):
+    address = os.environ[ENV_COORDINATOR].strip()
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+      raise ValueError(f"${ENV_COORDINATOR}={address!r}: expected host:port")
+    out["coordinator_address"] = address
+  for name, key in ((ENV_NUM_PROCESSES, "num_processes"), (ENV_PROCESS_ID, "process_id")):
+    if os.environ.get(name, "").strip():
+      try:
+        out[key] = int(os.environ[name])
+      except ValueError:
+        raise ValueError(f"${name}={os.environ[name]!r}: expected an integer") from None
+  return out
+
 
 def _int_env(name: str) -> Optional[int]:
   try:
@@ -46,14 +75,17 @@ def cluster_detected() -> Optional[str]:
   """Name of a detected multi-process environment, or ``None``.
 
   Looks only at environment variables (no network): ``RLHF_JAX_DISTRIBUTED`` (``auto`` / ``1``
-  forces, ``0`` disables), ``JAX_COORDINATOR_ADDRESS``, SLURM with more than one task, Open MPI
-  with more than one rank, and Cloud TPU on GKE with more than one worker.
+  forces, ``0`` disables), ``RLHF_JAX_COORDINATOR_ADDRESS``, ``JAX_COORDINATOR_ADDRESS``,
+  SLURM with more than one task, Open MPI with more than one rank, and Cloud TPU on GKE with
+  more than one worker.
   """
   forced = os.environ.get("RLHF_JAX_DISTRIBUTED", "").strip().lower()
   if forced in ("0", "false", "no", "off"):
     return None
   if forced in ("1", "true", "yes", "auto"):
     return "RLHF_JAX_DISTRIBUTED"
+  if os.environ.get(ENV_COORDINATOR):
+    return ENV_COORDINATOR
   if os.environ.get("JAX_COORDINATOR_ADDRESS"):
     return "JAX_COORDINATOR_ADDRESS"
   slurm_vars = (
@@ -93,6 +125,10 @@ def maybe_initialize(
 ) -> bool:
   """Calls ``jax.distributed.initialize`` once, when there is something to initialise.
 
+  Arguments left ``None`` are taken from ``$RLHF_JAX_COORDINATOR_ADDRESS``,
+  ``$RLHF_JAX_NUM_PROCESSES`` and ``$RLHF_JAX_PROCESS_ID`` when set (``launchers/
+  multiprocess.sh``).
+
   Args:
     coordinator_address: ``host:port`` of process 0's coordinator service.
     num_processes: total number of processes.
@@ -108,7 +144,8 @@ def maybe_initialize(
     or nothing is configured and no cluster is detected (single-process run).
 
   Raises:
-    ValueError: ``num_processes`` / ``process_id`` given inconsistently.
+    ValueError: ``num_processes`` / ``process_id`` given inconsistently, or a malformed
+      ``RLHF_JAX_*`` variable.
   """
   if _is_initialized():
     _log.info(
@@ -117,6 +154,11 @@ def maybe_initialize(
       jax.process_count(),
     )
     return False
+  env = _launcher_env()
+  if coordinator_address is None:
+    coordinator_address = env.get("coordinator_address")
+  num_processes = env.get("num_processes") if num_processes is None else num_processes
+  process_id = env.get("process_id") if process_id is None else process_id
   explicit = any(
     v is not None for v in (coordinator_address, num_processes, process_id, local_device_ids)
   )
