@@ -8,29 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from toy_rl import BASE, GRPO, G, N, P, toy_prompts
 
 from rlhf_jax import advantages as adv_lib
 from rlhf_jax import kl as kl_lib
 from rlhf_jax import losses, ops, ppo
 from rlhf_jax import reward as reward_lib
-from rlhf_jax.models import Transformer, TransformerConfig, init_params
-
-VOCAB = 24
-BASE = TransformerConfig(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=2, max_len=32)
-G = 4  # samples per prompt
-B, P, N = 4, 5, 6  # prompts, prompt length, response length: B * G = 16 rollouts
-GRPO = ppo.PPOHparams(
-  algorithm="grpo",
-  group_size=G,
-  response_len=N,
-  num_minibatches=2,
-  epochs=2,
-  temperature=1.0,
-  eos_id=0,
-  pad_id=1,
-  kl_target=1.0,
-  kl_horizon=100.0,
-)
+from rlhf_jax.models import Transformer, init_params
 
 
 def _setup(seed=0):
@@ -41,11 +25,7 @@ def _setup(seed=0):
   rp = init_params(rm, k2)
   ref = jax.tree.map(jnp.copy, pp)
   frozen = ppo.PPOFrozen(ref, rp, jnp.float32(1.3), jnp.float32(-0.2))
-  rng = np.random.default_rng(seed)
-  ids = rng.integers(2, VOCAB, (B, P)).astype(np.int32)
-  mask = np.ones_like(ids)
-  mask[:2, :2] = 0
-  ids[:2, :2] = 1
+  ids, mask = toy_prompts(seed)
   return policy, rm, {"policy": pp}, frozen, ids, mask
 
 

@@ -11,27 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from toy_rl import BASE, GRPO, VOCAB, B, N, P, toy_prompts
 
 from rlhf_jax import ppo
-from rlhf_jax.models import Transformer, TransformerConfig, init_params
+from rlhf_jax.models import Transformer, init_params
 
-VOCAB = 24
-BASE = TransformerConfig(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=2, max_len=32)
-G = 4
-B, P, N = 4, 5, 6
 TARGET = 7  # the toy scorer rewards this token id
-GRPO = ppo.PPOHparams(
-  algorithm="grpo",
-  group_size=G,
-  response_len=N,
-  num_minibatches=2,
-  epochs=2,
-  temperature=1.0,
-  eos_id=0,
-  pad_id=1,
-  kl_target=1.0,
-  kl_horizon=100.0,
-)
 
 
 def decode_ids(ids_BL, mask_BL):
@@ -55,12 +40,7 @@ def _setup(seed=0):
   policy = Transformer(BASE.replace(head="lm"))
   pp = init_params(policy, jax.random.PRNGKey(seed))
   frozen = ppo.PPOFrozen(jax.tree.map(jnp.copy, pp), None, jnp.float32(1.0), jnp.float32(0.0))
-  rng = np.random.default_rng(seed)
-  ids = rng.integers(2, VOCAB, (B, P)).astype(np.int32)
-  ids[ids == TARGET] = TARGET + 1
-  mask = np.ones_like(ids)
-  mask[:2, :2] = 0
-  ids[:2, :2] = 1
+  ids, mask = toy_prompts(seed, avoid=TARGET)
   return policy, {"policy": pp}, frozen, ids, mask
 
 
