@@ -80,6 +80,7 @@ TASKS: dict[str, str] = {
   "pipeline": "rlhf_jax.train.pipeline",
   "overoptimization": "rlhf_jax.train.overoptimization",
   "compare": "rlhf_jax.train.compare",
+  "sycophancy": "rlhf_jax.train.sycophancy",
 }
 
 # Config keys consumed by the entry point itself.
