@@ -474,4 +474,7 @@ def run() -> None:
 
 
 if __name__ == "__main__":
+  # `python -m rlhf_jax.main`: trainers that import this module (the compare task loads its
+  # arms' configs through it) must get this instance, not a second one redefining the flags.
+  sys.modules.setdefault("rlhf_jax.main", sys.modules[__name__])
   run()

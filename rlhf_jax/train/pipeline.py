@@ -1012,7 +1012,8 @@ def _check_base_tokenizer(path: pathlib.Path, model, tokenizer, data_dir: pathli
       f"{_vocab_len(tokenizer)} tokens"
     )
   if (path / "tokenizer.json").exists():
-    own = data_lib.load_tokenizer(path)
+    # a chat checkpoint's own tokenizer may pad with its EOS; only its vocabulary matters here
+    own = data_lib.load_tokenizer(path, check_special_tokens=not hasattr(tokenizer, "hf"))
     if own.get_vocab() != getattr(tokenizer, "hf", tokenizer).get_vocab():
       raise ValueError(
         f"{where}: its tokenizer.json has a different vocabulary from the run's "
