@@ -23,8 +23,11 @@ run time; tiny sizes; what CI runs through tests/test_assistant_run.py):
 
   python -m rlhf_jax.main --config configs/assistant.py:smoke --workdir runs/assistant_smoke
 
-No independent judge: the only offline judge of this task is its own check suite; the
-report still counts degenerate (repetitive or empty) responses.
+No independent judge (eval.independent_judges is empty): the offline one that
+docs/assistant_task.md proposes, a held-out half of the checks' phrase lists, is not built
+yet; the report still counts degenerate (repetitive or empty) responses, and the labels come
+from the same checks that score the report, so the gold win rate cannot see exploits of
+them.
 
 THE FULL RUN HAS NOT BEEN RUN YET; no numbers are recorded. Its sizes are estimated to fit
 60 minutes on 2 CPU cores from timings of SmolLM2-135M here (jitted, float32, on 2 cores

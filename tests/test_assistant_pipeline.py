@@ -178,3 +178,41 @@ def test_chat_tokenizer_exports_its_stop_ids(chat_dir):
   assert kw["eos_token_id"] == tok.end_of_turn_id and kw["pad_token_id"] == tok.pad_id
   assert kw["generation_config"]["eos_token_id"] == list(tok.stop_ids)
   assert pl.export_kwargs("corpus-tokenizer") == {"tokenizer": "corpus-tokenizer"}
+
+
+def test_sycophancy_arms_and_study_table(tmp_path, monkeypatch):
+  """The study's arms are configs/sycophancy.py variants with the bias and a fixed β; the
+  table's cells are the mean over seeds with the Student-t interval (scipy the oracle), and
+  the plot is written."""
+  import pathlib
+
+  from scipy import stats
+
+  from rlhf_jax import main as entry
+  from rlhf_jax.train import sycophancy
+
+  root = pathlib.Path(__file__).resolve().parents[1]
+  monkeypatch.chdir(root)
+  cfg = sycophancy.Config(biases=(0.0, 0.5), kl_coefs=(0.1,), seeds=(0,))
+  specs = sycophancy.arm_specs(cfg)
+  assert specs == {
+    "bias0_kl0.1=configs/sycophancy.py:arm,bias=0,kl=0.1": (0.0, 0.1),
+    "bias0.5_kl0.1=configs/sycophancy.py:arm,bias=0.5,kl=0.1": (0.5, 0.1),
+  }
+  _, arm = entry.validate(entry.load_config_file("configs/sycophancy.py:arm,bias=0.5,kl=0.1"))
+  assert arm.feedback.bias == 0.5 and arm.ppo.init_kl_coef == 0.1
+  assert not arm.ppo.hparams.adaptive_kl and arm.data.kind == "assistant"
+
+  rows = [
+    {"arm": "a", "seed": s, "bias": 1.0, "kl_coef": 0.1, "false_premise_agreement_after": v}
+    for s, v in enumerate([0.5, 0.7, 0.9])
+  ]
+  rows.append(
+    {"arm": "b", "seed": 0, "bias": 0.0, "kl_coef": 0.1, "false_premise_agreement_after": 0.2}
+  )
+  text = sycophancy.write_study(rows, tmp_path, "t")
+  half = stats.t.ppf(0.975, 2) * np.std([0.5, 0.7, 0.9], ddof=1) / np.sqrt(3)
+  assert f"| 1 | 0.1 | 3 | — | 0.700 [{0.7 - half:.3f}, {0.7 + half:.3f}] |" in text
+  assert "| 0 | 0.1 | 1 | — | 0.200 |" in text
+  assert (tmp_path / "sycophancy.png").stat().st_size > 0
+  assert json.loads((tmp_path / "rows.json").read_text()) == rows
