@@ -151,9 +151,8 @@ class BaseSpec:
   # name such as "smollm2-135m-instruct" (rlhf_jax.models.gguf.resolve_checkpoint).
   path: Optional[str] = None
   preset: str = "gpt2-small"
-  steps: int = (
-    1000  # 0: the preset at random init, untrained (smoke tests of data.kind="assistant")
-  )
+  # 0: the preset at random init, untrained (the smoke base of data.kind="assistant")
+  steps: int = 1000
   batch_size: int = 32
   optimizer: common.OptimSpec = common.OptimSpec(
     name="adamw",
