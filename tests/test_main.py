@@ -436,6 +436,8 @@ def test_every_documented_command_passes_config_validation(tmp_path, monkeypatch
     "configs/sft.py",
     "configs/kind.py",
     "configs/overoptimization.py",
+    "configs/assistant.py",
+    "configs/sycophancy.py",
   } <= names
   assert len(commands) >= 17, commands
   for name, argv in commands:
@@ -499,6 +501,8 @@ def test_every_config_variant_loads_and_validates(monkeypatch):
     "ppo.py",
     "reward.py",
     "sft.py",
+    "assistant.py",
+    "sycophancy.py",
   }
   # Fields a user must supply (the README's commands do); everything else as shipped.
   required = {

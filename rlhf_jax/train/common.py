@@ -58,6 +58,24 @@ PRESETS = {
   "gpt2-small": dict(d_model=256, n_layers=4, n_heads=4, max_len=128),
   "gpt2-medium": dict(d_model=512, n_layers=8, n_heads=8, max_len=128),
   "gpt2-base": dict(d_model=768, n_layers=12, n_heads=12, max_len=1024),
+  # Llama-style at test size: the assistant task's smoke base (a chat checkpoint's vocabulary
+  # at random init, exported as LlamaForCausalLM).
+  "llama-tiny": dict(
+    d_model=64,
+    n_layers=2,
+    n_heads=2,
+    n_kv_heads=1,
+    d_ff=128,
+    norm="rmsnorm",
+    mlp="swiglu",
+    activation="silu",
+    position="rope",
+    qkv_bias=False,
+    out_bias=False,
+    mlp_bias=False,
+    tie_embeddings=True,
+    max_len=2048,
+  ),
   "llama-small": dict(
     d_model=256,
     n_layers=4,

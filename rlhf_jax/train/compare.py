@@ -40,6 +40,7 @@ __all__ = [
   "arm_configs",
   "budget",
   "run",
+  "run_arms",
   "collect_rows",
   "write_comparison",
 ]
@@ -150,9 +151,9 @@ def _shared_base(cfg: Config, arms: Mapping[str, Any], root: pathlib.Path) -> Tu
 
   first = dataclasses.replace(next(iter(arms.values())), seed=cfg.seeds[0])
   shared = root / "shared"
-  tokenizer = pl.prepare_data(first.data, shared / "data", first.seed)
-  if cfg.base_path:
-    return str(shared / "data"), cfg.base_path
+  tokenizer = pl.prepare_data(first.data, shared / "data", first.seed, first.base.path)
+  if cfg.base_path or first.base.path:  # a given checkpoint (the assistant task's SmolLM2)
+    return str(shared / "data"), cfg.base_path or first.base.path
   mesh = common.build_mesh(first.mesh)
   pl.pretrain_base(first.base, shared / "data", shared / "base", tokenizer, mesh, first.seed)
   return str(shared / "data"), str(shared / "base" / "model")
@@ -160,6 +161,19 @@ def _shared_base(cfg: Config, arms: Mapping[str, Any], root: pathlib.Path) -> Tu
 
 def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   """Every arm × seed as a pipeline run from the shared data and base model, then the table."""
+  arms, run_dirs = run_arms(cfg, workdir)
+  rows = collect_rows(run_dirs)
+  out = pathlib.Path(cfg.out_dir or pathlib.Path(workdir) / "results")
+  budgets = {name: budget(arm) for name, arm in arms.items()}
+  write_comparison(rows, out, budgets, cfg.title)
+  return {"runs": len(run_dirs), "out_dir": str(out)}
+
+
+def run_arms(
+  cfg: Config, workdir: str
+) -> Tuple[Dict[str, Any], Dict[Tuple[str, int], pathlib.Path]]:
+  """Every arm × seed as a resumable pipeline run under ``workdir/runs/<arm>_s<seed>``, all
+  from the shared data and base model. Returns ``({arm: config}, {(arm, seed): run dir})``."""
   from rlhf_jax import config_schema
   from rlhf_jax.train import pipeline as pl
 
@@ -184,11 +198,7 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
       if not done.exists():  # the first completion's wall time (a resumed run's is partial)
         files.atomic_write_json(done, {"seconds": time.perf_counter() - t0})
       run_dirs[(name, seed)] = rdir
-  rows = collect_rows(run_dirs)
-  out = pathlib.Path(cfg.out_dir or root / "results")
-  budgets = {name: budget(arm) for name, arm in arms.items()}
-  write_comparison(rows, out, budgets, cfg.title)
-  return {"runs": len(run_dirs), "out_dir": str(out)}
+  return arms, run_dirs
 
 
 _ROW_KEYS = (

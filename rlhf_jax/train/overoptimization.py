@@ -78,6 +78,11 @@ def check_config(cfg: Config) -> None:
   from rlhf_jax import config_schema
 
   errors = pl.stage_errors(cfg) + config_schema.check_bounds(cfg, _BOUNDS)
+  if cfg.data.kind != "corpus":
+    errors.append(
+      f"config.data.kind={cfg.data.kind!r}: the over-optimisation study runs on the corpus "
+      "task ('corpus')"
+    )
   if not cfg.label_counts:
     errors.append("config.label_counts: expected at least one label count")
   if not cfg.bon_ns:

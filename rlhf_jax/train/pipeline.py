@@ -29,6 +29,7 @@ re-run skips finished stages and resumes an interrupted training stage from its 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -115,6 +116,8 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
+DATA_KINDS = ("corpus", "assistant")  # DataSpec.kind
+
 
 def _default_cache() -> str:
   return os.environ.get(
@@ -124,6 +127,13 @@ def _default_cache() -> str:
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
+  # "corpus": sentence openings of an English corpus, a BPE tokenizer trained on it;
+  # "assistant": the chat prompts of rlhf_jax.data.assistant_prompts (seeded by the run's seed)
+  # rendered with the checkpoint's chat template, no corpus and no tokenizer training.
+  kind: str = "corpus"
+  # kind="assistant": the checkpoint whose tokenizer and chat template the run uses (anything
+  # rlhf_jax.models.gguf.resolve_checkpoint accepts); "" -> base.path.
+  tokenizer: str = ""
   cache_dir: str = ""  # "" -> $RLHF_JAX_DATA or ~/.cache/rlhf_jax (downloads are reused)
   sources: Tuple[str, ...] = ("fortunes", "bible", "austen", "shakespeare")
   vocab_size: int = 8192
@@ -137,8 +147,11 @@ class DataSpec:
 
 @dataclasses.dataclass(frozen=True)
 class BaseSpec:
-  path: Optional[str] = None  # load a checkpoint directory instead of pretraining
+  # A checkpoint to start from instead of pretraining: a directory, a .gguf file or a packaged
+  # name such as "smollm2-135m-instruct" (rlhf_jax.models.gguf.resolve_checkpoint).
+  path: Optional[str] = None
   preset: str = "gpt2-small"
+  # 0: the preset at random init, untrained (the smoke base of data.kind="assistant")
   steps: int = 1000
   batch_size: int = 32
   optimizer: common.OptimSpec = common.OptimSpec(
@@ -170,6 +183,10 @@ class FeedbackSpec:
   human_mix_source: str = "simulated"
   judge_model_path: str = ""  # ai_judge: a checkpoint directory
   judge_principles: Tuple[str, ...] = ("Prefer the response that is more positive and kind.",)
+  # Simulated annotators of data.kind="assistant": the fraction of pairs labelled by agreement
+  # with the user's claim instead of the gold score (premise pairs where exactly one response
+  # agrees; rlhf_jax.feedback.assistant.agreement_preference). 0: unbiased.
+  bias: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,7 +331,7 @@ _STAGE_BOUNDS = {
   "data.prompt_len": ">= 1",
   "data.num_prompts": ">= 1",
   "data.num_eval_prompts": ">= 1",
-  "base.steps": ">= 1",
+  "base.steps": ">= 0",
   "base.batch_size": ">= 1",
   "feedback.temperature": "> 0",
   "feedback.tie_threshold": ">= 0",
@@ -323,6 +340,7 @@ _STAGE_BOUNDS = {
   "feedback.sample_temperature": "> 0",
   "feedback.human_timeout_s": "> 0",
   "feedback.human_fraction": "in [0, 1]",
+  "feedback.bias": "in [0, 1]",
   "reward.epochs": ">= 1",
   "reward.batch_size": ">= 1",
   "reward.hparams.center_coef": ">= 0",
@@ -362,6 +380,7 @@ def stage_errors(cfg) -> List[str]:
       f"config.base.preset={cfg.base.preset!r}: expected one of "
       f"{sorted(common.PRESETS)} (or set base.path)"
     )
+  errors += _data_kind_errors(cfg)
   lo, hi = cfg.data.prompt_words
   if lo > hi:
     errors.append(
@@ -415,6 +434,40 @@ def stage_errors(cfg) -> List[str]:
   return errors
 
 
+def _data_kind_errors(cfg) -> List[str]:
+  """Problems of ``data.kind`` with the base model and feedback fields, naming the fields."""
+  kind = cfg.data.kind
+  if kind not in DATA_KINDS:
+    return [f"config.data.kind={kind!r}: expected one of {DATA_KINDS}"]
+  errors = []
+  if kind == "assistant":
+    if not cfg.base.path and not cfg.data.tokenizer:
+      errors.append(
+        "config.data.tokenizer: data.kind='assistant' needs a chat checkpoint's tokenizer; set "
+        "base.path (e.g. 'smollm2-135m-instruct') or data.tokenizer"
+      )
+    if not cfg.base.path and cfg.base.steps > 0:
+      errors.append(
+        f"config.base.steps={cfg.base.steps}: data.kind='assistant' has no corpus to pretrain "
+        "on; set base.path, or base.steps=0 for a randomly initialised preset (smoke tests)"
+      )
+  elif cfg.data.tokenizer:
+    errors.append(
+      f"config.data.tokenizer={cfg.data.tokenizer!r}: only for data.kind='assistant' (the "
+      "corpus task trains its own tokenizer)"
+    )
+  if getattr(cfg.feedback, "bias", 0.0) > 0 and (
+    kind != "assistant" or cfg.feedback.source != "simulated"
+  ):
+    errors.append(
+      f"config.feedback.bias={cfg.feedback.bias}: biased (sycophantic) annotators need "
+      "data.kind='assistant' and feedback.source='simulated'"
+    )
+  if kind == "corpus" and cfg.base.steps < 1 and not cfg.base.path:
+    errors.append(f"config.base.steps={cfg.base.steps}: expected >= 1 (or set base.path)")
+  return errors
+
+
 def _dpo_errors(cfg: Config) -> List[str]:
   """Problems in ``cfg.dpo`` when the policy stage is DPO / IPO, naming the fields."""
   from rlhf_jax import config_schema
@@ -465,12 +518,22 @@ _PROBE_RESPONSES = (
 )
 
 
-def probe_scorer(fn, field: str, spec: str) -> None:
-  """Calls a scorer once on a two-pair probe batch: ``fn(prompts, responses)`` must return
-  two finite numbers. Raises ValueError naming the config ``field``."""
+def probe_prompts(kind: str = "corpus") -> List[str]:
+  """Two prompts of the task ``kind`` (``DataSpec.kind``) that scorers are probed with."""
+  if kind == "assistant":
+    from rlhf_jax.data import assistant_prompts
+
+    return [r.text for r in assistant_prompts.generate_prompts(0, 0, 1).eval[:2]]
+  return list(_PROBE_PROMPTS)
+
+
+def probe_scorer(fn, field: str, spec: str, prompts: Optional[Sequence[str]] = None) -> None:
+  """Calls a scorer once on a two-pair probe batch (``prompts``, default
+  :func:`probe_prompts`): ``fn(prompts, responses)`` must return two finite numbers. Raises
+  ValueError naming the config ``field``."""
   where = f"{field}={spec!r}"
   try:
-    out = fn(list(_PROBE_PROMPTS), list(_PROBE_RESPONSES[0]))
+    out = fn(list(prompts or _PROBE_PROMPTS), list(_PROBE_RESPONSES[0]))
   except Exception as e:  # any failure of user code on a valid probe
     raise ValueError(
       f"{where}: calling it as scorer(prompts, responses) on a probe batch of "
@@ -508,9 +571,10 @@ def probe_judge(fn, field: str, spec: str) -> None:
     ) from e
 
 
-def load_scorers(spec: FeedbackSpec):
+def load_scorers(spec: FeedbackSpec, prompts: Optional[Sequence[str]] = None):
   """The gold scorer (and the labeller's, and a ``module:function`` judge), loaded and probed
-  at start-up. Returns the gold scorer. Raises ValueError naming the config field."""
+  at start-up on ``prompts`` (default: :func:`probe_prompts`). Returns the gold scorer.
+  Raises ValueError naming the config field."""
   fields = [("config.feedback.gold_scorer", spec.gold_scorer)]
   if spec.labeller_scorer and spec.source == "simulated":
     fields.append(("config.feedback.labeller_scorer", spec.labeller_scorer))
@@ -520,7 +584,7 @@ def load_scorers(spec: FeedbackSpec):
       fn = scorers_lib.get_scorer(name)
     except (ValueError, judges_lib.JudgeSpecError) as e:
       raise ValueError(f"{field}: {e}") from None
-    probe_scorer(fn, field, name)
+    probe_scorer(fn, field, name, prompts)
     loaded.append(fn)
   if spec.source not in ("simulated", "ai_judge", "human"):
     try:
@@ -531,16 +595,19 @@ def load_scorers(spec: FeedbackSpec):
   return loaded[0]
 
 
-def load_independent_judges(spec: EvalSpec) -> Dict[str, Any]:
-  """The evaluation's independent judges by name, loaded and probed at start-up. Raises
-  ValueError naming ``config.eval.independent_judges``."""
+def load_independent_judges(
+  spec: EvalSpec, prompts: Optional[Sequence[str]] = None
+) -> Dict[str, Any]:
+  """The evaluation's independent judges by name, loaded and probed at start-up (on
+  ``prompts``, default :func:`probe_prompts`). Raises ValueError naming
+  ``config.eval.independent_judges``."""
   judges = {}
   for name in spec.independent_judges:
     try:
       judges[name] = scorers_lib.get_scorer(name)
     except (ValueError, judges_lib.JudgeSpecError) as e:
       raise ValueError(f"config.eval.independent_judges: {e}") from None
-    probe_scorer(judges[name], "config.eval.independent_judges", name)
+    probe_scorer(judges[name], "config.eval.independent_judges", name, prompts)
   return judges
 
 
@@ -577,11 +644,17 @@ class Models(NamedTuple):
 
 
 def decode_responses(tokenizer, tokens_BT: np.ndarray, mask_BT: np.ndarray) -> List[str]:
-  """Response texts of sampled ``tokens_BT`` (positions with ``mask_BT`` 0 and EOS dropped)."""
+  """Response texts of sampled ``tokens_BT``: positions with ``mask_BT`` 0 dropped, each cut
+  at its first stop token (EOS, or a chat tokenizer's end-of-turn and other stop ids)."""
   out = []
-  eos = tokenizer.eos_token_id
+  stops = {int(tokenizer.eos_token_id), *map(int, getattr(tokenizer, "stop_ids", ()))}
   for toks, m in zip(tokens_BT, mask_BT):
-    ids = [int(t) for t, keep in zip(toks, m) if keep and int(t) != eos]
+    ids = []
+    for t, keep in zip(toks, m):
+      if int(t) in stops:
+        break
+      if keep:
+        ids.append(int(t))
     out.append(tokenizer.decode(ids))
   return out
 
@@ -620,8 +693,11 @@ def _concat_pairs(pairs: Optional[dict], new: dict) -> dict:
 # ----------------------------------------------------------------------------- stage: data
 
 
-def prepare_data(spec: DataSpec, out: pathlib.Path, seed: int):
-  """Corpus, tokenizer, packed pretraining rows and prompts, stored as TFDS datasets."""
+def prepare_data(spec: DataSpec, out: pathlib.Path, seed: int, base_path: Optional[str] = None):
+  """Corpus, tokenizer, packed pretraining rows and prompts, stored as TFDS datasets; for
+  ``spec.kind == "assistant"`` the chat prompts instead (:func:`prepare_assistant_data`)."""
+  if spec.kind == "assistant":
+    return prepare_assistant_data(spec, out, seed, base_path)
   tok_dir = out / "tokenizer"
   if _done(out):
     return data_lib.load_tokenizer(tok_dir)
@@ -674,6 +750,67 @@ def prepare_data(spec: DataSpec, out: pathlib.Path, seed: int):
   return tokenizer
 
 
+def chat_tokenizer(spec: DataSpec, base_path: Optional[str]):
+  """The :class:`rlhf_jax.models.chat.ChatTokenizer` of an assistant run: ``data.tokenizer``'s
+  checkpoint, else ``base.path``'s."""
+  from rlhf_jax.models import chat
+
+  source = spec.tokenizer or base_path
+  if not source:
+    raise ValueError("config.data.tokenizer: data.kind='assistant' needs it or base.path")
+  return chat.load_chat_tokenizer(source)
+
+
+def render_chat_prompts(tokenizer, records) -> List[str]:
+  """Each assistant prompt record as the text the policy continues: its messages through the
+  checkpoint's chat template, with the assistant turn's header appended."""
+  return [tokenizer.apply_chat_template(r.messages(), add_generation_prompt=True) for r in records]
+
+
+def prepare_assistant_data(spec: DataSpec, out: pathlib.Path, seed: int, base_path: Optional[str]):
+  """The assistant task's prompts (``generate_prompts(seed)``: ``num_prompts`` training and
+  ``num_eval_prompts`` evaluation prompts, the five categories in equal shares) rendered with
+  the chat template and stored like the corpus prompts (plus ``prompts_<split>.jsonl`` with
+  the records). Returns the chat tokenizer. Raises ValueError naming ``data.prompt_len`` when
+  a rendered prompt does not fit."""
+  from rlhf_jax.data import assistant_prompts
+
+  tokenizer = chat_tokenizer(spec, base_path)
+  if _done(out):
+    return tokenizer
+  out.mkdir(parents=True, exist_ok=True)
+  t0 = time.perf_counter()
+  k = len(assistant_prompts.CATEGORIES)
+  splits = assistant_prompts.generate_prompts(
+    seed, -(-spec.num_prompts // k), -(-spec.num_eval_prompts // k)
+  )
+  records = {
+    "train": splits.train[: spec.num_prompts],
+    "eval": splits.eval[: spec.num_eval_prompts],
+  }
+  rendered = {name: render_chat_prompts(tokenizer, recs) for name, recs in records.items()}
+  longest = max(len(tokenizer.encode(t)) for texts in rendered.values() for t in texts)
+  if longest > spec.prompt_len:
+    raise ValueError(
+      f"config.data.prompt_len={spec.prompt_len}: the longest prompt rendered with "
+      f"{tokenizer.source}'s chat template is {longest} tokens; raise it to at least {longest}"
+    )
+  for name, recs in records.items():
+    assistant_prompts.write_prompts_jsonl(out / f"prompts_{name}.jsonl", recs)
+  data_lib.write_prompts_tfds(out / "tfds", rendered, overwrite=True)
+  _mark_done(
+    out,
+    {
+      "kind": "assistant",
+      "prompts": sum(map(len, records.values())),
+      "longest_prompt_tokens": longest,
+      "tokenizer": tokenizer.source,
+      "seconds": time.perf_counter() - t0,
+    },
+  )
+  return tokenizer
+
+
 def _write_words(out: pathlib.Path, texts: Sequence[str]) -> None:
   vocab = sorted({w for t in texts for w in evaluation.words(t)})
   data_lib.atomic_write_json(out / "words.json", vocab)
@@ -709,7 +846,8 @@ def policy_hparams(spec: PPOSpec, tokenizer) -> ppo_lib.PPOHparams:
     stop = int(ids[0])
   return dataclasses.replace(
     spec.hparams,
-    eos_id=int(tokenizer.eos_token_id),
+    # a chat model's turn ends at its end-of-turn token (SmolLM2: <|im_end|>)
+    eos_id=int(getattr(tokenizer, "end_of_turn_id", tokenizer.eos_token_id)),
     pad_id=int(tokenizer.pad_token_id),
     stop_token_id=stop,
   )
@@ -761,7 +899,8 @@ def pretrain_base(
   max_skipped_fraction: float = 0.1,
 ):
   """Pretrain (or load) the base LM; returns (module, params). The training loop is the SFT
-  trainer's (:func:`rlhf_jax.train.sft.train_lm`).
+  trainer's (:func:`rlhf_jax.train.sft.train_lm`). ``spec.steps == 0``: the preset at random
+  init, saved untrained (the assistant task's smoke base: a chat tokenizer, no corpus).
 
   Checkpoints go to ``out/checkpoints`` every ``checkpoint_every`` steps, at the end and on
   SIGTERM (then :class:`rlhf_jax.checkpoint.Preempted` is raised); a re-run resumes them.
@@ -771,8 +910,15 @@ def pretrain_base(
   if spec.path or _done(out):
     model, params = hf.from_pretrained(spec.path or out / "model", head="lm")
     if spec.path:
-      _check_base_tokenizer(pathlib.Path(spec.path), model, tokenizer, data_dir)
+      _check_base_tokenizer(_resolve(spec.path), model, tokenizer, data_dir)
     return model, common.shard_params(model, params, mesh)
+  if spec.steps == 0:
+    cfg = common.preset_config(spec.preset, _vocab_len(tokenizer), head="lm")
+    model = Transformer(cfg)
+    params, _ = sharding.init_sharded(boxed_init_fn(model), jax.random.PRNGKey(seed), mesh=mesh)
+    hf.save_pretrained(model, params, out / "model", **export_kwargs(tokenizer))
+    _mark_done(out, {"steps": 0, "heldout_perplexity": None, "random_init": True})
+    return model, params
   ids, mask = _read_rows(data_dir, "train")
   h_ids, h_mask = _read_rows(data_dir, "heldout")
   cfg = common.preset_config(spec.preset, len(tokenizer), head="lm")
@@ -826,17 +972,48 @@ def _stream_rows(n_rows: int, batch_size: int, seed: int):
   return rows
 
 
+def _vocab_len(tokenizer) -> int:
+  """Token ids of the run's tokenizer (a chat tokenizer's checkpoint tokenizer included)."""
+  return len(getattr(tokenizer, "hf", tokenizer))
+
+
+def _resolve(spec: str) -> pathlib.Path:
+  from rlhf_jax.models import gguf
+
+  return gguf.resolve_checkpoint(spec)
+
+
+def export_kwargs(tokenizer) -> dict:
+  """``save_pretrained`` arguments that save ``tokenizer`` with a model: a chat tokenizer's
+  own files, PAD, and its end-of-turn as EOS with every stop id in ``generation_config.json``
+  (so ``transformers``' ``generate`` ends a turn where the policy did)."""
+  if not hasattr(tokenizer, "end_of_turn_id"):
+    return {"tokenizer": tokenizer}
+  return {
+    "tokenizer": tokenizer.hf,
+    "pad_token_id": tokenizer.pad_id,
+    "eos_token_id": tokenizer.end_of_turn_id,
+    "generation_config": {
+      "eos_token_id": list(tokenizer.stop_ids),
+      "pad_token_id": tokenizer.pad_id,
+      **({} if tokenizer.bos_id is None else {"bos_token_id": tokenizer.bos_id}),
+    },
+  }
+
+
 def _check_base_tokenizer(path: pathlib.Path, model, tokenizer, data_dir: pathlib.Path) -> None:
   """A base checkpoint must speak the run's tokenizer: same vocabulary, ids in range."""
   where = f"base.path={str(path)!r}"
-  if model.cfg.vocab_size < len(tokenizer):
+  if model.cfg.vocab_size < _vocab_len(tokenizer):
     raise ValueError(
       f"{where}: the model has {model.cfg.vocab_size} token embeddings but the "
-      f"run's tokenizer ({data_dir / 'tokenizer'}) has {len(tokenizer)} tokens"
+      f"run's tokenizer ({getattr(tokenizer, 'source', data_dir / 'tokenizer')}) has "
+      f"{_vocab_len(tokenizer)} tokens"
     )
   if (path / "tokenizer.json").exists():
-    own = data_lib.load_tokenizer(path)
-    if own.get_vocab() != tokenizer.get_vocab():
+    # a chat checkpoint's own tokenizer may pad with its EOS; only its vocabulary matters here
+    own = data_lib.load_tokenizer(path, check_special_tokens=not hasattr(tokenizer, "hf"))
+    if own.get_vocab() != getattr(tokenizer, "hf", tokenizer).get_vocab():
       raise ValueError(
         f"{where}: its tokenizer.json has a different vocabulary from the run's "
         f"tokenizer ({data_dir / 'tokenizer'}); use the same data settings "
@@ -1097,6 +1274,11 @@ def label_pairs(
     human.wait_for_labels(queue, ids, timeout_s=spec.human_timeout_s)
     return human.collect(queue, ids)
   if spec.source == "simulated":
+    biased = {}
+    if spec.bias > 0:  # sycophantic annotators (assistant task)
+      from rlhf_jax.feedback import assistant
+
+      biased = {"preference_fn": assistant.agreement_preference, "bias": spec.bias}
     return simulated_lib.annotate_pairs(
       scorers_lib.get_scorer(spec.labeller_scorer or spec.gold_scorer),
       prompts,
@@ -1107,6 +1289,7 @@ def label_pairs(
       temperature=spec.temperature,
       tie_threshold=spec.tie_threshold,
       flip_prob=spec.flip_prob,
+      **biased,
     )
   return judges_lib.judge_records(_make_judge(spec), prompts, resp_a, resp_b, metadata=meta)
 
@@ -1490,6 +1673,53 @@ def evaluate_policy(
   }
 
 
+# ----------------------------------------------------------------------------- the assistant task
+
+
+def assistant_metrics(samples: Sequence[dict]) -> dict:
+  """Per category, the share of held-out prompts whose response passes every check, before
+  (``before``: the reference) and after (the policy), with Wilson 95% intervals; and the
+  false-premise agreement rate (responses siding with a false user claim). Flat keys
+  ``pass_<category>_{before,after}[_lo|_hi]``, ``pass_<category>_n``,
+  ``false_premise_agreement_{before,after}[_lo|_hi]``, ``false_premise_n``."""
+  from rlhf_jax.data import assistant_prompts
+  from rlhf_jax.feedback import assistant
+
+  records = [assistant_prompts.lookup_prompt(s["prompt"]) for s in samples]
+  out: Dict[str, Any] = {}
+  for side in ("before", "after"):
+    texts = [s[side] for s in samples]
+    for cat, pr in assistant.pass_rates(records, texts).items():
+      out.update({f"pass_{cat}_{side}": pr.rate, f"pass_{cat}_{side}_lo": pr.lo})
+      out[f"pass_{cat}_{side}_hi"] = pr.hi
+    false = [(r, t) for r, t in zip(records, texts) if r.category == "premise" and not r.claim_true]
+    if false:
+      k = sum(assistant.agrees_with_user(r, t) for r, t in false)
+      lo, hi = evaluation.wilson_interval(k / len(false), len(false))
+      out.update({f"false_premise_agreement_{side}": k / len(false)})
+      out.update(
+        {f"false_premise_agreement_{side}_lo": lo, f"false_premise_agreement_{side}_hi": hi}
+      )
+  for cat in assistant_prompts.CATEGORIES:
+    out[f"pass_{cat}_n"] = sum(r.category == cat for r in records)
+  out["false_premise_n"] = sum(r.category == "premise" and not r.claim_true for r in records)
+  return out
+
+
+def assistant_transcripts(samples: Sequence[dict], per_category: int) -> List[dict]:
+  """The first ``per_category`` samples of each category, each with its ``category`` and the
+  ``user`` message (the record's text, not the rendered prompt) for the report."""
+  from rlhf_jax.data import assistant_prompts
+
+  out, seen = [], collections.Counter()
+  for s in samples:
+    rec = assistant_prompts.lookup_prompt(s["prompt"])
+    if seen[rec.category] < per_category:
+      seen[rec.category] += 1
+      out.append({**s, "prompt": rec.text, "user": rec.text, "category": rec.category})
+  return out
+
+
 # ----------------------------------------------------------------------------- rounds
 
 
@@ -1517,7 +1747,10 @@ def prepare_rounds(
   models = Models.from_base(base_model.cfg)
   prompts = load_prompts(root / "data", tokenizer, cfg.data.prompt_len)
   sampler = Sampler(models, hp, cfg.ppo.batch_size, mesh)
-  vocabulary = corpus_words(cfg.data, root / "data", cfg.seed)
+  # the corpus's words tell non-words apart; a chat run has no corpus (repetition only)
+  vocabulary = (
+    corpus_words(cfg.data, root / "data", cfg.seed) if cfg.data.kind == "corpus" else None
+  )
   reference = sample_reference(
     sampler,
     tokenizer,
@@ -1602,7 +1835,9 @@ def _save_round(
     tmp = rdir / "policy_lora.tmp.npz"
     lora_lib.save_trainable(tmp, result.policy_params)
     os.replace(tmp, rdir / "policy_lora.npz")
-  lora_lib.save_merged(models.lm, result.policy_params, base, rdir / "policy", tokenizer=tokenizer)
+  lora_lib.save_merged(
+    models.lm, result.policy_params, base, rdir / "policy", **export_kwargs(tokenizer)
+  )
   with MetricWriter(root) as writer:  # before DONE: a rerun drops it if DONE is missing
     writer.write(
       result.eval["round"], {k: v for k, v in result.eval.items() if isinstance(v, (int, float))}
@@ -1732,7 +1967,12 @@ def run_round(
       "proxy": ev["proxy_reward_mean"],
     }
   )
-  samples = ev.pop("_samples")[: cfg.eval.num_samples_in_report]
+  samples = ev.pop("_samples")
+  if cfg.data.kind == "assistant":
+    ev.update(assistant_metrics(samples))
+    samples = assistant_transcripts(samples, cfg.eval.num_samples_in_report)
+  else:
+    samples = samples[: cfg.eval.num_samples_in_report]
   result = RoundResult(policy.params, all_pairs, ev, curve, samples)
   _save_round(rdir, root, setup.models, setup.tokenizer, result, setup.ref_params)
   _log.info(
@@ -1775,6 +2015,13 @@ def write_report(
     "ppo_batch": cfg.ppo.batch_size,
     "base_heldout_perplexity": base_info.get("heldout_perplexity"),
   }
+  extra = []
+  if cfg.data.kind == "assistant" and results:
+    from rlhf_jax.data import assistant_prompts
+
+    extra = report_lib.assistant_section(
+      results[-1].eval, assistant_prompts.CATEGORIES, results[-1].samples
+    )
   report_lib.write_round_report(
     str(root),
     [res.eval for res in results],
@@ -1783,6 +2030,7 @@ def write_report(
     timings,
     dict(cfg.targets) or None,
     curve=[c for res in results for c in res.curve],
+    extra_sections=extra,
   )
 
 
@@ -1814,9 +2062,10 @@ def _start_up_checks(cfg: Config, root: pathlib.Path):
       ),
     },
   )
-  gold = load_scorers(cfg.feedback)  # fail before any work on a misnamed or broken scorer
+  probes = probe_prompts(cfg.data.kind)
+  gold = load_scorers(cfg.feedback, probes)  # fail before any work on a misnamed or broken scorer
   ppo_train.load_reward_scorer(cfg.ppo.reward_source, "config.ppo.reward_source")
-  return mesh, gold, load_independent_judges(cfg.eval)
+  return mesh, gold, load_independent_judges(cfg.eval, probes)
 
 
 def run(cfg: Config, workdir: str) -> Dict[str, Any]:
@@ -1827,7 +2076,7 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   mesh, gold, independent = _start_up_checks(cfg, root)
 
   t0 = time.perf_counter()
-  tokenizer = prepare_data(cfg.data, root / "data", cfg.seed)
+  tokenizer = prepare_data(cfg.data, root / "data", cfg.seed, cfg.base.path)
   timings = {"data": time.perf_counter() - t0}
   checkpoint.check_preemption("base-model pretraining")
   hp = policy_hparams(cfg.ppo, tokenizer)

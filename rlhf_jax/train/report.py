@@ -20,7 +20,7 @@ import numbers
 import os
 import re
 import uuid
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -31,6 +31,8 @@ __all__ = [
   "MISSING",
   "ROUND_COLUMNS",
   "write_round_report",
+  "chat_transcript",
+  "assistant_section",
   "write_overoptimization_report",
 ]
 
@@ -427,6 +429,7 @@ def write_round_report(
   title: str = "RLHF run report",
   filename: str = "report.md",
   max_sample_chars: int = 600,
+  extra_sections: Sequence[str] = (),
 ) -> str:
   """Writes ``workdir/report.md`` and its plots; returns the report's path.
 
@@ -449,6 +452,8 @@ def write_round_report(
     title: the report's heading.
     filename: the markdown file's name in ``workdir``.
     max_sample_chars: sample texts longer than this are truncated with ``…``.
+    extra_sections: markdown lines inserted after the rounds (a task's own results, e.g.
+      :func:`assistant_section`).
 
   Plots (each written only when it has data, and linked from the report):
     ``reward_vs_sqrt_kl.png`` (gold and proxy reward against √KL), ``win_rate_by_round.png``
@@ -507,6 +512,7 @@ def write_round_report(
     ]
   else:
     lines += ["No rounds yet.", ""]
+  lines += list(extra_sections)
 
   plots = []
   if rounds or curve:
@@ -798,3 +804,87 @@ def _plot_overoptimization(groups, keys, fitted, path: str) -> bool:
   fig.suptitle("Reward over-optimisation: gold vs proxy reward")
   _save_png(fig, path)
   return True
+
+
+# ----------------------------------------------------------------------------- the assistant task
+
+
+def _quote(text: str) -> List[str]:
+  """``text`` as Markdown blockquote lines (blank lines kept inside the quote)."""
+  return [f"> {line}".rstrip() for line in str(text).strip().splitlines() or [""]]
+
+
+def chat_transcript(turns: Sequence[Tuple[str, str]]) -> List[str]:
+  """A conversation as Markdown lines: one blockquote, each turn a bold role name then its
+  text (``turns``: ``(role, text)`` pairs such as ``("user", ...), ("assistant", ...)``); an
+  empty turn reads *(empty)*."""
+  lines: List[str] = []
+  for i, (role, text) in enumerate(turns):
+    if i:
+      lines.append(">")
+    body = _quote(text if str(text).strip() else "*(empty)*")
+    lines.append(f"> **{role.capitalize()}:** {body[0][2:]}")
+    lines += body[1:]
+  return lines
+
+
+def _rate_cell(ev: Mapping[str, Any], key: str) -> str:
+  rate = _number(ev.get(key))
+  if rate is None:
+    return MISSING
+  lo, hi = _number(ev.get(key + "_lo")), _number(ev.get(key + "_hi"))
+  return f"{rate:.2f} [{_fmt(lo, '.2f')}, {_fmt(hi, '.2f')}]"
+
+
+def assistant_section(
+  ev: Mapping[str, Any], categories: Sequence[str], samples: Sequence[Mapping[str, Any]]
+) -> List[str]:
+  """The assistant task's results as Markdown lines: per category the pass rate before (the
+  reference) and after (the policy) with Wilson 95% intervals (keys ``pass_<category>_before``,
+  ``..._after`` and their ``_lo`` / ``_hi``), the false-premise agreement rate
+  (``false_premise_agreement_before`` / ``_after``), and for each sample (dicts ``category,
+  user, before, after, gold_before, gold_after``) the conversation before and after, as chat."""
+  rows = [
+    [
+      c,
+      ev.get(f"pass_{c}_n", MISSING),
+      _rate_cell(ev, f"pass_{c}_before"),
+      _rate_cell(ev, f"pass_{c}_after"),
+    ]
+    for c in categories
+  ]
+  rows.append(
+    [
+      "false-premise agreement (lower is better)",
+      ev.get("false_premise_n", MISSING),
+      _rate_cell(ev, "false_premise_agreement_before"),
+      _rate_cell(ev, "false_premise_agreement_after"),
+    ]
+  )
+  lines = [
+    "## The assistant task, per category",
+    "",
+    "Pass: every check of the category passed (gold score 1) on the held-out prompts; "
+    "before = the starting model (reference), after = the last round's policy; 95% Wilson "
+    "intervals. False-premise agreement: share of responses to premise prompts with a false "
+    "claim that side with the user.",
+    "",
+    markdown_table(["category", "prompts", "before", "after"], rows),
+    "",
+    "## Transcripts",
+    "",
+  ]
+  if not samples:
+    return lines + ["No transcripts.", ""]
+  for c in categories:
+    mine = [s for s in samples if s.get("category") == c]
+    if not mine:
+      continue
+    lines += [f"### {c}", ""]
+    for s in mine:
+      for label, key in (("Before (reference)", "before"), ("After (policy)", "after")):
+        gold = _fmt(s.get(f"gold_{key}"), ".2f")
+        lines += [f"**{label}**, gold {gold}:", ""]
+        lines += chat_transcript([("user", s.get("user", "")), ("assistant", s.get(key, ""))])
+        lines.append("")
+  return lines

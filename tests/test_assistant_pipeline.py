@@ -1,0 +1,218 @@
+"""The assistant task's pieces in the pipeline (cheap): chat-templated prompts stored and
+left-padded, end-of-turn truncation of decoded responses, the report's per-category rates and
+chat transcripts, and the config errors of data.kind / feedback.bias. The end-to-end smoke
+run is tests/test_assistant_run.py (slow, CI)."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from rlhf_jax import config_schema, evaluation
+from rlhf_jax.data import assistant_prompts
+from rlhf_jax.models import chat
+from rlhf_jax.train import pipeline as pl
+from rlhf_jax.train import report as report_lib
+
+CHATML = (
+  "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
+  " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n'"
+  " }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def chat_dir(tmp_path_factory):
+  """A Hugging Face tokenizer directory: a tiny byte-level BPE with ChatML's specials, EOS
+  <|im_end|>, PAD <|endoftext|> and a ChatML template."""
+  import transformers as tr
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+  trainer = trainers.BpeTrainer(
+    vocab_size=400,
+    special_tokens=specials,
+    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    show_progress=False,
+  )
+  tok.train_from_iterator(["the user asks and the assistant answers in a sentence"] * 20, trainer)
+  fast = tr.PreTrainedTokenizerFast(
+    tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+  )
+  fast.chat_template = CHATML
+  path = tmp_path_factory.mktemp("chat_tok")
+  fast.save_pretrained(str(path))
+  return path
+
+
+def test_prompts_rendered_with_the_template_and_left_padded(chat_dir, tmp_path):
+  """Prompts are the records' messages through the template (transformers' rendering is the
+  oracle) and map back to their records; encoded, they sit right-aligned after PADs; a
+  prompt_len below the longest prompt is refused naming the field before anything is
+  written. (Storage and reading back run in the smoke run, tests/test_assistant_run.py.)"""
+  import transformers as tr
+
+  from rlhf_jax import data as data_lib
+
+  ref = tr.AutoTokenizer.from_pretrained(str(chat_dir))
+  tok = pl.chat_tokenizer(pl.DataSpec(kind="assistant", tokenizer=str(chat_dir)), None)
+  assert tok.end_of_turn_id == ref.convert_tokens_to_ids("<|im_end|>")
+  records = assistant_prompts.generate_prompts(3, 2, 1).train
+  texts = pl.render_chat_prompts(tok, records)
+  want = [
+    ref.apply_chat_template(r.messages(), tokenize=False, add_generation_prompt=True)
+    for r in records
+  ]
+  assert texts == want and texts[0].endswith("<|im_start|>assistant\n")
+  assert assistant_prompts.lookup_prompt(texts[0]) == records[0]  # the gold judge's way back
+  ids_BP, mask_BP = data_lib.encode_prompts(tok, texts, 200)
+  ids = ref.encode(want[0], add_special_tokens=False)
+  row, mask = ids_BP[0], mask_BP[0]
+  assert row[-len(ids) :].tolist() == ids and mask.sum() == len(ids)
+  assert (row[: 200 - len(ids)] == tok.pad_id).all() and mask[: 200 - len(ids)].sum() == 0
+
+  spec = pl.DataSpec(
+    kind="assistant", tokenizer=str(chat_dir), prompt_len=8, num_prompts=5, num_eval_prompts=5
+  )
+  with pytest.raises(ValueError, match=r"config.data.prompt_len=8: the longest prompt .* is \d+"):
+    pl.prepare_data(spec, tmp_path / "short", seed=3)
+  assert not (tmp_path / "short" / "tfds").exists()
+
+
+class _Tok:
+  """Decodes ids as letters; EOS 0, stop ids 0 and 9 (an end-of-turn)."""
+
+  eos_token_id = 0
+  stop_ids = (0, 9)
+
+  def decode(self, ids):
+    return "".join("abcdefghij"[i] for i in ids)
+
+
+def test_decoded_responses_end_at_the_first_stop_token():
+  tokens = np.array([[1, 2, 9, 3, 4], [5, 0, 6, 7, 8], [1, 1, 1, 1, 1], [9, 2, 2, 2, 2]])
+  mask = np.array([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0], [1, 0, 0, 0, 0]])
+  assert pl.decode_responses(_Tok(), tokens, mask) == ["bc", "f", "bbbb", ""]
+
+
+def test_chat_transcript_markdown():
+  lines = report_lib.chat_transcript([("user", "Is 2 + 2 = 5?"), ("assistant", "No.\n\nIt is 4.")])
+  assert lines == ["> **User:** Is 2 + 2 = 5?", ">", "> **Assistant:** No.", ">", "> It is 4."]
+  assert report_lib.chat_transcript([("assistant", " ")]) == ["> **Assistant:** *(empty)*"]
+
+
+def test_assistant_metrics_and_section_on_hand_made_samples():
+  """Two false-premise prompts, one answered in agreement before and neither after: the
+  agreement rate 0.5 -> 0 with Wilson intervals; every category has its pass-rate keys; the
+  section renders the table and the transcripts as chat."""
+  recs = assistant_prompts.generate_prompts(0, 0, 10).eval
+  false = [r for r in recs if r.category == "premise" and r.claim_true is False][:2]
+  assert len(false) == 2
+  agree, correct = "Yes, that's right.", "No, that's not right: the answer is {}."
+  samples = [
+    {
+      "prompt": r.text,
+      "before": agree if i == 0 else correct.format(r.correct[0]),
+      "after": correct.format(r.correct[0]),
+      "gold_before": 0.0,
+      "gold_after": 1.0,
+    }
+    for i, r in enumerate(false)
+  ]
+  samples += [
+    {"prompt": r.text, "before": "", "after": "", "gold_before": 0.0, "gold_after": 0.0}
+    for r in recs
+    if r.category != "premise"
+  ][:8]
+  ev = pl.assistant_metrics(samples)
+  assert ev["false_premise_n"] == 2
+  assert ev["false_premise_agreement_before"] == 0.5 and ev["false_premise_agreement_after"] == 0
+  lo, hi = evaluation.wilson_interval(0.5, 2)
+  assert (ev["false_premise_agreement_before_lo"], ev["false_premise_agreement_before_hi"]) == (
+    lo,
+    hi,
+  )
+  for cat in ("premise", "harmful", "benign", "brevity", "format"):
+    assert 0 <= ev[f"pass_{cat}_before"] <= 1 and f"pass_{cat}_after_hi" in ev
+  shown = pl.assistant_transcripts(samples, 1)
+  assert [s["category"] for s in shown].count("premise") == 1
+  assert shown[0]["user"] == false[0].text
+  text = "\n".join(report_lib.assistant_section(ev, assistant_prompts.CATEGORIES, shown))
+  assert "| false-premise agreement (lower is better) | 2 | 0.50 [" in text
+  assert f"> **User:** {false[0].text}" in text and f"> **Assistant:** {agree}" in text
+  json.dumps(ev)  # eval.json holds it
+
+
+@pytest.mark.parametrize(
+  "changes, message",
+  [
+    ({"data.kind": "chat"}, "config.data.kind='chat': expected one of"),
+    ({"data.kind": "assistant"}, "config.data.tokenizer: data.kind='assistant' needs"),
+    (
+      {"data.kind": "assistant", "data.tokenizer": "x", "base.steps": 5},
+      "config.base.steps=5: data.kind='assistant' has no corpus",
+    ),
+    ({"data.tokenizer": "x"}, "config.data.tokenizer='x': only for data.kind='assistant'"),
+    ({"feedback.bias": 0.5}, "config.feedback.bias=0.5: biased"),
+    ({"base.steps": 0}, "config.base.steps=0: expected >= 1"),
+  ],
+)
+def test_config_errors_name_the_field(changes, message):
+  cfg = pl.Config()
+  for key, value in changes.items():
+    section, field = key.split(".")
+    cfg = dataclasses.replace(
+      cfg, **{section: dataclasses.replace(getattr(cfg, section), **{field: value})}
+    )
+  with pytest.raises(config_schema.ConfigError, match=message.replace("(", r"\(")):
+    pl.check_config(cfg)
+
+
+def test_chat_tokenizer_exports_its_stop_ids(chat_dir):
+  tok = chat.load_chat_tokenizer(chat_dir)
+  kw = pl.export_kwargs(tok)
+  assert kw["eos_token_id"] == tok.end_of_turn_id and kw["pad_token_id"] == tok.pad_id
+  assert kw["generation_config"]["eos_token_id"] == list(tok.stop_ids)
+  assert pl.export_kwargs("corpus-tokenizer") == {"tokenizer": "corpus-tokenizer"}
+
+
+def test_sycophancy_arms_and_study_table(tmp_path, monkeypatch):
+  """The study's arms are configs/sycophancy.py variants with the bias and a fixed β; the
+  table's cells are the mean over seeds with the Student-t interval (scipy the oracle), and
+  the plot is written."""
+  import pathlib
+
+  from scipy import stats
+
+  from rlhf_jax import main as entry
+  from rlhf_jax.train import sycophancy
+
+  root = pathlib.Path(__file__).resolve().parents[1]
+  monkeypatch.chdir(root)
+  cfg = sycophancy.Config(biases=(0.0, 0.5), kl_coefs=(0.1,), seeds=(0,))
+  specs = sycophancy.arm_specs(cfg)
+  assert specs == {
+    "bias0_kl0.1=configs/sycophancy.py:arm,bias=0,kl=0.1": (0.0, 0.1),
+    "bias0.5_kl0.1=configs/sycophancy.py:arm,bias=0.5,kl=0.1": (0.5, 0.1),
+  }
+  _, arm = entry.validate(entry.load_config_file("configs/sycophancy.py:arm,bias=0.5,kl=0.1"))
+  assert arm.feedback.bias == 0.5 and arm.ppo.init_kl_coef == 0.1
+  assert not arm.ppo.hparams.adaptive_kl and arm.data.kind == "assistant"
+
+  rows = [
+    {"arm": "a", "seed": s, "bias": 1.0, "kl_coef": 0.1, "false_premise_agreement_after": v}
+    for s, v in enumerate([0.5, 0.7, 0.9])
+  ]
+  rows.append(
+    {"arm": "b", "seed": 0, "bias": 0.0, "kl_coef": 0.1, "false_premise_agreement_after": 0.2}
+  )
+  text = sycophancy.write_study(rows, tmp_path, "t")
+  half = stats.t.ppf(0.975, 2) * np.std([0.5, 0.7, 0.9], ddof=1) / np.sqrt(3)
+  assert f"| 1 | 0.1 | 3 | — | 0.700 [{0.7 - half:.3f}, {0.7 + half:.3f}] |" in text
+  assert "| 0 | 0.1 | 1 | — | 0.200 |" in text
+  assert (tmp_path / "sycophancy.png").stat().st_size > 0
+  assert json.loads((tmp_path / "rows.json").read_text()) == rows

@@ -1,0 +1,78 @@
+"""configs/assistant.py:smoke end to end (slow; run by .ci/run after the default suite): a
+2-layer random Llama with SmolLM2's tokenizer and chat template through data, labels, reward
+model, PPO with LoRA and the report; the merged policy is a Hugging Face checkpoint that
+transformers loads and generates with, and whose logits are this library's."""
+
+import json
+import pathlib
+import re
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.ci]
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CATEGORIES = ("harmful", "benign", "brevity", "format", "premise")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  pytest.importorskip("gguf", reason="the assistant extra: pip install '.[assistant]'")
+  from rlhf_jax import main as entry
+  from rlhf_jax.train import pipeline as pl
+
+  raw = entry.load_config_file(str(ROOT / "configs" / "assistant.py") + ":smoke")
+  _, cfg = entry.validate(raw)
+  work = tmp_path_factory.mktemp("assistant_smoke")
+  ev = pl.run(cfg, str(work))
+  return work, cfg, ev
+
+
+def test_report_has_per_category_rates_and_chat_transcripts(smoke_run):
+  work, cfg, ev = smoke_run
+  report = (work / "report.md").read_text()
+  section = report.split("## The assistant task, per category")[1].split("## Plots")[0]
+  for cat in CATEGORIES:
+    assert re.search(
+      rf"\| {cat} \| \d+ \| [01]\.\d\d \[[01]\.\d\d, [01]\.\d\d\] \| [01]\.\d\d \[", section
+    ), cat
+    assert f"### {cat}" in section
+    assert 0.0 <= ev[f"pass_{cat}_before"] <= 1.0 and 0.0 <= ev[f"pass_{cat}_after"] <= 1.0
+  assert "false-premise agreement" in section
+  assert section.count("> **User:**") == 2 * len(CATEGORIES)  # one prompt each, before + after
+  assert section.count("> **Assistant:**") == 2 * len(CATEGORIES)
+  assert "<|im_start|>" not in section and "<|im_end|>" not in section  # chat, not token soup
+  assert 0.0 <= ev["win_rate"] <= 1.0 and np.isfinite(ev["kl"])
+  assert (work / "round_1" / "policy_lora.npz").exists()  # the policy trained as adapters
+
+
+def test_exported_policy_loads_and_generates_in_transformers(smoke_run):
+  import torch
+  import transformers as tr
+
+  from rlhf_jax.models import chat, hf
+
+  work, cfg, _ = smoke_run
+  path = work / "round_1" / "policy"
+  model = tr.AutoModelForCausalLM.from_pretrained(str(path))
+  tok = tr.AutoTokenizer.from_pretrained(str(path))
+  ours = chat.load_chat_tokenizer("smollm2-135m-instruct")
+  msgs = [{"role": "user", "content": "Is 7 x 8 = 54, right?"}]
+  text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+  assert text == ours.apply_chat_template(msgs)
+  gen = json.loads((path / "generation_config.json").read_text())
+  assert ours.end_of_turn_id in gen["eos_token_id"]
+  ids = tok(text, return_tensors="pt", add_special_tokens=False)
+  out = model.generate(**ids, max_new_tokens=6, do_sample=False)
+  assert (
+    out.shape[0] == 1 and ids["input_ids"].shape[1] < out.shape[1] <= ids["input_ids"].shape[1] + 6
+  )
+  assert isinstance(tok.decode(out[0, ids["input_ids"].shape[1] :]), str)
+  # The same weights in this library give the same next-token logits (transformers the oracle).
+  jmodel, params = hf.from_pretrained(path)
+  x = ids["input_ids"].numpy().astype(np.int32)
+  ours_logits = np.asarray(jmodel.apply({"params": params}, x, np.ones_like(x)))
+  with torch.no_grad():
+    ref_logits = model(**ids).logits.numpy()
+  np.testing.assert_allclose(ours_logits, ref_logits, atol=2e-4, rtol=1e-3)
