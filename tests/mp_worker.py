@@ -10,7 +10,8 @@ library's trainers on the mesh named by ``MODE``:
   every process) and the metrics to ``OUT/result.npz``;
 * ``ppo_loop``: PPO iterations on (data=2, fsdp=4) with a checkpoint every iteration, printing
   its metrics to ``OUT/ppo_loop/metrics.jsonl`` (for the fault tests: kill a process, send
-  SIGTERM).
+  SIGTERM), and at the end the params to ``OUT/final.npz``. ``$MP_ITERATIONS`` iterations
+  (default 1000).
 
 With NPROC > 1 the processes meet at 127.0.0.1:PORT; each owns LOCAL_DEVICES CPU devices.
 """
@@ -134,7 +135,7 @@ def main():
   if MODE == "ppo_loop":
     iterations = int(os.environ.get("MP_ITERATIONS", "1000"))
     try:
-      run_ppo(
+      state, _ = run_ppo(
         HP,
         mesh,
         os.path.join(OUT, "ppo_loop"),
@@ -147,6 +148,11 @@ def main():
     except checkpoint.Preempted as e:
       print(f"PREEMPTED {e}", flush=True)
       sys.exit(checkpoint.EXIT_PREEMPTED)
+    params = sharding.to_host(state.params)
+    if jax.process_index() == 0:
+      out = {}
+      flat("ppo", params, out)
+      np.savez(os.path.join(OUT, "final.npz"), **out)
     return
   out = {}
   # (1) One reward-model epoch: 64 pairs in 4 steps of 16.
