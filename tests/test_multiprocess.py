@@ -204,6 +204,14 @@ def test_ppo_killed_and_restarted_ten_times_equals_an_uninterrupted_run(tmp_path
         pass
     return max(steps)
 
+  def in_flight_save(since: float) -> bool:
+    """Whether a save of this start is being written (its temporary directory exists; an
+    earlier start's leftover does not count)."""
+    try:
+      return any("tmp" in p.name and p.stat().st_mtime >= since for p in ckpt.iterdir())
+    except FileNotFoundError:  # no directory yet, or renamed while we looked
+      return False
+
   for k in range(10):
     sig = signal.SIGKILL if k % 2 == 0 else signal.SIGTERM
     during_save = k % 4 == 0
@@ -211,13 +219,14 @@ def test_ppo_killed_and_restarted_ten_times_equals_an_uninterrupted_run(tmp_path
     # SIGTERM guard is installed), 1 or 2 iterations on.
     target = last_logged() + int(rng.integers(1, 3))
     assert target < iterations
+    started = time.time()
     (proc,) = _start(run, "ppo_loop", 1, **env)
     sent = False
     try:
       deadline = time.monotonic() + 600
       while proc.poll() is None and time.monotonic() < deadline:
         rows = last_logged()
-        saving = ckpt.exists() and any("tmp" in p.name for p in ckpt.iterdir())
+        saving = in_flight_save(started)
         # A save caught in the act, or (should the polling miss them) two iterations later.
         if rows >= target and (saving or not during_save or rows >= target + 2):
           proc.send_signal(sig)
