@@ -122,6 +122,7 @@ def maybe_initialize(
   *,
   auto: bool = False,
   initialization_timeout: int = 300,
+  heartbeat_timeout_seconds: Optional[int] = None,
 ) -> bool:
   """Calls ``jax.distributed.initialize`` once, when there is something to initialise.
 
@@ -138,6 +139,10 @@ def maybe_initialize(
     auto: call ``jax.distributed.initialize()`` with JAX's own cluster auto-detection even if
       :func:`cluster_detected` sees nothing (multi-host Cloud TPU VMs).
     initialization_timeout: seconds to wait for all processes to connect.
+    heartbeat_timeout_seconds: seconds without a heartbeat after which the coordination
+      service declares a process dead and the others fail with an error naming it (JAX's
+      default, 100 s, when ``None``). Lower it to notice a killed peer sooner; keep it above
+      the longest pause of a live process (a long compile does not stop heartbeats).
 
   Returns:
     ``True`` if this call initialised the runtime; ``False`` when it was already initialised,
@@ -186,6 +191,11 @@ def maybe_initialize(
     process_id=process_id,
     local_device_ids=local_device_ids,
     initialization_timeout=initialization_timeout,
+    **(
+      {}
+      if heartbeat_timeout_seconds is None
+      else {"heartbeat_timeout_seconds": int(heartbeat_timeout_seconds)}
+    ),
   )
   _log.info(
     "process %d of %d; %d local / %d global devices",

@@ -33,7 +33,8 @@ Config keys read here and not passed to trainers:
   ``$RLHF_JAX_COMPILATION_CACHE`` is used when unset.
 * ``distributed`` (ConfigDict, optional): arguments of
   :func:`rlhf_jax.distributed.maybe_initialize` (``coordinator_address``, ``num_processes``,
-  ``process_id``, ``local_device_ids``, ``auto``).
+  ``process_id``, ``local_device_ids``, ``auto``, ``initialization_timeout``,
+  ``heartbeat_timeout_seconds``: how soon a dead peer ends the other processes).
 
 Everything else is validated against the trainer's ``Config`` dataclass
 (:func:`rlhf_jax.config_schema.from_config`) and its ``check_config(cfg)`` if it has one, and the
@@ -105,6 +106,7 @@ _DISTRIBUTED_ARGS = (
   "local_device_ids",
   "auto",
   "initialization_timeout",
+  "heartbeat_timeout_seconds",
 )
 
 _CONFIG = config_flags.DEFINE_config_file(

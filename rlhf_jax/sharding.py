@@ -34,6 +34,8 @@ __all__ = [
   "batch_sharding",
   "replicated",
   "shard_batch",
+  "shard_global_batch",
+  "to_host",
   "shard_tree",
   "commit",
   "jit_step",
@@ -168,6 +170,42 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
     return jax.make_array_from_process_local_data(sharding, x)
 
   return jax.tree.map(one, batch)
+
+
+def shard_global_batch(batch: Any, mesh: Mesh) -> Any:
+  """Place a host batch that every process holds in full (the same global rows everywhere)
+  on the mesh, each process transferring only the rows its devices own.
+
+  The trainers that hold their (tokenized, small) data in every process use this: the batch
+  is the same as one process would build, whatever the number of processes, so a run's
+  trajectory does not depend on it. Scalars are replicated. Single-process it equals
+  :func:`shard_batch`.
+  """
+
+  def one(x):
+    x = np.asarray(x)
+    if x.ndim == 0:
+      return jax.device_put(x, replicated(mesh))
+    sharding = batch_sharding(mesh, x.ndim)
+    if jax.process_count() == 1:
+      return jax.device_put(x, sharding)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return jax.tree.map(one, batch)
+
+
+def to_host(tree: Any) -> Any:
+  """Every leaf as a numpy array of its global value, in every process.
+
+  ``np.asarray`` of an array sharded over several processes fails (some shards live
+  elsewhere); this gathers them (a collective: every process must call it) and is a plain
+  fetch single-process.
+  """
+  if jax.process_count() == 1:
+    return jax.tree.map(np.asarray, jax.device_get(tree))
+  from jax.experimental import multihost_utils
+
+  return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
 
 
 def shard_tree(tree: Any, shardings: Any) -> Any:

@@ -32,6 +32,12 @@ _WORKER = textwrap.dedent("""
     assert batch.shape == (8, 3)
     total = jax.jit(lambda x: jnp.sum(x * 2.0), out_shardings=sharding.replicated(mesh))(batch)
     print("TOTAL", float(total), flush=True)
+    # The same global batch from rows every process holds; and back to the host in full.
+    glob = sharding.shard_global_batch(data, mesh)
+    equal = jax.jit(lambda a, b: jnp.all(a == b), out_shardings=sharding.replicated(mesh))(
+        glob, batch)
+    print("GLOBAL", bool(equal), np.array_equal(sharding.to_host(glob * 2.0), data * 2.0),
+          flush=True)
 
     # Checkpoint a globally sharded array from both processes and restore it.
     mgr = checkpoint.open_manager(ckpt_dir)
@@ -102,6 +108,7 @@ def test_two_processes_global_mesh_sum_checkpoint_and_preemption(tmp_path):
   for out in outputs:
     assert lines(out, "TOTAL") == [[str(expected)]]
     assert lines(out, "RESTORED") == [["True"]]
+    assert lines(out, "GLOBAL") == [["True", "True"]]
   assert lines(outputs[0], "STOP") == [["False", "True", "False"]]
   assert lines(outputs[1], "STOP") == [["False", "True", "True"]]
   seeds = [lines(out, "SEED")[0][0] for out in outputs]

@@ -560,7 +560,7 @@ def run_epochs(
         if i <= start:
           continue
         rows = perm[s * batch_size : (s + 1) * batch_size]
-        batch = sharding.shard_batch({k: v[rows] for k, v in data.items()}, mesh)
+        batch = sharding.shard_global_batch({k: v[rows] for k, v in data.items()}, mesh)
         state, metrics = step(state, batch)
         if i % log_every == 0 or i == loop.total:
           last = dict(fetch(metrics), learning_rate=float(schedule(i)))
@@ -597,7 +597,7 @@ def pair_outputs(
   out_a, out_b = [], []
   for s, e in batches(n, batch_size):
     rows = {key: pad_rows(v[s:e], batch_size) for key, v in pairs.items()}
-    a, b = fn(params, sharding.shard_batch(rows, mesh))
-    out_a.append(np.asarray(a)[: e - s])
-    out_b.append(np.asarray(b)[: e - s])
+    a, b = sharding.to_host(fn(params, sharding.shard_global_batch(rows, mesh)))
+    out_a.append(a[: e - s])
+    out_b.append(b[: e - s])
   return np.concatenate(out_a), np.concatenate(out_b)

@@ -1027,7 +1027,9 @@ def _perplexity(model, params, ids, mask, batch_size, mesh) -> float:
   for s, e in common.batches(len(ids), batch_size):
     if e - s < batch_size:
       break
-    b = sharding.shard_batch({"ids": ids[s:e], "mask": mask[s:e], "loss_mask": mask[s:e]}, mesh)
+    b = sharding.shard_global_batch(
+      {"ids": ids[s:e], "mask": mask[s:e], "loss_mask": mask[s:e]}, mesh
+    )
     nll, n = evaluate(params, b)
     total += float(nll)
     count += float(n)
@@ -1082,12 +1084,13 @@ class Sampler:
     for i, (s, e) in enumerate(bar):
       ids = common.pad_rows(prompt_ids[s:e], self.batch)
       mask = common.pad_rows(prompt_mask[s:e], self.batch)
-      b = sharding.shard_batch({"ids": ids, "mask": mask}, self.mesh)
+      b = sharding.shard_global_batch({"ids": ids, "mask": mask}, self.mesh)
       tokens, m, _, _ = self._sample(
         params, b["ids"], b["mask"], jax.random.PRNGKey(seed * 100003 + i), jnp.float32(temperature)
       )
-      toks.append(np.asarray(tokens)[: e - s])
-      masks.append(np.asarray(m)[: e - s])
+      tokens, m = sharding.to_host((tokens, m))
+      toks.append(tokens[: e - s])
+      masks.append(m[: e - s])
     return np.concatenate(toks), np.concatenate(masks)
 
   def _map(self, fn, arrays, extra=()):
@@ -1095,8 +1098,8 @@ class Sampler:
     n = len(arrays[0])
     for s, e in common.batches(n, self.batch):
       padded = [common.pad_rows(a[s:e], self.batch) for a in arrays]
-      b = sharding.shard_batch(dict(enumerate(padded)), self.mesh)
-      outs.append(np.asarray(fn(*[b[i] for i in range(len(padded))], *extra))[: e - s])
+      b = sharding.shard_global_batch(dict(enumerate(padded)), self.mesh)
+      outs.append(sharding.to_host(fn(*[b[i] for i in range(len(padded))], *extra))[: e - s])
     return np.concatenate(outs)
 
   def logprobs(self, params, seq_ids, seq_mask, tokens, temperature):

@@ -268,7 +268,7 @@ def fit_reward_norm(
   n_batches = max(1, -(-n_samples // batch_size))
   for i in progress(range(n_batches), desc="reward normalisation", unit="batch"):
     rows = prompt_rows(len(prompt_ids), batch_size, 10_000_000 + i, seed)
-    batch = sharding.shard_batch({"ids": prompt_ids[rows], "mask": prompt_mask[rows]}, mesh)
+    batch = sharding.shard_global_batch({"ids": prompt_ids[rows], "mask": prompt_mask[rows]}, mesh)
     out = score_fn(
       ref_params,
       reward_params,
@@ -276,7 +276,7 @@ def fit_reward_norm(
       batch["mask"],
       jax.random.PRNGKey(seed + 7919 * (i + 1)),
     )
-    scores.append(np.asarray(jax.device_get(out.raw_score_B)))
+    scores.append(sharding.to_host(out.raw_score_B))
   scores = np.concatenate(scores)
   if not np.std(scores) > 0:
     _log.warning(

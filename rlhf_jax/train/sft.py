@@ -191,7 +191,7 @@ def train_lm(
   with loop:
     for i in range(start, steps):
       rows = rows_of(i)
-      batch = sharding.shard_batch(
+      batch = sharding.shard_global_batch(
         {"ids": ids[rows], "mask": mask[rows], "loss_mask": loss_mask[rows]}, mesh
       )
       state, metrics = step(state, batch, base)
