@@ -142,7 +142,7 @@ def critic_free_lines(records):
       f"| {algo.upper()} | {o:.2f} | {_fmt(t, '.2f')} | "
       f"{_fmt(None if t is None else o / t, '.2f')}x | {ours['rollout_phase_s']['median']:.2f} | "
       f"{ours['update_phase_s']['median']:.2f} | {ours['update_gflops_median']:.0f} | "
-      f"{100 * ours['update_fraction_of_peak']:.0f}% | {_host(ours)} / "
+      f"{100 * ours['update_fraction_of_peak']:.0f}% of {ours['_peak']:.0f} | {_host(ours)} / "
       f"{'–' if not trl else _fmt(trl['loadavg'][0], '.1f')} |"
     )
   if not found:
@@ -152,7 +152,9 @@ def critic_free_lines(records):
     "samples/s = sampled completions per second of whole iterations, the first excluded. "
     "Both sides: Adam lr 1e-5, beta 0.05 with a reference model (GRPO: k3 loss term, token "
     "mean; RLOO: k1 reward penalty), a GPT-2 scalar reward model, no stop token. Rollout and "
-    "update are our iteration's two halves timed separately.",
+    "update are our iteration's two halves timed separately. The f32 matmul peak is measured "
+    "once at the start of the invocation; the load changes during a run (other jobs on the "
+    "same cores), so a share above 100% means the peak was taken under more load than the row.",
     "",
   ]
 
@@ -181,7 +183,8 @@ def dpo_lines(records):
     label = "precomputed once" if ref == "precompute" else "reference forward in every step"
     lines.append(
       f"| {label} | {o:.1f} | {_fmt(t, '.1f')} | {_fmt(None if t is None else o / t, '.2f')}x "
-      f"| {pre} | {ours['gflops_median']:.0f} | {100 * ours['fraction_of_peak']:.0f}% | "
+      f"| {pre} | {ours['gflops_median']:.0f} | {100 * ours['fraction_of_peak']:.0f}% of "
+      f"{ours['_peak']:.0f} | "
       f"{_host(ours)} / {'–' if not trl else _fmt(trl['loadavg'][0], '.1f')} |"
     )
   if not found:
