@@ -136,7 +136,9 @@ def begin(out):
 
 
 def run_peer(venv, script, args, timeout=1800):
-  """Run an anchor script in its venv; returns its RESULT records ([] if unavailable)."""
+  """Run a peer script in its venv; returns its RESULT records ([] if unavailable).
+
+  ``script``: a file of the anchors folder, or an absolute path (a peer kept in ``bench/``)."""
   python = os.path.join(VENVS, venv, "bin", "python")
   path = os.path.join(ANCHORS, script)
   if not (os.path.exists(python) and os.path.exists(path)):

@@ -1,7 +1,7 @@
 """Summarise the latest benchmark records as a markdown table and a plot.
 
-Reads ``bench/results/{ppo,reward,ceiling}.jsonl`` (as appended by ``bench/ppo.py``,
-``bench/reward.py`` and ``bench/ceiling.py``) and writes ``summary.md`` and ``summary.png``
+Reads ``bench/results/{ppo,reward,ceiling,grpo,dpo}.jsonl`` (as appended by ``bench/ppo.py``,
+``bench/reward.py``, ``bench/ceiling.py``, ``bench/grpo.py`` and ``bench/dpo.py``) and writes ``summary.md`` and ``summary.png``
 next to them. For each variant the newest record wins. A peer's GFLOP/s is computed with
 the same model-FLOP count as ours, against the matmul peak measured in the peer's own
 invocation (the record before it in the file).
@@ -108,6 +108,97 @@ def _fmt(x, spec):
   return "–" if x is None else format(x, spec)
 
 
+def _host(rec):
+  """``family F model M, load1 L``: the host and its 1-min load average when ``rec`` ran."""
+  info = rec.get("info", {})
+  cpu = info.get("cpu") or rec.get("_cpu", {})
+  load = info.get("loadavg") or rec.get("loadavg")
+  return (
+    f"family {cpu.get('cpu family', '?')} model {cpu.get('model', '?')}, "
+    f"load1 {_fmt(load[0] if load else None, '.1f')}"
+  )
+
+
+def critic_free_lines(records):
+  """GRPO / RLOO iteration rows (``bench/grpo.py``): ours next to TRL 1.16, same invocation."""
+  lines = [
+    "## Critic-free iteration, GPT-2 small (32 prompts x 2 samples, 32 + 32 tokens, "
+    "4 epochs x 4 minibatches of 16)",
+    "",
+    "| algorithm | rlhf_jax samples/s | TRL 1.16 samples/s | ratio | rollout s | update s | "
+    "update GFLOP/s | of f32 peak | host, load (ours / TRL) |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
+  found = False
+  for algo in ("grpo", "rloo"):
+    ours = _latest(records, "grpo_rlhf_jax", algo=algo, size="small")
+    if not ours:
+      continue
+    found = True
+    trl = _latest(records, "peer_rl_trl116", algo=algo, size="small")
+    o = ours["samples_per_s_median"]
+    t = trl["samples_per_s_median"] if trl else None
+    lines.append(
+      f"| {algo.upper()} | {o:.2f} | {_fmt(t, '.2f')} | "
+      f"{_fmt(None if t is None else o / t, '.2f')}x | {ours['rollout_phase_s']['median']:.2f} | "
+      f"{ours['update_phase_s']['median']:.2f} | {ours['update_gflops_median']:.0f} | "
+      f"{100 * ours['update_fraction_of_peak']:.0f}% of {ours['_peak']:.0f} | {_host(ours)} / "
+      f"{'–' if not trl else _fmt(trl['loadavg'][0], '.1f')} |"
+    )
+  if not found:
+    return []
+  return lines + [
+    "",
+    "samples/s = sampled completions per second of whole iterations, the first excluded. "
+    "Both sides: Adam lr 1e-5, beta 0.05 with a reference model (GRPO: k3 loss term, token "
+    "mean; RLOO: k1 reward penalty), a GPT-2 scalar reward model, no stop token. Rollout and "
+    "update are our iteration's two halves timed separately. The f32 matmul peak is measured "
+    "once at the start of the invocation; the load changes during a run (other jobs on the "
+    "same cores), so a share above 100% means the peak was taken under more load than the row.",
+    "",
+  ]
+
+
+def dpo_lines(records):
+  """DPO step rows (``bench/dpo.py``): ours next to TRL 1.16 ``DPOTrainer``, same invocation."""
+  lines = [
+    "## DPO training, GPT-2 small (32 pairs per step, 32-token prompt + 32-token responses)",
+    "",
+    "| reference log-probs | rlhf_jax pairs/s | TRL 1.16 pairs/s | ratio | one-off reference "
+    "pass s (ours / TRL) | step GFLOP/s | of f32 peak | host, load (ours / TRL) |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  found = None
+  for ref in ("precompute", "live"):
+    ours = _latest(records, "dpo_rlhf_jax", ref=ref, size="small")
+    if not ours:
+      continue
+    found = ours
+    trl = _latest(records, "peer_dpo_trl", ref=ref, size="small")
+    o = ours["pairs_per_s_median"]
+    t = trl["pairs_per_s_median"] if trl else None
+    pre = "–"
+    if ref == "precompute":
+      pre = f"{_fmt(ours['ref_precompute_s'], '.1f')} / {_fmt((trl or {}).get('ref_precompute_s'), '.1f')}"
+    label = "precomputed once" if ref == "precompute" else "reference forward in every step"
+    lines.append(
+      f"| {label} | {o:.1f} | {_fmt(t, '.1f')} | {_fmt(None if t is None else o / t, '.2f')}x "
+      f"| {pre} | {ours['gflops_median']:.0f} | {100 * ours['fraction_of_peak']:.0f}% of "
+      f"{ours['_peak']:.0f} | "
+      f"{_host(ours)} / {'–' if not trl else _fmt(trl['loadavg'][0], '.1f')} |"
+    )
+  if not found:
+    return []
+  return lines + [
+    "",
+    "pairs/s = 32 / median step time (first two steps excluded on both sides). Sigmoid loss, "
+    f"beta {found['beta']}, Adam lr 1e-5, float32. The one-off reference pass (over all "
+    f"{found['train_pairs']} pairs of the run; ours includes its compilation) is not part of "
+    "the step time.",
+    "",
+  ]
+
+
 def render(results):
   ppo = _records(os.path.join(results, "ppo.jsonl"))
   reward = _records(os.path.join(results, "reward.jsonl"))
@@ -189,6 +280,8 @@ def render(results):
       f"{_fmt(None if c is None else o / c, '.2f')} |"
     )
   lines.append("")
+  lines += critic_free_lines(_records(os.path.join(results, "grpo.jsonl")))
+  lines += dpo_lines(_records(os.path.join(results, "dpo.jsonl")))
   return "\n".join(lines), rows, ceil_ppo, reward_rows
 
 
