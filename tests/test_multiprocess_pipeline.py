@@ -35,6 +35,16 @@ TRACED = (
 WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND")
 # Keys of eval.json that measure the machine, not the run.
 TIMING_KEYS = {"rm_seconds", "ppo_seconds", "round_seconds"}
+# The reward model's tie parameter is refit after training by a golden-section search on the
+# float32 likelihood (losses.fit_tie_parameter), which is nearly flat around its optimum (the
+# smoke model's scores barely separate): the comparisons of the search flip under last-bit
+# differences of the scores, so its argmin (and the tie rates it implies) agree only to about
+# 1e-3 (measured: 1.6e-3 and 2.9e-4 relative), where everything else agrees to 1e-4.
+TIE_FIT_KEYS = {
+  "rm_tie_param": 1e-2,
+  "rm_tie_rate_implied": 2e-3,
+  "rm_train_tie_rate_implied": 2e-3,
+}
 
 
 def _env(**extra) -> dict:
@@ -190,7 +200,8 @@ def test_smoke_pipeline_two_processes_equal_one_process(tmp_path, mesh):
     eb = _numeric(json.loads((two / f"round_{r}" / "eval.json").read_text()))
     assert sorted(ea) == sorted(eb)
     for k in ea:
-      np.testing.assert_allclose(eb[k], ea[k], rtol=1e-4, atol=1e-5, err_msg=f"round {r}: {k}")
+      rtol = TIE_FIT_KEYS.get(k, 1e-4)
+      np.testing.assert_allclose(eb[k], ea[k], rtol=rtol, atol=1e-5, err_msg=f"round {r}: {k}")
   # The base model and the final policy, parameter by parameter.
   for sub in ("base/model", "round_2/policy"):
     pa, pb = _load_policy(one / sub), _load_policy(two / sub)

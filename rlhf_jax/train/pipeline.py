@@ -2177,14 +2177,13 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   timings["base"] = time.perf_counter() - t0
   setup = prepare_rounds(cfg, root, mesh, tokenizer, hp, base_model, base_params, gold, independent)
 
-  def finished_rounds() -> int:  # process 0
+  def drop_unfinished_rows() -> None:  # process 0
     n_done = 0
     while n_done < cfg.rounds and _done(root / f"round_{n_done + 1}"):
       n_done += 1
     truncate_metrics(root, n_done)  # rows of rounds that a killed attempt did not finish
-    return n_done
 
-  distributed.lead_only(finished_rounds, "rounds: metrics of unfinished rounds")
+  distributed.lead_only(drop_unfinished_rows, "rounds: metrics of unfinished rounds")
   results: List[RoundResult] = []
   policy_params, pairs = base_params, None
   for r in range(1, cfg.rounds + 1):
