@@ -1,16 +1,18 @@
 """The whole pipeline across processes: ``configs/sentiment.py:smoke`` run by 2 processes × 4
 CPU devices (``launchers/multiprocess.sh``, one shared workdir) equals the same run by
-1 process × 8 devices, and process 1 writes nothing to the workdir or the data cache except
-its share of the (collective) Orbax checkpoints.
+1 process × 8 devices, on a data × fsdp and on an fsdp × tensor mesh, and process 1 writes
+nothing to the workdir or the data cache except its share of the (collective) Orbax
+checkpoints.
 
 Who writes what is observed, not assumed: each of the two processes runs under ``strace``
 (every thread, the file-creating and -changing system calls: open for writing, mkdir,
 rename, unlink, ...), so writes from C++ (array_record, tensorstore) and Rust (the BPE
-tokenizer) count as well as Python's. Process 0's trace is the positive control: it must
-show the writes of each of those layers.
+tokenizer) count as well as Python's. The positive controls: process 0's trace must show
+the writes of each of those layers, and process 1's its own checkpoint shards.
 
-Slow (two smoke runs, one of them as two processes, on the machine's cores at once); CI runs
-it with the other multi-process tests (``.ci/run``: ``-m multiprocess``).
+Slow: about 15 minutes per mesh on 2 CPU cores (the 1-process run takes about 3 of them;
+the 2-process run is slow because the cross-process collectives go through gloo over TCP). CI
+runs it with the other multi-process tests (``.ci/run``: ``-m multiprocess``).
 """
 
 import json
@@ -35,15 +37,20 @@ TRACED = (
 WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND")
 # Keys of eval.json that measure the machine, not the run.
 TIMING_KEYS = {"rm_seconds", "ppo_seconds", "round_seconds"}
-# The reward model's tie parameter is refit after training by a golden-section search on the
-# float32 likelihood (losses.fit_tie_parameter), which is nearly flat around its optimum (the
-# smoke model's scores barely separate): the comparisons of the search flip under last-bit
-# differences of the scores, so its argmin (and the tie rates it implies) agree only to about
-# 1e-3 (measured: 1.6e-3 and 2.9e-4 relative), where everything else agrees to 1e-4.
-TIE_FIT_KEYS = {
-  "rm_tie_param": 1e-2,
-  "rm_tie_rate_implied": 2e-3,
-  "rm_train_tie_rate_implied": 2e-3,
+# (rtol, atol) of the eval.json keys that two correct runs do not reproduce to 1e-4:
+# * the tie parameter is refit after reward-model training by a golden-section search on the
+#   float32 likelihood (losses.fit_tie_parameter), nearly flat around its optimum here: the
+#   search's comparisons flip under last-bit differences of the scores, so its argmin and the
+#   tie rates it implies agree to ~1e-3 (measured up to 1.6e-3 and 2.9e-4 relative);
+# * the Bradley-Terry loss is blind to a shift of every score, so the gradient along the shift
+#   is rounding noise, which Adam scales up to steps of ~lr: the reward model's mean score
+#   drifts by up to lr x steps (5e-4 x 24 over both rounds; measured 2.4e-4). Every score
+#   difference, and so every other metric, is shift-invariant.
+LOOSE = {
+  "rm_tie_param": (1e-2, 0.0),
+  "rm_tie_rate_implied": (2e-3, 0.0),
+  "rm_train_tie_rate_implied": (2e-3, 0.0),
+  "rm_score_mean": (0.0, 1.2e-2),
 }
 
 
@@ -118,8 +125,13 @@ def _load_policy(path):
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("mesh", ["data_fsdp"])
+@pytest.mark.parametrize("mesh", ["data_fsdp", "fsdp_tensor"])
 def test_smoke_pipeline_two_processes_equal_one_process(tmp_path, mesh):
+  """Same samples (both rounds' preference pairs, byte for byte), every numeric key of both
+  rounds' eval.json within rtol 1e-4 / atol 1e-5 (the tie fit and the mean score: see
+  LOOSE), base and final policy parameters within rtol 1e-4 / atol 1e-5 (not bitwise:
+  the cross-process all-reduces sum in another order), one metrics row per round, the report
+  written once, and no write by process 1 outside its checkpoint shards."""
   from rlhf_jax import data as data_lib
   from rlhf_jax.train import pipeline
 
@@ -141,16 +153,12 @@ def test_smoke_pipeline_two_processes_equal_one_process(tmp_path, mesh):
       f'exec {strace} -ff -qq --seccomp-bpf -y -e trace={TRACED} -o "$0/p$RLHF_JAX_PROCESS_ID" "$@"',
       str(traces),
     ]
+  # One after the other: side by side on a busy 2-core machine, the starved 8-device process
+  # once missed XLA:CPU's 40 s rendezvous deadline of an in-process all-gather and aborted.
   t0 = time.monotonic()
-  with open(tmp_path / "one.log", "w") as log1, open(tmp_path / "two.log", "w") as log2:
-    single = subprocess.Popen(
-      [sys.executable, *_main_args(one, MESHES[mesh], cache)],
-      env=_env(JAX_NUM_CPU_DEVICES="8"),
-      stdout=log1,
-      stderr=subprocess.STDOUT,
-      cwd=ROOT,
-    )
-    multi = subprocess.Popen(
+  runs = [
+    ([sys.executable, *_main_args(one, MESHES[mesh], cache)], _env(JAX_NUM_CPU_DEVICES="8")),
+    (
       [
         "bash",
         LAUNCHER,
@@ -164,18 +172,19 @@ def test_smoke_pipeline_two_processes_equal_one_process(tmp_path, mesh):
         sys.executable,
         *_main_args(two, MESHES[mesh], cache),
       ],
-      env=_env(),
-      stdout=log2,
-      stderr=subprocess.STDOUT,
-      cwd=ROOT,
-    )
-    try:
-      codes = [single.wait(timeout=2400), multi.wait(timeout=2400)]
-    finally:
-      for p in (single, multi):
-        if p.poll() is None:
-          p.terminate()
-          p.wait(60)
+      _env(),
+    ),
+  ]
+  codes = []
+  for (args, env), log in zip(runs, ("one.log", "two.log")):
+    with open(tmp_path / log, "w") as f:
+      proc = subprocess.Popen(args, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+      try:
+        codes.append(proc.wait(timeout=2400))
+      finally:
+        if proc.poll() is None:
+          proc.terminate()
+          proc.wait(60)
   seconds = time.monotonic() - t0
 
   def logs() -> str:
@@ -187,8 +196,13 @@ def test_smoke_pipeline_two_processes_equal_one_process(tmp_path, mesh):
     return "\n".join(out)
 
   assert codes == [0, 0], logs()
-  print(f"1 x 8 and 2 x 4 smoke runs side by side: {seconds:.0f} s")
+  print(f"1 x 8 and 2 x 4 smoke runs, one after the other: {seconds:.0f} s")
 
+  _check_runs(one, two, traces, cache, strace)
+
+
+def _check_runs(one, two, traces, cache, strace) -> None:
+  """The assertions of the test on finished runs (``one``: 1 process, ``two``: 2)."""
   # Identical samples: the preference pairs (texts of both responses) of both rounds.
   for r in (1, 2):
     a = (one / f"round_{r}" / "preferences.jsonl").read_text()
@@ -200,8 +214,8 @@ def test_smoke_pipeline_two_processes_equal_one_process(tmp_path, mesh):
     eb = _numeric(json.loads((two / f"round_{r}" / "eval.json").read_text()))
     assert sorted(ea) == sorted(eb)
     for k in ea:
-      rtol = TIE_FIT_KEYS.get(k, 1e-4)
-      np.testing.assert_allclose(eb[k], ea[k], rtol=rtol, atol=1e-5, err_msg=f"round {r}: {k}")
+      rtol, atol = LOOSE.get(k, (1e-4, 1e-5))
+      np.testing.assert_allclose(eb[k], ea[k], rtol=rtol, atol=atol, err_msg=f"round {r}: {k}")
   # The base model and the final policy, parameter by parameter.
   for sub in ("base/model", "round_2/policy"):
     pa, pb = _load_policy(one / sub), _load_policy(two / sub)
