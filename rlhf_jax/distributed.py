@@ -19,13 +19,20 @@ connects them. There is no cluster layer here beyond that call:
   metadata server only, so pass ``auto=True`` there (or set ``RLHF_JAX_DISTRIBUTED=auto``).
 
 Call it before anything touches devices (``jax.devices()``, creating arrays).
+
+Work that must happen once — writing files to a shared workdir, downloads, calls to judges
+and annotators — runs on process 0 through :func:`lead_only` (the others wait for it) or
+:func:`from_lead` (its result reaches every process); an exception raised there is raised in
+every process, so they all stop with the same error instead of waiting for a peer that left.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Optional, Sequence, Union
+import pickle
+import zlib
+from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
 import jax
 import numpy as np
@@ -35,7 +42,12 @@ __all__ = [
   "maybe_initialize",
   "process_slice",
   "per_process_seed",
+  "is_lead",
+  "lead_only",
+  "from_lead",
 ]
+
+T = TypeVar("T")
 
 _log = logging.getLogger(__name__)
 
@@ -248,3 +260,90 @@ def per_process_seed(seed: int, process_index: Optional[int] = None) -> int:
     )
   state = np.random.SeedSequence([int(seed), int(process_index)]).generate_state(1, np.uint32)
   return int(state[0] >> 1)
+
+
+# ----------------------------------------------------------------------------- once, on process 0
+
+
+def is_lead() -> bool:
+  """Whether this is process 0: the one that writes files and calls judges."""
+  return jax.process_index() == 0
+
+
+def _broadcast_bytes(payload: bytes, name: str) -> bytes:
+  """``payload`` of process 0 in every process (a collective: every process calls it, with the
+  same ``name``; only process 0's ``payload`` is read). Raises RuntimeError when the processes
+  are at different points (their ``name`` differs): their control flow has diverged."""
+  from jax.experimental import multihost_utils
+
+  lead = is_lead()
+  size = len(payload) if lead else 0
+  header = np.asarray([zlib.crc32(name.encode()), size], np.uint32)
+  lead_crc, size = (int(v) for v in multihost_utils.broadcast_one_to_all(header))
+  if lead_crc != int(header[0]):
+    raise RuntimeError(
+      f"process {jax.process_index()} reached {name!r} while process 0 is elsewhere "
+      "(crc32 of its step name differs): the processes' control flow has diverged"
+    )
+  # Power-of-two buffers: a few compiled broadcasts serve payloads of every size.
+  buf = np.zeros(max(256, 1 << (max(size, 1) - 1).bit_length()), np.uint8)
+  if lead:
+    buf[:size] = np.frombuffer(payload, np.uint8)
+  return np.asarray(multihost_utils.broadcast_one_to_all(buf))[:size].tobytes()
+
+
+# > 0 while process 0 runs the function of a lead_only / from_lead call: calls nested in it
+# (a judge wrapped with from_lead inside a lead-only stage) run directly, as the other
+# processes never reach them.
+_lead_depth = 0
+
+
+def _once(fn: Callable[[], T], name: str, share: bool) -> Optional[T]:
+  """:func:`lead_only` (``share=False``) and :func:`from_lead` (``share=True``)."""
+  global _lead_depth
+  if jax.process_count() == 1 or _lead_depth:  # single-process, or nested in the lead's fn
+    return fn()
+  if not is_lead():
+    ok, value = pickle.loads(_broadcast_bytes(b"", name))
+    if not ok:
+      raise value from RuntimeError(f"raised by process 0 in {name!r}")
+    return value
+  _lead_depth += 1
+  error = None
+  try:
+    result = fn()
+    payload = pickle.dumps((True, result if share else None))
+  except Exception as e:  # raised here and, pickled, in every other process
+    error = e
+    try:
+      payload = pickle.dumps((False, e))
+    except Exception:  # an exception that does not pickle: its type and message
+      payload = pickle.dumps((False, RuntimeError(f"{type(e).__name__}: {e}")))
+  finally:
+    _lead_depth -= 1
+  _broadcast_bytes(payload, name)
+  if error is not None:
+    raise error
+  return result
+
+
+def lead_only(fn: Callable[[], Any], name: str) -> None:
+  """Calls ``fn()`` on process 0 only; every other process waits until it has returned.
+
+  For work that must happen once and whose result the others read from the (shared) disk
+  afterwards: writing outputs, downloading a corpus, training a tokenizer. An exception
+  ``fn`` raises is raised in every process (a user error stops them all with the same
+  message). Single-process: ``fn()``.
+
+  A collective: every process must call it at the same point with the same ``name`` (a
+  mismatch raises RuntimeError instead of pairing unrelated steps).
+  """
+  _once(fn, name, share=False)
+
+
+def from_lead(fn: Callable[[], T], name: str) -> T:
+  """``fn()`` computed on process 0 only and returned in every process (pickled and
+  broadcast through the devices): judge and annotator calls, decisions that read the disk
+  (whether a stage is done). ``fn``'s result must pickle. Exceptions and the collective's
+  rules as :func:`lead_only`."""
+  return _once(fn, name, share=True)

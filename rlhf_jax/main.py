@@ -310,19 +310,20 @@ def run_task(config: Any, workdir: str) -> dict:
   module, cfg = validate(plain)
 
   # 4. Log + snapshot; a workdir made by another config is refused.
-  import jax
-
   _log.info("task %s (%s), workdir %s", plain["task"], module.__name__, workdir)
   _log.debug("config:\n%s", config)
   snapshot = {k: plain[k] for k in ENTRY_POINT_KEYS if k in plain}
   snapshot.update(config_schema.to_dict(cfg))
-  _check_workdir_config(workdir, snapshot, module)
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
+
+  def record() -> None:  # process 0 (a refusal is raised in every process)
+    _check_workdir_config(workdir, snapshot, module)
+    os.makedirs(workdir, exist_ok=True)
     tmp = os.path.join(workdir, "config.json.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
       json.dump(snapshot, f, indent=2, sort_keys=True, default=str)
     os.replace(tmp, os.path.join(workdir, "config.json"))
+
+  distributed.lead_only(record, "workdir: config.json")
 
   # 5. Train; SIGTERM anywhere stops at the next checkpoint or stage boundary (Preempted).
   checkpoint.clear_preemption()

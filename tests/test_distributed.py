@@ -48,6 +48,20 @@ _WORKER = textwrap.dedent("""
         restored["batch"], batch)
     print("RESTORED", bool(same), flush=True)
 
+    # Once, on process 0: its result reaches both processes, its exception is raised in both,
+    # and a from_lead nested in a lead_only runs directly on process 0 (the other never sees it).
+    calls = []
+    got = distributed.from_lead(lambda: calls.append(1) or {"pid": pid, "s": "x" * 3000}, "obj")
+    print("LEAD", got["pid"], len(got["s"]), len(calls), flush=True)
+    def fail():
+      raise ValueError("config.x: bad")
+    try:
+      distributed.lead_only(fail, "fail")
+    except ValueError as e:
+      print("RAISED", str(e).replace(" ", "_"), flush=True)
+    distributed.lead_only(
+      lambda: print("NESTED", distributed.from_lead(lambda: 7, "inner"), flush=True), "outer")
+
     # Only process 1 is "preempted"; should_stop() agrees across processes.
     with checkpoint.PreemptionGuard() as guard:
       before = guard.should_stop()
@@ -109,6 +123,11 @@ def test_two_processes_global_mesh_sum_checkpoint_and_preemption(tmp_path):
     assert lines(out, "TOTAL") == [[str(expected)]]
     assert lines(out, "RESTORED") == [["True"]]
     assert lines(out, "GLOBAL") == [["True", "True"]]
+  assert lines(outputs[0], "LEAD") == [["0", "3000", "1"]]  # called on process 0 only
+  assert lines(outputs[1], "LEAD") == [["0", "3000", "0"]]
+  for out in outputs:
+    assert lines(out, "RAISED") == [["config.x:_bad"]]
+  assert lines(outputs[0], "NESTED") == [["7"]] and lines(outputs[1], "NESTED") == []
   assert lines(outputs[0], "STOP") == [["False", "True", "False"]]
   assert lines(outputs[1], "STOP") == [["False", "True", "True"]]
   seeds = [lines(out, "SEED")[0][0] for out in outputs]
@@ -155,3 +174,14 @@ def test_maybe_initialize_noop_without_cluster(monkeypatch):
   assert distributed.cluster_detected() is None
   with pytest.raises(ValueError, match="process_id=3"):
     distributed.maybe_initialize("127.0.0.1:1", num_processes=2, process_id=3)
+
+
+def test_lead_only_and_from_lead_single_process():
+  """One process is the lead: the function runs once, its result and exceptions as they are."""
+  calls = []
+  assert distributed.is_lead()
+  assert distributed.from_lead(lambda: calls.append("a") or [1, 2], "a") == [1, 2]
+  assert distributed.lead_only(lambda: calls.append("b") or 3, "b") is None
+  with pytest.raises(KeyError, match="boom"):
+    distributed.lead_only(lambda: {}["boom"], "c")
+  assert calls == ["a", "b"]

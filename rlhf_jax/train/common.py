@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import optax
 
-from rlhf_jax import checkpoint, config_schema, lora, optim, sharding
+from rlhf_jax import checkpoint, config_schema, distributed, lora, optim, sharding
 from rlhf_jax.config_schema import ConfigError
 from rlhf_jax.models import Transformer, TransformerConfig, boxed_init_fn, init_params
 from rlhf_jax.train.metrics import MetricWriter, fetch, progress
@@ -456,7 +456,7 @@ class TrainLoop:
     updates_per_step: int = 1,
   ):
     self.workdir = os.fspath(workdir)
-    os.makedirs(self.workdir, exist_ok=True)
+    distributed.lead_only(lambda: os.makedirs(self.workdir, exist_ok=True), f"{desc}: workdir")
     self.manager = checkpoint.open_manager(
       os.path.join(self.workdir, "checkpoints"), max_to_keep=keep
     )

@@ -25,6 +25,16 @@ re-run skips finished stages and resumes an interrupted training stage from its 
       independent judges, gold and proxy reward, KL to the reference, response length,
       degenerate text, fluency (perplexity under the reference).
 4. ``report.md`` + plots in ``workdir`` — :func:`write_report`.
+
+Across processes (``jax.distributed``; every process runs :func:`run` with the same config and
+workdir, which must be one directory every process sees — the local disk for processes on
+one machine, a shared filesystem such as NFS or GCS FUSE across hosts, as Orbax's collective
+checkpoints need anyway): process 0 alone writes the workdir and the data cache (corpus
+download, tokenizer training, TFDS datasets, labels, pairs, models, evaluations, metrics,
+plots, report) and calls the judges and annotators; the others wait for it
+(:func:`rlhf_jax.distributed.lead_only`), then read what it wrote, and receive the judges'
+scores and stage decisions by broadcast (:func:`rlhf_jax.distributed.from_lead`). Device
+work (sampling, training, scoring) and checkpoints are collective.
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax import checkpoint, evaluation, losses, ops, sharding
+from rlhf_jax import checkpoint, distributed, evaluation, losses, ops, sharding
 from rlhf_jax import data as data_lib
 from rlhf_jax import dpo as dpo_lib
 from rlhf_jax import lora as lora_lib
@@ -571,10 +581,12 @@ def probe_judge(fn, field: str, spec: str) -> None:
     ) from e
 
 
-def load_scorers(spec: FeedbackSpec, prompts: Optional[Sequence[str]] = None):
+def load_scorers(
+  spec: FeedbackSpec, prompts: Optional[Sequence[str]] = None, *, probe: bool = True
+):
   """The gold scorer (and the labeller's, and a ``module:function`` judge), loaded and probed
-  at start-up on ``prompts`` (default: :func:`probe_prompts`). Returns the gold scorer.
-  Raises ValueError naming the config field."""
+  at start-up on ``prompts`` (default: :func:`probe_prompts`; ``probe=False``: loaded only).
+  Returns the gold scorer. Raises ValueError naming the config field."""
   fields = [("config.feedback.gold_scorer", spec.gold_scorer)]
   if spec.labeller_scorer and spec.source == "simulated":
     fields.append(("config.feedback.labeller_scorer", spec.labeller_scorer))
@@ -584,9 +596,10 @@ def load_scorers(spec: FeedbackSpec, prompts: Optional[Sequence[str]] = None):
       fn = scorers_lib.get_scorer(name)
     except (ValueError, judges_lib.JudgeSpecError) as e:
       raise ValueError(f"{field}: {e}") from None
-    probe_scorer(fn, field, name, prompts)
+    if probe:
+      probe_scorer(fn, field, name, prompts)
     loaded.append(fn)
-  if spec.source not in ("simulated", "ai_judge", "human"):
+  if probe and spec.source not in ("simulated", "ai_judge", "human"):
     try:
       judge = judges_lib.load_callable(spec.source)
     except judges_lib.JudgeSpecError as e:
@@ -596,18 +609,19 @@ def load_scorers(spec: FeedbackSpec, prompts: Optional[Sequence[str]] = None):
 
 
 def load_independent_judges(
-  spec: EvalSpec, prompts: Optional[Sequence[str]] = None
+  spec: EvalSpec, prompts: Optional[Sequence[str]] = None, *, probe: bool = True
 ) -> Dict[str, Any]:
   """The evaluation's independent judges by name, loaded and probed at start-up (on
-  ``prompts``, default :func:`probe_prompts`). Raises ValueError naming
-  ``config.eval.independent_judges``."""
+  ``prompts``, default :func:`probe_prompts`; ``probe=False``: loaded only). Raises
+  ValueError naming ``config.eval.independent_judges``."""
   judges = {}
   for name in spec.independent_judges:
     try:
       judges[name] = scorers_lib.get_scorer(name)
     except (ValueError, judges_lib.JudgeSpecError) as e:
       raise ValueError(f"config.eval.independent_judges: {e}") from None
-    probe_scorer(judges[name], "config.eval.independent_judges", name, prompts)
+    if probe:
+      probe_scorer(judges[name], "config.eval.independent_judges", name, prompts)
   return judges
 
 
@@ -625,6 +639,25 @@ def _mark_done(path: pathlib.Path, info: Optional[dict] = None) -> None:
 def _read_json(path: pathlib.Path) -> Any:
   with open(path) as f:
     return json.load(f)
+
+
+def _lead_done(path: pathlib.Path, name: str) -> bool:
+  """Whether ``path/DONE`` exists, as process 0 sees it (one answer for every process)."""
+  return distributed.from_lead(lambda: _done(path), f"{name}: done?")
+
+
+def _lead_scorer(fn, name: str):
+  """``fn(prompts, responses) -> scores`` called on process 0 only, its scores (float64)
+  broadcast to every process: a judge is called once per batch, not once per process (a
+  collective: every process calls the returned scorer at the same points). ``fn`` itself
+  single-process."""
+  if jax.process_count() == 1:
+    return fn
+
+  def scorer(prompts, responses):
+    return distributed.from_lead(lambda: np.asarray(fn(prompts, responses), np.float64), name)
+
+  return scorer
 
 
 class Models(NamedTuple):
@@ -695,12 +728,21 @@ def _concat_pairs(pairs: Optional[dict], new: dict) -> dict:
 
 def prepare_data(spec: DataSpec, out: pathlib.Path, seed: int, base_path: Optional[str] = None):
   """Corpus, tokenizer, packed pretraining rows and prompts, stored as TFDS datasets; for
-  ``spec.kind == "assistant"`` the chat prompts instead (:func:`prepare_assistant_data`)."""
+  ``spec.kind == "assistant"`` the chat prompts instead (:func:`prepare_assistant_data`).
+  Returns the tokenizer, loaded from ``out/tokenizer``. Process 0 alone downloads, trains
+  and writes; the other processes wait for it, then load the same files."""
   if spec.kind == "assistant":
     return prepare_assistant_data(spec, out, seed, base_path)
-  tok_dir = out / "tokenizer"
+  distributed.lead_only(
+    lambda: _prepare_corpus_data(spec, out, seed), "data: corpus, tokenizer, datasets"
+  )
+  return data_lib.load_tokenizer(out / "tokenizer")
+
+
+def _prepare_corpus_data(spec: DataSpec, out: pathlib.Path, seed: int) -> None:
+  """:func:`prepare_data`'s work for a corpus run (nothing once ``out/DONE`` exists)."""
   if _done(out):
-    return data_lib.load_tokenizer(tok_dir)
+    return
   out.mkdir(parents=True, exist_ok=True)
   cache = spec.cache_dir or _default_cache()
   t0 = time.perf_counter()
@@ -710,7 +752,7 @@ def prepare_data(spec: DataSpec, out: pathlib.Path, seed: int, base_path: Option
     rng = np.random.default_rng(seed)
     keep = rng.permutation(len(train_texts))[: spec.max_train_texts]
     train_texts = [train_texts[i] for i in sorted(keep)]
-  tokenizer = data_lib.train_tokenizer(train_texts, spec.vocab_size, tok_dir)
+  tokenizer = data_lib.train_tokenizer(train_texts, spec.vocab_size, out / "tokenizer")
   ids, mask = data_lib.pack_texts(tokenizer, train_texts, spec.seq_len, progress=True)
   heldout = corpus.texts("heldout")
   h_ids, h_mask = data_lib.pack_texts(tokenizer, heldout, spec.seq_len)
@@ -747,7 +789,6 @@ def prepare_data(spec: DataSpec, out: pathlib.Path, seed: int, base_path: Option
       "seconds": time.perf_counter() - t0,
     },
   )
-  return tokenizer
 
 
 def chat_tokenizer(spec: DataSpec, base_path: Optional[str]):
@@ -772,12 +813,20 @@ def prepare_assistant_data(spec: DataSpec, out: pathlib.Path, seed: int, base_pa
   ``num_eval_prompts`` evaluation prompts, the five categories in equal shares) rendered with
   the chat template and stored like the corpus prompts (plus ``prompts_<split>.jsonl`` with
   the records). Returns the chat tokenizer. Raises ValueError naming ``data.prompt_len`` when
-  a rendered prompt does not fit."""
+  a rendered prompt does not fit (process 0 writes; every process loads the tokenizer)."""
+  tokenizer = chat_tokenizer(spec, base_path)
+  distributed.lead_only(
+    lambda: _write_assistant_data(spec, out, seed, tokenizer), "data: assistant prompts"
+  )
+  return tokenizer
+
+
+def _write_assistant_data(spec: DataSpec, out: pathlib.Path, seed: int, tokenizer) -> None:
+  """:func:`prepare_assistant_data`'s work (nothing once ``out/DONE`` exists)."""
   from rlhf_jax.data import assistant_prompts
 
-  tokenizer = chat_tokenizer(spec, base_path)
   if _done(out):
-    return tokenizer
+    return
   out.mkdir(parents=True, exist_ok=True)
   t0 = time.perf_counter()
   k = len(assistant_prompts.CATEGORIES)
@@ -808,7 +857,6 @@ def prepare_assistant_data(spec: DataSpec, out: pathlib.Path, seed: int, base_pa
       "seconds": time.perf_counter() - t0,
     },
   )
-  return tokenizer
 
 
 def _write_words(out: pathlib.Path, texts: Sequence[str]) -> None:
@@ -823,12 +871,17 @@ def corpus_words(spec: DataSpec, out: pathlib.Path, seed: int) -> frozenset:
   from the cached corpus.
   """
   path = out / "words.json"
-  if not path.exists():
+
+  def write_if_missing() -> None:  # process 0
+    if path.exists():
+      return
     texts = data_lib.prepare_corpus(spec.cache_dir or _default_cache(), spec.sources).texts("train")
     if spec.max_train_texts:
       keep = np.random.default_rng(seed).permutation(len(texts))[: spec.max_train_texts]
       texts = [texts[i] for i in sorted(keep)]
     _write_words(out, texts)
+
+  distributed.lead_only(write_if_missing, "data: words.json")
   return frozenset(_read_json(path))
 
 
@@ -904,10 +957,11 @@ def pretrain_base(
 
   Checkpoints go to ``out/checkpoints`` every ``checkpoint_every`` steps, at the end and on
   SIGTERM (then :class:`rlhf_jax.checkpoint.Preempted` is raised); a re-run resumes them.
+  Process 0 writes the model (gathered from every process) and ``DONE``.
   """
   from rlhf_jax.models import hf
 
-  if spec.path or _done(out):
+  if spec.path or _lead_done(out, "base"):
     model, params = hf.from_pretrained(spec.path or out / "model", head="lm")
     if spec.path:
       _check_base_tokenizer(_resolve(spec.path), model, tokenizer, data_dir)
@@ -916,8 +970,13 @@ def pretrain_base(
     cfg = common.preset_config(spec.preset, _vocab_len(tokenizer), head="lm")
     model = Transformer(cfg)
     params, _ = sharding.init_sharded(boxed_init_fn(model), jax.random.PRNGKey(seed), mesh=mesh)
-    hf.save_pretrained(model, params, out / "model", **export_kwargs(tokenizer))
-    _mark_done(out, {"steps": 0, "heldout_perplexity": None, "random_init": True})
+    host = sharding.to_host(params)
+
+    def save_init() -> None:  # process 0
+      hf.save_pretrained(model, host, out / "model", **export_kwargs(tokenizer))
+      _mark_done(out, {"steps": 0, "heldout_perplexity": None, "random_init": True})
+
+    distributed.lead_only(save_init, "base: save")
     return model, params
   ids, mask = _read_rows(data_dir, "train")
   h_ids, h_mask = _read_rows(data_dir, "heldout")
@@ -945,11 +1004,14 @@ def pretrain_base(
     batch_rows=_stream_rows(len(ids), spec.batch_size, seed),
   )
   heldout_ppl = _perplexity(model, state.params, h_ids, h_mask, spec.batch_size, mesh)
-  hf.save_pretrained(model, state.params, out / "model", tokenizer=tokenizer)
-  _mark_done(
-    out,
-    {"steps": spec.steps, "heldout_perplexity": heldout_ppl, "seconds": time.perf_counter() - t0},
-  )
+  host = sharding.to_host(state.params)
+  info = {"steps": spec.steps, "heldout_perplexity": heldout_ppl}
+
+  def save_trained() -> None:  # process 0
+    hf.save_pretrained(model, host, out / "model", tokenizer=tokenizer)
+    _mark_done(out, dict(info, seconds=time.perf_counter() - t0))
+
+  distributed.lead_only(save_trained, "base: save")
   return model, state.params
 
 
@@ -1832,20 +1894,27 @@ def _save_round(
   base=None,
 ) -> None:
   """eval.json, the policy (Hugging Face layout; LoRA: merged onto ``base``, and the
-  adapters in ``policy_lora.npz``), the metrics row, then ``DONE``."""
-  data_lib.atomic_write_json(rdir / "eval.json", result.eval)
-  if lora_lib.is_lora(result.policy_params):
-    tmp = rdir / "policy_lora.tmp.npz"
-    lora_lib.save_trainable(tmp, result.policy_params)
-    os.replace(tmp, rdir / "policy_lora.npz")
-  lora_lib.save_merged(
-    models.lm, result.policy_params, base, rdir / "policy", **export_kwargs(tokenizer)
-  )
-  with MetricWriter(root) as writer:  # before DONE: a rerun drops it if DONE is missing
-    writer.write(
-      result.eval["round"], {k: v for k, v in result.eval.items() if isinstance(v, (int, float))}
-    )
-  _mark_done(rdir, {"eval": result.eval, "curve": result.curve, "samples": result.samples})
+  adapters in ``policy_lora.npz``), the metrics row, then ``DONE``: gathered from every
+  process, written by process 0."""
+  lora = lora_lib.is_lora(result.policy_params)
+  merged = sharding.to_host(_materialize(result.policy_params, base))
+  adapters = sharding.to_host(result.policy_params) if lora else None
+
+  def save() -> None:  # process 0
+    data_lib.atomic_write_json(rdir / "eval.json", result.eval)
+    if lora:
+      tmp = rdir / "policy_lora.tmp.npz"
+      lora_lib.save_trainable(tmp, adapters)
+      os.replace(tmp, rdir / "policy_lora.npz")
+    lora_lib.save_merged(models.lm, merged, None, rdir / "policy", **export_kwargs(tokenizer))
+    with MetricWriter(root) as writer:  # before DONE: a rerun drops it if DONE is missing
+      writer.write(
+        result.eval["round"],
+        {k: v for k, v in result.eval.items() if isinstance(v, (int, float))},
+      )
+    _mark_done(rdir, {"eval": result.eval, "curve": result.curve, "samples": result.samples})
+
+  distributed.lead_only(save, f"{rdir.name}: save")
 
 
 def run_round(
@@ -1854,9 +1923,14 @@ def run_round(
   """Round ``r``: pairs from the current policy -> labels -> reward model on all labels so
   far -> policy stage -> evaluation; a finished round is loaded instead (:func:`load_round`)."""
   rdir = root / f"round_{r}"
-  rdir.mkdir(exist_ok=True)
   t_round = time.perf_counter()
-  if _done(rdir):
+
+  def start() -> Tuple[bool, bool]:  # process 0: (round done, pairs labelled)
+    rdir.mkdir(exist_ok=True)
+    return _done(rdir), (rdir / "pairs.npz").exists()
+
+  done, labelled = distributed.from_lead(start, f"round {r}: start")
+  if done:
     return load_round(rdir, setup.models, setup.mesh, pairs_so_far)
   checkpoint.check_preemption(f"round {r}")
   lora = common.lora_spec(cfg.lora)
@@ -1865,9 +1939,7 @@ def run_round(
     policy_params = common.lora_trainable(lora, setup.ref_params, setup.models.lm, key, setup.mesh)
   policy_dense = _materialize(policy_params, setup.ref_params)  # what samples
   pairs_file = rdir / "pairs.npz"
-  if pairs_file.exists():
-    new_pairs = dict(np.load(pairs_file))
-  else:
+  if not labelled:
     sampled = collect_pairs(
       setup.sampler,
       policy_dense,
@@ -1877,12 +1949,17 @@ def run_round(
       cfg.seed,
       r,
     )
-    new_pairs = label_stage(
-      cfg.feedback, root, rdir, r, cfg.seed, setup.tokenizer, setup.gold, setup.prompts, sampled
-    )
-    tmp = rdir / "pairs.tmp.npz"
-    np.savez(tmp, **new_pairs)
-    os.replace(tmp, pairs_file)
+
+    def label() -> None:  # process 0: annotators / judges / people, written once
+      new = label_stage(
+        cfg.feedback, root, rdir, r, cfg.seed, setup.tokenizer, setup.gold, setup.prompts, sampled
+      )
+      tmp = rdir / "pairs.tmp.npz"
+      np.savez(tmp, **new)
+      os.replace(tmp, pairs_file)
+
+    distributed.lead_only(label, f"round {r}: labels")
+  new_pairs = dict(np.load(pairs_file))  # every process: the pairs process 0 labelled
   all_pairs = _concat_pairs(pairs_so_far, new_pairs)
 
   checkpoint.check_preemption(f"round {r}: reward model")
@@ -2066,15 +2143,26 @@ def _start_up_checks(cfg: Config, root: pathlib.Path):
     },
   )
   probes = probe_prompts(cfg.data.kind)
-  gold = load_scorers(cfg.feedback, probes)  # fail before any work on a misnamed or broken scorer
-  ppo_train.load_reward_scorer(cfg.ppo.reward_source, "config.ppo.reward_source")
-  return mesh, gold, load_independent_judges(cfg.eval, probes)
+
+  def probe() -> None:  # process 0: fail before any work on a misnamed or broken scorer
+    load_scorers(cfg.feedback, probes)
+    ppo_train.load_reward_scorer(cfg.ppo.reward_source, "config.ppo.reward_source")
+    load_independent_judges(cfg.eval, probes)
+
+  distributed.lead_only(probe, "start-up: probe scorers and judges")
+  # Every process holds them; process 0 alone calls them (_lead_scorer).
+  gold = _lead_scorer(load_scorers(cfg.feedback, probe=False), "gold scorer")
+  independent = {
+    name: _lead_scorer(judge, f"independent judge {name}")
+    for name, judge in load_independent_judges(cfg.eval, probe=False).items()
+  }
+  return mesh, gold, independent
 
 
 def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   """Run (or resume) the whole pipeline; returns the last round's evaluation."""
   root = pathlib.Path(workdir)
-  root.mkdir(parents=True, exist_ok=True)
+  distributed.lead_only(lambda: root.mkdir(parents=True, exist_ok=True), "workdir")
   t_start = time.perf_counter()
   mesh, gold, independent = _start_up_checks(cfg, root)
 
@@ -2089,11 +2177,13 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   timings["base"] = time.perf_counter() - t0
   setup = prepare_rounds(cfg, root, mesh, tokenizer, hp, base_model, base_params, gold, independent)
 
-  n_done = 0
-  while n_done < cfg.rounds and _done(root / f"round_{n_done + 1}"):
-    n_done += 1
-  if jax.process_index() == 0:  # rows of rounds that a killed attempt did not finish
-    truncate_metrics(root, n_done)
+  def drop_unfinished_rows() -> None:  # process 0
+    n_done = 0
+    while n_done < cfg.rounds and _done(root / f"round_{n_done + 1}"):
+      n_done += 1
+    truncate_metrics(root, n_done)  # rows of rounds that a killed attempt did not finish
+
+  distributed.lead_only(drop_unfinished_rows, "rounds: metrics of unfinished rounds")
   results: List[RoundResult] = []
   policy_params, pairs = base_params, None
   for r in range(1, cfg.rounds + 1):
@@ -2101,5 +2191,5 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     policy_params, pairs = results[-1].policy_params, results[-1].pairs
 
   timings["total"] = time.perf_counter() - t_start
-  write_report(cfg, root, setup.models, results, timings)
+  distributed.lead_only(lambda: write_report(cfg, root, setup.models, results, timings), "report")
   return results[-1].eval
