@@ -106,6 +106,17 @@ def emit(record, out=None):
       f.write(line + "\n")
 
 
+def record_peer(row, recs, tag, name, unit, ours, out=None):
+  """The peer's last record (if it ran) is emitted under ``tag``; ``row`` gets its
+  ``<name>_<unit>`` (the peer's median) and ``ratio_vs_<name>`` (ours over the peer's)."""
+  if not recs:
+    return
+  r = recs[-1]
+  emit(dict(r, tag=tag), out)
+  row[f"{name}_{unit}"] = r[f"{unit}_median"]
+  row[f"ratio_vs_{name}"] = ours[f"{unit}_median"] / r[f"{unit}_median"]
+
+
 def matmul_peak(n=2048, repeats=7, dtype="float32"):
   """Best and median GFLOP/s of an n^3 jitted matmul in ``dtype``, measured now."""
   import jax

@@ -189,11 +189,7 @@ def main():
           str(args.warmup),
         ],
       )
-      if recs:
-        r = recs[-1]
-        _common.emit(dict(r, tag="peer_dpo_trl"), args.out)
-        row["trl_pairs_per_s"] = r["pairs_per_s_median"]
-        row["ratio_vs_trl"] = ours["pairs_per_s_median"] / r["pairs_per_s_median"]
+      _common.record_peer(row, recs, "peer_dpo_trl", "trl", "pairs_per_s", ours, args.out)
     rows.append(row)
   _common.emit({"tag": "dpo_summary", "rows": rows, "info": _common.info()}, args.out)
 

@@ -182,11 +182,7 @@ def main():
           str(args.minibatches),
         ],
       )
-      if trl:
-        r = trl[-1]
-        _common.emit(dict(r, tag="peer_rl_trl116"), args.out)
-        line["trl_samples_per_s"] = r["samples_per_s_median"]
-        line["ratio_vs_trl"] = ours["samples_per_s_median"] / r["samples_per_s_median"]
+      _common.record_peer(line, trl, "peer_rl_trl116", "trl", "samples_per_s", ours, args.out)
     summary.append(line)
   _common.emit({"tag": "grpo_summary", "rows": summary, "info": _common.info()}, args.out)
 

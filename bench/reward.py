@@ -109,10 +109,7 @@ def main():
     row = {"size": size, "ours_pairs_per_s": ours["pairs_per_s_median"]}
     if not args.no_peers:
       recs = _common.run_peer("torch", "reward_trl.py", ["--size", size])
-      if recs:
-        _common.emit(dict(recs[-1], tag="peer_reward_trl"), args.out)
-        row["trl_pairs_per_s"] = recs[-1]["pairs_per_s_median"]
-        row["ratio_vs_trl"] = ours["pairs_per_s_median"] / recs[-1]["pairs_per_s_median"]
+      _common.record_peer(row, recs, "peer_reward_trl", "trl", "pairs_per_s", ours, args.out)
     rows.append(row)
   _common.emit({"tag": "reward_summary", "rows": rows}, args.out)
 

@@ -52,6 +52,18 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 # Architecture presets for models initialised from scratch. "small"/"medium" are the
+# What the Llama-style presets share (RMSNorm, SwiGLU, RoPE, no biases).
+_LLAMA = dict(
+  norm="rmsnorm",
+  mlp="swiglu",
+  activation="silu",
+  position="rope",
+  qkv_bias=False,
+  out_bias=False,
+  mlp_bias=False,
+  max_len=2048,
+)
+
 # GPT-2 shapes of the benchmark anchors; "tiny" is for tests.
 PRESETS = {
   "tiny": dict(d_model=32, n_layers=2, n_heads=2, max_len=128),
@@ -61,36 +73,10 @@ PRESETS = {
   # Llama-style at test size: the assistant task's smoke base (a chat checkpoint's vocabulary
   # at random init, exported as LlamaForCausalLM).
   "llama-tiny": dict(
-    d_model=64,
-    n_layers=2,
-    n_heads=2,
-    n_kv_heads=1,
-    d_ff=128,
-    norm="rmsnorm",
-    mlp="swiglu",
-    activation="silu",
-    position="rope",
-    qkv_bias=False,
-    out_bias=False,
-    mlp_bias=False,
-    tie_embeddings=True,
-    max_len=2048,
+    _LLAMA, d_model=64, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=128, tie_embeddings=True
   ),
   "llama-small": dict(
-    d_model=256,
-    n_layers=4,
-    n_heads=4,
-    n_kv_heads=2,
-    d_ff=688,
-    norm="rmsnorm",
-    mlp="swiglu",
-    activation="silu",
-    position="rope",
-    qkv_bias=False,
-    out_bias=False,
-    mlp_bias=False,
-    tie_embeddings=False,
-    max_len=2048,
+    _LLAMA, d_model=256, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=688, tie_embeddings=False
   ),
 }
 
