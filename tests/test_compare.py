@@ -95,3 +95,116 @@ def test_unfair_or_broken_arms_are_refused_naming_the_field(monkeypatch):
   cfg.seeds = (1, 1)
   with pytest.raises(ConfigError, match=r"config\.seeds=\(1, 1\)"):
     entry.validate(cfg)
+
+
+def _arms(monkeypatch, variant=""):
+  import dataclasses
+
+  from rlhf_jax import main as entry
+  from rlhf_jax.train import compare
+
+  monkeypatch.chdir(ROOT)
+  _, cfg = entry.validate(entry.load_config_file("configs/algorithms.py" + variant))
+  return {n: dataclasses.replace(a, seed=0) for n, a in compare.arm_configs(cfg).items()}
+
+
+@pytest.mark.parametrize("variant", ["", ":smoke"])
+def test_the_shipped_arms_read_the_same_round_one(monkeypatch, variant):
+  """The four arms of one seed sample, label and train the reward model identically (the
+  policy stage's fields differ, the sampling batch does not), so round 1 is shared."""
+  from rlhf_jax.train import compare
+  from rlhf_jax.train import pipeline as pl
+
+  arms = _arms(monkeypatch, variant)
+  inputs = {n: compare.round1_inputs(a) for n, a in arms.items()}
+  assert all(v == inputs["ppo"] for v in inputs.values())
+  batches = {pl.sampling_batch(a.ppo, a.ppo.hparams) for a in arms.values()}
+  assert len(batches) == 1  # GRPO's 16 prompts x 4 = PPO's 64 rollouts
+  assert {a.ppo.hparams.algorithm for a in arms.values()} == {"ppo", "grpo", "rloo", "dpo"}
+
+
+def test_round_one_is_not_shared_when_its_inputs_differ(monkeypatch):
+  import dataclasses
+
+  from rlhf_jax.train import compare
+
+  arms = _arms(monkeypatch)
+  ppo, grpo = arms["ppo"], arms["grpo"]
+  same = compare.round1_inputs(ppo)
+  other_seed = dataclasses.replace(grpo, seed=1)
+  rm_lr = dataclasses.replace(
+    grpo,
+    reward=dataclasses.replace(
+      grpo.reward, optimizer=dataclasses.replace(grpo.reward.optimizer, learning_rate=1e-4)
+    ),
+  )
+  batch = dataclasses.replace(grpo, ppo=dataclasses.replace(grpo.ppo, batch_size=8))
+  temp = dataclasses.replace(
+    grpo,
+    ppo=dataclasses.replace(
+      grpo.ppo, hparams=dataclasses.replace(grpo.ppo.hparams, temperature=1.0)
+    ),
+  )
+  labels = dataclasses.replace(grpo, feedback=dataclasses.replace(grpo.feedback, flip_prob=0.1))
+  for changed in (other_seed, rm_lr, batch, temp, labels):
+    assert compare.round1_inputs(changed) != same
+  # the policy stage's own settings and the rounds that follow do not matter
+  kl = dataclasses.replace(grpo, ppo=dataclasses.replace(grpo.ppo, init_kl_coef=0.5), rounds=3)
+  assert compare.round1_inputs(kl) == same
+
+
+def test_share_round1_copies_a_finished_round_only_once(tmp_path):
+  from rlhf_jax.train import compare
+
+  src, dst = tmp_path / "a", tmp_path / "b"
+  (src / "round_1" / "reward" / "ckpt").mkdir(parents=True)
+  (src / "round_1" / "reward" / "ckpt" / "x.bin").write_bytes(b"\x01\x02")
+  for name, text in (("pairs.npz", "p"), ("labels.json", "{}"), ("preferences.jsonl", "")):
+    (src / "round_1" / name).write_text(text)
+  (src / "round_1" / "eval.json").write_text("{}")  # the policy's results are never copied
+  assert not compare.share_round1(src, dst)  # round 1 of src is not finished
+  (src / "round_1" / "DONE").write_text("{}")
+  assert compare.share_round1(src, dst)
+  got = sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file())
+  assert got == [
+    "round_1/labels.json",
+    "round_1/pairs.npz",
+    "round_1/preferences.jsonl",
+    "round_1/reward/ckpt/x.bin",
+  ]
+  (dst / "round_1" / "labels.json").write_text('{"mine": 1}')
+  assert not compare.share_round1(src, dst)  # dst already labelled: left alone
+  assert (dst / "round_1" / "labels.json").read_text() == '{"mine": 1}'
+  assert not (dst / "round_1.shared.tmp").exists()
+
+
+@pytest.mark.slow
+def test_shared_round_one_equals_recomputing_it(tmp_path, monkeypatch):
+  """Two smoke arms (PPO, GRPO), one seed: with sharing, GRPO takes PPO's pairs and reward
+  model; without it, GRPO computes them itself — and gets the same pairs, the same reward
+  model evaluation and the same policy results."""
+  from rlhf_jax import main as entry
+
+  monkeypatch.chdir(ROOT)
+  evals = {}
+  for share in (True, False):
+    cfg = entry.load_config_file("configs/algorithms.py:smoke")
+    cfg.arms = ("ppo=configs/sentiment.py:smoke", "grpo=configs/grpo.py:smoke")
+    cfg.seeds = (0,)
+    cfg.share_round1 = share
+    cfg.out_dir = str(tmp_path / f"out_{share}")
+    work = tmp_path / f"w_{share}"
+    entry.run_task(cfg, str(work))
+    runs = work / "runs"
+    evals[share] = {
+      n: json.loads((runs / f"{n}_s0" / "round_1" / "eval.json").read_text())
+      for n in ("ppo", "grpo")
+    }
+    pairs = {n: dict(np.load(runs / f"{n}_s0" / "round_1" / "pairs.npz")) for n in ("ppo", "grpo")}
+    for k in pairs["ppo"]:
+      np.testing.assert_array_equal(pairs["ppo"][k], pairs["grpo"][k])
+  for n in ("ppo", "grpo"):
+    a, b = evals[True][n], evals[False][n]
+    for k in ("rm_accuracy", "rm_tie_param", "win_rate", "kl", "gold_reward_mean"):
+      assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), (n, k)
+  assert evals[True]["grpo"]["rm_seconds"] < evals[False]["grpo"]["rm_seconds"]

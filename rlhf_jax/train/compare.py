@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import pathlib
+import shutil
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -34,6 +36,8 @@ from rlhf_jax.data import files
 from rlhf_jax.train.metrics import markdown_table
 from rlhf_jax.train.seeds import t_interval
 
+_log = logging.getLogger(__name__)
+
 __all__ = [
   "Config",
   "check_config",
@@ -41,6 +45,8 @@ __all__ = [
   "budget",
   "run",
   "run_arms",
+  "round1_inputs",
+  "share_round1",
   "collect_rows",
   "write_comparison",
 ]
@@ -62,6 +68,10 @@ class Config:
   base_path: str = ""
   rounds: int = 0  # 0: the arms' own (they must agree); > 0 overrides every arm
   out_dir: str = ""  # "": workdir/results
+  # Arms of one seed whose round 1 reads the same inputs up to its reward model
+  # (:func:`round1_inputs`: the policy stage's own fields excluded) share round 1's pairs,
+  # labels and reward model, computed by the first of them, instead of recomputing them.
+  share_round1: bool = True
   title: str = "PPO, GRPO, RLOO and DPO on the sentiment task"
 
 
@@ -159,6 +169,57 @@ def _shared_base(cfg: Config, arms: Mapping[str, Any], root: pathlib.Path) -> Tu
   return str(shared / "data"), str(shared / "base" / "model")
 
 
+# What a round's first stages (pairs sampled from the base policy, their labels, the reward
+# model) read from a pipeline config: everything but the policy stage's own fields, plus the
+# sampling ones that the policy stage's section holds.
+_SAMPLING_FIELDS = ("response_len", "temperature", "top_k", "top_p", "min_response_len")
+_ROUND1_FILES = ("pairs.npz", "labels.json", "preferences.jsonl", "reward")
+
+
+def round1_inputs(arm) -> Dict[str, Any]:
+  """The inputs of round 1 up to and including its reward model, as a plain dict: two arms
+  (with the same seed) whose dicts are equal label the same pairs and train the same reward
+  model, so the second can take the first's. The policy stage's fields (``ppo`` but its
+  sampling settings, ``dpo``) and result-neutral ones are left out."""
+  from rlhf_jax import config_schema
+  from rlhf_jax.train import pipeline as pl
+
+  d = config_schema.to_dict(arm)
+  for key in ("ppo", "dpo", "targets", "mesh", "max_skipped_fraction"):
+    d.pop(key, None)
+  d.get("eval", {}).pop("num_samples_in_report", None)
+  hp = arm.ppo.hparams
+  d["sampling"] = {k: getattr(hp, k) for k in _SAMPLING_FIELDS}
+  d["sampling"].update(batch=pl.sampling_batch(arm.ppo, hp), stop_text=arm.ppo.stop_text)
+  d.pop("rounds", None)  # round 1 is the same whatever follows it
+  return d
+
+
+def share_round1(src: pathlib.Path, dst: pathlib.Path) -> bool:
+  """Copies round 1's pairs, labels and finished reward model from run ``src`` to run
+  ``dst`` (nothing when ``dst`` already has them or ``src`` has not finished round 1).
+  The pipeline then finds them and goes straight to the policy stage. Returns whether it
+  copied."""
+  s, d = src / "round_1", dst / "round_1"
+  if not (s / "DONE").exists() or (d / "pairs.npz").exists():
+    return False
+  d.mkdir(parents=True, exist_ok=True)
+  tmp = dst / "round_1.shared.tmp"
+  if tmp.exists():
+    shutil.rmtree(tmp)
+  tmp.mkdir()
+  for name in _ROUND1_FILES:
+    if (s / name).is_dir():
+      shutil.copytree(s / name, tmp / name)
+    elif (s / name).exists():
+      shutil.copy2(s / name, tmp / name)
+  # pairs.npz last: its presence is what tells the pipeline the round is labelled
+  for name in sorted(os.listdir(tmp), key=lambda n: n == "pairs.npz"):
+    os.replace(tmp / name, d / name)
+  tmp.rmdir()
+  return True
+
+
 def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   """Every arm × seed as a pipeline run from the shared data and base model, then the table."""
   arms, run_dirs = run_arms(cfg, workdir)
@@ -183,6 +244,7 @@ def run_arms(
   data_dir, base_path = _shared_base(cfg, arms, root)
   run_dirs: Dict[Tuple[str, int], pathlib.Path] = {}
   for seed in cfg.seeds:
+    done_round1: List[Tuple[Dict[str, Any], pathlib.Path]] = []  # this seed's finished runs
     for name, arm in arms.items():
       rdir = root / "runs" / f"{name}_s{seed}"
       rdir.mkdir(parents=True, exist_ok=True)
@@ -192,12 +254,19 @@ def run_arms(
         arm, seed=seed, base=dataclasses.replace(arm.base, path=base_path)
       )
       files.atomic_write_json(rdir / "config.json", config_schema.to_dict(arm_cfg))
+      inputs = round1_inputs(arm_cfg)
+      if cfg.share_round1:
+        for other_inputs, other in done_round1:
+          if other_inputs == inputs and share_round1(other, rdir):
+            _log.info("%s: round 1's labels and reward model taken from %s", rdir, other)
+            break
       t0 = time.perf_counter()
       pl.run(arm_cfg, str(rdir))
       done = rdir / "wall_seconds.json"
       if not done.exists():  # the first completion's wall time (a resumed run's is partial)
         files.atomic_write_json(done, {"seconds": time.perf_counter() - t0})
       run_dirs[(name, seed)] = rdir
+      done_round1.append((inputs, rdir))
   return arms, run_dirs
 
 

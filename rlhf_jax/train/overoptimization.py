@@ -119,7 +119,7 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   )
   base_model, base_params = pl.base_stage(cfg, root, tokenizer, mesh)
   models = pl.Models.from_base(base_model.cfg)
-  sampler = pl.Sampler(models, hp, cfg.ppo.batch_size, mesh)
+  sampler = pl.Sampler(models, hp, pl.sampling_batch(cfg.ppo, hp), mesh)
   train_prompts = pl.read_prompts(root / "data", "train")
   eval_prompts = pl.read_prompts(root / "data", "eval")[: cfg.num_eval_prompts]
   p_ids, p_mask = data_lib.encode_prompts(tokenizer, train_prompts, cfg.data.prompt_len)

@@ -1115,6 +1115,14 @@ def base_stage(cfg, root: pathlib.Path, tokenizer, mesh) -> Tuple[Transformer, A
 # ----------------------------------------------------------------------------- sampling
 
 
+def sampling_batch(ppo_cfg, hp: ppo_lib.PPOHparams) -> int:
+  """Rows per sampling call for pairs, reference samples and evaluation: the rollouts of one
+  policy iteration (``ppo.batch_size`` prompts x ``group_size``). Samples depend on this
+  batching (one PRNG key per batch), so algorithms with the same rollouts per iteration —
+  PPO's 64 prompts, GRPO's 16 x 4 — draw the same pairs and evaluate on the same samples."""
+  return ppo_cfg.batch_size * hp.group_size
+
+
 class Sampler:
   """Jitted sampling + scoring helpers with fixed shapes (compiled once per run)."""
 
@@ -1811,7 +1819,7 @@ def prepare_rounds(
   """Prompts, the reference policy's judged samples and the reward model's held-out pairs."""
   models = Models.from_base(base_model.cfg)
   prompts = load_prompts(root / "data", tokenizer, cfg.data.prompt_len)
-  sampler = Sampler(models, hp, cfg.ppo.batch_size, mesh)
+  sampler = Sampler(models, hp, sampling_batch(cfg.ppo, hp), mesh)
   # the corpus's words tell non-words apart; a chat run has no corpus (repetition only)
   vocabulary = (
     corpus_words(cfg.data, root / "data", cfg.seed) if cfg.data.kind == "corpus" else None
