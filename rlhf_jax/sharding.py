@@ -14,7 +14,7 @@ vocabularies still shard everything else.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -34,6 +34,8 @@ __all__ = [
   "batch_sharding",
   "replicated",
   "shard_batch",
+  "process_rows",
+  "shard_rows",
   "shard_global_batch",
   "to_host",
   "shard_tree",
@@ -172,14 +174,71 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
   return jax.tree.map(one, batch)
 
 
+def process_rows(
+  n_rows: int,
+  mesh: Mesh,
+  process_index: Optional[int] = None,
+  process_of: Optional[Callable[[jax.Device], int]] = None,
+) -> np.ndarray:
+  """Positions (ascending) of the rows of an ``n_rows`` global batch, split as
+  :func:`batch_sharding`, that the devices of one process hold: the rows it reads.
+
+  Processes whose devices split the batch get disjoint sets; processes whose devices hold
+  replicas of the same rows (a batch axis of size 1 across processes, e.g. a mesh of only
+  ``tensor``) get the same set. The positions come from the mesh's own device-to-index map,
+  so any device order is handled, and they are in the order in which
+  ``jax.make_array_from_process_local_data`` places a process's data on its devices (the
+  sorted union of its devices' row blocks).
+
+  Args:
+    n_rows: the global batch size (divisible by the ``data x fsdp`` size).
+    mesh: the mesh.
+    process_index: defaults to ``jax.process_index()``.
+    process_of: which process holds a device (default ``device.process_index``); simulated
+      processes on one host's devices pass their own assignment.
+  """
+  process_index = jax.process_index() if process_index is None else process_index
+  process_of = process_of or (lambda d: d.process_index)
+  held = np.zeros(n_rows, bool)
+  for device, (rows, *_) in batch_sharding(mesh, 1).devices_indices_map((n_rows,)).items():
+    if process_of(device) == process_index:
+      held[rows] = True
+  return np.flatnonzero(held)
+
+
+def shard_rows(data: Mapping[str, Any], rows: np.ndarray, mesh: Mesh) -> dict:
+  """The global batch ``{k: data[k][rows]}`` on the mesh, each process indexing only its
+  own rows of it (:func:`process_rows` of ``len(rows)``): per-process, disjoint,
+  deterministic reads assembled into global arrays.
+
+  Every process passes the same ``rows`` (positions into ``data``, drawn from a shared
+  seed), so the global batch is the one a single process builds, whatever the number of
+  processes, and a run's trajectory does not depend on it. ``data`` may be any row-indexable
+  source (arrays ``[N, ...]``, a memory-mapped file); only the selected rows are read.
+  """
+  rows = np.asarray(rows)
+  if jax.process_count() == 1:
+    return shard_batch({k: np.asarray(v[rows]) for k, v in data.items()}, mesh)
+  mine = rows[process_rows(len(rows), mesh)]
+  out = {}
+  for key, v in data.items():
+    x = np.asarray(v[mine])
+    out[key] = jax.make_array_from_process_local_data(
+      batch_sharding(mesh, x.ndim), x, (len(rows),) + x.shape[1:]
+    )
+  return out
+
+
 def shard_global_batch(batch: Any, mesh: Mesh) -> Any:
   """Place a host batch that every process holds in full (the same global rows everywhere)
   on the mesh, each process transferring only the rows its devices own.
 
-  The trainers that hold their (tokenized, small) data in every process use this: the batch
-  is the same as one process would build, whatever the number of processes, so a run's
-  trajectory does not depend on it. Scalars are replicated. Single-process it equals
-  :func:`shard_batch`.
+  For batches that every process has built in full anyway: the small sampling and
+  evaluation batches (prompts for reward normalisation or evaluation samples, pairs to
+  score), and text each process decoded. Training loops read their batches with
+  :func:`shard_rows`, each process reading only its own rows. Either way the global batch is
+  the same as one process would build, whatever the number of processes. Scalars are
+  replicated. Single-process it equals :func:`shard_batch`.
   """
 
   def one(x):

@@ -528,7 +528,9 @@ def run_epochs(
   newest checkpoint (then calls ``on_restore(start)``), skips the steps done, and closes the
   loop (raising ``Preempted`` after a signal). Each epoch draws a new permutation from
   ``seed`` (drawn for every epoch, so a resumed run sees the same order) and drops its last
-  partial batch. Every ``log_every`` steps and at the last one the metrics (with the
+  partial batch. Every process draws the same permutation and reads only the rows of each
+  batch that its devices hold (:func:`rlhf_jax.sharding.shard_rows`), so the global batches
+  do not depend on the number of processes. Every ``log_every`` steps and at the last one the metrics (with the
   ``learning_rate`` of ``schedule``) are logged, ``postfix`` mapping bar labels to metric
   names. Returns the state and the last logged metrics."""
   state, start = loop.restore(state)
@@ -546,7 +548,7 @@ def run_epochs(
         if i <= start:
           continue
         rows = perm[s * batch_size : (s + 1) * batch_size]
-        batch = sharding.shard_global_batch({k: v[rows] for k, v in data.items()}, mesh)
+        batch = sharding.shard_rows(data, rows, mesh)  # this process's rows only
         state, metrics = step(state, batch)
         if i % log_every == 0 or i == loop.total:
           last = dict(fetch(metrics), learning_rate=float(schedule(i)))

@@ -14,7 +14,9 @@ learn from the same labelled pairs. Seeds vary labels, sampling, reward model an
 training; the data and base model are shared (built with the first seed).
 
 Each run is a pipeline workdir ``workdir/runs/<arm>_s<seed>``, resumable like any other; a
-rerun skips the finished runs and rewrites the results.
+rerun skips the finished runs and rewrites the results. Across processes every process runs
+the arms (the pipeline shares its work out, :mod:`rlhf_jax.train.pipeline`) and process 0
+alone writes the files here (run folders, configs, shared round 1, wall times, results).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from rlhf_jax import distributed
 from rlhf_jax import ppo as ppo_lib
 from rlhf_jax.data import files
 from rlhf_jax.train.metrics import markdown_table
@@ -223,10 +226,11 @@ def share_round1(src: pathlib.Path, dst: pathlib.Path) -> bool:
 def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   """Every arm × seed as a pipeline run from the shared data and base model, then the table."""
   arms, run_dirs = run_arms(cfg, workdir)
-  rows = collect_rows(run_dirs)
   out = pathlib.Path(cfg.out_dir or pathlib.Path(workdir) / "results")
   budgets = {name: budget(arm) for name, arm in arms.items()}
-  write_comparison(rows, out, budgets, cfg.title)
+  distributed.lead_only(  # process 0 reads the runs and writes the table
+    lambda: write_comparison(collect_rows(run_dirs), out, budgets, cfg.title), "compare: results"
+  )
   return {"runs": len(run_dirs), "out_dir": str(out)}
 
 
@@ -247,24 +251,35 @@ def run_arms(
     done_round1: List[Tuple[Dict[str, Any], pathlib.Path]] = []  # this seed's finished runs
     for name, arm in arms.items():
       rdir = root / "runs" / f"{name}_s{seed}"
-      rdir.mkdir(parents=True, exist_ok=True)
-      if not (rdir / "data").exists():
-        os.symlink(os.path.abspath(data_dir), rdir / "data", target_is_directory=True)
       arm_cfg = dataclasses.replace(
         arm, seed=seed, base=dataclasses.replace(arm.base, path=base_path)
       )
-      files.atomic_write_json(rdir / "config.json", config_schema.to_dict(arm_cfg))
+
+      def prepare(rdir=rdir, arm_cfg=arm_cfg) -> None:  # process 0
+        rdir.mkdir(parents=True, exist_ok=True)
+        if not (rdir / "data").exists():
+          os.symlink(os.path.abspath(data_dir), rdir / "data", target_is_directory=True)
+        files.atomic_write_json(rdir / "config.json", config_schema.to_dict(arm_cfg))
+
+      distributed.lead_only(prepare, f"{rdir.name}: run folder")
       inputs = round1_inputs(arm_cfg)
       if cfg.share_round1:
         for other_inputs, other in done_round1:
-          if other_inputs == inputs and share_round1(other, rdir):
+          if other_inputs == inputs and distributed.from_lead(
+            lambda other=other, rdir=rdir: share_round1(other, rdir),
+            f"{rdir.name}: round 1 from {other.name}",
+          ):
             _log.info("%s: round 1's labels and reward model taken from %s", rdir, other)
             break
       t0 = time.perf_counter()
       pl.run(arm_cfg, str(rdir))
       done = rdir / "wall_seconds.json"
-      if not done.exists():  # the first completion's wall time (a resumed run's is partial)
-        files.atomic_write_json(done, {"seconds": time.perf_counter() - t0})
+
+      def record_wall(done=done, seconds=time.perf_counter() - t0) -> None:  # process 0
+        if not done.exists():  # the first completion's wall time (a resumed run's is partial)
+          files.atomic_write_json(done, {"seconds": seconds})
+
+      distributed.lead_only(record_wall, f"{rdir.name}: wall time")
       run_dirs[(name, seed)] = rdir
       done_round1.append((inputs, rdir))
   return arms, run_dirs

@@ -14,7 +14,8 @@ the base policy, and with d = √KL the laws ``R_bon(d) = d(α − β d)`` and
 with α, β and R² per (labels, method) and ``overoptimization.png``.
 
 The data and base-model stages are those of :mod:`rlhf_jax.train.pipeline` (and are reused
-from the same workdir on a re-run).
+from the same workdir on a re-run). Across processes, as in the pipeline, process 0 alone
+calls the scorers (the others receive its scores) and writes every file.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 
 from rlhf_jax import data as data_lib
-from rlhf_jax import evaluation
+from rlhf_jax import distributed, evaluation
 from rlhf_jax.feedback import scorers as scorers_lib
 from rlhf_jax.feedback import simulated as simulated_lib
 from rlhf_jax.train import common
@@ -98,7 +99,7 @@ def check_config(cfg: Config) -> None:
 
 def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   root = pathlib.Path(workdir)
-  root.mkdir(parents=True, exist_ok=True)
+  distributed.lead_only(lambda: root.mkdir(parents=True, exist_ok=True), "workdir")
   t_start = time.perf_counter()
   check_config(cfg)
   common.check_output_paths(
@@ -111,7 +112,14 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     mesh,
     {"config.base.batch_size": cfg.base.batch_size, "config.ppo.batch_size": cfg.ppo.batch_size},
   )
-  gold = pl.load_scorers(cfg.feedback)
+  distributed.lead_only(lambda: pl.load_scorers(cfg.feedback), "start-up: probe scorers")
+  gold_scorer = pl.load_scorers(cfg.feedback, probe=False)
+
+  def gold(prompts, responses, name: str) -> np.ndarray:  # process 0 calls, all receive
+    return distributed.from_lead(
+      lambda: np.asarray(gold_scorer(prompts, responses), np.float64), name
+    )
+
   labeller = scorers_lib.get_scorer(cfg.feedback.labeller_scorer or cfg.feedback.gold_scorer)
   tokenizer = pl.prepare_data(cfg.data, root / "data", cfg.seed)
   hp = dataclasses.replace(
@@ -131,17 +139,24 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   ta, ma = sampler.sample(base_params, p_ids[rows], p_mask[rows], cfg.seed + 1, 1.0)
   tb, mb = sampler.sample(base_params, p_ids[rows], p_mask[rows], cfg.seed + 2, 1.0)
   prompts = [train_prompts[i] for i in rows]
-  records = simulated_lib.annotate_pairs(
-    labeller,
-    prompts,
-    pl.decode_responses(tokenizer, ta, ma),
-    pl.decode_responses(tokenizer, tb, mb),
-    temperature=cfg.feedback.temperature,
-    tie_threshold=cfg.feedback.tie_threshold,
-    flip_prob=cfg.feedback.flip_prob,
-    seed=cfg.seed,
-  )
-  data_lib.write_preferences_jsonl(records, root / "preferences.jsonl")
+  texts_a = pl.decode_responses(tokenizer, ta, ma)
+  texts_b = pl.decode_responses(tokenizer, tb, mb)
+
+  def annotate() -> list:  # process 0: label, write, and share the records
+    records = simulated_lib.annotate_pairs(
+      labeller,
+      prompts,
+      texts_a,
+      texts_b,
+      temperature=cfg.feedback.temperature,
+      tie_threshold=cfg.feedback.tie_threshold,
+      flip_prob=cfg.feedback.flip_prob,
+      seed=cfg.seed,
+    )
+    data_lib.write_preferences_jsonl(records, root / "preferences.jsonl")
+    return records
+
+  records = distributed.from_lead(annotate, "labels: preferences.jsonl")
   pool = pl.pairs_arrays(p_ids[rows], p_mask[rows], ta, ma, tb, mb, pl.label_indices(records))
 
   # Base-policy samples on the evaluation prompts: n per prompt for best-of-n (sample 0 is
@@ -153,7 +168,7 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     bon_tok.append(tok)
     bon_mask.append(m)
     text = pl.decode_responses(tokenizer, tok, m)
-    bon_gold.append(np.asarray(gold(eval_prompts, text), np.float64))
+    bon_gold.append(gold(eval_prompts, text, f"gold: base samples {j}"))
   base_gold = float(np.mean(bon_gold[0]))
 
   points: List[dict] = []
@@ -242,7 +257,9 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
           )
         )
       )
-      g = float(np.mean(gold(eval_prompts, pl.decode_responses(tokenizer, tok, m)))) - base_gold
+      text = pl.decode_responses(tokenizer, tok, m)
+      g = float(np.mean(gold(eval_prompts, text, f"gold: ppo {n_labels} labels, it {done}")))
+      g -= base_gold
       pr = float(np.mean(gain * sampler.scores(rm_params, *seq) + bias)) - base_proxy
       points.append(
         {
@@ -254,8 +271,6 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
           "proxy": pr,
         }
       )
-  data_lib.atomic_write_json(root / "points.json", points)
-  path = report_lib.write_overoptimization_report(str(root), points)
   fits = {}
   for n_labels, method in sorted({(p["n_labels"], p["method"]) for p in points}):
     # All points, d = 0 included (the laws pass through it), as overoptimization.md fits them.
@@ -267,5 +282,12 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
       fits[f"{method}_{n_labels}"] = {"alpha": f.alpha, "beta": f.beta, "r2": f.r2}
     except ValueError as e:
       fits[f"{method}_{n_labels}"] = {"error": str(e)}
-  data_lib.atomic_write_json(root / "fits.json", fits)
+
+  def write() -> str:  # process 0
+    data_lib.atomic_write_json(root / "points.json", points)
+    path = report_lib.write_overoptimization_report(str(root), points)
+    data_lib.atomic_write_json(root / "fits.json", fits)
+    return path
+
+  path = distributed.from_lead(write, "points, fits and report")
   return {"report": path, "fits": json.dumps(fits), "seconds": time.perf_counter() - t_start}

@@ -384,8 +384,6 @@ def train_ppo(
   state, start = loop.restore(state)
 
   history: List[Dict[str, float]] = []
-  pc, pi = jax.process_count(), jax.process_index()
-  local = batch_size // pc
   with loop:
     if start and os.path.exists(loop.writer.path):  # the curve of the attempts before this one
       history = [
@@ -394,8 +392,8 @@ def train_ppo(
       ]
     t_last = time.perf_counter()
     for it in range(start, iterations):
-      rows = prompt_rows(len(prompt_ids), batch_size, it, seed)[pi * local : (pi + 1) * local]
-      batch = sharding.shard_batch({"ids": prompt_ids[rows], "mask": prompt_mask[rows]}, mesh)
+      rows = prompt_rows(len(prompt_ids), batch_size, it, seed)  # the same in every process
+      batch = sharding.shard_rows({"ids": prompt_ids, "mask": prompt_mask}, rows, mesh)
       state, metrics = iteration(state, frozen, batch["ids"], batch["mask"])
       done = it + 1
       if done % log_every == 0 or done == iterations:

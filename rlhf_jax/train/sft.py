@@ -159,7 +159,8 @@ def train_lm(
 
   Checkpoints go to ``workdir/checkpoints`` every ``checkpoint_every`` steps, at the end and
   on SIGTERM; a re-run resumes the same trajectory (the batch of step i is
-  ``batch_rows(i)``, by default :func:`step_rows`). Metrics every ``log_every`` steps go to
+  ``batch_rows(i)``, by default :func:`step_rows`; every process draws the same rows and reads
+  only those its devices hold). Metrics every ``log_every`` steps go to
   ``workdir/metrics.jsonl``. Returns the final state and the last logged metrics.
 
   With ``lora`` the state trains adapters on the frozen ``params`` (an input of every step,
@@ -190,9 +191,9 @@ def train_lm(
   last: Dict[str, Any] = {}
   with loop:
     for i in range(start, steps):
-      rows = rows_of(i)
-      batch = sharding.shard_global_batch(
-        {"ids": ids[rows], "mask": mask[rows], "loss_mask": loss_mask[rows]}, mesh
+      # the same global rows in every process; each reads only those its devices hold
+      batch = sharding.shard_rows(
+        {"ids": ids, "mask": mask, "loss_mask": loss_mask}, rows_of(i), mesh
       )
       state, metrics = step(state, batch, base)
       done = i + 1

@@ -9,7 +9,8 @@ every run differs only in its labels and its KL coefficient, held fixed: no adap
 controller). Then :func:`write_study` writes ``README.md`` (the false-premise agreement
 rate of the final policy and of the reference, KL and gold win rate per bias × β, mean over
 seeds with 95% Student-t intervals), ``sycophancy.png`` (agreement against bias, one line
-per β, the reference's rate dashed) and ``rows.json`` to ``config.out_dir``.
+per β, the reference's rate dashed) and ``rows.json`` to ``config.out_dir`` (process 0 alone,
+across processes).
 
 The claim to measure: a reward model trained on biased labels raises the false-premise
 agreement rate under PPO while unbiased labels lower it, and a larger KL coefficient bounds
@@ -26,6 +27,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
+from rlhf_jax import distributed
 from rlhf_jax.data import files
 from rlhf_jax.train import compare
 from rlhf_jax.train.metrics import markdown_table
@@ -90,9 +92,13 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   specs = arm_specs(cfg)
   _, run_dirs = compare.run_arms(_compare_config(cfg), workdir)
   settings = {spec.partition("=")[0]: bk for spec, bk in specs.items()}
-  rows = collect_rows({key: (d, *settings[key[0]]) for key, d in run_dirs.items()})
   out = pathlib.Path(cfg.out_dir or pathlib.Path(workdir) / "results")
-  write_study(rows, out, cfg.title)
+
+  def study() -> None:  # process 0 reads the runs and writes the study
+    rows = collect_rows({key: (d, *settings[key[0]]) for key, d in run_dirs.items()})
+    write_study(rows, out, cfg.title)
+
+  distributed.lead_only(study, "sycophancy: study")
   return {"runs": len(run_dirs), "out_dir": str(out)}
 
 
