@@ -237,7 +237,7 @@ def compare(size, args, peak):
       jax.block_until_ready(m)
 
     one()
-    st = holder["state"]
+    st = jax.tree.map(jnp.copy, holder["state"])  # the iteration donates holder's state
     ro = jax.jit(rollout_fn)(st, frozen, ids, mask)
     update_j = jax.jit(update_fn)
 

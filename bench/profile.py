@@ -21,6 +21,8 @@ policy and a separate value model, a reward step of 32 pairs x 64 tokens):
   python bench/profile.py --size small --out bench/results/profile.jsonl
   python bench/profile.py --size small --remat --no-trace          # the same, per-block remat
   python bench/profile.py --size small --matmul-dtype bfloat16      # bf16 matmul operands
+  python bench/profile.py --only matmul      # does this CPU multiply bf16 faster than f32?
+  python bench/profile.py --ab "f32,f32 remat,bf16 matmuls"   # the options, alternating
   XLA_FLAGS="--xla_cpu_experimental_ynn_fusion_type=+eltwise,+reduce" python bench/profile.py
 
 ``--top N`` prints the N most expensive thunks with their op paths.
@@ -400,6 +402,33 @@ def ab(args):
   return {"wall_s": wall, "cpu_s": cpu}
 
 
+def matmul_rates(n=2048, rounds=4):
+  """GFLOP per CPU-second of an n^3 f32 matmul and of a bf16 x bf16 -> f32 one, alternating:
+  whether this CPU multiplies bfloat16 faster than float32 (AVX512-BF16) or not."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  b16 = a.astype(jnp.bfloat16)
+  fns = {
+    "f32": functools_partial(jax.jit(lambda x, y: x @ y), a, a),
+    "bf16 x bf16 -> f32": functools_partial(
+      jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32)), b16, b16
+    ),
+  }
+  wall, cpu = alternate({k: blocked(v) for k, v in fns.items()}, rounds, 1)
+  out = {
+    k: {
+      "gflop_per_cpu_s": 2 * n**3 / cpu[k]["min"] / 1e9,
+      "gflops_wall": 2 * n**3 / wall[k]["min"] / 1e9,
+    }
+    for k in fns
+  }
+  print(f"\n== {n}^3 matmul, load {os.getloadavg()[0]:.2f}")
+  for k, v in out.items():
+    print(
+      f"  {k:<22s} {v['gflop_per_cpu_s']:7.1f} GFLOP per CPU-second, {v['gflops_wall']:7.1f} GFLOP/s wall"
+    )
+  return out
+
+
 def blocked(fn):
   return lambda: jax.block_until_ready(fn())
 
@@ -431,6 +460,8 @@ def main():
     "info": _common.info(),
   }
   only = args.only.split(",")
+  if "matmul" in only:
+    _common.emit(dict(base, tag="profile_matmul_rates", rates=matmul_rates()), args.out)
   if args.ab:
     _common.emit(dict(base, tag="profile_ab", ab=args.ab, **ab(args)), args.out)
     return
