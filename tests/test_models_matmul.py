@@ -6,8 +6,10 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from rlhf_jax import sharding
 from rlhf_jax.models import Transformer, TransformerConfig, init_params
 from rlhf_jax.models.matmul import mixed_matmul
+from rlhf_jax.train import common
 
 
 def _bf16_f64(x):
@@ -53,9 +55,21 @@ def test_mixed_matmul_rejects_other_shapes():
     mixed_matmul(jnp.ones((2, 3)), jnp.ones((4, 5)), "bfloat16")
 
 
-def test_matmul_dtype_is_validated():
+def test_matmul_dtype_is_validated_and_reaches_the_model():
   with pytest.raises(ValueError, match="TransformerConfig.matmul_dtype='int8'"):
     TransformerConfig(vocab_size=8, d_model=8, n_layers=1, n_heads=1, matmul_dtype="int8")
+  with pytest.raises(ValueError, match="model.matmul_dtype='bf16'"):
+    common.ModelSpec(matmul_dtype="bf16")
+  spec = common.ModelSpec(preset="llama-tiny", vocab_size=16, matmul_dtype="bfloat16")
+  model, _ = common.load_model(spec, "lm", jax.random.PRNGKey(0), sharding.make_mesh(1, -1, 1))
+  assert model.cfg.matmul_dtype == "bfloat16" and model.cfg.mixed_matmuls
+  model, _ = common.load_model(
+    common.ModelSpec(preset="llama-tiny", vocab_size=16),
+    "lm",
+    jax.random.PRNGKey(0),
+    sharding.make_mesh(1, -1, 1),
+  )
+  assert model.cfg.matmul_dtype is None and not model.cfg.mixed_matmuls
 
 
 @pytest.mark.slow  # the default suite has the PPO update's bound (tests/test_ppo_precision.py)
