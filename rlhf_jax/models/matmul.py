@@ -8,9 +8,9 @@ bf16 x bf16 with f32 accumulation as well:
   ``dx = bf16(g) @ bf16(w)^T``,   ``dw = bf16(x)^T @ bf16(g)``   (f32 sums, f32 results)
 
 Left to autodiff, ``dot(bf16(x), bf16(w), preferred_element_type=f32)`` transposes into
-matmuls of an f32 cotangent against a bf16 operand, which XLA:CPU runs as f32 matmuls after
-upcasting (slower than plain f32); on CPUs with AVX512-BF16 and on TPU/GPU the hand-written
-gradient keeps every matmul of the training step on the bf16 units. The weight gradient is
+matmuls of an f32 cotangent against a bf16 operand: mixed-dtype matmuls that do not run on
+bf16 units (0.8x of this one's rate measured on an AVX512-BF16 CPU, docs/performance.md). On such
+CPUs and on TPU/GPU the hand-written gradient keeps every matmul of the step in bf16. The weight gradient is
 float32 (params are float32); the residuals saved for the backward pass are the bf16 copies,
 half the memory of f32 activations.
 

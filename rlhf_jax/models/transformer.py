@@ -106,7 +106,7 @@ class TransformerConfig:
   # "bfloat16" with dtype "float32" multiplies bf16 operands with float32 accumulation,
   # forward and backward (``rlhf_jax.models.matmul``), while params, residual stream, norms,
   # attention softmax and logits stay float32. Pays where bf16 matmuls are fast (TPU, GPU,
-  # CPUs with AVX512-BF16); on other CPUs XLA upcasts and it is slower (docs/performance.md).
+  # CPUs with AVX512-BF16); on other CPUs it is slower than float32 (docs/performance.md).
   matmul_dtype: Optional[str] = None
   # Layers per iteration of the layer scan: 1 keeps one compiled block (compile time flat in
   # depth); 0 (or >= n_layers) unrolls every layer, which XLA:CPU runs ~10-15% faster for
