@@ -15,6 +15,13 @@ on the same workload, in the same run, as ratios.
   python bench/ppo.py --sizes small,medium --out bench/results/ppo.jsonl
   python bench/ppo.py --sizes small --dtype bfloat16 --no-peers     # bf16 compute
   python bench/ppo.py --sizes small --shared-trunk --no-peers       # value head on the policy
+  python bench/ppo.py --sizes small --matmul-dtype bfloat16 --no-peers  # bf16 matmuls, f32 rest
+  python bench/ppo.py --sizes small --compare f32,remat,bf16 --no-peers  # A/B, alternating
+
+``--compare`` builds each variant (``f32``: the defaults; ``remat``: per-block remat; ``bf16``:
+``matmul_dtype=bfloat16``; ``bf16_remat``) and times whole iterations and update phases of all
+of them in alternating rounds, so that a shared host's load falls on every variant alike; it
+reports wall and process-CPU seconds (the steadier measure when other jobs share the cores).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
@@ -37,9 +45,10 @@ from rlhf_jax import generation, ppo  # noqa: E402
 from rlhf_jax.models import Transformer, TransformerConfig, init_params  # noqa: E402
 
 
-def model_cfg(size, dtype, remat, head, scan_unroll=1):
+def model_cfg(size, dtype, remat, head, scan_unroll=1, matmul_dtype=None):
   s = _common.SIZES[size]
   return TransformerConfig(
+    matmul_dtype=matmul_dtype,
     vocab_size=s["vocab"],
     d_model=s["n_embd"],
     n_layers=s["n_layer"],
@@ -78,10 +87,13 @@ def bench_ours(size, args, peak):
     whiten_advantages=True,
     shared_trunk=args.shared_trunk,
   )
+  head = "both" if args.shared_trunk else "lm"
   policy = Transformer(
-    model_cfg(size, args.dtype, args.remat, "both" if args.shared_trunk else "lm", args.scan_unroll)
+    model_cfg(size, args.dtype, args.remat, head, args.scan_unroll, args.matmul_dtype)
   )
-  rm = Transformer(model_cfg(size, args.dtype, args.remat, "scalar", args.scan_unroll))
+  rm = Transformer(
+    model_cfg(size, args.dtype, args.remat, "scalar", args.scan_unroll, args.matmul_dtype)
+  )
   k = jax.random.split(jax.random.PRNGKey(0), 3)
   pp = init_params(policy, k[0])
   rp = init_params(rm, k[1])
@@ -99,8 +111,6 @@ def bench_ours(size, args, peak):
   def one():
     holder["state"], m = it(holder["state"], frozen, ids, mask)
     jax.block_until_ready(m)
-
-  import time
 
   t0 = time.perf_counter()
   one()
@@ -152,6 +162,7 @@ def bench_ours(size, args, peak):
     "size": size,
     "dtype": args.dtype,
     "remat": args.remat,
+    "matmul_dtype": args.matmul_dtype,
     "scan_unroll": policy.cfg.scan_unroll,
     "shared_trunk": args.shared_trunk,
     "batch": b,
@@ -178,6 +189,113 @@ def bench_ours(size, args, peak):
   return rec
 
 
+COMPARE = {
+  "f32": {},
+  "remat": {"remat": True},
+  "bf16": {"matmul_dtype": "bfloat16"},
+  "bf16_remat": {"matmul_dtype": "bfloat16", "remat": True},
+}
+
+
+def compare(size, args, peak):
+  """Whole iterations and update phases of each ``--compare`` variant, alternating."""
+  b, p, n = args.batch, args.prompt_len, args.response_len
+  hp = ppo.PPOHparams(
+    response_len=n,
+    num_minibatches=args.minibatches,
+    epochs=args.epochs,
+    temperature=1.0,
+    eos_id=_common.SIZES[size]["vocab"],
+    pad_id=0,
+    adaptive_kl=False,
+    whiten_advantages=True,
+    shared_trunk=args.shared_trunk,
+  )
+  ids = np.random.default_rng(0).integers(1, _common.SIZES[size]["vocab"], (b, p)).astype(np.int32)
+  mask = np.ones_like(ids)
+  runs = {}
+  for name in args.compare.split(","):
+    kw = COMPARE[name]
+    head = "both" if args.shared_trunk else "lm"
+    cfg = dict(scan_unroll=args.scan_unroll, matmul_dtype=kw.get("matmul_dtype"))
+    policy = Transformer(model_cfg(size, args.dtype, kw.get("remat", False), head, **cfg))
+    rm = Transformer(model_cfg(size, args.dtype, kw.get("remat", False), "scalar", **cfg))
+    k = jax.random.split(jax.random.PRNGKey(0), 3)
+    pp, rp = init_params(policy, k[0]), init_params(rm, k[1])
+    params = {"policy": pp} if args.shared_trunk else {"policy": pp, "value": init_params(rm, k[2])}
+    ref = jax.tree.map(jnp.copy, {key: v for key, v in pp.items() if key != "score"})
+    frozen = ppo.PPOFrozen(ref, rp, jnp.float32(1.0), jnp.float32(0.0))
+    opt = optax.adam(1e-5)
+    state = ppo.init_ppo_state(params, opt, 0.05, jax.random.PRNGKey(1))
+    value_model = None if args.shared_trunk else rm
+    it = jax.jit(ppo.make_ppo_iteration(policy, value_model, rm, opt, hp), donate_argnums=0)
+    rollout_fn, update_fn = ppo.make_ppo_iteration(policy, value_model, rm, opt, hp, phases=True)
+    holder = {"state": state}
+
+    def one(it=it, holder=holder, frozen=frozen):
+      holder["state"], m = it(holder["state"], frozen, ids, mask)
+      jax.block_until_ready(m)
+
+    one()
+    st = jax.tree.map(jnp.copy, holder["state"])  # the iteration donates holder's state
+    ro = jax.jit(rollout_fn)(st, frozen, ids, mask)
+    update_j = jax.jit(update_fn)
+
+    def upd(update_j=update_j, st=st, ro=ro):
+      jax.block_until_ready(update_j(st, *ro))
+
+    upd()
+    runs[name] = (one, upd, policy.cfg)
+  times = {name: {"iter": [], "update": [], "iter_cpu": [], "update_cpu": []} for name in runs}
+  loads = []
+  for _ in range(args.iters):
+    loads.append(os.getloadavg()[0])
+    for name, (one, upd, _) in runs.items():
+      for key, fn in (("iter", one), ("update", upd)):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        times[name][key].append(time.perf_counter() - t0)
+        times[name][f"{key}_cpu"].append(time.process_time() - c0)
+  rows = []
+  for name, (_, _, cfg) in runs.items():
+    t = {key: _common.summarize(v) for key, v in times[name].items()}
+    flops = update_flops(cfg, b, p, n, args.epochs, args.shared_trunk)
+    rec = {
+      "tag": "ppo_rlhf_jax_compare",
+      "variant": name,
+      "size": size,
+      "dtype": args.dtype,
+      "remat": cfg.remat,
+      "matmul_dtype": cfg.matmul_dtype,
+      "shared_trunk": args.shared_trunk,
+      "batch": b,
+      "s_per_iter": t["iter"],
+      "cpu_s_per_iter": t["iter_cpu"],
+      "update_phase_s": t["update"],
+      "update_phase_cpu_s": t["update_cpu"],
+      "samples_per_s_median": b / t["iter"]["median"],
+      "samples_per_s_best": b / t["iter"]["min"],
+      "update_gflops_best": flops / t["update"]["min"] / 1e9,
+      "update_gflops_cpu_best": flops / t["update_cpu"]["min"] / 1e9,
+      "update_fraction_of_peak": flops / t["update"]["min"] / 1e9 / peak["gflops_best"],
+      "loadavg_per_round": loads,
+      "info": _common.info(),
+    }
+    _common.emit(rec, args.out)
+    rows.append(rec)
+  base = rows[0]
+  for r in rows:
+    print(
+      f"[compare] {size} {r['variant']:<10s} iter {r['s_per_iter']['min']:.3f} s "
+      f"({r['samples_per_s_best']:.1f} samples/s, x{base['s_per_iter']['min'] / r['s_per_iter']['min']:.2f})"
+      f"  update {r['update_phase_s']['min']:.3f} s wall / {r['update_phase_cpu_s']['min']:.3f} s CPU"
+      f" (x{base['update_phase_s']['min'] / r['update_phase_s']['min']:.2f} wall,"
+      f" x{base['update_phase_cpu_s']['min'] / r['update_phase_cpu_s']['min']:.2f} CPU)",
+      flush=True,
+    )
+  return rows
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--sizes", default="small,medium")
@@ -189,6 +307,8 @@ def main():
   ap.add_argument("--iters", type=int, default=5)
   ap.add_argument("--dtype", default="float32")
   ap.add_argument("--remat", action="store_true")
+  ap.add_argument("--matmul-dtype", default=None, help="e.g. bfloat16: bf16 matmuls, f32 rest")
+  ap.add_argument("--compare", default=None, help=f"A/B variants, some of {list(COMPARE)}")
   ap.add_argument(
     "--scan-unroll",
     type=_common.unroll_arg,
@@ -208,6 +328,10 @@ def main():
       args.out,
     )
   summary = []
+  if args.compare:
+    for size in args.sizes.split(","):
+      compare(size, args, peak)
+    return
   for size in args.sizes.split(","):
     ours = bench_ours(size, args, peak)
     line = {

@@ -7,6 +7,10 @@ excluded. TRL 1.16 ``RewardTrainer`` runs in the same invocation when ``$VENVS/t
 exists.
 
   python bench/reward.py --sizes small,medium --out bench/results/reward.jsonl
+  python bench/reward.py --sizes small --compare f32,remat,bf16   # A/B, alternating steps
+
+``--compare`` (variants as in ``bench/ppo.py``) builds each variant and times their steps in
+alternating rounds, wall and process-CPU seconds; TRL then runs once after them.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
@@ -29,6 +34,84 @@ from rlhf_jax.models import Transformer, TransformerConfig, init_params  # noqa:
 
 
 def bench_ours(size, args, peak):
+  rec, one = build(size, args)
+  t_step = _common.timeit(one, args.steps, warmup=2)
+  rec.update(
+    {
+      "s_per_step": t_step,
+      "pairs_per_s_median": args.pairs / t_step["median"],
+      "pairs_per_s_best": args.pairs / t_step["min"],
+      "gflops_median": rec["step_gflop"] / t_step["median"],
+      "fraction_of_peak": rec["step_gflop"] / t_step["median"] / peak["gflops_best"],
+      "info": _common.info(),
+    }
+  )
+  _common.emit(rec, args.out)
+  return rec
+
+
+COMPARE = {
+  "f32": {},
+  "remat": {"remat": True},
+  "bf16": {"matmul_dtype": "bfloat16"},
+  "bf16_remat": {"matmul_dtype": "bfloat16", "remat": True},
+}
+
+
+def compare(size, args, peak):
+  """The reward step of each ``--compare`` variant, alternating; returns the first's record."""
+  built = {}
+  for name in args.compare.split(","):
+    kw = COMPARE[name]
+    sub = argparse.Namespace(
+      **dict(vars(args), remat=kw.get("remat", False), matmul_dtype=kw.get("matmul_dtype"))
+    )
+    rec, one = build(size, sub)
+    one()
+    one()
+    built[name] = (rec, one)
+  wall = {k: [] for k in built}
+  cpu = {k: [] for k in built}
+  loads = []
+  for _ in range(args.steps):
+    loads.append(os.getloadavg()[0])
+    for name, (_, one) in built.items():
+      t0, c0 = time.perf_counter(), time.process_time()
+      one()
+      wall[name].append(time.perf_counter() - t0)
+      cpu[name].append(time.process_time() - c0)
+  recs = []
+  for name, (rec, _) in built.items():
+    w, c = _common.summarize(wall[name]), _common.summarize(cpu[name])
+    rec = dict(
+      rec,
+      tag="reward_rlhf_jax_compare",
+      variant=name,
+      s_per_step=w,
+      cpu_s_per_step=c,
+      pairs_per_s_median=args.pairs / w["median"],
+      pairs_per_s_best=args.pairs / w["min"],
+      gflops_best=rec["step_gflop"] / w["min"],
+      fraction_of_peak=rec["step_gflop"] / w["min"] / peak["gflops_best"],
+      loadavg_per_round=loads,
+      info=_common.info(),
+    )
+    _common.emit(rec, args.out)
+    recs.append(rec)
+  for r in recs:
+    print(
+      f"[compare] {size} {r['variant']:<10s} step {r['s_per_step']['min']:.3f} s wall "
+      f"(x{recs[0]['s_per_step']['min'] / r['s_per_step']['min']:.2f}), "
+      f"{r['cpu_s_per_step']['min']:.3f} s CPU "
+      f"(x{recs[0]['cpu_s_per_step']['min'] / r['cpu_s_per_step']['min']:.2f}), "
+      f"{r['pairs_per_s_best']:.1f} pairs/s",
+      flush=True,
+    )
+  return recs[0]
+
+
+def build(size, args):
+  """The record's fixed fields and ``one()``: one jitted, donated step on a fixed batch."""
   s = _common.SIZES[size]
   cfg = TransformerConfig(
     vocab_size=s["vocab"],
@@ -39,6 +122,7 @@ def bench_ours(size, args, peak):
     head="scalar",
     dtype=args.dtype,
     remat=args.remat,
+    matmul_dtype=args.matmul_dtype,
     scan_unroll=args.scan_unroll,
   )
   model = Transformer(cfg)
@@ -64,25 +148,18 @@ def bench_ours(size, args, peak):
     holder["state"], m = step(holder["state"], batch)
     jax.block_until_ready(m)
 
-  t_step = _common.timeit(one, args.steps, warmup=2)
-  flops = _common.reward_step_flops(cfg.n_layers, cfg.d_model, t, 2 * b)
   rec = {
     "tag": "reward_rlhf_jax",
     "size": size,
     "dtype": args.dtype,
     "remat": args.remat,
+    "matmul_dtype": args.matmul_dtype,
     "scan_unroll": cfg.scan_unroll,
     "pairs_per_step": b,
     "seq_len": t,
-    "s_per_step": t_step,
-    "pairs_per_s_median": b / t_step["median"],
-    "pairs_per_s_best": b / t_step["min"],
-    "gflops_median": flops / t_step["median"] / 1e9,
-    "fraction_of_peak": flops / t_step["median"] / 1e9 / peak["gflops_best"],
-    "info": _common.info(),
+    "step_gflop": _common.reward_step_flops(cfg.n_layers, cfg.d_model, t, 2 * b) / 1e9,
   }
-  _common.emit(rec, args.out)
-  return rec
+  return rec, one
 
 
 def main():
@@ -93,6 +170,8 @@ def main():
   ap.add_argument("--steps", type=int, default=10)
   ap.add_argument("--dtype", default="float32")
   ap.add_argument("--remat", action="store_true")
+  ap.add_argument("--matmul-dtype", default=None, help="e.g. bfloat16: bf16 matmuls, f32 rest")
+  ap.add_argument("--compare", default=None, help=f"A/B variants, some of {list(COMPARE)}")
   ap.add_argument(
     "--scan-unroll",
     type=_common.unroll_arg,
@@ -105,7 +184,7 @@ def main():
   peak = _common.begin(args.out)
   rows = []
   for size in args.sizes.split(","):
-    ours = bench_ours(size, args, peak)
+    ours = compare(size, args, peak) if args.compare else bench_ours(size, args, peak)
     row = {"size": size, "ours_pairs_per_s": ours["pairs_per_s_median"]}
     if not args.no_peers:
       recs = _common.run_peer("torch", "reward_trl.py", ["--size", size])

@@ -38,6 +38,9 @@ def model(preset="gpt2-small"):
     dtype="float32",  # compute dtype ("bfloat16" on accelerators)
     remat=False,  # recompute each block in the backward pass (memory for compute)
     scan_unroll=0,  # layers per scan step; 0: every layer unrolled (faster on CPU)
+    # Dense matmuls with bf16 operands and f32 accumulation, params and the rest f32: "bfloat16"
+    # on TPU/GPU and CPUs with AVX512-BF16 (slower on others, docs/performance.md); "": dtype.
+    matmul_dtype="",
   )
 
 

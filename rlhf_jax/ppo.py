@@ -191,8 +191,9 @@ class PPOHparams:
   unbiased_whitening: bool = False  # OAI: biased variance; TRL: unbiased
   shared_trunk: bool = False
   # log π_old: False reuses the sampler's log-probs, True recomputes them with a full forward
-  # pass; None (default) recomputes when the policy computes in a dtype other than float32
-  # (bfloat16 sampler log-probs differ from a full forward by up to ~0.025 nats per token).
+  # pass; None (default) recomputes when the policy computes (``dtype``) or multiplies
+  # (``matmul_dtype``) in a dtype other than float32 (bfloat16 sampler log-probs differ from a
+  # full forward by up to ~0.025 nats per token).
   recompute_old_logprobs: Optional[bool] = None
   # "ppo" | "grpo" | "dr_grpo" | "rloo" | "reinforce_pp"; "dpo" | "ipo" (preference pairs)
   algorithm: str = "ppo"
@@ -695,7 +696,7 @@ def make_ppo_iteration(
   ref_model = Transformer(policy_model.cfg.replace(head="lm"))
   temperature = hp.temperature
   n = hp.response_len
-  recompute_old = hp.recomputes_old_logprobs(policy_model.cfg.dtype)
+  recompute_old = hp.recomputes_old_logprobs(policy_model.cfg.lowest_dtype)
   kl_in_loss = hp.kl_in_loss_resolved
   reduction = hp.loss_reduction_resolved
 

@@ -34,6 +34,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rlhf_jax.models.matmul import mixed_dot_general, mixed_matmul
+
 __all__ = [
   "RopeScaling",
   "TransformerConfig",
@@ -100,6 +102,12 @@ class TransformerConfig:
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
   remat: bool = False  # recompute each block in the backward pass
+  # Operand dtype of the dense matmuls (q/k/v/o, MLP, LM and scalar heads); None: ``dtype``.
+  # "bfloat16" with dtype "float32" multiplies bf16 operands with float32 accumulation,
+  # forward and backward (``rlhf_jax.models.matmul``), while params, residual stream, norms,
+  # attention softmax and logits stay float32. Pays where bf16 matmuls are fast (TPU, GPU,
+  # CPUs with AVX512-BF16); on other CPUs it is slower than float32 (docs/performance.md).
+  matmul_dtype: Optional[str] = None
   # Layers per iteration of the layer scan: 1 keeps one compiled block (compile time flat in
   # depth); 0 (or >= n_layers) unrolls every layer, which XLA:CPU runs ~10-15% faster for
   # shallow models.
@@ -115,6 +123,7 @@ class TransformerConfig:
     check("mlp", self.mlp, _MLPS)
     check("position", self.position, _POSITIONS)
     check("activation", self.activation, _ACTIVATIONS)
+    check("matmul_dtype", self.matmul_dtype, (None, "float32", "bfloat16", "float16"))
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_len"):
       if int(getattr(self, name)) <= 0:
         raise ValueError(f"TransformerConfig.{name} must be positive, got {getattr(self, name)}")
@@ -156,6 +165,18 @@ class TransformerConfig:
   @property
   def ff_dim(self) -> int:
     return self.d_ff or 4 * self.d_model
+
+  @property
+  def mixed_matmuls(self) -> bool:
+    """Whether the dense matmuls run in ``matmul_dtype`` rather than ``dtype``."""
+    return self.matmul_dtype is not None and jnp.dtype(self.matmul_dtype) != jnp.dtype(self.dtype)
+
+  @property
+  def lowest_dtype(self) -> str:
+    """The narrowest dtype any computation runs in (``dtype`` or ``matmul_dtype``)."""
+    if self.mixed_matmuls and jnp.dtype(self.dtype) == jnp.float32:
+      return self.matmul_dtype
+    return self.dtype
 
   def replace(self, **kw) -> "TransformerConfig":
     return dataclasses.replace(self, **kw)
@@ -276,6 +297,7 @@ def _dense(
     param_dtype=jnp.dtype(cfg.param_dtype),
     kernel_init=_partitioned(nn.initializers.normal(std or cfg.init_std), names),
     bias_init=_partitioned(nn.initializers.zeros, (names[-1],)),
+    dot_general=mixed_dot_general(cfg.matmul_dtype) if cfg.mixed_matmuls else None,
     name=name,
   )
 
@@ -480,7 +502,10 @@ class Transformer(nn.Module):
 
     outputs = []
     if cfg.head in ("lm", "both"):
-      if cfg.tie_embeddings:
+      if cfg.tie_embeddings and cfg.mixed_matmuls:
+        table_VD = embed.embedding.astype(cfg.dtype)
+        logits = mixed_matmul(x_BTD, table_VD.T, cfg.matmul_dtype)
+      elif cfg.tie_embeddings:
         logits = embed.attend(x_BTD)
       else:
         logits = _dense(cfg, cfg.vocab_size, ("embed", "vocab"), False, "lm_head")(x_BTD)

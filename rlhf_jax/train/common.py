@@ -91,6 +91,16 @@ class ModelSpec:
   dtype: str = "float32"  # compute dtype ("bfloat16" on accelerators)
   remat: bool = False  # recompute each block in the backward pass
   scan_unroll: int = 1  # layers per scan iteration (0: every layer unrolled, faster on CPU)
+  # Operand dtype of the dense matmuls, f32 accumulation ("bfloat16" on TPU/GPU and CPUs with
+  # AVX512-BF16; docs/performance.md); "": the compute dtype.
+  matmul_dtype: str = ""
+
+  def __post_init__(self):
+    if self.matmul_dtype not in ("", "float32", "bfloat16", "float16"):
+      raise ValueError(
+        f"model.matmul_dtype={self.matmul_dtype!r}; expected '' (the compute dtype), "
+        "'float32', 'bfloat16' or 'float16'"
+      )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,6 +204,7 @@ def load_model(spec: ModelSpec, head: str, rng: jax.Array, mesh) -> Tuple[Transf
       dtype=spec.dtype,
       remat=spec.remat,
       scan_unroll=spec.scan_unroll,
+      matmul_dtype=spec.matmul_dtype or None,
     )
     model = Transformer(cfg)
     init = boxed_init_fn(model)
@@ -204,7 +215,9 @@ def load_model(spec: ModelSpec, head: str, rng: jax.Array, mesh) -> Tuple[Transf
   if not os.path.isdir(spec.path):
     raise FileNotFoundError(f"model.path={spec.path!r} is not a directory")
   model, params = hf.from_pretrained(spec.path, dtype=spec.dtype)
-  cfg = model.cfg.replace(remat=spec.remat, scan_unroll=spec.scan_unroll)
+  cfg = model.cfg.replace(
+    remat=spec.remat, scan_unroll=spec.scan_unroll, matmul_dtype=spec.matmul_dtype or None
+  )
   if cfg.head != head:
     cfg = cfg.replace(head=head)
     new_model = Transformer(cfg)
