@@ -29,7 +29,14 @@ yet; the report still counts degenerate (repetitive or empty) responses, and the
 from the same checks that score the report, so the gold win rate cannot see exploits of
 them.
 
-THE FULL RUN HAS NOT BEEN RUN YET; no numbers are recorded. Its sizes are estimated to fit
+Recorded once (docs/results/assistant/, seed 0, 2026-12-03, 2-core AMD EPYC family 25
+shared with three other jobs, load 8-14): every stage ran, in 64 minutes for the round
+(reward model 955 s, PPO 1619 s) plus setup — but the policy barely moved: KL 0.19 nats after
+10 iterations (β 0.2 -> 0.09), gold win rate 0.469 [0.363, 0.577] against the starting model
+(11 wins, 53 ties, 16 losses), harmful-request pass rate 0.00 before and after, false-premise
+agreement not lowered. 128 labels (58% ties) and 160 rollouts are too little signal for these
+targets; the next step is more pairs and iterations, sized by that run's stage times. Its sizes
+were estimated to fit
 60 minutes on 2 CPU cores from timings of SmolLM2-135M here (jitted, float32, on 2 cores
 shared with another job, load ~4, so an upper estimate): sampling 16 prompts x 48 tokens
 14.6 s; a forward of 16 x 110 tokens 7.0 s; a LoRA forward + backward of the same 22.6 s
