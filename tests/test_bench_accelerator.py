@@ -5,6 +5,7 @@ byte count by hand, and (slow) the tiny CPU run end to end."""
 import json
 import math
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -114,3 +115,11 @@ def test_tiny_cpu_run_end_to_end(tmp_path):
   if per_token > 0:  # the difference of two short timings can come out negative on a CPU
     assert rec["decode_gbps"] == pytest.approx(rec["decode_bytes_per_step"] / per_token / 1e9)
   assert rec["decode_bandwidth_fraction"] is None  # no bandwidth peak known for a CPU
+
+
+def test_no_bench_script_shadows_a_standard_module():
+  """bench/ is put on sys.path (here and by the scripts); a script named like a standard
+  module (bench/profile.py did) replaces it for every later import in the process — torch
+  and transformers then fail to import."""
+  names = {p.stem for p in pathlib.Path(ROOT, "bench").glob("*.py")}
+  assert not names & set(sys.stdlib_module_names)

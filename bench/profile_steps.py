@@ -18,12 +18,12 @@ policy and a separate value model, a reward step of 32 pairs x 64 tokens):
    scatter, optimizer, copies / transposes / slices, other elementwise. Times are summed over
    XLA's worker threads (both cores): the sum is CPU time, which can exceed the wall time.
 
-  python bench/profile.py --size small --out bench/results/profile.jsonl
-  python bench/profile.py --size small --remat --no-trace          # the same, per-block remat
-  python bench/profile.py --size small --matmul-dtype bfloat16      # bf16 matmul operands
-  python bench/profile.py --only matmul      # does this CPU multiply bf16 faster than f32?
-  python bench/profile.py --ab "f32,f32 remat,bf16 matmuls"   # the options, alternating
-  XLA_FLAGS="--xla_cpu_experimental_ynn_fusion_type=+eltwise,+reduce" python bench/profile.py
+  python bench/profile_steps.py --size small --out bench/results/profile.jsonl
+  python bench/profile_steps.py --size small --remat --no-trace          # the same, per-block remat
+  python bench/profile_steps.py --size small --matmul-dtype bfloat16      # bf16 matmul operands
+  python bench/profile_steps.py --only matmul      # does this CPU multiply bf16 faster than f32?
+  python bench/profile_steps.py --ab "f32,f32 remat,bf16 matmuls"   # the options, alternating
+  XLA_FLAGS="--xla_cpu_experimental_ynn_fusion_type=+eltwise,+reduce" python bench/profile_steps.py
 
 ``--top N`` prints the N most expensive thunks with their op paths.
 """
