@@ -13,7 +13,8 @@ the arms differ in their policy stage alone. One round by default (`--config.rou
 the arms' own two; round 2's pairs come from each arm's policy, so it trains a reward model
 per arm).
 
-Writes docs/results/algorithms/: README.md (gold reward, gold win rate, KL, reward-model
+Recorded (2026-12-03, 3 seeds, one round, seed 0's base from runs/s0/base/model): see
+docs/results/algorithms/README.md and the README's table. Writes docs/results/algorithms/: README.md (gold reward, gold win rate, KL, reward-model
 accuracy and wall time per algorithm, mean over seeds with 95% Student-t intervals),
 algorithms.png (gold reward and gold win rate against KL) and rows.json.
 

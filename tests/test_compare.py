@@ -59,7 +59,7 @@ def test_writer_makes_the_table_plot_and_rows(tmp_path):
   dpo_line = next(line for line in text.splitlines() if line.startswith("| dpo | 3 |"))
   assert "— (pairs)" in dpo_line
   assert text.count("| ppo | ") == 3  # one last-round row, two per-round rows
-  assert grpo_line.endswith("| 121 [121, 121] |")  # the whole run's wall time
+  assert grpo_line.endswith("| 121 (121–121) |")  # the whole run's wall time, median (range)
 
 
 def test_shipped_config_validates_and_arms_compare_fairly(monkeypatch):

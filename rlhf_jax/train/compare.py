@@ -292,6 +292,8 @@ _ROW_KEYS = (
   "win_rate",
   "win_ci_low",
   "win_ci_high",
+  "independent_win_rate",
+  "degenerate_fraction",
   "rm_accuracy",
   "n_labels",
   "ppo_seconds",
@@ -321,6 +323,16 @@ def _ci(values: Sequence[float], spec: str = ".3f") -> str:
   return f"{format(mean, spec)} [{format(lo, spec)}, {format(hi, spec)}]"
 
 
+def _spread(values: Sequence[float]) -> str:
+  """Wall seconds over seeds as ``median (min–max)``: times depend on what else the machine
+  ran, so a t interval (which can go below zero) says less than the range."""
+  if not values:
+    return "—"
+  if len(values) == 1:
+    return f"{values[0]:.0f}"
+  return f"{np.median(values):.0f} ({min(values):.0f}–{max(values):.0f})"
+
+
 def _values(rows: Sequence[Mapping[str, Any]], key: str) -> List[float]:
   return [
     float(r[key]) for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])
@@ -348,8 +360,12 @@ def write_comparison(
     f"{len(algorithms)} algorithms × {len(seeds)} seeds ({', '.join(map(str, seeds))}), one "
     "data set and one base model for all runs. Mean over seeds with its 95% Student-t "
     "interval. Gold win rate: against the reference policy's samples on the evaluation "
-    "prompts, ties half. KL: to the reference, nats per response. Times: wall seconds of the "
-    "last round's policy stage, of that round, and of the whole run.",
+    "prompts, ties half; independent: the same under the task's independent judge (no label "
+    "came from it). KL: to the reference, nats per response. Times: wall seconds of the "
+    "last round's policy stage, of that round, and of the whole run, median (range) over "
+    "seeds; they depend on the machine's other load. Arms of one seed share round 1's labels "
+    "and reward model when its inputs are equal (config.share_round1; the same RM accuracy), "
+    "so the policy stage is the part that differs.",
     "",
     "## Last round",
     "",
@@ -362,6 +378,8 @@ def write_comparison(
     "KL",
     "gold reward",
     "gold win rate",
+    "independent win rate",
+    "degenerate",
     "RM accuracy",
     "policy stage s",
     "round s",
@@ -382,12 +400,16 @@ def write_comparison(
       ]
       + [
         _ci(_values(at, k)) if _values(at, k) else "—"
-        for k in ("kl", "gold_reward_mean", "win_rate", "rm_accuracy")
+        for k in (
+          "kl",
+          "gold_reward_mean",
+          "win_rate",
+          "independent_win_rate",
+          "degenerate_fraction",
+          "rm_accuracy",
+        )
       ]
-      + [
-        _ci(_values(at, k), ".0f") if _values(at, k) else "—"
-        for k in ("ppo_seconds", "round_seconds", "run_seconds")
-      ]
+      + [_spread(_values(at, k)) for k in ("ppo_seconds", "round_seconds", "run_seconds")]
     )
   lines += [markdown_table(headers, table), ""]
   ref = _values(rows, "gold_reward_ref_mean")
