@@ -168,3 +168,31 @@ def run_peer(venv, script, args, timeout=1800):
   if proc.returncode != 0 or not records:
     print(f"[peer] {script} failed (rc={proc.returncode}):\n{proc.stderr[-2000:]}", file=sys.stderr)
   return records
+
+
+# The model variants that bench/ppo.py and bench/reward.py --compare time alternately:
+# TransformerConfig overrides by name.
+COMPARE_VARIANTS = {
+  "f32": {},
+  "remat": {"remat": True},
+  "bf16": {"matmul_dtype": "bfloat16"},
+  "bf16_remat": {"matmul_dtype": "bfloat16", "remat": True},
+}
+
+
+def reward_batch(pairs: int, seq_len: int, vocab: int) -> dict:
+  """A fixed random reward-model batch: ``pairs`` pairs of ``seq_len`` tokens ending in token
+  0, all labelled A."""
+  import numpy as np
+
+  rng = np.random.default_rng(0)
+  ids_a = rng.integers(1, vocab, (pairs, seq_len)).astype(np.int32)
+  ids_b = rng.integers(1, vocab, (pairs, seq_len)).astype(np.int32)
+  ids_a[:, -1] = ids_b[:, -1] = 0
+  return {
+    "ids_a": ids_a,
+    "mask_a": np.ones_like(ids_a),
+    "ids_b": ids_b,
+    "mask_b": np.ones_like(ids_b),
+    "label": np.zeros(pairs, np.int32),
+  }

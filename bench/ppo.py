@@ -74,10 +74,10 @@ def update_flops(cfg: TransformerConfig, batch, prompt_len, resp_len, epochs, sh
   return 3 * (policy + value) * epochs
 
 
-def bench_ours(size, args, peak):
-  b, p, n = args.batch, args.prompt_len, args.response_len
-  hp = ppo.PPOHparams(
-    response_len=n,
+def _hparams(size, args) -> ppo.PPOHparams:
+  """The benchmark's PPO settings (fixed β, whitened advantages, no stop token)."""
+  return ppo.PPOHparams(
+    response_len=args.response_len,
     num_minibatches=args.minibatches,
     epochs=args.epochs,
     temperature=1.0,
@@ -87,6 +87,11 @@ def bench_ours(size, args, peak):
     whiten_advantages=True,
     shared_trunk=args.shared_trunk,
   )
+
+
+def bench_ours(size, args, peak):
+  b, p, n = args.batch, args.prompt_len, args.response_len
+  hp = _hparams(size, args)
   head = "both" if args.shared_trunk else "lm"
   policy = Transformer(
     model_cfg(size, args.dtype, args.remat, head, args.scan_unroll, args.matmul_dtype)
@@ -189,28 +194,13 @@ def bench_ours(size, args, peak):
   return rec
 
 
-COMPARE = {
-  "f32": {},
-  "remat": {"remat": True},
-  "bf16": {"matmul_dtype": "bfloat16"},
-  "bf16_remat": {"matmul_dtype": "bfloat16", "remat": True},
-}
+COMPARE = _common.COMPARE_VARIANTS
 
 
 def compare(size, args, peak):
   """Whole iterations and update phases of each ``--compare`` variant, alternating."""
   b, p, n = args.batch, args.prompt_len, args.response_len
-  hp = ppo.PPOHparams(
-    response_len=n,
-    num_minibatches=args.minibatches,
-    epochs=args.epochs,
-    temperature=1.0,
-    eos_id=_common.SIZES[size]["vocab"],
-    pad_id=0,
-    adaptive_kl=False,
-    whiten_advantages=True,
-    shared_trunk=args.shared_trunk,
-  )
+  hp = _hparams(size, args)
   ids = np.random.default_rng(0).integers(1, _common.SIZES[size]["vocab"], (b, p)).astype(np.int32)
   mask = np.ones_like(ids)
   runs = {}

@@ -335,18 +335,8 @@ def reward_setup(args):
   hp = reward.RewardHparams(tie_model="bradley_terry", learn_tie_param=False)
   opt = optax.adamw(1e-5)
   state = reward.init_reward_state(init_params(model, jax.random.PRNGKey(0)), opt, hp)
-  rng = np.random.default_rng(0)
   b, t = args.pairs, args.seq_len
-  ids_a = rng.integers(1, s["vocab"], (b, t)).astype(np.int32)
-  ids_b = rng.integers(1, s["vocab"], (b, t)).astype(np.int32)
-  ids_a[:, -1] = ids_b[:, -1] = 0
-  batch = {
-    "ids_a": ids_a,
-    "mask_a": np.ones_like(ids_a),
-    "ids_b": ids_b,
-    "mask_b": np.ones_like(ids_b),
-    "label": np.zeros(b, np.int32),
-  }
+  batch = _common.reward_batch(b, t, s["vocab"])
   step = reward.make_reward_step(model, opt, hp)
   library = jax.jit(step)
 

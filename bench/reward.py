@@ -26,7 +26,6 @@ import _common  # noqa: E402
 _common.set_xla_threads()
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from rlhf_jax import reward  # noqa: E402
@@ -50,12 +49,7 @@ def bench_ours(size, args, peak):
   return rec
 
 
-COMPARE = {
-  "f32": {},
-  "remat": {"remat": True},
-  "bf16": {"matmul_dtype": "bfloat16"},
-  "bf16_remat": {"matmul_dtype": "bfloat16", "remat": True},
-}
+COMPARE = _common.COMPARE_VARIANTS
 
 
 def compare(size, args, peak):
@@ -130,18 +124,8 @@ def build(size, args):
   opt = optax.adamw(1e-5)
   state = reward.init_reward_state(init_params(model, jax.random.PRNGKey(0)), opt, hp)
   step = jax.jit(reward.make_reward_step(model, opt, hp), donate_argnums=0)
-  rng = np.random.default_rng(0)
   b, t = args.pairs, args.seq_len
-  ids_a = rng.integers(1, s["vocab"], (b, t)).astype(np.int32)
-  ids_b = rng.integers(1, s["vocab"], (b, t)).astype(np.int32)
-  ids_a[:, -1] = ids_b[:, -1] = 0
-  batch = {
-    "ids_a": ids_a,
-    "mask_a": np.ones_like(ids_a),
-    "ids_b": ids_b,
-    "mask_b": np.ones_like(ids_b),
-    "label": np.zeros(b, np.int32),
-  }
+  batch = _common.reward_batch(b, t, s["vocab"])
   holder = {"state": state}
 
   def one():
