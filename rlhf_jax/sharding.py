@@ -13,6 +13,7 @@ vocabularies still shard everything else.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -206,6 +207,13 @@ def process_rows(
   return np.flatnonzero(held)
 
 
+@functools.lru_cache(maxsize=32)
+def _own_rows(n_rows: int, mesh: Mesh, process_index: int) -> np.ndarray:
+  """:func:`process_rows` of this process, computed once per (batch size, mesh): the
+  training loops ask for it every step."""
+  return process_rows(n_rows, mesh, process_index)
+
+
 def shard_rows(data: Mapping[str, Any], rows: np.ndarray, mesh: Mesh) -> dict:
   """The global batch ``{k: data[k][rows]}`` on the mesh, each process indexing only its
   own rows of it (:func:`process_rows` of ``len(rows)``): per-process, disjoint,
@@ -219,7 +227,7 @@ def shard_rows(data: Mapping[str, Any], rows: np.ndarray, mesh: Mesh) -> dict:
   rows = np.asarray(rows)
   if jax.process_count() == 1:
     return shard_batch({k: np.asarray(v[rows]) for k, v in data.items()}, mesh)
-  mine = rows[process_rows(len(rows), mesh)]
+  mine = rows[_own_rows(len(rows), mesh, jax.process_index())]
   out = {}
   for key, v in data.items():
     x = np.asarray(v[mine])
