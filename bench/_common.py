@@ -22,18 +22,83 @@ ANCHORS = os.environ.get(
 )
 VENVS = os.environ.get("VENVS", os.path.expanduser("~/venvs"))
 
-# The anchors' GPT-2 shapes (shared/anchors/hf_common.py).
+# The anchors' GPT-2 shapes (shared/anchors/hf_common.py), and SmolLM2-135M's shape (random
+# init): Llama family, 30 layers x 576, 9 query and 3 key/value heads of 64, SwiGLU width
+# 1536, RMSNorm, RoPE, tied 49 152-token vocabulary. ``hf`` is the Hugging Face config the
+# model is built from (here and, by bench/peers/anchor_llama.py, for the peers).
 SIZES = {
   "small": dict(n_layer=4, n_embd=256, n_head=4, vocab=8192, n_positions=128),
   "medium": dict(n_layer=8, n_embd=512, n_head=8, vocab=8192, n_positions=128),
+  "smollm2": dict(
+    n_layer=30,
+    n_embd=576,
+    n_head=9,
+    vocab=49152,
+    n_positions=2048,
+    hf={
+      "architectures": ["LlamaForCausalLM"],
+      "model_type": "llama",
+      "hidden_size": 576,
+      "intermediate_size": 1536,
+      "num_hidden_layers": 30,
+      "num_attention_heads": 9,
+      "num_key_value_heads": 3,
+      "head_dim": 64,
+      "vocab_size": 49152,
+      "max_position_embeddings": 2048,
+      "rms_norm_eps": 1e-5,
+      "rope_theta": 100000.0,
+      "hidden_act": "silu",
+      "attention_bias": False,
+      "mlp_bias": False,
+      "tie_word_embeddings": True,
+    },
+  ),
 }
 
 
-def reward_step_flops(n_layers, d_model, seq_len, sequences):
-  """Model FLOPs of one reward-model training step (forward + backward = 3x forward):
-  6 x dense params x tokens plus attention (QK^T and AV, full, not causal-halved)."""
-  tokens = sequences * seq_len
-  return 6 * 12 * n_layers * d_model**2 * tokens + 12 * n_layers * d_model * seq_len * tokens
+def transformer_config(size, head, **overrides):
+  """The :class:`TransformerConfig` of a benchmark size with ``head`` ("lm" | "scalar" |
+  "both") and field overrides (dtype, remat, matmul_dtype, scan_unroll, ...)."""
+  from rlhf_jax.models import TransformerConfig
+  from rlhf_jax.models.hf import config_from_hf
+
+  s = SIZES[size]
+  if "hf" in s:
+    return config_from_hf(s["hf"], head=head).replace(**overrides)
+  return TransformerConfig(
+    vocab_size=s["vocab"],
+    d_model=s["n_embd"],
+    n_layers=s["n_layer"],
+    n_heads=s["n_head"],
+    max_len=s["n_positions"],
+    head=head,
+    **overrides,
+  )
+
+
+def dense_params_per_layer(cfg):
+  """Weights of one block's matmuls (q, k, v, o and the MLP), as a FLOP count needs them."""
+  d = cfg.d_model
+  head_dim = cfg.head_dim or d // cfg.n_heads
+  q = cfg.n_heads * head_dim
+  kv = (cfg.n_kv_heads or cfg.n_heads) * head_dim
+  d_ff = cfg.d_ff or 4 * d
+  mlp = (3 if cfg.mlp == "swiglu" else 2) * d * d_ff
+  return d * q + 2 * d * kv + q * d + mlp
+
+
+def forward_flops_per_token(cfg, seq_len):
+  """Forward FLOPs per token of the trunk: 2 x dense params plus attention (QK^T and AV over
+  ``seq_len`` keys, full, not causal-halved). Heads are counted by the caller."""
+  head_dim = cfg.head_dim or cfg.d_model // cfg.n_heads
+  attn = 2 * cfg.n_heads * head_dim * seq_len
+  return 2 * cfg.n_layers * (dense_params_per_layer(cfg) + attn)
+
+
+def reward_step_flops(cfg, seq_len, sequences):
+  """Model FLOPs of one reward-model training step (forward + backward = 3x forward)."""
+  return 3 * forward_flops_per_token(cfg, seq_len) * sequences * seq_len
 
 
 def set_xla_threads():
@@ -168,6 +233,17 @@ def run_peer(venv, script, args, timeout=1800):
   if proc.returncode != 0 or not records:
     print(f"[peer] {script} failed (rc={proc.returncode}):\n{proc.stderr[-2000:]}", file=sys.stderr)
   return records
+
+
+PEER_WRAPPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers", "anchor_llama.py")
+
+
+def run_anchor(venv, script, size, args, timeout=3600):
+  """An anchor peer script on a benchmark size: directly for the anchors' own GPT-2 sizes,
+  through ``bench/peers/anchor_llama.py`` for the Llama-family ones (``smollm2``)."""
+  if "hf" in SIZES[size]:
+    return run_peer(venv, PEER_WRAPPER, [script, "--size", size, *args], timeout=timeout)
+  return run_peer(venv, script, ["--size", size, *args], timeout=timeout)
 
 
 # The model variants that bench/ppo.py and bench/reward.py --compare time alternately:

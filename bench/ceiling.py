@@ -83,6 +83,8 @@ def main():
 
   for size in args.sizes.split(","):
     s = _common.SIZES[size]
+    if "hf" in s:  # linear_trunk_grad stacks GPT-2 blocks (d -> 4d MLP, full-width K/V)
+      raise SystemExit(f"bench/ceiling.py: --sizes {size}: only the GPT-2 sizes small, medium")
     n, d, vocab = s["n_layer"], s["n_embd"], s["vocab"]
     # PPO update phase: 4 epochs x 4 minibatches; a minibatch is 16 x (32 + 32) tokens, the
     # LM head on the 16 x 32 response positions, policy + separate value model.
@@ -107,7 +109,7 @@ def main():
     # Reward step: 64 sequences x 64 tokens, scalar head (a d-vector: no matmul worth timing).
     fn, params, x = linear_trunk_grad(n, d, vocab, 64 * 64, 0, models=1)
     t = _common.timeit(lambda: jax.block_until_ready(fn(params, x)), args.repeats)
-    flops = _common.reward_step_flops(n, d, 64, 64)
+    flops = _common.reward_step_flops(bench_ppo.model_cfg(size, "float32", False, "scalar"), 64, 64)
     _common.emit(
       {
         "tag": "ceiling_reward_step",

@@ -17,6 +17,11 @@ on the same workload, in the same run, as ratios.
   python bench/ppo.py --sizes small --shared-trunk --no-peers       # value head on the policy
   python bench/ppo.py --sizes small --matmul-dtype bfloat16 --no-peers  # bf16 matmuls, f32 rest
   python bench/ppo.py --sizes small --compare f32,remat,bf16 --no-peers  # A/B, alternating
+  python bench/ppo.py --sizes smollm2 --batch 16 --iters 2 --scan-unroll 1  # SmolLM2-135M shape
+
+``--sizes smollm2`` is SmolLM2-135M's shape (Llama family, 30 x 576, GQA 9:3, vocabulary
+49 152, tied; random init); TRL runs it through ``bench/peers/anchor_llama.py`` with the same
+workload arguments; the Tunix anchor has no Llama shape and is skipped there.
 
 ``--compare`` builds each variant (``f32``: the defaults; ``remat``: per-block remat; ``bf16``:
 ``matmul_dtype=bfloat16``; ``bf16_remat``) and times whole iterations and update phases of all
@@ -46,30 +51,18 @@ from rlhf_jax.models import Transformer, TransformerConfig, init_params  # noqa:
 
 
 def model_cfg(size, dtype, remat, head, scan_unroll=1, matmul_dtype=None):
-  s = _common.SIZES[size]
-  return TransformerConfig(
-    matmul_dtype=matmul_dtype,
-    vocab_size=s["vocab"],
-    d_model=s["n_embd"],
-    n_layers=s["n_layer"],
-    n_heads=s["n_head"],
-    max_len=s["n_positions"],
-    dtype=dtype,
-    remat=remat,
-    head=head,
-    scan_unroll=scan_unroll,
+  return _common.transformer_config(
+    size, head, dtype=dtype, remat=remat, scan_unroll=scan_unroll, matmul_dtype=matmul_dtype
   )
 
 
 def update_flops(cfg: TransformerConfig, batch, prompt_len, resp_len, epochs, shared_trunk):
-  """Model FLOPs of the update phase (forward + backward = 3x forward)."""
-  t = prompt_len + resp_len
-  trunk = 12 * cfg.n_layers * cfg.d_model**2
-  attn = 2 * cfg.n_layers * cfg.d_model * t  # QK^T + AV per token, full (not causal-halved)
-  lm_head = cfg.vocab_size * cfg.d_model
-  tokens = batch * t
-  per_model_fwd = 2 * (trunk + attn) * tokens
-  policy = per_model_fwd + 2 * lm_head * batch * resp_len
+  """Model FLOPs of the update phase (forward + backward = 3x forward), the LM head on the
+  response positions only."""
+  per_model_fwd = (
+    _common.forward_flops_per_token(cfg, prompt_len + resp_len) * batch * (prompt_len + resp_len)
+  )
+  policy = per_model_fwd + 2 * cfg.vocab_size * cfg.d_model * batch * resp_len
   value = 0 if shared_trunk else per_model_fwd
   return 3 * (policy + value) * epochs
 
@@ -332,11 +325,23 @@ def main():
       "update_fraction_of_peak": ours["update_fraction_of_peak"],
     }
     if not args.no_peers:
-      iters = "6" if size == "small" else "4"
-      trl = _common.run_peer("trl112", "ppo_trl112.py", ["--size", size, "--iters", iters])
-      tunix = _common.run_peer(
-        "tunix", "ppo_tunix.py", ["--size", size, "--iters", "5" if size == "small" else "4"]
+      iters = {"small": "6", "medium": "4"}.get(size, str(args.iters + 1))
+      workload = [
+        *("--iters", iters, "--batch", str(args.batch), "--epochs", str(args.epochs)),
+        *("--prompt-len", str(args.prompt_len), "--response-len", str(args.response_len)),
+      ]
+      trl = _common.run_anchor(
+        "trl112", "ppo_trl112.py", size, [*workload, "--minibatches", str(args.minibatches)]
       )
+      tunix = []  # the Tunix anchor builds its own Qwen3 for the GPT-2 sizes only
+      if "hf" not in _common.SIZES[size]:
+        tunix = _common.run_anchor(
+          "tunix",
+          "ppo_tunix.py",
+          size,
+          [*workload[2:], "--iters", "5" if size == "small" else "4"]
+          + ["--mini-batch", str(args.batch // args.minibatches)],
+        )
       for name, recs in (("trl", trl), ("tunix", tunix)):
         if recs:
           r = recs[-1]

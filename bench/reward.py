@@ -8,6 +8,9 @@ exists.
 
   python bench/reward.py --sizes small,medium --out bench/results/reward.jsonl
   python bench/reward.py --sizes small --compare f32,remat,bf16   # A/B, alternating steps
+  python bench/reward.py --sizes smollm2 --pairs 8 --steps 4 --scan-unroll 1  # SmolLM2-135M shape
+
+``--sizes smollm2``: SmolLM2-135M's shape (random init); TRL through ``bench/peers/anchor_llama.py``.
 
 ``--compare`` (variants as in ``bench/ppo.py``) builds each variant and times their steps in
 alternating rounds, wall and process-CPU seconds; TRL then runs once after them.
@@ -29,7 +32,7 @@ import jax  # noqa: E402
 import optax  # noqa: E402
 
 from rlhf_jax import reward  # noqa: E402
-from rlhf_jax.models import Transformer, TransformerConfig, init_params  # noqa: E402
+from rlhf_jax.models import Transformer, init_params  # noqa: E402
 
 
 def bench_ours(size, args, peak):
@@ -107,13 +110,9 @@ def compare(size, args, peak):
 def build(size, args):
   """The record's fixed fields and ``one()``: one jitted, donated step on a fixed batch."""
   s = _common.SIZES[size]
-  cfg = TransformerConfig(
-    vocab_size=s["vocab"],
-    d_model=s["n_embd"],
-    n_layers=s["n_layer"],
-    n_heads=s["n_head"],
-    max_len=s["n_positions"],
-    head="scalar",
+  cfg = _common.transformer_config(
+    size,
+    "scalar",
     dtype=args.dtype,
     remat=args.remat,
     matmul_dtype=args.matmul_dtype,
@@ -141,7 +140,7 @@ def build(size, args):
     "scan_unroll": cfg.scan_unroll,
     "pairs_per_step": b,
     "seq_len": t,
-    "step_gflop": _common.reward_step_flops(cfg.n_layers, cfg.d_model, t, 2 * b) / 1e9,
+    "step_gflop": _common.reward_step_flops(cfg, t, 2 * b) / 1e9,
   }
   return rec, one
 
@@ -171,7 +170,9 @@ def main():
     ours = compare(size, args, peak) if args.compare else bench_ours(size, args, peak)
     row = {"size": size, "ours_pairs_per_s": ours["pairs_per_s_median"]}
     if not args.no_peers:
-      recs = _common.run_peer("torch", "reward_trl.py", ["--size", size])
+      recs = _common.run_anchor(
+        "torch", "reward_trl.py", size, ["--batch", str(args.pairs), "--seq-len", str(args.seq_len)]
+      )
       _common.record_peer(row, recs, "peer_reward_trl", "trl", "pairs_per_s", ours, args.out)
     rows.append(row)
   _common.emit({"tag": "reward_summary", "rows": rows}, args.out)
