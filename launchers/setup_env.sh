@@ -34,3 +34,5 @@ if [ ! -f "$_stamp" ] || [ "$_root/pyproject.toml" -nt "$_stamp" ]; then
   touch "$_stamp"
 fi
 export PATH="$VENV/bin:$PATH"
+# shellcheck source=launchers/malloc_env.sh
+source "$_root/launchers/malloc_env.sh"

@@ -413,3 +413,22 @@ def test_distributed_reads_launcher_variables(monkeypatch):
   monkeypatch.setenv("RLHF_JAX_PROCESS_ID", "0")
   with pytest.raises(ValueError, match=r"process_id=3: must be in \[0, 2\)"):
     distributed.maybe_initialize(process_id=3)
+
+
+@pytest.mark.parametrize(
+  "before, after",
+  [
+    (None, "glibc.malloc.hugetlb=1"),
+    ("glibc.malloc.arena_max=2", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"),
+    ("glibc.malloc.hugetlb=0", "glibc.malloc.hugetlb=0"),  # the user's choice stands
+  ],
+)
+def test_malloc_env_asks_for_huge_pages(before, after):
+  env = _clean_env()
+  env.pop("GLIBC_TUNABLES", None)
+  if before is not None:
+    env["GLIBC_TUNABLES"] = before
+  script = f'source {shlex.quote(os.path.join(LAUNCHERS, "malloc_env.sh"))}; echo "$GLIBC_TUNABLES"'
+  out = _run(["-c", script], env=env)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.strip() == after
