@@ -12,7 +12,11 @@ Reports samples/s (sampled completions per second of whole iterations; the first
 advantages) and the update phase timed separately, and the update phase's model GFLOP/s
 against the f32 matmul peak measured in the same run. With ``$VENVS/torch`` present, TRL
 1.16 ``GRPOTrainer`` / ``RLOOTrainer`` (``rloo_trl.py --algo grpo|rloo``) run in the same
-invocation and the ratios are recorded. Tunix GRPO has no anchor script and is not run.
+invocation and the ratios are recorded. For GRPO, with ``$VENVS/tunix`` present, Google Tunix
+0.1.7's ``GRPOLearner`` (``bench/peers/grpo_tunix.py``: a Tunix Qwen3 of the same size, the
+reward model applied as a reward function, the same completions and optimizer steps per
+iteration; its docstring lists the differences in order) runs too, recorded as
+``peer_grpo_tunix`` with the ratio ``ratio_vs_tunix`` (for the sizes "small" and "medium").
 
   python bench/grpo.py --out bench/results/grpo.jsonl               # grpo and rloo, with TRL
   python bench/grpo.py --algos grpo --no-peers                      # ours only
@@ -38,6 +42,10 @@ from ppo import model_cfg, update_flops  # noqa: E402  (same model shapes and FL
 
 from rlhf_jax import ppo  # noqa: E402
 from rlhf_jax.models import Transformer, init_params  # noqa: E402
+
+# Tunix GRPO peer (run in $VENVS/tunix) and the sizes it builds (the anchors' Qwen3 shapes).
+TUNIX_GRPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers", "grpo_tunix.py")
+TUNIX_SIZES = ("small", "medium")
 
 
 def hparams(algo: str, args, vocab: int) -> ppo.PPOHparams:
@@ -183,6 +191,32 @@ def main():
         ],
       )
       _common.record_peer(line, trl, "peer_rl_trl116", "trl", "samples_per_s", ours, args.out)
+      if algo == "grpo" and args.size in TUNIX_SIZES:
+        tunix = _common.run_peer(
+          "tunix",
+          TUNIX_GRPO,
+          [
+            "--size",
+            args.size,
+            "--iters",
+            str(args.iters),
+            "--prompts",
+            str(args.prompts),
+            "--num-generations",
+            str(args.group_size),
+            "--prompt-len",
+            str(args.prompt_len),
+            "--response-len",
+            str(args.response_len),
+            "--epochs",
+            str(args.epochs),
+            "--minibatches",
+            str(args.minibatches),
+          ],
+        )
+        _common.record_peer(
+          line, tunix, "peer_grpo_tunix", "tunix", "samples_per_s", ours, args.out
+        )
     summary.append(line)
   _common.emit({"tag": "grpo_summary", "rows": summary, "info": _common.info()}, args.out)
 
