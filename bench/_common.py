@@ -158,6 +158,8 @@ def info():
     "cpu": cpu_model(),
     "devices": str(jax.devices()),
     "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+    # launchers/malloc_env.sh's huge-page setting (inherited by the peers) changes kernel time
+    "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", ""),
     "loadavg": os.getloadavg(),
     "nproc": os.cpu_count(),
   }
