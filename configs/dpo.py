@@ -22,8 +22,8 @@ al. 2023), whose squared loss pulls a tie's log-ratio gap to 0 and a decided pai
   python -m rlhf_jax.main --config configs/dpo.py:ipo --workdir runs/ipo
 
 Labels per round equal the PPO run's (feedback.pairs_per_round). Not tuned; measured side by
-side by configs/algorithms.py (docs/results/algorithms/: 3 seeds, round 1, win rate 0.812
-[0.724, 0.900] at KL 4.99, below PPO's 0.872); the targets are the sentiment run's.
+side by configs/algorithms.py (docs/results/algorithms/: 3 seeds, round 1, win rate 0.773
+[0.724, 0.822] at KL 4.02, below PPO's 0.893); the targets are the sentiment run's.
 """
 
 from rlhf_jax.config_schema import config_module

@@ -23,8 +23,8 @@ instead of the learned reward model — the upper bound of what the labels could
 the run to compare the reward model's over-optimisation against; the reward model is still
 trained and evaluated each round, the policy never sees it), each with a `_smoke` size. Policy samples per round equal the PPO run's: 16 prompts
 x 4 samples = 64 rollouts an iteration, 24 iterations. Measured side by side with PPO, RLOO
-and DPO by configs/algorithms.py (docs/results/algorithms/: 3 seeds, round 1, win rate 0.861
-[0.819, 0.903] at KL 6.49 against PPO's 0.872 at 5.56); only β's start is tuned (below); the
+and DPO by configs/algorithms.py (docs/results/algorithms/: 3 seeds, round 1, win rate 0.868
+[0.796, 0.939] at KL 6.10 against PPO's 0.893 at 5.57); only β's start is tuned (below); the
 targets are the sentiment run's.
 """
 

@@ -17,8 +17,8 @@ configs/dpo.py.
 Variant `reinforce_pp` (Hu 2025, REINFORCE++): one sample per prompt, the KL-shaped
 return-to-go whitened over the batch as the advantage. Policy samples per round equal the
 PPO run's (64 rollouts an iteration, 24 iterations). Not tuned; measured side by side by
-configs/algorithms.py (docs/results/algorithms/: 3 seeds, round 1, win rate 0.887 [0.840,
-0.933] at KL 7.98 — the controller overshoots the 5.5-nat target); the targets are the
+configs/algorithms.py (docs/results/algorithms/: 3 seeds, round 1, win rate 0.923 [0.885,
+0.960] at KL 7.99 — the controller overshoots the 5.5-nat target); the targets are the
 sentiment run's.
 """
 
