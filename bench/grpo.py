@@ -166,54 +166,20 @@ def main():
     ours = bench_ours(algo, args.size, args, peak)
     line = {"algo": algo, "size": args.size, "ours_samples_per_s": ours["samples_per_s_median"]}
     if not args.no_peers:
+      # The workload both peers take, under the same flag names.
+      workload = [
+        *("--size", args.size, "--iters", str(args.iters)),
+        *("--num-generations", str(args.group_size), "--epochs", str(args.epochs)),
+        *("--prompt-len", str(args.prompt_len), "--response-len", str(args.response_len)),
+        *("--minibatches", str(args.minibatches)),
+      ]
+      gen_batch = str(args.prompts * args.group_size)
       trl = _common.run_peer(
-        "torch",
-        "rloo_trl.py",
-        [
-          "--algo",
-          algo,
-          "--size",
-          args.size,
-          "--iters",
-          str(args.iters),
-          "--gen-batch",
-          str(args.prompts * args.group_size),
-          "--num-generations",
-          str(args.group_size),
-          "--prompt-len",
-          str(args.prompt_len),
-          "--response-len",
-          str(args.response_len),
-          "--epochs",
-          str(args.epochs),
-          "--minibatches",
-          str(args.minibatches),
-        ],
+        "torch", "rloo_trl.py", ["--algo", algo, "--gen-batch", gen_batch, *workload]
       )
       _common.record_peer(line, trl, "peer_rl_trl116", "trl", "samples_per_s", ours, args.out)
       if algo == "grpo" and args.size in TUNIX_SIZES:
-        tunix = _common.run_peer(
-          "tunix",
-          TUNIX_GRPO,
-          [
-            "--size",
-            args.size,
-            "--iters",
-            str(args.iters),
-            "--prompts",
-            str(args.prompts),
-            "--num-generations",
-            str(args.group_size),
-            "--prompt-len",
-            str(args.prompt_len),
-            "--response-len",
-            str(args.response_len),
-            "--epochs",
-            str(args.epochs),
-            "--minibatches",
-            str(args.minibatches),
-          ],
-        )
+        tunix = _common.run_peer("tunix", TUNIX_GRPO, ["--prompts", str(args.prompts), *workload])
         _common.record_peer(
           line, tunix, "peer_grpo_tunix", "tunix", "samples_per_s", ours, args.out
         )
