@@ -458,37 +458,41 @@ def main():
   if "ppo" in only:
     policy, value, opt, hp, state, ro, update_fn = ppo_setup(args)
     variants, library = ppo_variants(policy, value, opt, hp, state, ro, update_fn, args)
-    wall, cpu = alternate({k: blocked(v) for k, v in variants.items()}, args.rounds, args.per_round)
-    print_times(
+    profile_step(
       f"PPO minibatch ({args.minibatch} x {args.prompt_len}+{args.response_len} tokens,"
       f" policy + value), {args.size}",
-      wall,
-      cpu,
-      next(iter(wall)),
+      dict(base, tag="profile_ppo_minibatch"),
+      variants,
+      library,
+      (state, *ro),
+      policy.cfg.vocab_size,
+      args,
     )
-    rec = dict(base, tag="profile_ppo_minibatch", ablation_wall_s=wall, ablation_cpu_s=cpu)
-    if not args.no_trace:
-      compiled = library.lower(state, *ro).compile()
-      prof = thunk_profile(compiled, (state, *ro), policy.cfg.vocab_size, top=args.top)
-      print_profile("PPO minibatch per-thunk", prof)
-      rec["thunks"] = prof
-    _common.emit(rec, args.out)
   if "reward" in only:
     variants, library, rargs, cfg = reward_setup(args)
-    wall, cpu = alternate({k: blocked(v) for k, v in variants.items()}, args.rounds, args.per_round)
-    print_times(
+    profile_step(
       f"reward step ({args.pairs} pairs x {args.seq_len} tokens), {args.size}",
-      wall,
-      cpu,
-      next(iter(wall)),
+      dict(base, tag="profile_reward_step"),
+      variants,
+      library,
+      rargs,
+      cfg.vocab_size,
+      args,
     )
-    rec = dict(base, tag="profile_reward_step", ablation_wall_s=wall, ablation_cpu_s=cpu)
-    if not args.no_trace:
-      compiled = library.lower(*rargs).compile()
-      prof = thunk_profile(compiled, rargs, cfg.vocab_size, top=args.top)
-      print_profile("reward step per-thunk", prof)
-      rec["thunks"] = prof
-    _common.emit(rec, args.out)
+
+
+def profile_step(title, rec, variants, library, step_args, vocab, args):
+  """The ablations of one step timed alternately, then (unless ``--no-trace``) the per-thunk
+  profile of the library's step; printed, and emitted as ``rec`` with both."""
+  wall, cpu = alternate({k: blocked(v) for k, v in variants.items()}, args.rounds, args.per_round)
+  print_times(title, wall, cpu, next(iter(wall)))
+  rec = dict(rec, ablation_wall_s=wall, ablation_cpu_s=cpu)
+  if not args.no_trace:
+    compiled = library.lower(*step_args).compile()
+    prof = thunk_profile(compiled, step_args, vocab, top=args.top)
+    print_profile(f"{title.split(' (')[0]} per-thunk", prof)
+    rec["thunks"] = prof
+  _common.emit(rec, args.out)
 
 
 if __name__ == "__main__":

@@ -317,6 +317,9 @@ def collect_rows(run_dirs: Mapping[Tuple[str, int], os.PathLike]) -> List[dict]:
 
 
 def _ci(values: Sequence[float], spec: str = ".3f") -> str:
+  """Mean [95% t interval] over seeds; "—" when no seed has the value."""
+  if not values:
+    return "—"
   mean, lo, hi = t_interval(values)
   if len(values) == 1:
     return format(mean, spec)
@@ -399,7 +402,7 @@ def write_comparison(
         b.get("policy_samples_per_round", "?") or "— (pairs)",
       ]
       + [
-        _ci(_values(at, k)) if _values(at, k) else "—"
+        _ci(_values(at, k))
         for k in (
           "kl",
           "gold_reward_mean",
@@ -421,11 +424,7 @@ def write_comparison(
     for rnd in sorted({r["round"] for r in rows if r["algorithm"] == name}):
       at = [r for r in rows if r["algorithm"] == name and r["round"] == rnd]
       per_round.append(
-        [name, rnd, len(at)]
-        + [
-          _ci(_values(at, k)) if _values(at, k) else "—"
-          for k in ("kl", "gold_reward_mean", "win_rate")
-        ]
+        [name, rnd, len(at)] + [_ci(_values(at, k)) for k in ("kl", "gold_reward_mean", "win_rate")]
       )
   lines += [
     markdown_table(
