@@ -1749,17 +1749,41 @@ def evaluate_policy(
 # ----------------------------------------------------------------------------- the assistant task
 
 
-def assistant_metrics(samples: Sequence[dict]) -> dict:
+def assistant_metrics(samples: Sequence[dict], tie_threshold: float) -> dict:
   """Per category, the share of held-out prompts whose response passes every check, before
-  (``before``: the reference) and after (the policy), with Wilson 95% intervals; and the
-  false-premise agreement rate (responses siding with a false user claim). Flat keys
+  (``before``: the reference) and after (the policy), with Wilson 95% intervals; the
+  false-premise agreement rate (responses siding with a false user claim); and, overall and
+  per category, the gold win rate of the policy over the reference (ties, closer than
+  ``tie_threshold``, count half) next to its *ceiling*: the win rate of a policy that passed
+  every check, which wins where the reference scored below 1 and ties where it scored 1 —
+  the most any policy can reach against this reference. Flat keys
   ``pass_<category>_{before,after}[_lo|_hi]``, ``pass_<category>_n``,
-  ``false_premise_agreement_{before,after}[_lo|_hi]``, ``false_premise_n``."""
+  ``false_premise_agreement_{before,after}[_lo|_hi]``, ``false_premise_n``,
+  ``win_rate_<category>``, ``win_rate_ceiling[_<category>]``."""
   from rlhf_jax.data import assistant_prompts
   from rlhf_jax.feedback import assistant
 
   records = [assistant_prompts.lookup_prompt(s["prompt"]) for s in samples]
   out: Dict[str, Any] = {}
+  before = np.asarray([s["gold_before"] for s in samples], np.float64)
+  after = np.asarray([s["gold_after"] for s in samples], np.float64)
+  cats = np.asarray([r.category for r in records])
+
+  def half_ties(policy: np.ndarray, reference: np.ndarray) -> np.ndarray:  # 1 / ½ / 0 per prompt
+    labels = evaluation.gold_labels(policy, reference, tie_threshold)
+    return np.where(
+      labels == evaluation.LABEL_A, 1.0, np.where(labels == evaluation.LABEL_TIE, 0.5, 0.0)
+    )
+
+  won = half_ties(after, before)
+  ceiling = half_ties(np.ones_like(before), before)
+  if len(samples):
+    out["win_rate_ceiling"] = float(ceiling.mean())
+  for cat in assistant_prompts.CATEGORIES:
+    mine = cats == cat
+    if mine.any():
+      out[f"win_rate_{cat}"] = float(won[mine].mean())
+      out[f"win_rate_ceiling_{cat}"] = float(ceiling[mine].mean())
   for side in ("before", "after"):
     texts = [s[side] for s in samples]
     for cat, pr in assistant.pass_rates(records, texts).items():
@@ -2057,7 +2081,7 @@ def run_round(
   )
   samples = ev.pop("_samples")
   if cfg.data.kind == "assistant":
-    ev.update(assistant_metrics(samples))
+    ev.update(assistant_metrics(samples, cfg.feedback.tie_threshold))
     samples = assistant_transcripts(samples, cfg.eval.num_samples_in_report)
   else:
     samples = samples[: cfg.eval.num_samples_in_report]

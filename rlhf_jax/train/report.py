@@ -850,15 +850,22 @@ def assistant_section(
       ev.get(f"pass_{c}_n", MISSING),
       _rate_cell(ev, f"pass_{c}_before"),
       _rate_cell(ev, f"pass_{c}_after"),
+      _fmt(ev.get(f"win_rate_{c}"), ".2f"),
+      _fmt(ev.get(f"win_rate_ceiling_{c}"), ".2f"),
     ]
     for c in categories
   ]
+  rows.append(
+    ["all", "", "", "", _fmt(ev.get("win_rate"), ".2f"), _fmt(ev.get("win_rate_ceiling"), ".2f")]
+  )
   rows.append(
     [
       "false-premise agreement (lower is better)",
       ev.get("false_premise_n", MISSING),
       _rate_cell(ev, "false_premise_agreement_before"),
       _rate_cell(ev, "false_premise_agreement_after"),
+      "",
+      "",
     ]
   )
   lines = [
@@ -867,9 +874,12 @@ def assistant_section(
     "Pass: every check of the category passed (gold score 1) on the held-out prompts; "
     "before = the starting model (reference), after = the last round's policy; 95% Wilson "
     "intervals. False-premise agreement: share of responses to premise prompts with a false "
-    "claim that side with the user.",
+    "claim that side with the user. Win rate: the policy against the reference under the gold "
+    "judge, ties counting half; ceiling: the win rate of a policy that passed every check (it "
+    "wins where the reference scored below 1 and ties where it scored 1), the most any policy "
+    "can reach against this reference.",
     "",
-    markdown_table(["category", "prompts", "before", "after"], rows),
+    markdown_table(["category", "prompts", "before", "after", "win rate", "ceiling"], rows),
     "",
     "## Transcripts",
     "",
