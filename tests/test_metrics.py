@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import struct
+import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -104,6 +105,27 @@ def test_progress_logs_every_n_percent_when_not_a_tty(caplog):
     list(M.progress(range(4), "quiet", disable=True))
     list(M.progress(range(4), "worker", process_index=1))
   assert len(caplog.records) == 2 and "(100/100 tok)" in caplog.records[-1].getMessage()
+
+
+def test_progress_waits_for_dispatched_work_only_when_it_shows_a_line(caplog):
+  """Asynchronous steps are counted when done: ``wait`` runs before each of the 4 lines (every
+  25% of 8 steps) and at no other step, and a line's count includes the step waited for."""
+  calls = []
+  with caplog.at_level(logging.INFO, logger="rlhf_jax.train.metrics"):
+    with M.progress(8, "reward model", "step", log_every_percent=25) as p:
+      for i in range(8):
+        p.update(1, wait=lambda i=i: calls.append(i + 1))
+  assert calls == [2, 4, 6, 8]
+  assert ["(2/8 step)" in r.getMessage() for r in caplog.records] == [True, False, False, False]
+
+  # A bar without log lines (forced on a non-TTY) waits at most every _WAIT_BAR_S seconds.
+  bar_calls = []
+  t0 = time.monotonic()
+  with M.progress(1000, "bar", "step", disable=False) as p:
+    p._last_wait -= M._WAIT_BAR_S  # the interval has passed once
+    for _ in range(1000):
+      p.update(1, wait=lambda: bar_calls.append(1))
+  assert 1 <= len(bar_calls) <= 1 + (time.monotonic() - t0) / M._WAIT_BAR_S
 
 
 def test_progress_forced_bar_on_non_tty(capsys):

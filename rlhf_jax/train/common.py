@@ -502,7 +502,7 @@ class TrainLoop:
     """Ends step ``done``: saves ``state`` when a checkpoint is due (waiting for the write
     when the loop stops); true when it stops (``stop``, or a signal)."""
     self.done = done
-    self.bar.update(1)
+    self.bar.update(1, wait=lambda: jax.block_until_ready(state))  # count finished steps
     self.preempted = self.guard.should_stop()
     stop = stop or self.preempted
     if done % self.every == 0 or done == self.total or stop:

@@ -269,6 +269,9 @@ def _fmt_seconds(s: float) -> str:
   return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"
 
 
+_WAIT_BAR_S = 2.0  # a TTY bar waits for dispatched work at most this often
+
+
 class Progress:
   """A tqdm bar plus plain log lines for non-TTY stderr; see :func:`progress`."""
 
@@ -296,7 +299,7 @@ class Progress:
     self._every_s = log_every_seconds
     self._next_pct = log_every_percent
     self._start = time.monotonic()
-    self._last_log = self._start
+    self._last_log = self._last_wait = self._start
 
   def _maybe_log(self) -> None:
     if not self._log_lines:
@@ -337,8 +340,24 @@ class Progress:
       )
     self._last_log = now
 
-  def update(self, n: int = 1) -> None:
-    """Advances by ``n`` units."""
+  def _due(self, n: int) -> bool:
+    """Whether reaching ``n`` units shows something new: a log line, or a bar refresh (at
+    most every ``_WAIT_BAR_S`` seconds)."""
+    now = time.monotonic()
+    if self._log_lines:
+      if self.total:
+        return 100.0 * n / self.total + 1e-9 >= self._next_pct
+      return now - self._last_log >= self._every_s
+    return not self._bar.disable and now - self._last_wait >= _WAIT_BAR_S
+
+  def update(self, n: int = 1, wait: Optional[Callable[[], Any]] = None) -> None:
+    """Advances by ``n`` units. ``wait`` (e.g. ``lambda: jax.block_until_ready(state)``) is
+    called first whenever the advance is shown, so that work JAX dispatched asynchronously
+    is counted when it is done, not when it was queued; it is not called otherwise, so the
+    queue stays full between the (rare) lines."""
+    if wait is not None and self._due(self.n + n):
+      wait()
+      self._last_wait = time.monotonic()
     self.n += n
     self._bar.update(n)
     self._maybe_log()
