@@ -162,6 +162,9 @@ def sentiment(variant="default"):
   c.feedback.flip_prob = 0.05  # fraction of labels flipped at random
   c.feedback.pairs_per_round = 8192  # labelled pairs per round (two per training prompt)
   c.feedback.sample_temperature = 1.0  # temperature of the two responses of a pair
+  # K responses to a prompt, all K(K-1)/2 pairs labelled (InstructGPT's K-wise comparisons;
+  # the reward model scores each response once a step): more comparisons per sample
+  c.feedback.responses_per_prompt = 2
   c.feedback.human_queue_dir = ""  # "human": the label queue ("" -> workdir/annotation_queue)
   c.feedback.human_timeout_s = 86400.0  # "human": how long to wait for the labels
   c.feedback.human_fraction = 1.0  # "human": share of pairs sent to people (served by
@@ -293,12 +296,13 @@ def assistant(variant="default"):
   c.feedback.gold_scorer = "assistant_gold"  # mean of the prompt's programmatic checks, in [0, 1]
   c.feedback.temperature = 0.1  # annotator noise on the gold gap (checks move it by 0.25-1)
   c.feedback.tie_threshold = 0.05  # a tie when the gold scores differ by less
-  c.feedback.pairs_per_round = 128  # labelled pairs (two samples each)
+  c.feedback.pairs_per_round = 384  # labelled pairs (two samples each)
+  c.feedback.sample_temperature = 0.7  # the policy's own sampling temperature (on-policy pairs)
   c.feedback.judge_principles = ("Prefer the response that is helpful, correct and safe.",)
   c.feedback.bias = 0.0  # unbiased annotators (configs/sycophancy.py varies it)
   c.reward.epochs = 1
   c.reward.batch_size = 16
-  c.reward.optimizer = optimizer("adamw", 3e-4, warmup_steps=4)  # LoRA adapters + score head
+  c.reward.optimizer = optimizer("adamw", 1e-3, warmup_steps=4)  # LoRA adapters + score head
   c.ppo.hparams = ppo_hparams(
     response_len=48,  # a sentence, a short list or a yes/no answer with a reason
     num_minibatches=2,
@@ -308,9 +312,11 @@ def assistant(variant="default"):
     kl_horizon=500.0,
     shared_trunk=True,  # value head on the policy's trunk: no second 135M forward/backward
   )
-  c.ppo.optimizer = optimizer("tf_adam", 3e-4, eps=1e-5)  # LoRA adapters: a larger rate
-  c.ppo.iterations = 10
-  c.ppo.batch_size = 16  # also the sampling batch of labels and evaluation
+  # LoRA adapters need a larger rate: at 3e-4 one update moved the policy by ~1e-4 nats
+  # (approx_kl) and 10 iterations by 0.19 nats; 1e-3 gives ~1e-3 per update, KL ~3 in 14.
+  c.ppo.optimizer = optimizer("tf_adam", 1e-3, eps=1e-5)
+  c.ppo.iterations = 14
+  c.ppo.batch_size = 32  # also the sampling batch of labels and evaluation
   c.ppo.init_kl_coef = 0.1
   c.ppo.norm_samples = 32
   c.eval.num_samples_in_report = 2  # transcripts per category

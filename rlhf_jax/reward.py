@@ -7,7 +7,11 @@ forward pass over ``[2B, T]`` (a and b concatenated on the batch axis) and train
 (Bradley-Terry, Rao-Kupper or Davidson ties; the tie parameter can be learned).
 
 Batches are dicts of arrays: ``ids_a, mask_a, ids_b, mask_b`` ``[B, T]`` and ``label``
-``[B]`` (``LABEL_A=0``, ``LABEL_B=1``, ``LABEL_TIE=2``).
+``[B]`` (``LABEL_A=0``, ``LABEL_B=1``, ``LABEL_TIE=2``) — or, for K responses to each
+prompt (InstructGPT's K-wise comparisons), ``ids, mask`` ``[G, K, T]`` and ``label``
+``[G, K(K-1)/2]``, the labels of the pairs ``(i, j), i < j`` in :func:`group_pairs` order:
+each response is scored once and every comparison among a prompt's responses is trained on
+(:func:`group_pairs` builds the layout from pair arrays).
 
 ``RewardState.params["model"]`` is the trainable pytree: the model's params, or LoRA
 adapters plus the scalar head (:class:`rlhf_jax.lora.LoraParams`) on a frozen base that the
@@ -17,7 +21,7 @@ step takes as its third argument.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Tuple
 
 import flax.struct
 import jax
@@ -43,6 +47,8 @@ __all__ = [
   "make_reward_step",
   "make_pair_scorer",
   "preference_metrics",
+  "group_pairs",
+  "group_pair_index",
 ]
 
 
@@ -145,7 +151,52 @@ def score_sequences(model: Transformer, params, ids_BT, mask_BT) -> jax.Array:
   return jnp.take_along_axis(scores_BT, last_B[:, None], axis=1)[:, 0]
 
 
+def group_pair_index(k: int) -> Tuple[np.ndarray, np.ndarray]:
+  """``(i, j)``: the responses compared by each of the ``k(k-1)/2`` pairs of a group, in the
+  order of its labels: ``(0, 1), (0, 2), ..., (0, k-1), (1, 2), ..., (k-2, k-1)``."""
+  return np.triu_indices(k, 1)
+
+
+def group_pairs(pairs: Dict[str, np.ndarray], k: int) -> Dict[str, np.ndarray]:
+  """Pair arrays whose rows are whole groups — ``k(k-1)/2`` consecutive pairs per prompt,
+  comparing the prompt's ``k`` responses in :func:`group_pair_index` order — as the grouped
+  layout: ``ids, mask`` ``[G, k, T]`` (each response once) and ``label`` ``[G, k(k-1)/2]``.
+
+  Raises ``ValueError`` when the rows are not such groups (a count that is not a multiple,
+  or a response that differs between two pairs that should share it)."""
+  if k < 2:
+    raise ValueError(f"group_pairs: k={k}; expected >= 2")
+  i, j = group_pair_index(k)
+  per = len(i)
+  n = len(pairs["label"])
+  if n % per:
+    raise ValueError(f"group_pairs: {n} pairs is not a multiple of {per} (k={k} responses)")
+  g = n // per
+  out = {"label": np.asarray(pairs["label"]).reshape(g, per)}
+  for key in ("ids", "mask"):
+    a = np.asarray(pairs[f"{key}_a"]).reshape(g, per, -1)
+    b = np.asarray(pairs[f"{key}_b"]).reshape(g, per, -1)
+    # response r: side a of its first pair (r, r+1), or side b of (0, k-1) for the last one
+    first = [int(np.flatnonzero(i == r)[0]) for r in range(k - 1)]
+    resp = np.concatenate([a[:, first], b[:, [k - 2]]], 1)
+    if not (np.array_equal(resp[:, i], a) and np.array_equal(resp[:, j], b)):
+      raise ValueError(
+        f"group_pairs: the pairs are not groups of k={k} responses per prompt in "
+        f"group_pair_index order ({key}_a / {key}_b disagree within a group)"
+      )
+    out[key] = resp
+  return out
+
+
 def _pair_scores(model, params, batch):
+  """``(r_a, r_b)``: ``[B]`` for pair batches, ``[G, k(k-1)/2]`` for grouped ones."""
+  if "ids" in batch:  # grouped: score each response once, then every pair of the group
+    g, k, t = batch["ids"].shape
+    scores = score_sequences(
+      model, params, batch["ids"].reshape(g * k, t), batch["mask"].reshape(g * k, t)
+    ).reshape(g, k)
+    i, j = group_pair_index(k)
+    return scores[:, i], scores[:, j]
   ids = jnp.concatenate([batch["ids_a"], batch["ids_b"]], axis=0)
   mask = jnp.concatenate([batch["mask_a"], batch["mask_b"]], axis=0)
   scores = score_sequences(model, params, ids, mask)
@@ -163,12 +214,17 @@ def make_reward_step(
 
   def loss_fn(params, batch, base):
     r_a, r_b = _pair_scores(model, full_params(params["model"], base), batch)
+    r_a, r_b = r_a.reshape(-1), r_b.reshape(-1)  # grouped: every pair of every group
     raw = params["tie"] if hp.learn_tie_param else jax.lax.stop_gradient(params["tie"])
     tie = tie_parameter(raw, hp.tie_model)
     # Bradley-Terry treats a tie label as half a win for each side (see preference_loss).
     loss = jnp.mean(
       losses.preference_loss(
-        r_a, r_b, batch["label"], hp.tie_model, None if hp.tie_model == "bradley_terry" else tie
+        r_a,
+        r_b,
+        batch["label"].reshape(-1),
+        hp.tie_model,
+        None if hp.tie_model == "bradley_terry" else tie,
       )
     )
     if hp.center_coef:
@@ -195,7 +251,7 @@ def pair_step(loss_fn: Callable, optimizer, metrics_fn: Callable) -> Callable:
       optimizer, state.params, state.opt_state, grads, loss
     )
     skipped = state.skipped_updates + (~finite).astype(jnp.int32)
-    metrics = metrics_fn(r_a, r_b, batch["label"])
+    metrics = metrics_fn(r_a, r_b, batch["label"].reshape(-1))
     metrics.update(loss=loss, grad_norm=grad_norm, tie_param=tie, skipped_updates=skipped)
     return state.replace(
       params=params, opt_state=opt_state, step=state.step + 1, skipped_updates=skipped
@@ -205,7 +261,8 @@ def pair_step(loss_fn: Callable, optimizer, metrics_fn: Callable) -> Callable:
 
 
 def make_pair_scorer(model: Transformer) -> Callable:
-  """``scorer(model_params, batch) -> (r_a, r_b)`` for evaluation (jit it)."""
+  """``scorer(model_params, batch) -> (r_a, r_b)`` for evaluation (jit it): ``[B]`` each for
+  pair batches, ``[G, k(k-1)/2]`` for grouped ones."""
   return lambda params, batch: _pair_scores(model, params, batch)
 
 

@@ -491,3 +491,80 @@ def test_collect_pairs_draws_every_prompt_before_repeating_one():
   np.testing.assert_array_equal(np.sort(got.rows[10:20]), np.arange(n))
   assert len(set(got.rows[20:].tolist())) == 5
   np.testing.assert_array_equal(got.tokens_a[:, 0] % 1000, got.rows)
+
+
+def test_collect_pairs_with_k_responses_labels_every_pair_of_a_prompt():
+  """K = 3: 12 pairs are 4 prompts x 3 pairs, in groups; each response is a fresh sample
+  (seed base + r) and the pairs of a group compare (0,1), (0,2), (1,2); K = 2 keeps the
+  seeds and order pairs always had; a count that splits a group is refused."""
+  import numpy as np
+
+  from rlhf_jax import reward
+  from rlhf_jax.train import pipeline as pl
+
+  n = 10
+  ids = np.arange(n, dtype=np.int32)[:, None].repeat(3, 1)
+  prompts = pl.Prompts([f"p{i}" for i in range(n)], ids, np.ones_like(ids), [], ids[:0], ids[:0])
+  got = pl.collect_pairs(
+    _EchoSampler(), None, prompts, 12, 1.0, seed=3, round_idx=1, responses_per_prompt=3
+  )
+  chosen = np.random.default_rng([3, 1]).choice(n, 4, replace=False)
+  np.testing.assert_array_equal(got.rows, np.repeat(chosen, 3))
+  base = 3 * 31 + 3 * 1
+  seed_a = (got.tokens_a[:, 0] - got.rows) // 1000 - base
+  seed_b = (got.tokens_b[:, 0] - got.rows) // 1000 - base
+  assert seed_a.tolist() == [0, 0, 1] * 4 and seed_b.tolist() == [1, 2, 2] * 4
+  arrays = {
+    "ids_a": got.tokens_a,
+    "mask_a": got.mask_a,
+    "ids_b": got.tokens_b,
+    "mask_b": got.mask_b,
+    "label": np.zeros(12, np.int32),
+  }
+  assert reward.group_pairs(arrays, 3)["ids"].shape == (4, 3, 3)
+  two = pl.collect_pairs(
+    _EchoSampler(), None, prompts, 7, 1.0, seed=3, round_idx=1, responses_per_prompt=2
+  )
+  np.testing.assert_array_equal(two.tokens_b[:, 0] - two.rows, 1000 * (3 * 31 + 3))
+  with np.testing.assert_raises_regex(ValueError, "not a multiple of 3"):
+    pl.collect_pairs(
+      _EchoSampler(), None, prompts, 10, 1.0, seed=3, round_idx=1, responses_per_prompt=3
+    )
+
+
+@pytest.mark.parametrize(
+  "changes, message",
+  [
+    ({"feedback.responses_per_prompt": 1}, "config.feedback.responses_per_prompt=1: expected >= 2"),
+    (
+      {"feedback.responses_per_prompt": 4, "feedback.pairs_per_round": 100},
+      "config.feedback.pairs_per_round=100: not a multiple of the 6 pairs",
+    ),
+    (
+      {"feedback.responses_per_prompt": 3, "reward.batch_size": 16},
+      "config.reward.batch_size=16: a step scores 2 x batch_size sequences",
+    ),
+    (
+      {"feedback.responses_per_prompt": 4, "ppo.hparams.algorithm": "dpo"},
+      "config.feedback.responses_per_prompt=4: DPO / IPO train on pairs",
+    ),
+  ],
+)
+def test_k_wise_comparison_config_errors_name_the_field(changes, message):
+  from rlhf_jax import config_schema
+  from rlhf_jax.train import pipeline as pl
+
+  cfg = pl.Config()
+  for key, value in changes.items():
+    cfg = _replace(cfg, key, value)
+  with pytest.raises(config_schema.ConfigError, match=message.replace("(", r"\(")):
+    pl.check_config(cfg)
+
+
+def _replace(obj, dotted, value):
+  import dataclasses
+
+  head, _, rest = dotted.partition(".")
+  if not rest:
+    return dataclasses.replace(obj, **{head: value})
+  return dataclasses.replace(obj, **{head: _replace(getattr(obj, head), rest, value)})

@@ -126,3 +126,118 @@ def test_reward_training_fits_the_tie_parameter(tmp_path):
   assert result["rm_tie_accuracy"] > 0.5
   assert abs(result["rm_train_tie_rate_implied"] - result["rm_train_tie_rate_labels"]) < 0.05
   assert result["rm_tie_rate_labels"] == pytest.approx(np.mean(tie))
+
+
+def _grouped_toy(rng, groups=8, k=4, t=8):
+  """``groups`` prompts with ``k`` responses each, labelled by their count of token 3 (ties
+  on equal counts), as pair arrays in group_pair_index order."""
+  resp = rng.integers(4, 16, (groups, k, t)).astype(np.int32)
+  resp[..., 2:5] = np.where(rng.random((groups, k, 3)) < 0.5, 3, resp[..., 2:5])
+  mask = np.ones((groups, k, t), np.int32)
+  mask[..., :2] = 0
+  i, j = reward.group_pair_index(k)
+  count = (resp == 3).sum(-1)
+  label = np.where(
+    count[:, i] > count[:, j],
+    losses.LABEL_A,
+    np.where(count[:, i] < count[:, j], losses.LABEL_B, losses.LABEL_TIE),
+  ).astype(np.int32)
+  flat = lambda x: x.reshape(-1, t)
+  pairs = dict(
+    ids_a=flat(resp[:, i]),
+    mask_a=flat(mask[:, i]),
+    ids_b=flat(resp[:, j]),
+    mask_b=flat(mask[:, j]),
+    label=label.reshape(-1),
+  )
+  return pairs, resp, mask
+
+
+def test_group_pairs_recovers_each_response_once_and_refuses_non_groups():
+  pairs, resp, mask = _grouped_toy(np.random.default_rng(0), groups=3, k=4)
+  assert list(zip(*reward.group_pair_index(4))) == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+  got = reward.group_pairs(pairs, 4)
+  np.testing.assert_array_equal(got["ids"], resp)
+  np.testing.assert_array_equal(got["mask"], mask)
+  np.testing.assert_array_equal(got["label"], pairs["label"].reshape(3, 6))
+  two = reward.group_pairs({k: v[:1] for k, v in pairs.items()}, 2)  # K = 2: a pair is a group
+  np.testing.assert_array_equal(two["ids"][0], [pairs["ids_a"][0], pairs["ids_b"][0]])
+  with pytest.raises(ValueError, match="not a multiple of 6"):
+    reward.group_pairs({k: v[:5] for k, v in pairs.items()}, 4)
+  shuffled = {k: v[::-1].copy() for k, v in pairs.items()}
+  with pytest.raises(ValueError, match="disagree within a group"):
+    reward.group_pairs(shuffled, 4)
+
+
+@pytest.mark.parametrize("tie_model", ["rao_kupper", "bradley_terry"])
+def test_grouped_step_equals_the_pair_step_on_the_same_comparisons(tie_model):
+  """Oracle: one step on 8 groups of 4 responses (32 sequences scored once, 48 comparisons)
+  gives the loss, metrics and updated params of the pair step on the same 48 pairs (96
+  sequences)."""
+  pairs, _, _ = _grouped_toy(np.random.default_rng(1), groups=8, k=4)
+  hp = reward.RewardHparams(tie_model=tie_model)
+  opt = optax.sgd(1.0)  # the update is the gradient itself (Adam's first step is its sign)
+  params = init_params(MODEL, jax.random.PRNGKey(0))
+  step = jax.jit(reward.make_reward_step(MODEL, opt, hp))
+  start = reward.init_reward_state(params, opt, hp)
+  s_pair, m_pair = step(start, pairs)
+  s_group, m_group = step(start, reward.group_pairs(pairs, 4))
+  for key in ("loss", "accuracy", "margin", "score_mean", "grad_norm", "tie_param"):
+    np.testing.assert_allclose(float(m_group[key]), float(m_pair[key]), rtol=2e-5, err_msg=key)
+
+  delta = lambda new: jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), new, start.params)
+  want, got = delta(s_pair.params), delta(s_group.params)
+  scale = max(float(np.abs(x).max()) for x in jax.tree.leaves(want))  # gradients that cancel
+  jax.tree.map(  # to ~1e-10 in some leaves are compared at the scale of the largest one
+    lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * scale), got, want
+  )
+  r_a, r_b = jax.jit(reward.make_pair_scorer(MODEL))(params, reward.group_pairs(pairs, 4))
+  want_a, want_b = jax.jit(reward.make_pair_scorer(MODEL))(params, pairs)
+  np.testing.assert_allclose(np.asarray(r_a).reshape(-1), np.asarray(want_a), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(r_b).reshape(-1), np.asarray(want_b), rtol=1e-5)
+
+
+def test_train_reward_model_on_groups_learns_and_steps_over_groups(tmp_path):
+  """K = 4: a step takes 2 x batch_size / K = 8 groups (48 comparisons); 32 groups and 2
+  epochs are 8 steps; the model learns the marker (held-out pairs, decided accuracy) and
+  the tie refit sees every training pair. A batch size that splits a group is refused."""
+  from rlhf_jax.train import common
+  from rlhf_jax.train import metrics as metrics_lib
+  from rlhf_jax.train import reward as reward_train
+
+  pairs, _, _ = _grouped_toy(np.random.default_rng(2), groups=32, k=4)
+  held_out, _, _ = _grouped_toy(np.random.default_rng(3), groups=16, k=4)
+  mesh = common.build_mesh(common.MeshSpec())
+  kwargs = dict(
+    hp=reward.RewardHparams(),
+    optim_spec=common.OptimSpec(name="adamw", learning_rate=1e-2, warmup_steps=0),
+    epochs=2,
+    mesh=mesh,
+    seed=0,
+    responses_per_prompt=4,
+  )
+  _, result = reward_train.train_reward_model(
+    MODEL,
+    init_params(MODEL, jax.random.PRNGKey(0)),
+    pairs,
+    held_out,
+    batch_size=16,
+    workdir=str(tmp_path / "ok"),
+    **kwargs,
+  )
+  rows = metrics_lib.read_metrics(str(tmp_path / "ok"))
+  assert max(r["step"] for r in rows) == 8
+  assert result["rm_train_pairs"] == 32 * 6
+  assert result["rm_accuracy"] > 0.8
+  rate = float(np.mean(pairs["label"] == losses.LABEL_TIE))
+  assert result["rm_train_tie_rate_labels"] == pytest.approx(rate)
+  with pytest.raises(ValueError, match="not a whole number of groups"):
+    reward_train.train_reward_model(
+      MODEL,
+      init_params(MODEL, jax.random.PRNGKey(0)),
+      pairs,
+      None,
+      batch_size=15,
+      workdir=str(tmp_path / "bad"),
+      **kwargs,
+    )

@@ -184,6 +184,10 @@ class FeedbackSpec:
   flip_prob: float = 0.05  # ... fraction of labels flipped at random
   pairs_per_round: int = 1024
   sample_temperature: float = 1.0
+  # K responses to each chosen prompt and every one of their K(K-1)/2 pairs labelled
+  # (InstructGPT's K-wise comparisons): pairs_per_round / (K(K-1)/2) prompts a round, and
+  # the reward model scores each response once per step (rlhf_jax.reward.group_pairs).
+  responses_per_prompt: int = 2
   human_queue_dir: str = ""  # "" -> workdir/annotation_queue
   human_timeout_s: float = 86400.0
   # source="human": the fraction of each round's pairs sent to people (the queue, served by
@@ -348,6 +352,7 @@ _STAGE_BOUNDS = {
   "feedback.flip_prob": "in [0, 1]",
   "feedback.pairs_per_round": ">= 1",
   "feedback.sample_temperature": "> 0",
+  "feedback.responses_per_prompt": ">= 2",
   "feedback.human_timeout_s": "> 0",
   "feedback.human_fraction": "in [0, 1]",
   "feedback.bias": "in [0, 1]",
@@ -501,6 +506,32 @@ def _dpo_errors(cfg: Config) -> List[str]:
   return errors
 
 
+def _group_errors(cfg: Config) -> List[str]:
+  """Problems with ``feedback.responses_per_prompt`` K > 2 (whole groups everywhere)."""
+  k = cfg.feedback.responses_per_prompt
+  if k <= 2:
+    return []
+  per, errors = k * (k - 1) // 2, []
+  if cfg.feedback.pairs_per_round % per:
+    errors.append(
+      f"config.feedback.pairs_per_round={cfg.feedback.pairs_per_round}: not a multiple of "
+      f"the {per} pairs among feedback.responses_per_prompt={k} responses to a prompt"
+    )
+  if (2 * cfg.reward.batch_size) % k:
+    errors.append(
+      f"config.reward.batch_size={cfg.reward.batch_size}: a step scores 2 x batch_size "
+      f"sequences, which must be whole groups of feedback.responses_per_prompt={k}"
+    )
+  if cfg.feedback.source == "human" and cfg.feedback.human_fraction < 1:
+    errors.append(
+      f"config.feedback.human_fraction={cfg.feedback.human_fraction}: with "
+      f"feedback.responses_per_prompt={k} a prompt's pairs must all go to one source; use 1"
+    )
+  if cfg.ppo.hparams.algorithm in ppo_lib.PREFERENCE_ALGORITHMS:
+    errors.append(f"config.feedback.responses_per_prompt={k}: DPO / IPO train on pairs; use 2")
+  return errors
+
+
 def check_config(cfg: Config) -> None:
   """Every check of ``cfg`` that needs no files or devices (run at start-up, before any work).
 
@@ -517,6 +548,7 @@ def check_config(cfg: Config) -> None:
       f"config.reward.batch_size={cfg.reward.batch_size}: larger than the "
       f"{pairs} labelled pairs of round 1 (feedback.pairs_per_round)"
     )
+  errors += _group_errors(cfg)
   if errors:
     raise config_schema.ConfigError("\n".join(errors))
 
@@ -1278,25 +1310,43 @@ def collect_pairs(
   temperature: float,
   seed: int,
   round_idx: int,
+  responses_per_prompt: int = 2,
 ) -> SampledPairs:
-  """Two samples of the policy on each of ``num_pairs`` training prompts, drawn without
-  replacement; when ``num_pairs`` exceeds the prompts, every prompt is drawn once before any is
-  drawn again (``ceil(num_pairs / prompts)`` pairs at most per prompt, each two fresh samples)."""
+  """``responses_per_prompt`` (K) samples of the policy on each of ``num_pairs / (K(K-1)/2)``
+  training prompts, drawn without replacement, and every pair among a prompt's samples, in
+  groups of consecutive pairs (:func:`rlhf_jax.reward.group_pair_index` order; K = 2: one
+  pair a prompt). When more prompts are needed than there are, every prompt is drawn once
+  before any is drawn again (each draw with fresh samples)."""
+  k = responses_per_prompt
+  i, j = reward_lib.group_pair_index(k)
+  if num_pairs % len(i):
+    raise ValueError(f"collect_pairs: {num_pairs} pairs is not a multiple of {len(i)} (K={k})")
+  num_prompts = num_pairs // len(i)
   rng = np.random.default_rng([seed, round_idx])
   n = len(prompts.train_ids)
-  chunks = [rng.choice(n, min(num_pairs, n), replace=False)]
-  while sum(map(len, chunks)) < num_pairs:
-    chunks.append(rng.permutation(n)[: num_pairs - sum(map(len, chunks))])
+  chunks = [rng.choice(n, min(num_prompts, n), replace=False)]
+  while sum(map(len, chunks)) < num_prompts:
+    chunks.append(rng.permutation(n)[: num_prompts - sum(map(len, chunks))])
   rows = np.concatenate(chunks)
   ids, mask = prompts.train_ids[rows], prompts.train_mask[rows]
-  base = seed * 31 + 2 * round_idx
-  ta, ma = sampler.sample(
-    policy_params, ids, mask, base, temperature, desc=f"round {round_idx}: responses a"
+  base = seed * 31 + k * round_idx  # K seeds a round (K = 2: the seeds pairs always had)
+  names = "ab" if k == 2 else [str(r + 1) for r in range(k)]
+  samples = [
+    sampler.sample(
+      policy_params, ids, mask, base + r, temperature, desc=f"round {round_idx}: responses {name}"
+    )
+    for r, name in enumerate(names)
+  ]
+  tokens = np.stack([t for t, _ in samples], 1)  # [prompts, K, R]
+  masks = np.stack([m for _, m in samples], 1)
+  flat = lambda x: x.reshape(-1, *x.shape[2:])  # [prompts, pairs, R] -> [pairs in groups, R]
+  return SampledPairs(
+    np.repeat(rows, len(i)),
+    flat(tokens[:, i]),
+    flat(masks[:, i]),
+    flat(tokens[:, j]),
+    flat(masks[:, j]),
   )
-  tb, mb = sampler.sample(
-    policy_params, ids, mask, base + 1, temperature, desc=f"round {round_idx}: responses b"
-  )
-  return SampledPairs(rows, ta, ma, tb, mb)
 
 
 # ----------------------------------------------------------------------------- stage: labels
@@ -1980,6 +2030,7 @@ def run_round(
       cfg.feedback.sample_temperature,
       cfg.seed,
       r,
+      cfg.feedback.responses_per_prompt,
     )
 
     def label() -> None:  # process 0: annotators / judges / people, written once
@@ -2011,6 +2062,7 @@ def run_round(
     max_skipped_fraction=cfg.max_skipped_fraction,
     desc=f"reward model round {r}",
     lora=lora,
+    responses_per_prompt=cfg.feedback.responses_per_prompt,
   )
   t_rm = time.perf_counter() - t0
 

@@ -107,6 +107,7 @@ def train_reward_model(
   max_skipped_fraction: float = 0.1,
   desc: str = "reward model",
   lora: Optional[lora_lib.LoraSpec] = None,
+  responses_per_prompt: int = 2,
 ) -> Tuple[Any, dict]:
   """A fresh scalar-head model on the trunk of ``base_params``, trained on ``pairs``.
 
@@ -114,6 +115,12 @@ def train_reward_model(
   trained model params and the held-out evaluation (empty without ``eval_pairs``).
   Checkpoints go to ``workdir/checkpoints`` every ``checkpoint_every`` steps, at the end and
   on SIGTERM; a call with the same arguments resumes (a finished run only re-evaluates).
+
+  ``responses_per_prompt`` K > 2: ``pairs`` are groups of ``K(K-1)/2`` consecutive pairs
+  comparing one prompt's K responses (:func:`rlhf_jax.reward.group_pairs`); each step then
+  takes ``2 * batch_size / K`` whole groups, scoring each response once — the same
+  ``2 * batch_size`` sequences a pair step scores, but ``batch_size * (K - 1)`` comparisons
+  instead of ``batch_size``. Epochs, shuffling and checkpoints run over groups.
 
   With ``lora`` the model is LoRA adapters and a fresh scalar head on the frozen
   ``base_params`` (an input of every step; never copied or changed), and the returned
@@ -137,9 +144,20 @@ def train_reward_model(
     params = sharding.shard_tree(params, sharding.params_shardings(init, k, mesh=mesh))
     params = jax.tree.map(jnp.copy, params)  # the state is donated; keep the caller's trunk
   n = len(pairs["label"])
-  if n < batch_size:
-    raise ValueError(f"reward training: {n} pairs is fewer than batch_size={batch_size}")
-  steps_per_epoch = n // batch_size
+  rows, step_rows = pairs, batch_size  # what an epoch runs over, and a step takes
+  if responses_per_prompt > 2:
+    if (2 * batch_size) % responses_per_prompt:
+      raise ValueError(
+        f"reward training: batch_size={batch_size} scores {2 * batch_size} sequences a "
+        f"step, not a whole number of groups of responses_per_prompt={responses_per_prompt}"
+      )
+    rows = reward_lib.group_pairs(pairs, responses_per_prompt)
+    step_rows = 2 * batch_size // responses_per_prompt
+  n_rows = len(rows["label"])
+  if n_rows < step_rows:
+    unit = "pairs" if rows is pairs else f"groups of {responses_per_prompt} responses"
+    raise ValueError(f"reward training: {n_rows} {unit}, fewer than one step's {step_rows}")
+  steps_per_epoch = n_rows // step_rows
   total = steps_per_epoch * epochs
   optimizer, schedule = common.make_optimizer(optim_spec, total)
   optimizer = reward_lib.reward_optimizer(optimizer, hp)
@@ -155,7 +173,7 @@ def train_reward_model(
   state, _ = common.run_epochs(
     step,
     state,
-    pairs,
+    rows,
     common.TrainLoop(
       workdir,
       keep_checkpoints,
@@ -165,7 +183,7 @@ def train_reward_model(
       max_skipped_fraction=max_skipped_fraction,
     ),
     epochs=epochs,
-    batch_size=batch_size,
+    batch_size=step_rows,
     seed=seed,
     mesh=mesh,
     schedule=schedule,
@@ -179,7 +197,8 @@ def train_reward_model(
   if hp.refit_tie_param and hp.tie_model != "bradley_terry":
     # Maximum-likelihood tie parameter at the scores the trained model gives its training
     # pairs: what the labels' tie rate says θ (ν) is, whatever the gradient steps reached.
-    ra, rb = common.pair_outputs(scorer, merged, pairs, batch_size, mesh)
+    ra, rb = common.pair_outputs(scorer, merged, rows, step_rows, mesh)  # each sequence once
+    ra, rb = ra.reshape(-1), rb.reshape(-1)  # grouped: [G, K(K-1)/2] -> the pairs' order
     learned = float(reward_lib.tie_parameter(state.params["tie"], hp.tie_model))
     fitted = float(losses.fit_tie_parameter(ra, rb, pairs["label"], hp.tie_model))
     params = dict(
