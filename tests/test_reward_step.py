@@ -208,23 +208,24 @@ def test_train_reward_model_on_groups_learns_and_steps_over_groups(tmp_path):
   pairs, _, _ = _grouped_toy(np.random.default_rng(2), groups=32, k=4)
   held_out, _, _ = _grouped_toy(np.random.default_rng(3), groups=16, k=4)
   mesh = common.build_mesh(common.MeshSpec())
-  kwargs = dict(
-    hp=reward.RewardHparams(),
-    optim_spec=common.OptimSpec(name="adamw", learning_rate=1e-2, warmup_steps=0),
-    epochs=2,
-    mesh=mesh,
-    seed=0,
-    responses_per_prompt=4,
-  )
-  _, result = reward_train.train_reward_model(
-    MODEL,
-    init_params(MODEL, jax.random.PRNGKey(0)),
-    pairs,
-    held_out,
-    batch_size=16,
-    workdir=str(tmp_path / "ok"),
-    **kwargs,
-  )
+
+  def train(batch_size, eval_pairs, workdir):
+    return reward_train.train_reward_model(
+      MODEL,
+      init_params(MODEL, jax.random.PRNGKey(0)),
+      pairs,
+      eval_pairs,
+      hp=reward.RewardHparams(),
+      optim_spec=common.OptimSpec(name="adamw", learning_rate=1e-2, warmup_steps=0),
+      epochs=2,
+      batch_size=batch_size,
+      mesh=mesh,
+      seed=0,
+      workdir=str(tmp_path / workdir),
+      responses_per_prompt=4,
+    )
+
+  _, result = train(16, held_out, "ok")
   rows = metrics_lib.read_metrics(str(tmp_path / "ok"))
   assert max(r["step"] for r in rows) == 8
   assert result["rm_train_pairs"] == 32 * 6
@@ -232,12 +233,4 @@ def test_train_reward_model_on_groups_learns_and_steps_over_groups(tmp_path):
   rate = float(np.mean(pairs["label"] == losses.LABEL_TIE))
   assert result["rm_train_tie_rate_labels"] == pytest.approx(rate)
   with pytest.raises(ValueError, match="not a whole number of groups"):
-    reward_train.train_reward_model(
-      MODEL,
-      init_params(MODEL, jax.random.PRNGKey(0)),
-      pairs,
-      None,
-      batch_size=15,
-      workdir=str(tmp_path / "bad"),
-      **kwargs,
-    )
+    train(15, None, "bad")
