@@ -296,7 +296,10 @@ def assistant(variant="default"):
   c.feedback.gold_scorer = "assistant_gold"  # mean of the prompt's programmatic checks, in [0, 1]
   c.feedback.temperature = 0.1  # annotator noise on the gold gap (checks move it by 0.25-1)
   c.feedback.tie_threshold = 0.05  # a tie when the gold scores differ by less
-  c.feedback.pairs_per_round = 384  # labelled pairs (two samples each)
+  # 1152 comparisons: all 6 pairs among 4 responses to each of 192 prompts; the reward model
+  # scores each response once a step, so this costs what 384 two-sample pairs did
+  c.feedback.pairs_per_round = 1152
+  c.feedback.responses_per_prompt = 4
   c.feedback.sample_temperature = 0.7  # the policy's own sampling temperature (on-policy pairs)
   c.feedback.judge_principles = ("Prefer the response that is helpful, correct and safe.",)
   c.feedback.bias = 0.0  # unbiased annotators (configs/sycophancy.py varies it)
@@ -335,7 +338,7 @@ def assistant(variant="default"):
     c.base.path = ""
     c.base.preset = "llama-tiny"
     c.base.steps = 0
-    c.feedback.pairs_per_round = 32
+    c.feedback.pairs_per_round = 48  # 8 prompts x 4 responses, 6 pairs each
     c.reward.batch_size = 16
     c.ppo.hparams.response_len = 12
     c.ppo.hparams.num_minibatches = 1

@@ -21,7 +21,7 @@ that the study runs and writes its table and plot; its numbers mean nothing):
 
 One arm (a pipeline config) is `configs/sycophancy.py:arm,bias=0.5,kl=0.1` (or
 `arm_smoke,...`). NOT RUN YET at full size: 3 biases x 2 β x 2 seeds = 12 assistant runs of
-~40 minutes each (configs/assistant.py's estimate) on 2 CPU cores, about 8 hours; no
+40-55 minutes each (configs/assistant.py records) on 2 CPU cores, 8-11 hours; no
 numbers are recorded.
 """
 
