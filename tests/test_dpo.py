@@ -219,8 +219,8 @@ def test_train_dpo_runs_the_reference_once_and_resumes_to_the_uninterrupted_para
     bar = real_progress(*a, **kw)
     update = bar.update
 
-    def update_then_kill(n=1):
-      update(n)
+    def update_then_kill(n=1, **kwargs):
+      update(n, **kwargs)
       if bar.n == 3:
         os.kill(os.getpid(), signal.SIGTERM)
 

@@ -294,8 +294,8 @@ def _sigterm_during(stack, monkeypatch, stage: str, at: int = 1):
       if kwargs.get("desc", args[1] if len(args) > 1 else "") == stage:
         update = bar.update
 
-        def update_then_kill(n=1):
-          update(n)
+        def update_then_kill(n=1, **kwargs):
+          update(n, **kwargs)
           if bar.n >= at:
             kill()
 
