@@ -169,7 +169,9 @@ def test_group_pairs_recovers_each_response_once_and_refuses_non_groups():
     reward.group_pairs(shuffled, 4)
 
 
-@pytest.mark.parametrize("tie_model", ["rao_kupper", "bradley_terry"])
+@pytest.mark.parametrize(
+  "tie_model", ["rao_kupper", pytest.param("bradley_terry", marks=pytest.mark.slow)]
+)
 def test_grouped_step_equals_the_pair_step_on_the_same_comparisons(tie_model):
   """Oracle: one step on 8 groups of 4 responses (32 sequences scored once, 48 comparisons)
   gives the loss, metrics and updated params of the pair step on the same 48 pairs (96
