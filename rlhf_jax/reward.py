@@ -173,11 +173,11 @@ def group_pairs(pairs: Dict[str, np.ndarray], k: int) -> Dict[str, np.ndarray]:
     raise ValueError(f"group_pairs: {n} pairs is not a multiple of {per} (k={k} responses)")
   g = n // per
   out = {"label": np.asarray(pairs["label"]).reshape(g, per)}
+  # response r: side a of its first pair (r, r+1), or side b of (0, k-1) for the last one
+  first = [int(np.flatnonzero(i == r)[0]) for r in range(k - 1)]
   for key in ("ids", "mask"):
     a = np.asarray(pairs[f"{key}_a"]).reshape(g, per, -1)
     b = np.asarray(pairs[f"{key}_b"]).reshape(g, per, -1)
-    # response r: side a of its first pair (r, r+1), or side b of (0, k-1) for the last one
-    first = [int(np.flatnonzero(i == r)[0]) for r in range(k - 1)]
     resp = np.concatenate([a[:, first], b[:, [k - 2]]], 1)
     if not (np.array_equal(resp[:, i], a) and np.array_equal(resp[:, j], b)):
       raise ValueError(

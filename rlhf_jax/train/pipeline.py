@@ -1818,22 +1818,15 @@ def assistant_metrics(samples: Sequence[dict], tie_threshold: float) -> dict:
   before = np.asarray([s["gold_before"] for s in samples], np.float64)
   after = np.asarray([s["gold_after"] for s in samples], np.float64)
   cats = np.asarray([r.category for r in records])
-
-  def half_ties(policy: np.ndarray, reference: np.ndarray) -> np.ndarray:  # 1 / ½ / 0 per prompt
-    labels = evaluation.gold_labels(policy, reference, tie_threshold)
-    return np.where(
-      labels == evaluation.LABEL_A, 1.0, np.where(labels == evaluation.LABEL_TIE, 0.5, 0.0)
-    )
-
-  won = half_ties(after, before)
-  ceiling = half_ties(np.ones_like(before), before)
+  best = np.ones_like(before)  # a policy passing every check
+  rate = lambda pol, ref: evaluation.win_rate(pol, ref, tie_eps=tie_threshold).rate
   if len(samples):
-    out["win_rate_ceiling"] = float(ceiling.mean())
+    out["win_rate_ceiling"] = rate(best, before)
   for cat in assistant_prompts.CATEGORIES:
     mine = cats == cat
     if mine.any():
-      out[f"win_rate_{cat}"] = float(won[mine].mean())
-      out[f"win_rate_ceiling_{cat}"] = float(ceiling[mine].mean())
+      out[f"win_rate_{cat}"] = rate(after[mine], before[mine])
+      out[f"win_rate_ceiling_{cat}"] = rate(best[mine], before[mine])
   for side in ("before", "after"):
     texts = [s[side] for s in samples]
     for cat, pr in assistant.pass_rates(records, texts).items():
