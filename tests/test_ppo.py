@@ -203,6 +203,9 @@ def straight_run(tmp_path_factory):
   return _train(tmp_path_factory.mktemp("straight"))
 
 
+# Slow: the SIGTERM test below resumes the same run and checks params bit for bit and the
+# iteration history against the straight run; this one adds beta and the score curve.
+@pytest.mark.slow
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, straight_run):
   straight, hist = straight_run
   first, _ = _train(tmp_path / "resumed", stop_after=2)

@@ -199,6 +199,10 @@ def test_grouped_step_equals_the_pair_step_on_the_same_comparisons(tie_model):
   np.testing.assert_allclose(np.asarray(r_b).reshape(-1), np.asarray(want_b), rtol=1e-5)
 
 
+# Slow: the grouped step equals the pair step (oracle above) and pair training learns
+# (test_reward_training_learns_preferences), and the assistant smoke (-m ci, K = 4) runs
+# the grouped trainer in CI; this checks its step count and learning on a toy task.
+@pytest.mark.slow
 def test_train_reward_model_on_groups_learns_and_steps_over_groups(tmp_path):
   """K = 4: a step takes 2 x batch_size / K = 8 groups (48 comparisons); 32 groups and 2
   epochs are 8 steps; the model learns the marker (held-out pairs, decided accuracy) and
