@@ -33,6 +33,8 @@ def smoke_run(tmp_path_factory):
   return workdir, result, time.perf_counter() - t0
 
 
+@pytest.mark.slow  # end to end: in CI's -m ci stage, not the default suite (module fixture: ~4 min)
+@pytest.mark.ci
 def test_smoke_pipeline_report_numbers_are_sane(smoke_run):
   workdir, result, _ = smoke_run
   report = (workdir / "report.md").read_text()
@@ -83,6 +85,8 @@ def test_smoke_pipeline_report_numbers_are_sane(smoke_run):
     assert (workdir / d / "config.json").exists() and (workdir / d / "tokenizer.json").exists()
 
 
+@pytest.mark.slow  # end to end: in CI's -m ci stage, not the default suite (module fixture: ~4 min)
+@pytest.mark.ci
 def test_smoke_pipeline_resumes_without_redoing_work(smoke_run):
   workdir, result, first_seconds = smoke_run
   t0 = time.perf_counter()
@@ -91,6 +95,8 @@ def test_smoke_pipeline_resumes_without_redoing_work(smoke_run):
   assert time.perf_counter() - t0 < 0.5 * first_seconds
 
 
+@pytest.mark.slow  # end to end: in CI's -m ci stage, not the default suite (module fixture: ~4 min)
+@pytest.mark.ci
 def test_base_path_with_another_tokenizer_is_refused(smoke_run, tmp_path):
   """A base checkpoint whose tokenizer differs from the run's is an error naming base.path."""
   import shutil
@@ -400,6 +406,8 @@ def test_sigterm_in_every_stage_of_both_rounds(smoke_run, tmp_path, monkeypatch)
   assert result["kl"] == reference_result["kl"]
 
 
+@pytest.mark.slow  # end to end: in CI's -m ci stage, not the default suite (module fixture: ~4 min)
+@pytest.mark.ci
 def test_rerun_with_another_seed_is_refused_listing_the_fields(smoke_run):
   """A finished workdir rerun with --config.seed=1 used to exit 0, overwrite config.json and
   rewrite the report from seed 0's results."""

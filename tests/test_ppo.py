@@ -221,6 +221,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, straight_run):
   assert [h["score"] for h in hist2] == [h["score"] for h in hist]
 
 
+@pytest.mark.slow  # a 4-iteration trainer run twice (~70 s): in CI's -m ci stage
+@pytest.mark.ci
 def test_sigterm_saves_raises_preempted_and_resumes(tmp_path, straight_run):
   """SIGTERM ends the call with a checkpoint and Preempted (never a normal return that a
   caller would take for a finished run); the rerun continues the same trajectory."""
