@@ -22,7 +22,7 @@ from ppo import model_cfg, update_flops  # noqa: E402  (the FLOP count the bench
 
 def _records(path):
   """Records of a JSONL file in order, each with the f32 peak of its invocation attached."""
-  out, peak = [], None
+  out, peak, invocation = [], None, None
   if not os.path.exists(path):
     return out
   with open(path) as f:
@@ -34,8 +34,9 @@ def _records(path):
         rec = json.loads(line)
       except json.JSONDecodeError as e:
         raise SystemExit(f"{path}:{lineno}: not JSON ({e})") from None
-      if rec.get("tag") == "matmul_peak_f32":
-        peak = rec
+      if rec.get("tag") == "matmul_peak_f32":  # every invocation starts with its peak
+        peak, invocation = rec, (path, lineno)
+      rec["_invocation"] = invocation
       rec["_peak"] = peak["gflops_best"] if peak else None
       rec["_cpu"] = (peak or {}).get("info", {}).get("cpu", {})
       out.append(rec)
@@ -72,6 +73,7 @@ def ppo_rows(records):
           update_gflops=r["update_gflops_median"],
           fraction=r["update_fraction_of_peak"],
           peak=r["_peak"],
+          invocation=r["_invocation"],
         )
       )
 
@@ -98,14 +100,24 @@ def ppo_rows(records):
         br.get("update_actor", 0) + br.get("update_critic", 0) or None,
       )
     )
+
+  def ratio(row, rec):  # only against a peer timed in the same invocation (same host, hour)
+    if not rec or row.get("invocation", rec["_invocation"]) != rec["_invocation"]:
+      return None
+    return row["samples_per_s"] / rec["samples_per_s_median"]
+
   for row in rows:
-    row["vs_trl"] = row["samples_per_s"] / trl["samples_per_s_median"] if trl else None
-    row["vs_tunix"] = row["samples_per_s"] / tunix["samples_per_s_median"] if tunix else None
+    row["vs_trl"] = ratio(row, trl)
+    row["vs_tunix"] = ratio(row, tunix)
   return rows
 
 
 def _fmt(x, spec):
   return "–" if x is None else format(x, spec)
+
+
+def _ratio(x):
+  return "–" if x is None else f"{x:.2f}x"
 
 
 def _host(rec):
@@ -235,8 +247,8 @@ def render(results):
   ]
   for r in rows:
     lines.append(
-      f"| {r['name']} | {r['samples_per_s']:.2f} | {_fmt(r['vs_trl'], '.2f')}x | "
-      f"{_fmt(r['vs_tunix'], '.2f')}x | {_fmt(r['rollout_s'], '.2f')} | "
+      f"| {r['name']} | {r['samples_per_s']:.2f} | {_ratio(r['vs_trl'])} | "
+      f"{_ratio(r['vs_tunix'])} | {_fmt(r['rollout_s'], '.2f')} | "
       f"{_fmt(r['update_s'], '.2f')} | {_fmt(r['update_gflops'], '.0f')} | "
       f"{_fmt(None if r['fraction'] is None else 100 * r['fraction'], '.0f')}% |"
     )
@@ -248,8 +260,10 @@ def render(results):
     )
   lines += [
     "",
-    "Ratios of the bfloat16 and shared-trunk variants use the peers of the newest "
-    "float32 invocation (they run with `--no-peers`). TRL's update time is its "
+    "A ratio compares rows timed in one invocation; the bfloat16 and shared-trunk "
+    "variants run with `--no-peers`, in other invocations (other hours, possibly other "
+    "hosts), so their ratio is '–' and their own record in `ppo.jsonl` says where they "
+    "ran. TRL's update time is its "
     "iteration minus generation and scoring (GAE included); Tunix's is its actor plus "
     "critic update time. GFLOP/s count model FLOPs only (6 x matmul params x tokens + "
     "attention, LM head on response positions), the same count for every row.",

@@ -28,11 +28,17 @@ def _write(path, records):
       f.write(json.dumps(r) + "\n")
 
 
-def _ours(sps, upd_s, frac, **kw):
+def _append(path, records):
+  with open(path, "a") as f:
+    for r in records:
+      f.write(json.dumps(r) + "\n")
+
+
+def _ours(sps, upd_s, frac, dtype="float32", **kw):
   return dict(
     tag="ppo_rlhf_jax",
     size="small",
-    dtype="float32",
+    dtype=dtype,
     shared_trunk=False,
     samples_per_s_median=sps,
     rollout_phase_s={"median": 1.0},
@@ -74,7 +80,11 @@ def test_newest_record_wins_and_ratios(tmp_path, report):
     tmp_path / "ceiling.jsonl",
     [peak(200.0), dict(tag="ceiling_reward_step", size="small", ceiling_pairs_per_s=60.0)],
   )
+  _append(tmp_path / "ppo.jsonl", [peak(50.0), _ours(20.0, 3.0, 0.7, dtype="bfloat16")])
   text, rows, _, reward_rows = report.render(str(tmp_path))
+  # A variant timed in another invocation (no peers in it) gets no ratio to these peers.
+  bf16 = next(r for r in rows if "bfloat16" in r["name"])
+  assert bf16["samples_per_s"] == 20.0 and bf16["vs_trl"] is None and bf16["vs_tunix"] is None
   ours = rows[0]
   assert ours["samples_per_s"] == 8.0  # the newer of the two records
   assert ours["vs_trl"] == pytest.approx(8.0 / 5.0)
