@@ -7,7 +7,7 @@ annotators label pairs with VADER sentiment as the gold scorer (Bradley-Terry no
 ties below a gap, random flips); a reward model learns from those labels; PPO optimises
 the policy against it with a KL penalty to the base model. Two rounds.
 
-Run (about 40 minutes on 2 CPU cores, estimated; the recorded seeds ran three at a time):
+Run (48 minutes alone on 2 CPU cores, a Zen 3 EPYC; docs/performance.md section 4):
 
   python -m rlhf_jax.main --config configs/sentiment.py --workdir runs/sentiment
 
