@@ -87,6 +87,7 @@ def ppo_rows(records):
       update_gflops=gflops,
       peak=rec["_peak"],
       fraction=gflops / rec["_peak"] if gflops and rec["_peak"] else None,
+      invocation=rec["_invocation"],
     )
 
   if trl:
@@ -102,7 +103,7 @@ def ppo_rows(records):
     )
 
   def ratio(row, rec):  # only against a peer timed in the same invocation (same host, hour)
-    if not rec or row.get("invocation", rec["_invocation"]) != rec["_invocation"]:
+    if not rec or row["invocation"] != rec["_invocation"]:
       return None
     return row["samples_per_s"] / rec["samples_per_s_median"]
 
