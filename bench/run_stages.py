@@ -32,6 +32,8 @@ from typing import Dict, List, Optional
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
 
+from rlhf_jax.train.metrics import markdown_table  # noqa: E402
+
 _DONE = re.compile(r"\] (?P<desc>[^\]]+?): 100% \(\d+/\d+ [^)]*\) .*?elapsed (?P<elapsed>[\d:]+)")
 _TIME_FIELDS = {
   "Elapsed (wall clock) time (h:mm:ss or m:ss)": "wall_s",
@@ -91,11 +93,13 @@ def run_record(name: str, log_path: str, time_path: Optional[str]) -> dict:
   return record
 
 
+def _stage_names(records: List[dict]) -> List[str]:
+  """Every run's stages, in the order they first appear."""
+  return list(dict.fromkeys(s for r in records for s in r["stages_s"]))
+
+
 def markdown(records: List[dict]) -> str:
-  names = [r["run"] for r in records]
-  stages: List[str] = []
-  for r in records:
-    stages += [s for s in r["stages_s"] if s not in stages]
+  stages = _stage_names(records)
 
   def fmt(v, spec=".0f"):
     return "–" if v is None else format(v, spec)
@@ -117,8 +121,7 @@ def markdown(records: List[dict]) -> str:
     ["peak RSS GiB"]
     + [fmt(None if "max_rss_kb" not in r else r["max_rss_kb"] / 2**20, ".2f") for r in records]
   )
-  head = "| seconds | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
-  return head + "\n".join("| " + " | ".join(row) + " |" for row in rows) + "\n"
+  return markdown_table(["seconds"] + [r["run"] for r in records], rows) + "\n"
 
 
 def plot(records: List[dict], path: str) -> None:
@@ -128,9 +131,7 @@ def plot(records: List[dict], path: str) -> None:
   import matplotlib.pyplot as plt
   import numpy as np
 
-  stages: List[str] = []
-  for r in records:
-    stages += [s for s in r["stages_s"] if s not in stages]
+  stages = _stage_names(records)
   if any("other_s" in r for r in records):
     stages.append("other")
   y = np.arange(len(stages))
