@@ -330,6 +330,17 @@ def assistant(variant="default"):
   c.lora.enabled = True
   c.lora.rank = 8
   c.lora.targets = ("q", "v")
+  # Supervised fine-tuning on demonstrations before round 1 (Constitutional AI's supervised
+  # stage with the checks as critique: the base's answers, revised by rule where a check
+  # fails; rlhf_jax.feedback.demonstrations). The starting model declines no harmful request,
+  # so without it the reward model never sees a refusal to prefer. The fine-tuned model
+  # (LoRA adapters merged) is the RL stage's reference, start and reward-model trunk.
+  c.sft = mlc.ConfigDict()
+  c.sft.steps = 40  # about 2.4 passes over ~270 demonstrations; 0: no supervised stage
+  c.sft.batch_size = 16  # demonstrations per step
+  c.sft.samples_per_prompt = 1  # the base's answers per training prompt to pick or revise
+  c.sft.temperature = 0.7  # of those answers
+  c.sft.optimizer = optimizer("adamw", 1e-3, warmup_steps=4)
   c.targets = {}  # no recorded run yet
   if variant == "smoke":  # CI size: a 2-layer random Llama with SmolLM2's tokenizer
     c.data.tokenizer = "smollm2-135m-instruct"
@@ -347,4 +358,6 @@ def assistant(variant="default"):
     c.ppo.batch_size = 16
     c.ppo.norm_samples = 16
     c.eval.num_samples_in_report = 1
+    c.sft.steps = 2
+    c.sft.batch_size = 8
   return c

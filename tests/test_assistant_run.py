@@ -40,11 +40,34 @@ def test_report_has_per_category_rates_and_chat_transcripts(smoke_run):
     assert f"### {cat}" in section
     assert 0.0 <= ev[f"pass_{cat}_before"] <= 1.0 and 0.0 <= ev[f"pass_{cat}_after"] <= 1.0
   assert "false-premise agreement" in section
-  assert section.count("> **User:**") == 2 * len(CATEGORIES)  # one prompt each, before + after
-  assert section.count("> **Assistant:**") == 2 * len(CATEGORIES)
+  # one prompt each: before, after the supervised stage, after RL
+  assert section.count("> **User:**") == 3 * len(CATEGORIES)
+  assert section.count("> **Assistant:**") == 3 * len(CATEGORIES)
+  assert section.count("**After SFT** (before RL):") == len(CATEGORIES)
+  assert "| category | prompts | before | after SFT | SFT win rate | after |" in section
   assert "<|im_start|>" not in section and "<|im_end|>" not in section  # chat, not token soup
   assert 0.0 <= ev["win_rate"] <= 1.0 and np.isfinite(ev["kl"])
   assert (work / "round_1" / "policy_lora.npz").exists()  # the policy trained as adapters
+  assert np.isfinite(ev["kl_start"])  # KL to the checkpoint the run started from
+
+
+def test_supervised_stage_writes_demonstrations_and_a_reference(smoke_run):
+  work, cfg, _ = smoke_run
+  done = json.loads((work / "sft" / "DONE").read_text())
+  rows = [json.loads(line) for line in (work / "sft" / "demonstrations.jsonl").open()]
+  assert len(rows) == cfg.data.num_prompts
+  used = [r for r in rows if r["used"]]
+  assert done["demonstrations"] == len(used) >= 1
+  assert sum(d["revision"] + d["sample"] for d in done["by_category"].values()) == sum(
+    r["demonstration"] is not None for r in rows
+  )
+  # every demonstration passes every check of its prompt (the gold judge scores it 1)
+  from rlhf_jax.feedback import assistant
+
+  assert all(assistant.assistant_gold([r["prompt"]], [r["demonstration"]])[0] == 1 for r in used)
+  assert (work / "sft" / "model" / "config.json").exists()
+  sft_eval = json.loads((work / "sft" / "eval.json").read_text())
+  assert 0.0 <= sft_eval["win_rate"] <= 1.0 and "pass_harmful_after" in sft_eval
 
 
 def test_exported_policy_loads_and_generates_in_transformers(smoke_run):

@@ -285,6 +285,26 @@ class DPOSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class SFTSpec:
+  """Supervised fine-tuning on demonstrations before the first round (``data.kind =
+  "assistant"``): Constitutional AI's supervised stage with the task's programmatic checks as
+  the critique (:mod:`rlhf_jax.feedback.demonstrations`). The base samples
+  ``samples_per_prompt`` answers to every training prompt; an answer that passes every check,
+  or else the first whose rule-based revision does, is the prompt's demonstration; the model
+  is fine-tuned on them (LoRA adapters when ``lora.enabled``, then merged) and the result is
+  the reference, the policy's start and the reward model's trunk. ``steps = 0``: no
+  supervised stage, the base is all of these."""
+
+  steps: int = 0
+  batch_size: int = 16
+  samples_per_prompt: int = 1
+  temperature: float = 0.7  # of the base's answers that are revised
+  optimizer: common.OptimSpec = common.OptimSpec(
+    name="adamw", learning_rate=1e-3, warmup_steps=4, eps=1e-8, max_grad_norm=1.0
+  )
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalSpec:
   num_samples_in_report: int = 8
   # Held-out reward-model pairs per evaluation prompt, drawn like round 1's labelled pairs
@@ -309,6 +329,7 @@ class Config:
   ppo: PPOSpec = PPOSpec()
   # The policy stage's settings when ppo.hparams.algorithm is "dpo" or "ipo" (else unused).
   dpo: DPOSpec = DPOSpec()
+  sft: SFTSpec = SFTSpec()
   eval: EvalSpec = EvalSpec()
   mesh: common.MeshSpec = common.MeshSpec()
   rounds: int = 2
@@ -378,6 +399,10 @@ _BOUNDS = {
   "max_skipped_fraction": "in [0, 1]",
   "eval.num_samples_in_report": ">= 0",
   "eval.rm_pairs_per_prompt": ">= 1",
+  "sft.steps": ">= 0",
+  "sft.batch_size": ">= 1",
+  "sft.samples_per_prompt": ">= 1",
+  "sft.temperature": "> 0",
 }
 
 
@@ -466,7 +491,12 @@ def _data_kind_errors(cfg) -> List[str]:
         f"config.base.steps={cfg.base.steps}: data.kind='assistant' has no corpus to pretrain "
         "on; set base.path, or base.steps=0 for a randomly initialised preset (smoke tests)"
       )
-  elif cfg.data.tokenizer:
+  elif getattr(getattr(cfg, "sft", None), "steps", 0) > 0:
+    errors.append(
+      f"config.sft.steps={cfg.sft.steps}: the supervised stage revises answers with the "
+      "assistant task's checks; it needs data.kind='assistant'"
+    )
+  if kind != "assistant" and cfg.data.tokenizer:
     errors.append(
       f"config.data.tokenizer={cfg.data.tokenizer!r}: only for data.kind='assistant' (the "
       "corpus task trains its own tokenizer)"
@@ -1144,6 +1174,145 @@ def base_stage(cfg, root: pathlib.Path, tokenizer, mesh) -> Tuple[Transformer, A
   )
 
 
+# ----------------------------------------------------------------------------- stage: demonstrations
+
+
+def demonstration_rows(tokenizer, prompts: Prompts, demos, eos_id: int, response_len: int):
+  """SFT rows ``(ids, mask, loss_mask) [N, prompt_len + response_len]`` of the training
+  prompts with a demonstration (``demos``: one ``(text, source)`` or None per training
+  prompt): the left-padded prompt, then the demonstration's tokens and ``eos_id``, loss on
+  those. A demonstration longer than ``response_len - 1`` tokens is left out (the policy
+  could not end it within its response budget). Returns the rows and the indices of the
+  prompts they come from."""
+  keep, tokens = [], []
+  for i, demo in enumerate(demos):
+    if demo is None:
+      continue
+    ids = tokenizer.encode(demo[0], add_special_tokens=False) + [eos_id]
+    if len(ids) <= response_len:
+      keep.append(i)
+      tokens.append(ids)
+  n = len(keep)
+  resp = np.full((n, response_len), int(tokenizer.pad_token_id), np.int32)
+  resp_mask = np.zeros((n, response_len), np.int32)
+  for row, ids in enumerate(tokens):
+    resp[row, : len(ids)] = ids
+    resp_mask[row, : len(ids)] = 1
+  rows = np.asarray(keep, np.int64)
+  ids, mask = join_sequences(prompts.train_ids[rows], prompts.train_mask[rows], resp, resp_mask)
+  loss_mask = np.concatenate([np.zeros_like(prompts.train_mask[rows]), resp_mask], 1)
+  return ids, mask, loss_mask.astype(np.int32), rows
+
+
+def demonstration_stage(
+  cfg: Config,
+  root: pathlib.Path,
+  tokenizer,
+  sampler: "Sampler",
+  models: Models,
+  base_params,
+  prompts: Prompts,
+  hp: ppo_lib.PPOHparams,
+  mesh,
+):
+  """``sft/``: the base's answers to the training prompts, demonstrations from them
+  (:mod:`rlhf_jax.feedback.demonstrations`, written to ``sft/demonstrations.jsonl``), and the
+  base fine-tuned on them (:class:`SFTSpec`; LoRA adapters merged when ``lora.enabled``),
+  saved in Hugging Face layout to ``sft/model``. Returns the fine-tuned params; a finished
+  stage (``sft/DONE``) is loaded instead. The training loop checkpoints and resumes like
+  every other stage."""
+  from rlhf_jax.data import assistant_prompts
+  from rlhf_jax.feedback import demonstrations as demo_lib
+  from rlhf_jax.models import hf
+
+  spec, out = cfg.sft, root / "sft"
+  if _lead_done(out, "sft"):
+    _, params = hf.from_pretrained(out / "model", head="lm")
+    return common.shard_params(models.lm, params, mesh)
+  distributed.lead_only(lambda: out.mkdir(parents=True, exist_ok=True), "sft: workdir")
+  t0 = time.perf_counter()
+  answers = []
+  for s in range(spec.samples_per_prompt):
+    tok, m = sampler.sample(
+      base_params,
+      prompts.train_ids,
+      prompts.train_mask,
+      cfg.seed * 31 + 500 + s,
+      spec.temperature,
+      desc=f"sft: the base's answers {s + 1}/{spec.samples_per_prompt}",
+    )
+    answers.append(decode_responses(tokenizer, tok, m))
+  records = [assistant_prompts.lookup_prompt(p) for p in prompts.train]
+  per_prompt = [[a[i] for a in answers] for i in range(len(records))]
+  demos = demo_lib.demonstrations(records, per_prompt)
+  ids, mask, loss_mask, rows = demonstration_rows(
+    tokenizer, prompts, demos, hp.eos_id, hp.response_len
+  )
+  counts: Dict[str, Dict[str, int]] = {}
+  for rec, demo in zip(records, demos):
+    c = counts.setdefault(rec.category, {"prompts": 0, "sample": 0, "revision": 0})
+    c["prompts"] += 1
+    if demo is not None:
+      c[demo[1]] += 1
+  info: Dict[str, Any] = {
+    "demonstrations": int(len(rows)),
+    "too_long": int(sum(d is not None for d in demos) - len(rows)),
+    "by_category": counts,
+  }
+  kept = set(rows.tolist())
+
+  def write_demos() -> None:  # process 0
+    with open(out / "demonstrations.jsonl", "w") as f:
+      for i, (rec, demo) in enumerate(zip(records, demos)):
+        row = {
+          "prompt": rec.text,
+          "category": rec.category,
+          "answers": per_prompt[i],
+          "demonstration": demo[0] if demo else None,
+          "source": demo[1] if demo else None,
+          "used": i in kept,
+        }
+        f.write(json.dumps(row) + "\n")
+
+  distributed.lead_only(write_demos, "sft: demonstrations")
+  if not len(rows):
+    raise RuntimeError(
+      f"{out / 'demonstrations.jsonl'}: no demonstration fits ppo.hparams.response_len="
+      f"{hp.response_len}; the supervised stage has nothing to train on"
+    )
+  _log.info("sft: %d demonstrations (%s)", len(rows), counts)
+  lora = common.lora_spec(cfg.lora)
+  state, last = sft_train.train_lm(
+    models.lm,
+    base_params,
+    ids,
+    mask,
+    loss_mask,
+    optim_spec=spec.optimizer,
+    steps=spec.steps,
+    batch_size=spec.batch_size,
+    seed=cfg.seed + 77,
+    mesh=mesh,
+    workdir=out,
+    log_every=max(1, min(10, spec.steps)),
+    checkpoint_every=max(1, spec.steps),
+    keep_checkpoints=1,
+    max_skipped_fraction=cfg.max_skipped_fraction,
+    desc="sft on demonstrations",
+    lora=lora,
+  )
+  params = _materialize(state.params, base_params)
+  host = sharding.to_host(params)
+  info.update(final_loss=last.get("loss"), seconds=time.perf_counter() - t0)
+
+  def save() -> None:  # process 0
+    hf.save_pretrained(models.lm, host, out / "model", **export_kwargs(tokenizer))
+    _mark_done(out, info)
+
+  distributed.lead_only(save, "sft: save")
+  return params
+
+
 # ----------------------------------------------------------------------------- sampling
 
 
@@ -1732,10 +1901,13 @@ def evaluate_policy(
   gain,
   bias,
   tie_threshold: float,
+  start_params=None,
 ) -> dict:
-  """The policy against the reference on the evaluation prompts: win rate under the gold
-  scorer and each independent judge, gold and proxy reward, KL, length, degenerate text,
-  perplexity under the reference. ``"_samples"`` holds the per-prompt texts."""
+  """The policy against ``reference``'s samples on the evaluation prompts: win rate under the
+  gold scorer and each independent judge, gold and proxy reward, KL to ``ref_params``, length,
+  degenerate text, perplexity under the starting model (``start_params``, when a supervised
+  stage made the reference, else ``ref_params``) and then also ``kl_start``, the KL to it.
+  ``"_samples"`` holds the per-prompt texts."""
   ref_text, ref_gold, ref_ppl = reference.text, reference.gold, reference.perplexity
   tok, m = sampler.sample(policy_params, e_ids, e_mask, seed, hp.temperature)
   text = decode_responses(tokenizer, tok, m)
@@ -1744,7 +1916,12 @@ def evaluate_policy(
   logp_pol = sampler.logprobs(policy_params, *seq, tok, hp.temperature)
   logp_ref = sampler.logprobs(ref_params, *seq, tok, hp.temperature)
   kl = float(np.mean(np.sum((logp_pol - logp_ref) * m, 1)))
-  nll_ref_on_policy = -sampler.logprobs(ref_params, *seq, tok, 1.0)
+  start = ref_params if start_params is None else start_params
+  nll_ref_on_policy = -sampler.logprobs(start, *seq, tok, 1.0)
+  extra = {}
+  if start_params is not None:
+    logp_start = sampler.logprobs(start_params, *seq, tok, hp.temperature)
+    extra["kl_start"] = float(np.mean(np.sum((logp_pol - logp_start) * m, 1)))
   proxy = gain * sampler.scores(rm_params, *seq) + bias
   wr = evaluation.win_rate(pol_gold, ref_gold, tie_eps=tie_threshold)
   n_tok = max(float(np.sum(m)), 1.0)
@@ -1787,6 +1964,7 @@ def evaluate_policy(
     "gold_reward_ref_mean": float(np.mean(ref_gold)),
     "proxy_reward_mean": float(np.mean(proxy)),
     "kl": kl,
+    **extra,
     "sqrt_kl": float(np.sqrt(max(kl, 0.0))),
     "response_length": float(np.mean(np.sum(m, 1))),
     "perplexity_policy": float(np.exp(np.sum(nll_ref_on_policy * m) / n_tok)),
@@ -1878,15 +2056,33 @@ class Setup(NamedTuple):
   vocabulary: frozenset
   reference: Reference
   rm_eval_pairs: dict  # held-out pairs with gold labels (pairs_arrays layout)
+  # The starting checkpoint when a supervised stage made ``ref_params`` (config.sft), else
+  # None: the report's "before" samples, win rates and perplexities are against it.
+  start_params: Any = None
 
 
 def prepare_rounds(
-  cfg: Config, root: pathlib.Path, mesh, tokenizer, hp, base_model, base_params, gold, independent
+  cfg: Config,
+  root: pathlib.Path,
+  mesh,
+  tokenizer,
+  hp,
+  base_model,
+  base_params,
+  gold,
+  independent,
+  *,
+  start_params=None,
+  sampler: Optional["Sampler"] = None,
+  prompts: Optional[Prompts] = None,
 ) -> Setup:
-  """Prompts, the reference policy's judged samples and the reward model's held-out pairs."""
+  """Prompts, the starting model's judged samples (the "before" of every evaluation) and the
+  reward model's held-out pairs (samples of ``base_params``, the reference). ``start_params``:
+  the checkpoint the run started from when it differs from the reference (after a supervised
+  stage)."""
   models = Models.from_base(base_model.cfg)
-  prompts = load_prompts(root / "data", tokenizer, cfg.data.prompt_len)
-  sampler = Sampler(models, hp, sampling_batch(cfg.ppo, hp), mesh)
+  prompts = prompts or load_prompts(root / "data", tokenizer, cfg.data.prompt_len)
+  sampler = sampler or Sampler(models, hp, sampling_batch(cfg.ppo, hp), mesh)
   # the corpus's words tell non-words apart; a chat run has no corpus (repetition only)
   vocabulary = (
     corpus_words(cfg.data, root / "data", cfg.seed) if cfg.data.kind == "corpus" else None
@@ -1894,7 +2090,7 @@ def prepare_rounds(
   reference = sample_reference(
     sampler,
     tokenizer,
-    base_params,
+    base_params if start_params is None else start_params,
     prompts,
     gold,
     independent,
@@ -1926,7 +2122,53 @@ def prepare_rounds(
     vocabulary,
     reference,
     rm_eval,
+    start_params,
   )
+
+
+def sft_evaluation(cfg: Config, root: pathlib.Path, setup: Setup) -> dict:
+  """The supervised model (``setup.ref_params``) against the starting model's samples on the
+  evaluation prompts, before any RL: the gold win rate and, for the assistant task, the
+  per-category pass rates (:func:`assistant_metrics`). Computed once, kept in
+  ``sft/eval.json``; the report shows it between the starting model and the policy."""
+  path = root / "sft" / "eval.json"
+  cached = distributed.from_lead(lambda: _read_json(path) if path.exists() else None, "sft: eval")
+  if cached is not None:
+    return cached
+  tok, m = setup.sampler.sample(
+    setup.ref_params,
+    setup.prompts.eval_ids,
+    setup.prompts.eval_mask,
+    cfg.seed + 5,
+    setup.hp.temperature,
+    desc="sft: evaluation samples",
+  )
+  text = decode_responses(setup.tokenizer, tok, m)
+  gold = np.asarray(setup.gold(setup.prompts.eval, text), np.float64)
+  ref_gold = setup.reference.gold
+  wr = evaluation.win_rate(gold, ref_gold, tie_eps=cfg.feedback.tie_threshold)
+  ev: Dict[str, Any] = {
+    "win_rate": wr.rate,
+    "win_ci_low": wr.ci_low,
+    "win_ci_high": wr.ci_high,
+    "gold_reward_mean": float(np.mean(gold)),
+    "gold_reward_ref_mean": float(np.mean(ref_gold)),
+  }
+  if cfg.data.kind == "assistant":
+    samples = [
+      {
+        "prompt": p,
+        "before": setup.reference.text[i],
+        "after": text[i],
+        "gold_before": float(ref_gold[i]),
+        "gold_after": float(gold[i]),
+      }
+      for i, p in enumerate(setup.prompts.eval)
+    ]
+    ev.update(assistant_metrics(samples, cfg.feedback.tie_threshold))
+    ev["samples"] = assistant_transcripts(samples, cfg.eval.num_samples_in_report)
+  distributed.lead_only(lambda: data_lib.atomic_write_json(path, ev), "sft: eval save")
+  return ev
 
 
 class RoundResult(NamedTuple):
@@ -2100,6 +2342,7 @@ def run_round(
     policy.reward_gain,
     policy.reward_bias,
     cfg.feedback.tie_threshold,
+    setup.start_params,
   )
   ev.update(rm_eval)
   ev.update({"label_" + k: v for k, v in _read_json(rdir / "labels.json").items() if k != "n"})
@@ -2155,8 +2398,10 @@ def write_report(
   models: Models,
   results: Sequence[RoundResult],
   timings: Dict[str, float],
+  sft_eval: Optional[dict] = None,
 ) -> None:
-  """``report.md`` and the plots, from every round's results."""
+  """``report.md`` and the plots, from every round's results (and the supervised stage's
+  evaluation, :func:`sft_evaluation`, when there is one)."""
   base_info = _read_json(root / "base" / "DONE") if _done(root / "base") else {}
   summary = {
     "model": dataclasses.asdict(models.lm.cfg),
@@ -2176,8 +2421,13 @@ def write_report(
   if cfg.data.kind == "assistant" and results:
     from rlhf_jax.data import assistant_prompts
 
+    sft_info = _read_json(root / "sft" / "DONE") if sft_eval is not None else None
     extra = report_lib.assistant_section(
-      results[-1].eval, assistant_prompts.CATEGORIES, results[-1].samples
+      results[-1].eval,
+      assistant_prompts.CATEGORIES,
+      results[-1].samples,
+      sft=sft_eval,
+      sft_info=sft_info,
     )
   report_lib.write_round_report(
     str(root),
@@ -2252,7 +2502,33 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   t0 = time.perf_counter()
   base_model, base_params = base_stage(cfg, root, tokenizer, mesh)
   timings["base"] = time.perf_counter() - t0
-  setup = prepare_rounds(cfg, root, mesh, tokenizer, hp, base_model, base_params, gold, independent)
+  models = Models.from_base(base_model.cfg)
+  prompts = load_prompts(root / "data", tokenizer, cfg.data.prompt_len)
+  sampler = Sampler(models, hp, sampling_batch(cfg.ppo, hp), mesh)
+  start_params = None
+  if cfg.sft.steps:
+    checkpoint.check_preemption("supervised stage")
+    t0 = time.perf_counter()
+    start_params = base_params
+    base_params = demonstration_stage(
+      cfg, root, tokenizer, sampler, models, base_params, prompts, hp, mesh
+    )
+    timings["sft"] = time.perf_counter() - t0
+  setup = prepare_rounds(
+    cfg,
+    root,
+    mesh,
+    tokenizer,
+    hp,
+    base_model,
+    base_params,
+    gold,
+    independent,
+    start_params=start_params,
+    sampler=sampler,
+    prompts=prompts,
+  )
+  sft_eval = sft_evaluation(cfg, root, setup) if cfg.sft.steps else None
 
   def drop_unfinished_rows() -> None:  # process 0
     n_done = 0
@@ -2268,5 +2544,7 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     policy_params, pairs = results[-1].policy_params, results[-1].pairs
 
   timings["total"] = time.perf_counter() - t_start
-  distributed.lead_only(lambda: write_report(cfg, root, setup.models, results, timings), "report")
+  distributed.lead_only(
+    lambda: write_report(cfg, root, setup.models, results, timings, sft_eval), "report"
+  )
   return results[-1].eval

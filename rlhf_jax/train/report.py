@@ -837,18 +837,33 @@ def _rate_cell(ev: Mapping[str, Any], key: str) -> str:
 
 
 def assistant_section(
-  ev: Mapping[str, Any], categories: Sequence[str], samples: Sequence[Mapping[str, Any]]
+  ev: Mapping[str, Any],
+  categories: Sequence[str],
+  samples: Sequence[Mapping[str, Any]],
+  sft: Optional[Mapping[str, Any]] = None,
+  sft_info: Optional[Mapping[str, Any]] = None,
 ) -> List[str]:
   """The assistant task's results as Markdown lines: per category the pass rate before (the
-  reference) and after (the policy) with Wilson 95% intervals (keys ``pass_<category>_before``,
-  ``..._after`` and their ``_lo`` / ``_hi``), the false-premise agreement rate
-  (``false_premise_agreement_before`` / ``_after``), and for each sample (dicts ``category,
-  user, before, after, gold_before, gold_after``) the conversation before and after, as chat."""
+  starting model) and after (the policy) with Wilson 95% intervals (keys
+  ``pass_<category>_before``, ``..._after`` and their ``_lo`` / ``_hi``), the false-premise
+  agreement rate (``false_premise_agreement_before`` / ``_after``), and for each sample (dicts
+  ``category, user, before, after, gold_before, gold_after``) the conversation before and
+  after, as chat. With ``sft`` (the supervised stage's evaluation, the same keys with its
+  model as "after" and its ``samples``) a column and a transcript for the model after the
+  supervised stage, and ``sft_info`` (its ``DONE`` record) the demonstrations per category."""
+  sft_cols = ["after SFT", "SFT win rate"] if sft is not None else []
+
+  def sft_cells(key: str, win_key: Optional[str]) -> List[str]:
+    if sft is None:
+      return []
+    return [_rate_cell(sft, key) if key else "", _fmt(sft.get(win_key), ".2f") if win_key else ""]
+
   rows = [
     [
       c,
       ev.get(f"pass_{c}_n", MISSING),
       _rate_cell(ev, f"pass_{c}_before"),
+      *sft_cells(f"pass_{c}_after", f"win_rate_{c}"),
       _rate_cell(ev, f"pass_{c}_after"),
       _fmt(ev.get(f"win_rate_{c}"), ".2f"),
       _fmt(ev.get(f"win_rate_ceiling_{c}"), ".2f"),
@@ -856,34 +871,67 @@ def assistant_section(
     for c in categories
   ]
   rows.append(
-    ["all", "", "", "", _fmt(ev.get("win_rate"), ".2f"), _fmt(ev.get("win_rate_ceiling"), ".2f")]
+    [
+      "all",
+      "",
+      "",
+      *sft_cells("", "win_rate"),
+      "",
+      _fmt(ev.get("win_rate"), ".2f"),
+      _fmt(ev.get("win_rate_ceiling"), ".2f"),
+    ]
   )
   rows.append(
     [
       "false-premise agreement (lower is better)",
       ev.get("false_premise_n", MISSING),
       _rate_cell(ev, "false_premise_agreement_before"),
+      *sft_cells("false_premise_agreement_after", None),
       _rate_cell(ev, "false_premise_agreement_after"),
       "",
       "",
     ]
   )
+  header = ["category", "prompts", "before", *sft_cols, "after", "win rate", "ceiling"]
   lines = [
     "## The assistant task, per category",
     "",
     "Pass: every check of the category passed (gold score 1) on the held-out prompts; "
-    "before = the starting model (reference), after = the last round's policy; 95% Wilson "
+    "before = the starting model, after = the last round's policy; 95% Wilson "
     "intervals. False-premise agreement: share of responses to premise prompts with a false "
-    "claim that side with the user. Win rate: the policy against the reference under the gold "
-    "judge, ties counting half; ceiling: the win rate of a policy that passed every check (it "
-    "wins where the reference scored below 1 and ties where it scored 1), the most any policy "
-    "can reach against this reference.",
-    "",
-    markdown_table(["category", "prompts", "before", "after", "win rate", "ceiling"], rows),
-    "",
-    "## Transcripts",
+    "claim that side with the user. Win rate: the policy against the starting model under "
+    "the gold judge, ties counting half; ceiling: the win rate of a policy that passed every "
+    "check (it wins where the starting model scored below 1 and ties where it scored 1), the "
+    "most any policy can reach against it.",
     "",
   ]
+  if sft is not None:
+    lines += [
+      "After SFT: the model after the supervised stage on demonstrations (the reference of "
+      "the RL stage, which measures its KL against it); SFT win rate: that model against the "
+      "starting model, before any RL.",
+      "",
+    ]
+  lines += [markdown_table(header, rows), ""]
+  if sft_info:
+    by_cat = sft_info.get("by_category", {})
+    demo_rows = [
+      [c, d.get("prompts", 0), d.get("sample", 0), d.get("revision", 0)]
+      for c, d in ((c, by_cat.get(c, {})) for c in categories)
+    ]
+    lines += [
+      "### Demonstrations",
+      "",
+      f"{sft_info.get('demonstrations', MISSING)} demonstrations for the supervised stage "
+      f"({sft_info.get('too_long', 0)} more left out as longer than the response budget): the "
+      "base's own answer where it passed every check, else its rule-based revision "
+      "(`rlhf_jax.feedback.demonstrations`; all of them in `sft/demonstrations.jsonl`).",
+      "",
+      markdown_table(["category", "training prompts", "own answer", "revision"], demo_rows),
+      "",
+    ]
+  lines += ["## Transcripts", ""]
+  sft_text = {s.get("user"): s.get("after", "") for s in (sft or {}).get("samples", [])}
   if not samples:
     return lines + ["No transcripts.", ""]
   for c in categories:
@@ -892,9 +940,14 @@ def assistant_section(
       continue
     lines += [f"### {c}", ""]
     for s in mine:
-      for label, key in (("Before (reference)", "before"), ("After (policy)", "after")):
+      for label, key in (("Before (starting model)", "before"), ("After (policy)", "after")):
         gold = _fmt(s.get(f"gold_{key}"), ".2f")
         lines += [f"**{label}**, gold {gold}:", ""]
         lines += chat_transcript([("user", s.get("user", "")), ("assistant", s.get(key, ""))])
         lines.append("")
+        if key == "before" and s.get("user") in sft_text:
+          lines += ["**After SFT** (before RL):", ""]
+          turns = [("user", s.get("user", "")), ("assistant", sft_text[s.get("user")])]
+          lines += chat_transcript(turns)
+          lines.append("")
   return lines
