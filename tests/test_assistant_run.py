@@ -43,7 +43,9 @@ def test_report_has_per_category_rates_and_chat_transcripts(smoke_run):
   # one prompt each: before, after the supervised stage, after RL
   assert section.count("> **User:**") == 3 * len(CATEGORIES)
   assert section.count("> **Assistant:**") == 3 * len(CATEGORIES)
-  assert section.count("**After SFT** (before RL):") == len(CATEGORIES)
+  assert len(re.findall(r"\*\*After SFT\*\* \(before RL\), gold [01]\.\d\d:", section)) == len(
+    CATEGORIES
+  )
   assert "| category | prompts | before | after SFT | SFT win rate | after |" in section
   assert "<|im_start|>" not in section and "<|im_end|>" not in section  # chat, not token soup
   assert 0.0 <= ev["win_rate"] <= 1.0 and np.isfinite(ev["kl"])

@@ -141,10 +141,10 @@ def test_demonstration_rows_layout_loss_mask_and_length_filter():
 
 
 def test_a_supervised_stage_needs_the_assistant_task():
+  import ml_collections
+
   from rlhf_jax import main as entry
   from rlhf_jax.config_schema import ConfigError
-
-  import ml_collections
 
   raw = entry.load_config_file("configs/sentiment.py:smoke")
   raw.sft = ml_collections.ConfigDict({"steps": 5})

@@ -931,7 +931,7 @@ def assistant_section(
       "",
     ]
   lines += ["## Transcripts", ""]
-  sft_text = {s.get("user"): s.get("after", "") for s in (sft or {}).get("samples", [])}
+  sft_samples = {s.get("user"): s for s in (sft or {}).get("samples", [])}
   if not samples:
     return lines + ["No transcripts.", ""]
   for c in categories:
@@ -945,9 +945,10 @@ def assistant_section(
         lines += [f"**{label}**, gold {gold}:", ""]
         lines += chat_transcript([("user", s.get("user", "")), ("assistant", s.get(key, ""))])
         lines.append("")
-        if key == "before" and s.get("user") in sft_text:
-          lines += ["**After SFT** (before RL):", ""]
-          turns = [("user", s.get("user", "")), ("assistant", sft_text[s.get("user")])]
+        if key == "before" and s.get("user") in sft_samples:
+          sft_s = sft_samples[s.get("user")]
+          lines += [f"**After SFT** (before RL), gold {_fmt(sft_s.get('gold_after'), '.2f')}:", ""]
+          turns = [("user", s.get("user", "")), ("assistant", sft_s.get("after", ""))]
           lines += chat_transcript(turns)
           lines.append("")
   return lines
