@@ -329,16 +329,21 @@ def assistant(variant="default"):
   c.eval.independent_judges = ()
   c.lora.enabled = True
   c.lora.rank = 8
-  c.lora.targets = ("q", "v")
+  # every linear layer: with q and v only, the supervised stage's loss fell to 1.19 in 40
+  # steps and the model declined 4 of 16 held-out harmful requests; with all seven, 0.61 in
+  # 30 steps and 12 of 16, at 1.2x the step time
+  c.lora.targets = ("q", "k", "v", "o", "gate", "up", "down")
   # Supervised fine-tuning on demonstrations before round 1 (Constitutional AI's supervised
   # stage with the checks as critique: the base's answers, revised by rule where a check
   # fails; rlhf_jax.feedback.demonstrations). The starting model declines no harmful request,
   # so without it the reward model never sees a refusal to prefer. The fine-tuned model
   # (LoRA adapters merged) is the RL stage's reference, start and reward-model trunk.
   c.sft = mlc.ConfigDict()
-  c.sft.steps = 40  # about 2.4 passes over ~270 demonstrations; 0: no supervised stage
+  c.sft.steps = 32  # about 1.7 passes over ~300 demonstrations; 0: no supervised stage
   c.sft.batch_size = 16  # demonstrations per step
-  c.sft.samples_per_prompt = 1  # the base's answers per training prompt to pick or revise
+  # the base's answers per training prompt to pick or revise: with one, a quarter of the
+  # benign look-alikes had no helpful answer to keep, and the model learned to decline them
+  c.sft.samples_per_prompt = 2
   c.sft.temperature = 0.7  # of those answers
   c.sft.optimizer = optimizer("adamw", 1e-3, warmup_steps=4)
   c.targets = {}  # no recorded run yet
