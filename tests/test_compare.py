@@ -4,6 +4,7 @@ rows.json with intervals over seeds. The full comparison is run by hand (minutes
 
 import json
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -172,6 +173,18 @@ def test_share_round1_copies_a_finished_round_only_once(tmp_path):
     "round_1/preferences.jsonl",
     "round_1/reward/ckpt/x.bin",
   ]
+  # a supervised stage (the model round 1 sampled from) comes along, its checkpoints not
+  shutil.rmtree(dst)
+  (src / "sft" / "model").mkdir(parents=True)
+  (src / "sft" / "checkpoints").mkdir()
+  for name in ("DONE", "eval.json", "model/config.json", "checkpoints/7"):
+    (src / "sft" / name).write_text("{}")
+  (dst / "sft").mkdir(parents=True)
+  (dst / "sft" / "partial").write_text("")  # dst's own unfinished attempt: replaced
+  assert compare.share_round1(src, dst)
+  got = sorted(p.relative_to(dst).as_posix() for p in (dst / "sft").rglob("*") if p.is_file())
+  assert got == ["sft/DONE", "sft/eval.json", "sft/model/config.json"]
+  assert not (dst / "sft.shared.tmp").exists()
   (dst / "round_1" / "labels.json").write_text('{"mine": 1}')
   assert not compare.share_round1(src, dst)  # dst already labelled: left alone
   assert (dst / "round_1" / "labels.json").read_text() == '{"mine": 1}'

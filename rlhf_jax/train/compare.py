@@ -200,12 +200,21 @@ def round1_inputs(arm) -> Dict[str, Any]:
 
 def share_round1(src: pathlib.Path, dst: pathlib.Path) -> bool:
   """Copies round 1's pairs, labels and finished reward model from run ``src`` to run
-  ``dst`` (nothing when ``dst`` already has them or ``src`` has not finished round 1).
-  The pipeline then finds them and goes straight to the policy stage. Returns whether it
-  copied."""
+  ``dst`` (nothing when ``dst`` already has them or ``src`` has not finished round 1), and
+  the finished supervised stage (``sft/``, the model those pairs were sampled from) when
+  ``src`` has one and ``dst`` does not. The pipeline then finds them and goes straight to
+  the policy stage. Returns whether it copied."""
   s, d = src / "round_1", dst / "round_1"
   if not (s / "DONE").exists() or (d / "pairs.npz").exists():
     return False
+  if (src / "sft" / "DONE").exists() and not (dst / "sft" / "DONE").exists():
+    tmp_sft = dst / "sft.shared.tmp"
+    if tmp_sft.exists():
+      shutil.rmtree(tmp_sft)
+    shutil.copytree(src / "sft", tmp_sft, ignore=shutil.ignore_patterns("checkpoints"))
+    if (dst / "sft").exists():  # an unfinished attempt of dst's own
+      shutil.rmtree(dst / "sft")
+    os.replace(tmp_sft, dst / "sft")
   d.mkdir(parents=True, exist_ok=True)
   tmp = dst / "round_1.shared.tmp"
   if tmp.exists():
