@@ -11,6 +11,12 @@ re-run skips finished stages and resumes an interrupted training stage from its 
    load ``base.path``); it is the reference policy and the initial policy, reward model and
    value model trunk. :func:`prepare_rounds` then samples the reference once on the
    evaluation prompts and draws the reward model's held-out pairs.
+   ``sft/`` (``config.sft.steps > 0``, the assistant task) — :func:`demonstration_stage`:
+   the base's answers to the training prompts, kept where they pass every check or revised
+   by rule (:mod:`rlhf_jax.feedback.demonstrations`), and the base fine-tuned on them; that
+   model is then the reference, the policy's start and the reward-model trunk, while the
+   evaluation's "before" samples, win rates and perplexities stay against the starting
+   checkpoint (:func:`sft_evaluation` scores the supervised model alone).
 3. ``round_<r>/`` for r = 1..R — :func:`run_round` (or :func:`load_round` once finished):
    a. :func:`collect_pairs`: two responses per prompt from the current policy;
       :func:`label_stage`: labels from the configured feedback source (:func:`label_pairs`:
