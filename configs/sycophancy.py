@@ -21,8 +21,9 @@ that the study runs and writes its table and plot; its numbers mean nothing):
 
 One arm (a pipeline config) is `configs/sycophancy.py:arm,bias=0.5,kl=0.1` (or
 `arm_smoke,...`). NOT RUN YET at full size: 3 biases x 2 β x 2 seeds = 12 assistant runs of
-40-55 minutes each (configs/assistant.py records) on 2 CPU cores, 8-11 hours; no
-numbers are recorded.
+about 50 minutes each (configs/assistant.py records; arms of one seed whose labels match
+share the supervised stage and round 1) on 2 CPU cores, about 10 hours; no numbers are
+recorded.
 """
 
 import ml_collections as mlc
