@@ -45,7 +45,8 @@ rate 0.75 -> 0.69 -> 0.31) and raised false-premise agreement (0.38 -> 0.88 on 8
 gold win rate against the starting model 0.588 after the supervised stage and 0.581
 [0.472, 0.683] after RL (ceiling 0.825), KL 2.8 nats to the supervised model and 51.6 to the
 starting model, perplexity ratio 1.87. The reward model ranks held-out decided pairs at 0.61.
-Seed 1 and the runs before the supervised stage are in that README.
+On seed 1 the supervised stage alone took benign 0.81 -> 0.38 and harmful 0.00 -> 0.50.
+The runs before the supervised stage are in that README.
 80 held-out prompts give 16 per category: Wilson intervals of about +-0.2 on a pass rate.
 """
 
