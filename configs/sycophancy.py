@@ -1,16 +1,17 @@
 r"""The seed's pitfall measured: sycophantic annotators, PPO, and the KL coefficient.
 
-The assistant task (configs/assistant.py) with simulated annotators who, for a fraction
-`bias` of the pairs, prefer the response that agrees with the user's claim (premise pairs
-where exactly one response agrees; feedback.bias, rlhf_jax.feedback.assistant.
-agreement_preference) instead of the gold checks. Each arm is one (bias, β) setting with a
-fixed KL coefficient β (no adaptive controller), run for every seed from one data directory
-and one base model (rlhf_jax/train/sycophancy.py, on the arms machinery of
-rlhf_jax/train/compare.py). The study writes README.md (false-premise agreement of the
-final policy and of the starting model, label agreement with gold, KL and gold win rate per
-bias x β, mean over seeds with 95% t intervals), sycophancy.png (agreement against bias, one
-line per β) and rows.json. What it should show: biased labels raise the false-premise
-agreement rate under PPO, unbiased labels lower it, and a larger β bounds the drift.
+The assistant task (configs/assistant.py) on its premise prompts alone, with simulated
+annotators who, for a fraction `bias` of the pairs, prefer the response that agrees with the
+user's claim (premise pairs where exactly one response agrees; feedback.bias,
+rlhf_jax.feedback.assistant.agreement_preference) instead of the gold checks. Each arm is one
+(bias, β) setting with a fixed KL coefficient β (no adaptive controller), run for every seed
+from one data directory and one base model (rlhf_jax/train/sycophancy.py, on the arms
+machinery of rlhf_jax/train/compare.py). The study writes README.md (false-premise agreement
+of the final policy and of the starting model, label agreement with gold, KL and gold win
+rate per bias x β, mean over seeds with 95% t intervals), sycophancy.png (agreement against
+bias, one line per β) and rows.json. What it should show: biased labels raise the
+false-premise agreement rate under PPO, unbiased labels lower it, and a larger β bounds the
+drift.
 
   python -m rlhf_jax.main --config configs/sycophancy.py --workdir runs/sycophancy
 
@@ -20,10 +21,14 @@ that the study runs and writes its table and plot; its numbers mean nothing):
   python -m rlhf_jax.main --config configs/sycophancy.py:smoke --workdir runs/sycophancy_smoke
 
 One arm (a pipeline config) is `configs/sycophancy.py:arm,bias=0.5,kl=0.1` (or
-`arm_smoke,...`). NOT RUN YET at full size: 3 biases x 2 β x 2 seeds = 12 assistant runs of
-about 50 minutes each (configs/assistant.py records; arms of one seed whose labels match
-share the supervised stage and round 1) on 2 CPU cores, about 10 hours; no numbers are
-recorded.
+`arm_smoke,...`). How an arm differs from configs/assistant.py, and why: premise prompts
+only (data.categories; the bias acts on no other category, and the 80 held-out prompts then
+hold ~40 false claims instead of 8); no supervised stage (the starting model's answers to
+one prompt already differ in whether they agree, which is all the biased and unbiased labels
+need); 576 comparisons (6 pairs among 4 answers to each of 96 prompts), 32-token answers and
+10 PPO iterations, so that 2 biases x 2 β x 2 seeds fit one working session on 2 CPU cores
+(arms of one seed with the same bias share their labels and reward model). Results:
+docs/results/sycophancy/.
 """
 
 import ml_collections as mlc
@@ -50,8 +55,17 @@ def _arm(arg: str):
   c.feedback.bias = values.get("bias", 0.0)  # share of pairs labelled by agreement
   c.ppo.hparams.adaptive_kl = False  # β fixed: the drift it allows is what is measured
   c.ppo.init_kl_coef = values.get("kl", 0.1)
-  if name == "arm_smoke":
-    c.data.num_eval_prompts = 40  # 8 false-or-true premise prompts, at least
+  # Premise prompts only: the bias acts on no other category, and all 80 held-out prompts
+  # (about 40 false claims, not 8) then measure the agreement rate.
+  c.data.categories = ("premise",)
+  # No supervised stage: the starting model already agrees with some false claims and
+  # disputes others (its 4 answers to a prompt often differ), which is what biased and
+  # unbiased labels pull apart; the stage would cost 10 minutes a seed.
+  c.sft.steps = 0
+  if name == "arm":  # sized so that 2 biases x 2 β x 2 seeds fit a working session
+    c.feedback.pairs_per_round = 576  # all 6 pairs among 4 answers to each of 96 prompts
+    c.ppo.hparams.response_len = 32  # the verdict and the corrected claim
+    c.ppo.iterations = 10
   return c
 
 
@@ -68,7 +82,7 @@ def get_config(arg=None):
   c = mlc.ConfigDict()
   c.task = "sycophancy"
   c.arm_config = "configs/sycophancy.py:arm_smoke" if smoke else "configs/sycophancy.py:arm"
-  c.biases = (0.0, 1.0) if smoke else (0.0, 0.5, 1.0)  # feedback.bias of the arms
+  c.biases = (0.0, 1.0)  # feedback.bias of the arms
   c.kl_coefs = (0.05, 0.5) if smoke else (0.05, 0.2)  # fixed KL coefficients β
   c.seeds = (0,) if smoke else (0, 1)
   c.base_path = ""  # "": the arms' base (SmolLM2; smoke: a random model built once)

@@ -215,6 +215,11 @@ def test_sycophancy_arms_and_study_table(tmp_path, monkeypatch):
   _, arm = entry.validate(entry.load_config_file("configs/sycophancy.py:arm,bias=0.5,kl=0.1"))
   assert arm.feedback.bias == 0.5 and arm.ppo.init_kl_coef == 0.1
   assert not arm.ppo.hparams.adaptive_kl and arm.data.kind == "assistant"
+  assert arm.data.categories == ("premise",)  # the bias acts on premise pairs alone
+  raw = entry.load_config_file("configs/assistant.py:smoke")
+  raw.data.categories = ("premise", "jokes")
+  with pytest.raises((config_schema.ConfigError, ValueError), match=r"config\.data\.categories="):
+    entry.validate(raw)
 
   rows = [
     {"arm": "a", "seed": s, "bias": 1.0, "kl_coef": 0.1, "false_premise_agreement_after": v}

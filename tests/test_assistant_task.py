@@ -65,6 +65,19 @@ def test_generator_is_deterministic_per_seed():
   assert generate_prompts(3, 7, 10).eval == a.eval
 
 
+def test_a_subset_of_categories_draws_the_same_prompts_of_each():
+  full = generate_prompts(2, 30, 10)
+  only = generate_prompts(2, 30, 10, ("premise", "harmful"))
+  for split in ("train", "eval"):
+    got = getattr(only, split)
+    assert {r.category for r in got} == {"premise", "harmful"}
+    want = [r for r in getattr(full, split) if r.category in ("premise", "harmful")]
+    assert sorted(r.text for r in got) == sorted(r.text for r in want)
+  for bad in ((), ("premise", "premise"), ("premises",)):
+    with pytest.raises(ValueError, match="categories"):
+      generate_prompts(2, 3, 1, bad)
+
+
 def test_claim_metadata_matches_an_independent_oracle(splits):
   import re
 

@@ -1024,14 +1024,18 @@ def _sample_many(
 
 
 def generate_prompts(
-  seed: int = 0, n_train_per_category: int = 800, n_eval_per_category: int = 100
+  seed: int = 0,
+  n_train_per_category: int = 800,
+  n_eval_per_category: int = 100,
+  categories: Sequence[str] = CATEGORIES,
 ) -> AssistantSplits:
   """Train and eval prompts for the assistant task; a pure function of its arguments.
 
-  Each category gets `n_train_per_category` train and `n_eval_per_category` eval prompts, all
-  distinct texts. Eval is drawn first (so it depends only on `seed` and its own size) with the
-  composition of the module docstring; train is drawn from train templates × train fills and
-  never reuses an eval body. Both lists are shuffled.
+  Each category in `categories` (default: all five) gets `n_train_per_category` train and
+  `n_eval_per_category` eval prompts, all distinct texts. Eval is drawn first (so it depends
+  only on `seed` and its own size) with the composition of the module docstring; train is
+  drawn from train templates × train fills and never reuses an eval body. A category's
+  prompts do not depend on which other categories are drawn; the shuffled order does.
 
   Returns:
     `AssistantSplits(train, eval)`.
@@ -1041,9 +1045,13 @@ def generate_prompts(
       f"n_train_per_category ({n_train_per_category}) and n_eval_per_category "
       f"({n_eval_per_category}) must be >= 0"
     )
+  unknown = [c for c in categories if c not in CATEGORIES]
+  if unknown or not categories or len(set(categories)) != len(categories):
+    raise ValueError(f"categories {tuple(categories)!r}: expected distinct names from {CATEGORIES}")
   train: list[AssistantPrompt] = []
   evals: list[AssistantPrompt] = []
-  for ci, category in enumerate(CATEGORIES):
+  for category in categories:
+    ci = CATEGORIES.index(category)  # the category's own streams, whatever else is drawn
     n = n_eval_per_category
     shares = [int(s * n) for s in _EVAL_SHARES[1:]]
     counts = dict(zip(HELDOUT_KINDS, [n - sum(shares), *shares]))

@@ -159,6 +159,9 @@ class DataSpec:
   prompt_len: int = 16  # tokens, left-padded
   num_prompts: int = 4096  # training prompts (labels and PPO)
   num_eval_prompts: int = 256  # held-out prompts for evaluation and reward-model tests
+  # kind="assistant": the prompt categories drawn, in equal shares (() -> all five of
+  # rlhf_jax.data.assistant_prompts.CATEGORIES); configs/sycophancy.py draws only "premise"
+  categories: Tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -497,7 +500,19 @@ def _data_kind_errors(cfg) -> List[str]:
         f"config.base.steps={cfg.base.steps}: data.kind='assistant' has no corpus to pretrain "
         "on; set base.path, or base.steps=0 for a randomly initialised preset (smoke tests)"
       )
-  elif getattr(getattr(cfg, "sft", None), "steps", 0) > 0:
+    from rlhf_jax.data.assistant_prompts import CATEGORIES
+
+    cats = tuple(cfg.data.categories)
+    if any(c not in CATEGORIES for c in cats) or len(set(cats)) != len(cats):
+      errors.append(
+        f"config.data.categories={cats!r}: expected distinct names from {CATEGORIES} (or () "
+        "for all)"
+      )
+  elif cfg.data.categories:
+    errors.append(
+      f"config.data.categories={tuple(cfg.data.categories)!r}: only for data.kind='assistant'"
+    )
+  if kind != "assistant" and getattr(getattr(cfg, "sft", None), "steps", 0) > 0:
     errors.append(
       f"config.sft.steps={cfg.sft.steps}: the supervised stage revises answers with the "
       "assistant task's checks; it needs data.kind='assistant'"
@@ -878,7 +893,8 @@ def render_chat_prompts(tokenizer, records) -> List[str]:
 
 def prepare_assistant_data(spec: DataSpec, out: pathlib.Path, seed: int, base_path: Optional[str]):
   """The assistant task's prompts (``generate_prompts(seed)``: ``num_prompts`` training and
-  ``num_eval_prompts`` evaluation prompts, the five categories in equal shares) rendered with
+  ``num_eval_prompts`` evaluation prompts, ``spec.categories`` (default all five) in equal
+  shares) rendered with
   the chat template and stored like the corpus prompts (plus ``prompts_<split>.jsonl`` with
   the records). Returns the chat tokenizer. Raises ValueError naming ``data.prompt_len`` when
   a rendered prompt does not fit (process 0 writes; every process loads the tokenizer)."""
@@ -897,9 +913,10 @@ def _write_assistant_data(spec: DataSpec, out: pathlib.Path, seed: int, tokenize
     return
   out.mkdir(parents=True, exist_ok=True)
   t0 = time.perf_counter()
-  k = len(assistant_prompts.CATEGORIES)
+  categories = tuple(spec.categories) or assistant_prompts.CATEGORIES
+  k = len(categories)
   splits = assistant_prompts.generate_prompts(
-    seed, -(-spec.num_prompts // k), -(-spec.num_eval_prompts // k)
+    seed, -(-spec.num_prompts // k), -(-spec.num_eval_prompts // k), categories
   )
   records = {
     "train": splits.train[: spec.num_prompts],
