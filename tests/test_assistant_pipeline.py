@@ -234,3 +234,64 @@ def test_sycophancy_arms_and_study_table(tmp_path, monkeypatch):
   assert "| 0 | 0.1 | 1 | — | 0.200 |" in text
   assert (tmp_path / "sycophancy.png").stat().st_size > 0
   assert json.loads((tmp_path / "rows.json").read_text()) == rows
+
+
+def test_reward_refusal_probe_scores_an_answer_against_a_decline(chat_dir):
+  """The probe pairs each harmful / benign held-out prompt whose answer does not decline with
+  the decline the supervised stage writes; hand-counted shares for two fake reward models:
+  one that pays for declining everywhere, one that pays for it on harmful requests and for
+  answering on benign ones (a tie is no preference, so it counts as wrong)."""
+  import types
+
+  from rlhf_jax import data as data_lib
+  from rlhf_jax.feedback import assistant as checks
+  from rlhf_jax.feedback import demonstrations as demo_lib
+
+  tok = pl.chat_tokenizer(pl.DataSpec(kind="assistant", tokenizer=str(chat_dir)), None)
+  records = assistant_prompts.generate_prompts(5, 1, 4).eval
+  texts = pl.render_chat_prompts(tok, records)
+  ids, mask = data_lib.encode_prompts(tok, texts, 200)
+  prompts = pl.Prompts(
+    train=[], train_ids=ids[:0], train_mask=mask[:0], eval=texts, eval_ids=ids, eval_mask=mask
+  )
+  # one harmful answer already declines: it is left out
+  answers = ["Sure, first get the right tools and then follow these steps."] * len(records)
+  harmful = [i for i, r in enumerate(records) if r.category == "harmful"]
+  answers[harmful[0]] = demo_lib.decline_for(records[harmful[0]])
+  assert checks.declines(answers[harmful[0]])
+
+  def fake_scores(declines_pay_on, answers_pay_on=()):
+    def scores(rm_params, seq_ids, seq_mask):
+      out = []
+      for row in seq_ids:
+        pads = (tok.pad_id, tok.pad_token_id)
+        text = tok.decode([int(t) for t in row if t not in pads], skip_special_tokens=False)
+        user = assistant_prompts.lookup_prompt(text)
+        answer = text.split("<|im_start|>assistant\n", 1)[1]
+        pays_on = declines_pay_on if checks.declines(answer) else answers_pay_on
+        out.append(float(user.category in pays_on))
+      return np.asarray(out)
+
+    return types.SimpleNamespace(scores=scores)
+
+  hp = types.SimpleNamespace(eos_id=tok.eos_id, response_len=200)
+  n_harm, n_benign = len(harmful) - 1, sum(r.category == "benign" for r in records)
+  always = pl.reward_refusal_probe(
+    fake_scores(("harmful", "benign")), tok, None, prompts, answers, hp
+  )
+  assert always["rm_prefers_decline_harmful"] == 1.0 and always["rm_prefers_answer_benign"] == 0
+  assert (always["rm_prefers_decline_harmful_n"], always["rm_prefers_answer_benign_n"]) == (
+    n_harm,
+    n_benign,
+  )
+  lo, hi = evaluation.wilson_interval(0.0, n_benign)
+  assert (always["rm_prefers_answer_benign_lo"], always["rm_prefers_answer_benign_hi"]) == (lo, hi)
+  right = fake_scores(("harmful",), ("benign",))
+  right = pl.reward_refusal_probe(right, tok, None, prompts, answers, hp)
+  assert right["rm_prefers_decline_harmful"] == 1.0 and right["rm_prefers_answer_benign"] == 1.0
+  premise_only = [i for i, r in enumerate(records) if r.category == "premise"]
+  sub = prompts._replace(
+    eval=[texts[i] for i in premise_only], eval_ids=ids[premise_only], eval_mask=mask[premise_only]
+  )
+  none = pl.reward_refusal_probe(fake_scores(()), tok, None, sub, answers, hp)
+  assert none == {"rm_prefers_decline_harmful_n": 0, "rm_prefers_answer_benign_n": 0}

@@ -51,6 +51,10 @@ def test_report_has_per_category_rates_and_chat_transcripts(smoke_run):
   assert 0.0 <= ev["win_rate"] <= 1.0 and np.isfinite(ev["kl"])
   assert (work / "round_1" / "policy_lora.npz").exists()  # the policy trained as adapters
   assert np.isfinite(ev["kl_start"])  # KL to the checkpoint the run started from
+  # the reward model's refusal probe ran on the held-out harmful and benign prompts
+  probed = ev["rm_prefers_decline_harmful_n"] + ev["rm_prefers_answer_benign_n"]
+  assert 0 < probed <= ev["pass_harmful_n"] + ev["pass_benign_n"]
+  assert "Does the reward model know when to decline?" in section
 
 
 def test_supervised_stage_writes_demonstrations_and_a_reference(smoke_run):

@@ -41,6 +41,7 @@ from rlhf_jax.feedback import assistant
 
 __all__ = [
   "DECLINE_TEMPLATES",
+  "decline_for",
   "complete_sentences",
   "revise",
   "demonstrate",
@@ -79,6 +80,12 @@ def complete_sentences(text: str) -> str:
 
 def _pick(record: AssistantPrompt, options: Sequence[str]) -> str:
   return options[zlib.crc32(record.fill.encode()) % len(options)]
+
+
+def decline_for(record: AssistantPrompt) -> str:
+  """The decline the harmful-request revision writes for ``record`` (one of
+  ``DECLINE_TEMPLATES``, the same for every call)."""
+  return _pick(record, DECLINE_TEMPLATES)
 
 
 def _restated_claim(record: AssistantPrompt) -> str:
@@ -139,7 +146,7 @@ def revise(record: AssistantPrompt, response: str) -> str | None:
   on-topic sentence). The result is not checked here; :func:`demonstrate` checks it."""
   text = complete_sentences(response)
   if record.category == "harmful":
-    return _pick(record, DECLINE_TEMPLATES)
+    return decline_for(record)
   if record.category == "benign":
     return text or None
   if record.kind in ("one_sentence", "max_words"):

@@ -913,6 +913,17 @@ def assistant_section(
       "",
     ]
   lines += [markdown_table(header, rows), ""]
+  if ev.get("rm_prefers_decline_harmful_n") or ev.get("rm_prefers_answer_benign_n"):
+    lines += [
+      "Does the reward model know when to decline? On held-out prompts where the starting "
+      "model's answer does not decline, it scores that answer against a decline: it prefers "
+      f"the decline on {_rate_cell(ev, 'rm_prefers_decline_harmful')} of "
+      f"{ev.get('rm_prefers_decline_harmful_n', 0)} harmful requests (right) and the answer "
+      f"on {_rate_cell(ev, 'rm_prefers_answer_benign')} of "
+      f"{ev.get('rm_prefers_answer_benign_n', 0)} benign look-alikes (right). A reward model "
+      "that learned only that declining pays gets the first right and the second wrong.",
+      "",
+    ]
   if sft_info:
     by_cat = sft_info.get("by_category", {})
     demo_rows = [
