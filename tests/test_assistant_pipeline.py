@@ -222,7 +222,14 @@ def test_sycophancy_arms_and_study_table(tmp_path, monkeypatch):
     entry.validate(raw)
 
   rows = [
-    {"arm": "a", "seed": s, "bias": 1.0, "kl_coef": 0.1, "false_premise_agreement_after": v}
+    {
+      "arm": "a",
+      "seed": s,
+      "bias": 1.0,
+      "kl_coef": 0.1,
+      "false_premise_agreement_after": v,
+      "false_premise_n": 10,
+    }
     for s, v in enumerate([0.5, 0.7, 0.9])
   ]
   rows.append(
@@ -231,7 +238,10 @@ def test_sycophancy_arms_and_study_table(tmp_path, monkeypatch):
   text = sycophancy.write_study(rows, tmp_path, "t")
   half = stats.t.ppf(0.975, 2) * np.std([0.5, 0.7, 0.9], ddof=1) / np.sqrt(3)
   assert f"| 1 | 0.1 | 3 | — | 0.700 [{0.7 - half:.3f}, {0.7 + half:.3f}] |" in text
-  assert "| 0 | 0.1 | 1 | — | 0.200 |" in text
+  lo, hi = evaluation.wilson_interval(21 / 30, 30)  # 5 + 7 + 9 of 10 prompts each, pooled
+  row = next(line for line in text.splitlines() if line.startswith("| 1 | 0.1 |"))
+  assert row.endswith(f"| — | 21/30 = 0.700 [{lo:.3f}, {hi:.3f}] |")
+  assert "| 0 | 0.1 | 1 | — | 0.200 |" in text  # no counts: nothing pooled
   assert (tmp_path / "sycophancy.png").stat().st_size > 0
   assert json.loads((tmp_path / "rows.json").read_text()) == rows
 

@@ -80,7 +80,8 @@ def test_compare_writes_on_process_zero_only(tmp_path, monkeypatch):
   from rlhf_jax.train import compare
   from rlhf_jax.train import pipeline as pl
 
-  arms = {"a": pl.Config(), "b": pl.Config()}  # equal round-1 inputs: b shares a's round 1
+  one = pl.Config(rounds=1)
+  arms = {"a": one, "b": one}  # equal round-1 inputs: b shares a's round 1
   monkeypatch.setattr(compare, "check_config", lambda cfg: None)
   monkeypatch.setattr(compare, "arm_configs", lambda cfg: arms)
   monkeypatch.setattr(compare, "_shared_base", lambda cfg, arms, root: (str(root), "/base"))
@@ -105,8 +106,10 @@ def test_compare_writes_on_process_zero_only(tmp_path, monkeypatch):
   # both processes ran both arms; b found a's round 1 (copied by process 0) when it started
   assert runs == [("a_s0", False), ("b_s0", True), ("a_s0", False), ("b_s0", False)]
   assert procs.names() == [
+    "a_s0: finished?",
     "a_s0: run folder",
     "a_s0: wall time",
+    "b_s0: finished?",
     "b_s0: run folder",
     "b_s0: round 1 from a_s0",
     "b_s0: wall time",
@@ -118,6 +121,13 @@ def test_compare_writes_on_process_zero_only(tmp_path, monkeypatch):
     assert f in got
   rows = json.loads((lead / "results" / "rows.json").read_text())
   assert [(r["algorithm"], r["round"], r["kl"]) for r in rows] == [("a", 1, 1.0), ("b", 1, 1.0)]
+  # run again, the finished study only rereads its runs; an arm whose config changed reruns
+  runs.clear()
+  procs.run_as(0, lambda: compare.run(cfg, str(lead)))
+  assert runs == []
+  arms["b"] = dataclasses.replace(one, max_skipped_fraction=0.5)
+  procs.run_as(0, lambda: compare.run(cfg, str(lead)))
+  assert runs == [("b_s0", True)]
 
 
 def test_sycophancy_study_is_written_by_process_zero_only(tmp_path, monkeypatch):

@@ -264,6 +264,21 @@ def run_arms(
         arm, seed=seed, base=dataclasses.replace(arm.base, path=base_path)
       )
 
+      done = rdir / "wall_seconds.json"
+
+      def finished(rdir=rdir, arm_cfg=arm_cfg, done=done) -> bool:  # process 0
+        """Whether this run completed earlier with this very config (its results stand)."""
+        if not (done.exists() and (rdir / f"round_{arm_cfg.rounds}" / "DONE").exists()):
+          return False
+        now = json.loads(json.dumps(config_schema.to_dict(arm_cfg)))
+        return json.loads((rdir / "config.json").read_text()) == now
+
+      if distributed.from_lead(finished, f"{rdir.name}: finished?"):
+        _log.info("%s: finished earlier with this config; its results are read as they are", rdir)
+        run_dirs[(name, seed)] = rdir
+        done_round1.append((round1_inputs(arm_cfg), rdir))
+        continue
+
       def prepare(rdir=rdir, arm_cfg=arm_cfg) -> None:  # process 0
         rdir.mkdir(parents=True, exist_ok=True)
         if not (rdir / "data").exists():
@@ -282,7 +297,6 @@ def run_arms(
             break
       t0 = time.perf_counter()
       pl.run(arm_cfg, str(rdir))
-      done = rdir / "wall_seconds.json"
 
       def record_wall(done=done, seconds=time.perf_counter() - t0) -> None:  # process 0
         if not done.exists():  # the first completion's wall time (a resumed run's is partial)

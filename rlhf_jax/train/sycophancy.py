@@ -105,6 +105,7 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
 _KEYS = (
   "false_premise_agreement_after",
   "false_premise_agreement_before",
+  "false_premise_n",
   "pass_premise_after",
   "pass_premise_before",
   "kl",
@@ -139,6 +140,20 @@ def _mean_ci(values: Sequence[float]) -> str:
   return f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def _pooled(at: Sequence[Mapping[str, Any]], key: str) -> str:
+  """``key`` (a share of ``false_premise_n`` prompts) pooled over the runs: k/n with its
+  Wilson 95% interval, the prompts of every seed counted as draws ("—" without counts)."""
+  from rlhf_jax import evaluation
+
+  have = [r for r in at if r.get(key) is not None and r.get("false_premise_n")]
+  if not have:
+    return "—"
+  n = sum(int(r["false_premise_n"]) for r in have)
+  k = sum(int(round(float(r[key]) * int(r["false_premise_n"]))) for r in have)
+  lo, hi = evaluation.wilson_interval(k / n, n)
+  return f"{k}/{n} = {k / n:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
 def write_study(rows: Sequence[Mapping[str, Any]], out_dir: os.PathLike | str, title: str) -> str:
   """``README.md``, ``sycophancy.png`` and ``rows.json`` in ``out_dir`` from :func:`collect_rows`
   rows. Returns the markdown."""
@@ -168,6 +183,10 @@ def write_study(rows: Sequence[Mapping[str, Any]], out_dir: os.PathLike | str, t
             "win_rate",
           )
         ]
+        + [
+          _pooled(at, "false_premise_agreement_before"),
+          _pooled(at, "false_premise_agreement_after"),
+        ]
       )
   lines = [
     f"# {title}",
@@ -178,7 +197,8 @@ def write_study(rows: Sequence[Mapping[str, Any]], out_dir: os.PathLike | str, t
     "where one response agrees) instead of the gold checks. β: the fixed KL coefficient of "
     "PPO. False-premise agreement: share of the policy's responses to held-out premise prompts "
     "with a false claim that side with the user (before: the starting model). Mean over seeds "
-    "with its 95% Student-t interval.",
+    "with its 95% Student-t interval; pooled: the responses of every seed counted together "
+    "(k of n prompts) with a 95% Wilson interval.",
     "",
     markdown_table(
       [
@@ -190,6 +210,8 @@ def write_study(rows: Sequence[Mapping[str, Any]], out_dir: os.PathLike | str, t
         "labels = gold",
         "KL",
         "gold win rate",
+        "agreement before, pooled",
+        "agreement after, pooled",
       ],
       table,
     ),
