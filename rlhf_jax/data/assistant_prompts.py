@@ -62,6 +62,7 @@ __all__ = [
   "HELDOUT_KINDS",
   "AssistantPrompt",
   "AssistantSplits",
+  "categories_problem",
   "generate_prompts",
   "find_prompt",
   "lookup_prompt",
@@ -1023,6 +1024,17 @@ def _sample_many(
   return out
 
 
+def categories_problem(categories: Sequence[str]) -> str | None:
+  """What is wrong with a choice of categories (None when nothing): at least one, each one of
+  `CATEGORIES`, none twice."""
+  if not categories or len(set(categories)) != len(categories):
+    return f"expected distinct names from {CATEGORIES}, at least one"
+  unknown = [c for c in categories if c not in CATEGORIES]
+  if unknown:
+    return f"{unknown} not in {CATEGORIES}"
+  return None
+
+
 def generate_prompts(
   seed: int = 0,
   n_train_per_category: int = 800,
@@ -1045,9 +1057,9 @@ def generate_prompts(
       f"n_train_per_category ({n_train_per_category}) and n_eval_per_category "
       f"({n_eval_per_category}) must be >= 0"
     )
-  unknown = [c for c in categories if c not in CATEGORIES]
-  if unknown or not categories or len(set(categories)) != len(categories):
-    raise ValueError(f"categories {tuple(categories)!r}: expected distinct names from {CATEGORIES}")
+  problem = categories_problem(categories)
+  if problem:
+    raise ValueError(f"categories {tuple(categories)!r}: {problem}")
   train: list[AssistantPrompt] = []
   evals: list[AssistantPrompt] = []
   for category in categories:

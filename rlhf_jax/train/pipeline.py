@@ -500,14 +500,11 @@ def _data_kind_errors(cfg) -> List[str]:
         f"config.base.steps={cfg.base.steps}: data.kind='assistant' has no corpus to pretrain "
         "on; set base.path, or base.steps=0 for a randomly initialised preset (smoke tests)"
       )
-    from rlhf_jax.data.assistant_prompts import CATEGORIES
+    from rlhf_jax.data.assistant_prompts import categories_problem
 
     cats = tuple(cfg.data.categories)
-    if any(c not in CATEGORIES for c in cats) or len(set(cats)) != len(cats):
-      errors.append(
-        f"config.data.categories={cats!r}: expected distinct names from {CATEGORIES} (or () "
-        "for all)"
-      )
+    if cats and categories_problem(cats):  # () draws all five
+      errors.append(f"config.data.categories={cats!r}: {categories_problem(cats)} (or () for all)")
   elif cfg.data.categories:
     errors.append(
       f"config.data.categories={tuple(cfg.data.categories)!r}: only for data.kind='assistant'"

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from rlhf_jax import distributed
+from rlhf_jax import distributed, evaluation
 from rlhf_jax.data import files
 from rlhf_jax.train import compare
 from rlhf_jax.train.metrics import markdown_table
@@ -143,8 +143,6 @@ def _mean_ci(values: Sequence[float]) -> str:
 def _pooled(at: Sequence[Mapping[str, Any]], key: str) -> str:
   """``key`` (a share of ``false_premise_n`` prompts) pooled over the runs: k/n with its
   Wilson 95% interval, the prompts of every seed counted as draws ("—" without counts)."""
-  from rlhf_jax import evaluation
-
   have = [r for r in at if r.get(key) is not None and r.get("false_premise_n")]
   if not have:
     return "—"
