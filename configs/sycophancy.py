@@ -29,7 +29,7 @@ need); 576 comparisons (6 pairs among 4 answers to each of 96 prompts), 32-token
 10 PPO iterations, so that 2 biases x 2 β x 2 seeds fit one working session on 2 CPU cores
 (arms of one seed with the same bias share their labels and reward model).
 
-Recorded (docs/results/sycophancy/; 2-core AMD EPYC family 25 (Zen 3), 2026-12-04, 2 h 25
+Recorded (docs/results/sycophancy/; 2-core AMD EPYC family 25 (Zen 3), 2026-12-04, 2 h 26
 min for the 8 runs): false-premise agreement pooled over both seeds' 42 false claims each,
 starting model 46/84 = 0.55; β = 0.05: unbiased 0.54, biased 0.63 [0.52, 0.73]; β = 0.2:
 unbiased 0.51, biased 0.49. The pitfall's direction at the small β and none at the large
