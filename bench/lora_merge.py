@@ -1,12 +1,15 @@
-"""What merging LoRA adapters per step costs (rlhf_jax/lora.py's choice of ``W + s·A@B``).
+"""What LoRA costs in a training step: adapters merged into the kernel (``W + s·A@B``, then
+``x @ W'``) against kept as factors (``x @ W + s·(x @ A) @ B``, rlhf_jax/lora.py's
+``factored_params``, what the trainers use).
 
 For a model shape and a rank: the time of the merge alone (every targeted kernel), of one
-forward pass and of one training step (forward + backward + Adam) of an SFT batch, dense and
-with LoRA (merge inside the step), all jitted and timed after compilation (median of
-``--reps``). Shapes: ``tiny`` (the test preset, 2 × 32) and ``smollm2`` (SmolLM2-135M: 30
+forward pass and of one training step (forward + backward + Adam) of an SFT batch — dense,
+LoRA merged inside the step, and LoRA factored — all jitted and timed after compilation
+(median of ``--reps``), with XLA's FLOP count of each compiled step. Shapes: ``tiny`` (the test preset, 2 × 32) and ``smollm2`` (SmolLM2-135M: 30
 layers × 576, 9 heads, 3 KV heads, MLP 1536, vocabulary 49152, tied embeddings).
 
   python bench/lora_merge.py --shapes tiny,smollm2 --rank 8 --batch 4 --seq 128
+  python bench/lora_merge.py --shapes smollm2 --batch 32 --seq 112  # the assistant RM step
 """
 
 from __future__ import annotations
@@ -62,6 +65,26 @@ def _time(fn, *args, reps: int) -> float:
   return float(np.median(times))
 
 
+def _flops(fn, *args) -> float:
+  cost = fn.lower(*args).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", float("nan")))
+
+
+def _merged_lm_step(model, optimizer):
+  """The SFT step with the adapters merged into the kernels inside the step (the old path)."""
+  grad_fn = jax.value_and_grad(
+    lambda t, b, base: sft.lm_loss(model, lora.full_params(t, base), b), has_aux=True
+  )
+
+  def step(state, batch, base):
+    (loss, _), grads = grad_fn(state.params, batch, base)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    return optax.apply_updates(state.params, updates), opt_state, loss
+
+  return step
+
+
 def measure(shape: str, rank: int, targets, batch: int, seq: int, reps: int) -> dict:
   cfg = TransformerConfig(**SHAPES[shape])
   model = Transformer(cfg)
@@ -79,8 +102,11 @@ def measure(shape: str, rank: int, targets, batch: int, seq: int, reps: int) -> 
 
   opt = optax.adam(1e-4)
   step = jax.jit(sft.make_lm_step(model, opt))  # not donated: the same state every rep
+  merged_step = jax.jit(_merged_lm_step(model, opt))
   dense_s = _time(step, sft.init_lm_state(base, opt), data, None, reps=reps)
-  lora_s = _time(step, sft.init_lm_state(trainable, opt), data, base, reps=reps)
+  lora_state = sft.init_lm_state(trainable, opt)
+  factored_s = _time(step, lora_state, data, base, reps=reps)
+  merged_s = _time(merged_step, lora_state, data, base, reps=reps)
   return {
     "shape": shape,
     "rank": rank,
@@ -91,9 +117,14 @@ def measure(shape: str, rank: int, targets, batch: int, seq: int, reps: int) -> 
     "merge_s": merge_s,
     "forward_s": forward_s,
     "dense_step_s": dense_s,
-    "lora_step_s": lora_s,
+    "lora_merged_step_s": merged_s,
+    "lora_factored_step_s": factored_s,
     "merge_over_forward": merge_s / forward_s,
-    "lora_over_dense_step": lora_s / dense_s,
+    "factored_over_merged_step": factored_s / merged_s,
+    "factored_over_dense_step": factored_s / dense_s,
+    "lora_merged_step_flops": _flops(merged_step, lora_state, data, base),
+    "lora_factored_step_flops": _flops(step, lora_state, data, base),
+    "cpu": _common.cpu_model(),
   }
 
 

@@ -33,7 +33,7 @@ import optax
 
 from rlhf_jax import losses, ops
 from rlhf_jax import reward as reward_lib
-from rlhf_jax.lora import full_params
+from rlhf_jax.lora import factored_params
 from rlhf_jax.models import Transformer
 
 __all__ = [
@@ -214,7 +214,7 @@ def make_dpo_step(
   bt = hp.tie_model == "bradley_terry"
 
   def loss_fn(params, batch, base):
-    policy = full_params(params["model"], base)
+    policy = factored_params(params["model"], base)
     logp_a, logp_b = _pair_logprobs(model, policy, batch, response_len)
     raw = params["tie"] if hp.learn_tie_param else jax.lax.stop_gradient(params["tie"])
     tie = reward_lib.tie_parameter(raw, hp.tie_model)

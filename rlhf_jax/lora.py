@@ -27,9 +27,10 @@ model is an error naming it. Embeddings, norms and biases are never adapted.
 **One mechanism for every trainer.** A trainer's trainable pytree is either the plain params
 (dense fine-tuning) or a :class:`LoraParams` — the adapters plus whole param subtrees trained
 densely (``dense``: a scalar reward / value head), with the scale as static data. Every step
-builder turns its trainable pytree into the model's params with :func:`full_params`
-``(trainable, base)``: the identity for plain params, :func:`merge` plus the dense subtrees for
-:class:`LoraParams`. The choice is in the pytree's type (static under ``jit``), so no trainer
+builder turns its trainable pytree into the model's params with :func:`factored_params`
+``(trainable, base)`` (the sampler and scorers with :func:`full_params`): the identity for
+plain params, the base with its adapted kernels replaced (factors or merge, below) plus the
+dense subtrees for :class:`LoraParams`. The choice is in the pytree's type (static under ``jit``), so no trainer
 has a LoRA flag, a role may be dense while another is LoRA (a LoRA policy scored by a dense
 reward model), and the gradient is taken with respect to the trainable pytree only: the
 base's gradients are never formed as outputs, and the optimizer state (``optimizer.init`` of
@@ -42,31 +43,22 @@ second copy of the weights, and a recompile for every new base). In PPO the refe
 *is* the base with adapters off, so with LoRA ``PPOFrozen.ref_params`` holds the base once and
 the policy, the value model (adapters + head) and a LoRA reward model all sit on it.
 
-**Merge per step, not ``x @ A @ B`` in the layer.** The adapted forward materialises ``W'``
-for each targeted kernel (inside the step, once per forward; the rollout merges once per
-iteration and then decodes with plain weights). Measured with ``bench/lora_merge.py`` on this
-repository's 2-core CPU (shared with other work; ``bench/results/lora_merge.jsonl``), rank 8
-on every attention and MLP kernel, SFT batch of 4 × 128 tokens:
-
-==============  ===========  ========  =======  ===================  =====================
-shape           adapters     merge     forward  dense step (+Adam)   LoRA step (merge in)
-==============  ===========  ========  =======  ===================  =====================
-tiny (2 × 32)   9.2 k        0.6 ms    9 ms     22 ms                28 ms
-SmolLM2 30×576  2.4 M (2%)   1.0 s     4.1 s    20.9 s               16.6 s
-==============  ===========  ========  =======  ===================  =====================
-
-The merge is a fixed cost per step (~25% of one forward at 512 tokens, ~6% of the step, less
-at larger batches), and the LoRA step is still faster than the dense one (no Adam over 135 M
-params, no embedding or untargeted gradients). The alternative, ``x @ A @ B`` beside
-``x @ W`` in the layer, would also skip the dense weight gradient ``xᵀ·dy`` of the targeted
-kernels (autodiff through the merge forms it, then projects it onto ``A`` and ``B``): about a
-third of the update FLOPs on those matrices, plus one transient ``W'``/``dW'`` each. We take
-the merge because it needs no change to the model: one module definition keeps serving every
-role, the KV-cache sampler, the layer scan, the logical-axis sharding (``W'`` is sharded like
-``W``, ``A`` on ``W``'s input axis, ``B`` on its output axis) and the Hugging Face export
-without a line of LoRA code in any of them; what LoRA saves that matters most here —
-optimizer state, checkpoints, and the second (reference) copy of the weights — it saves
-either way.
+**Factors in a differentiated forward, a merge everywhere else.** A loss that is
+differentiated (SFT, reward model, DPO, the policy / value update) builds its params with
+:func:`factored_params`: each adapted kernel becomes a
+:class:`~rlhf_jax.models.transformer.LowRankKernel` ``(W, A, B, scale)``, which the model's
+Dense layer applies as ``x @ W + scale · (x @ A) @ B``. Autodiff through a merged ``W'``
+would form the dense weight gradient ``xᵀ·dy`` of every adapted kernel and then project it
+onto ``A`` and ``B`` — the full model's weight-gradient FLOPs, for 2% of the parameters;
+the factored form never forms it (``dA = s·xᵀ(dy Bᵀ)``, ``dB = s·(xA)ᵀ dy``). The sampler,
+the scorers and the export, which differentiate nothing, merge once (:func:`full_params`)
+and run plain weights: the KV-cache decode loop reads ``W'`` at no extra cost per token.
+The layer scan, the logical-axis sharding (``A`` on ``W``'s input axis, ``B`` on its output
+axis) and the Hugging Face export need no LoRA code: a ``LowRankKernel`` is a pytree whose
+leaves carry the ``layers`` axis like the kernel. ``bench/lora_merge.py`` times both forms
+of the step (``bench/results/lora_merge.jsonl``). At a rank near the width (the tiny test
+models) the factors cost more than the merge; at rank 8 on SmolLM2's 576-wide layers they
+remove most of the step's weight-gradient work.
 
 Export: ``save_pretrained(model, full_params(trainable, base), path)`` writes an ordinary
 dense checkpoint (:func:`save_merged`).
@@ -84,6 +76,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from rlhf_jax.models.transformer import LowRankKernel
+
 __all__ = [
   "TARGETS",
   "TARGET_ALIASES",
@@ -94,6 +88,7 @@ __all__ = [
   "merge",
   "init_lora_params",
   "full_params",
+  "factored_params",
   "is_lora",
   "adapter_logical_axes",
   "trainable_logical_axes",
@@ -272,6 +267,17 @@ def _merge_scaled(base_params: Any, adapters: Any, scale: float) -> Any:
   return out
 
 
+def _factored(base_params: Any, adapters: Any, scale: float) -> Any:
+  out = dict(base_params)
+  for path, ab in _adapter_items(adapters):
+    node = out
+    for k in path:
+      node[k] = dict(node[k])
+      node = node[k]
+    node["kernel"] = LowRankKernel(node["kernel"], ab["a"], ab["b"], scale)
+  return out
+
+
 def merge(base_params: Any, adapters: Any, spec: LoraSpec) -> Any:
   """The adapted params: ``W + (alpha/rank) · A @ B`` at every adapted kernel (any leading
   axes, e.g. the stacked ``layers`` axis, are batch axes), every other leaf the base's.
@@ -305,6 +311,22 @@ def full_params(trainable: Any, base: Any) -> Any:
   if base is None:
     raise ValueError("LoRA params need the frozen base params (got base=None)")
   params = dict(_merge_scaled(base, trainable.adapters, trainable.scale))
+  params.update(trainable.dense)
+  return params
+
+
+def factored_params(trainable: Any, base: Any) -> Any:
+  """Like :func:`full_params`, with each adapted kernel left as a
+  :class:`~rlhf_jax.models.transformer.LowRankKernel` ``(W, A, B, scale)`` that the layer
+  applies as ``x W + scale (x A) B``: the same function of the adapters (equal to the merged
+  forward up to float rounding), whose gradient forms no dense ``[in, out]`` weight
+  gradient. Every differentiated LoRA forward (the SFT, reward, DPO and policy losses) uses
+  it; sampling, scoring and export, which differentiate nothing, merge once instead."""
+  if not isinstance(trainable, LoraParams):
+    return trainable
+  if base is None:
+    raise ValueError("LoRA params need the frozen base params (got base=None)")
+  params = dict(_factored(base, trainable.adapters, trainable.scale))
   params.update(trainable.dense)
   return params
 

@@ -62,7 +62,7 @@ from rlhf_jax import advantages as adv_lib
 from rlhf_jax import generation, losses, ops
 from rlhf_jax import kl as kl_lib
 from rlhf_jax import reward as reward_lib
-from rlhf_jax.lora import LoraParams, full_params
+from rlhf_jax.lora import LoraParams, factored_params, full_params
 from rlhf_jax.models import Transformer
 from rlhf_jax.models.transformer import unstack_layers
 from rlhf_jax.update import guarded_update
@@ -718,17 +718,18 @@ def make_ppo_iteration(
 
     def policy_and_values(params, base, ids, mask, p):
       """Response-position logits ``[B,T,V]`` and values ``[B,T]`` from one trunk."""
-      policy = full_params(params["policy"], base)
+      policy = factored_params(params["policy"], base)
       return policy_model.apply({"params": policy}, ids, mask, head_slice=heads(p))
   elif hp.critic_free:
 
     def policy_and_values(params, base, ids, mask, p):
-      policy = full_params(params["policy"], base)
+      policy = factored_params(params["policy"], base)
       return policy_model.apply({"params": policy}, ids, mask, head_slice=heads(p)), None
   else:
 
     def policy_and_values(params, base, ids, mask, p):
-      policy, value = full_params(params["policy"], base), full_params(params["value"], base)
+      policy = factored_params(params["policy"], base)
+      value = factored_params(params["value"], base)
       logits = policy_model.apply({"params": policy}, ids, mask, head_slice=heads(p))
       values = value_model.apply({"params": value}, ids, mask, head_slice=heads(p))
       return logits, values

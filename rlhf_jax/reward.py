@@ -31,7 +31,7 @@ import optax
 
 from rlhf_jax import losses
 from rlhf_jax.advantages import last_token_index
-from rlhf_jax.lora import full_params
+from rlhf_jax.lora import factored_params
 from rlhf_jax.models import Transformer
 from rlhf_jax.update import guarded_update
 
@@ -208,12 +208,12 @@ def make_reward_step(
   model: Transformer, optimizer: optax.GradientTransformation, hp: RewardHparams
 ) -> Callable:
   """``step(state, batch, base=None) -> (state, metrics)``; jit it with the state donated.
-  ``base``: the frozen params under LoRA (:func:`rlhf_jax.lora.full_params`), else None."""
+  ``base``: the frozen params under LoRA (:func:`rlhf_jax.lora.factored_params`), else None."""
   if model.cfg.head != "scalar":
     raise ValueError(f"reward model needs head='scalar', got {model.cfg.head!r}")
 
   def loss_fn(params, batch, base):
-    r_a, r_b = _pair_scores(model, full_params(params["model"], base), batch)
+    r_a, r_b = _pair_scores(model, factored_params(params["model"], base), batch)
     r_a, r_b = r_a.reshape(-1), r_b.reshape(-1)  # grouped: every pair of every group
     raw = params["tie"] if hp.learn_tie_param else jax.lax.stop_gradient(params["tie"])
     tie = tie_parameter(raw, hp.tie_model)

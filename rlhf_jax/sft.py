@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from rlhf_jax import ops
-from rlhf_jax.lora import full_params
+from rlhf_jax.lora import factored_params
 from rlhf_jax.models import Transformer
 from rlhf_jax.update import guarded_update
 
@@ -59,11 +59,11 @@ def lm_loss(model: Transformer, params, batch) -> tuple:
 def make_lm_step(model: Transformer, optimizer: optax.GradientTransformation) -> Callable:
   """``step(state, batch, base=None) -> (state, metrics)``; jit it with the state donated.
 
-  ``base``: the frozen params under LoRA ``state.params`` (:func:`rlhf_jax.lora.full_params`),
+  ``base``: the frozen params under LoRA ``state.params`` (:func:`rlhf_jax.lora.factored_params`),
   an input of the step, never a constant of the compiled program; None for dense training.
   """
   grad_fn = jax.value_and_grad(
-    lambda t, b, base: lm_loss(model, full_params(t, base), b), has_aux=True
+    lambda t, b, base: lm_loss(model, factored_params(t, base), b), has_aux=True
   )
 
   def step(state: LMState, batch: Dict[str, jax.Array], base: Any = None):

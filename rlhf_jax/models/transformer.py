@@ -31,6 +31,7 @@ import math
 from typing import Any, NamedTuple, Optional
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -47,6 +48,8 @@ __all__ = [
   "boxed_init_fn",
   "param_logical_axes",
   "unstack_layers",
+  "LowRankKernel",
+  "Dense",
 ]
 
 _NORMS = ("layernorm", "rmsnorm")
@@ -282,6 +285,66 @@ class Norm(nn.Module):
     return (y * scale + bias).astype(cfg.dtype)
 
 
+@flax.struct.dataclass
+class LowRankKernel:
+  """A frozen kernel with a low-rank update kept in factors: the layer computes
+  ``x @ kernel + scale · (x @ a) @ b`` instead of ``x @ (kernel + scale · a @ b)``.
+
+  Put in a params tree in place of a Dense ``kernel`` (``rlhf_jax.lora.factored_params``;
+  leaves may carry leading axes, e.g. the stacked ``layers`` axis, which ``nn.scan`` slices
+  like any param). Differentiating through it with respect to ``a`` and ``b`` forms no
+  ``[in, out]`` weight gradient: ``dA = scale · xᵀ (dy bᵀ)``, ``dB = scale · (x a)ᵀ dy`` — the
+  dense ``xᵀ dy`` that a merged kernel's gradient needs is never computed.
+  """
+
+  kernel: jax.Array  # [..., in, out]
+  a: jax.Array  # [..., in, r]
+  b: jax.Array  # [..., r, out]
+  scale: float = flax.struct.field(pytree_node=False, default=1.0)
+
+
+class Dense(nn.Module):
+  """``flax.linen.Dense`` (same params ``kernel`` [in, out] and ``bias``, same arithmetic)
+  that also accepts a :class:`LowRankKernel` in place of its kernel."""
+
+  features: int
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros
+  dot_general: Any = None
+
+  @nn.compact
+  def __call__(self, x):
+    low_rank = None
+    if self.has_variable("params", "kernel"):
+      stored = self.get_variable("params", "kernel")
+      if isinstance(stored, LowRankKernel):
+        low_rank = stored
+    if low_rank is not None:
+      kernel = low_rank.kernel
+    else:
+      kernel = self.param(
+        "kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype
+      )
+    bias = (
+      self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+      if self.use_bias
+      else None
+    )
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    dims = (((x.ndim - 1,), (0,)), ((), ()))
+    y = (self.dot_general or jax.lax.dot_general)(x, kernel, dims)
+    if low_rank is not None:
+      a = low_rank.a.astype(x.dtype)
+      b = low_rank.b.astype(x.dtype)
+      y = y + (low_rank.scale * jnp.matmul(jnp.matmul(x, a), b)).astype(y.dtype)
+    if bias is not None:
+      y = y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+    return y
+
+
 def _dense(
   cfg: TransformerConfig,
   features: int,
@@ -290,7 +353,7 @@ def _dense(
   name: str,
   std: Optional[float] = None,
 ):
-  return nn.Dense(
+  return Dense(
     features,
     use_bias=use_bias,
     dtype=jnp.dtype(cfg.dtype),
