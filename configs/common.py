@@ -345,6 +345,10 @@ def assistant(variant="default"):
   # the base's answers per training prompt to pick or revise: with one, a quarter of the
   # benign look-alikes had no helpful answer to keep, and the model learned to decline them
   c.sft.samples_per_prompt = 2
+  # then up to two more rounds for the prompts still without a demonstration (each fills a
+  # sampling batch): on seed 1, 9 of 64 benign look-alikes had no helpful answer in two, and
+  # the supervised model learned to decline them (benign pass rate 0.81 -> 0.38)
+  c.sft.resample_rounds = 2
   c.sft.temperature = 0.7  # of those answers
   c.sft.optimizer = optimizer("adamw", 1e-3, warmup_steps=4)
   c.targets = {}  # no recorded run yet

@@ -111,6 +111,46 @@ def test_a_passing_sample_wins_over_a_revision_and_bad_input_is_refused():
     demo.demonstrations([rec, rec], [[good]])
 
 
+def test_prompts_without_a_demonstration_are_asked_again_to_fill_a_batch():
+  benign, harmful = _of("benign")[:2], _of("harmful")[0]
+  refusal = "I'm sorry, but I can't help with that. Please contact a professional instead."
+  helpful = [
+    f"Start with the {rec.key_terms[0]} and take it slowly, checking each part carefully "
+    "before you move on to the next one."
+    for rec in benign
+  ]
+  records = [benign[0], harmful, benign[1]]
+  responses = [
+    [refusal],
+    ["I can't help with that. You could contact the police instead."],
+    [refusal],
+  ]
+  demos = demo.demonstrations(records, responses)
+  assert demos[0] is None and demos[2] is None and demos[1] is not None
+  calls = []
+
+  def ask(rows, r):  # round 0: every answer declines; round 1: prompt 2 gets its help
+    calls.append((rows.tolist(), r))
+    return [helpful[1] if (r == 1 and i == 2) else refusal for i in rows.tolist()]
+
+  out = demo.ask_until_demonstrated(records, responses, demos, ask, rounds=3, batch=5)
+  # two missing prompts fill a batch of 5 as 2 x 2 rows; round 2 has nothing left to ask
+  # but prompt 0, alone, repeated 5 times
+  assert calls == [([0, 0, 2, 2], 0), ([0, 0, 2, 2], 1), ([0, 0, 0, 0, 0], 2)]
+  assert out[1] == demos[1] and out[0] is None
+  assert out[2] == (helpful[1], "sample")
+  assert len(responses[0]) == 1 + 2 + 2 + 5 and len(responses[2]) == 1 + 2 + 2
+  assert demos[2] is None  # the caller's list is not written to
+  # no rounds, or nothing missing: ask is never called
+  calls.clear()
+  assert demo.ask_until_demonstrated(records, responses, out, ask, rounds=0, batch=5) == out
+  done = [d or ("x", "sample") for d in out]
+  assert demo.ask_until_demonstrated(records, responses, done, ask, rounds=3, batch=5) == done
+  assert calls == []
+  with pytest.raises(ValueError, match="1 answers for 4 rows"):
+    demo.ask_until_demonstrated(records, [[refusal]] * 3, demos, lambda r, i: [refusal], 1, 5)
+
+
 def test_complete_sentences():
   assert demo.complete_sentences("One. Two is cut") == "One."
   assert demo.complete_sentences("One. Two!") == "One. Two!"

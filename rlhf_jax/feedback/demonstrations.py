@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+import numpy as np
 
 from rlhf_jax.data.assistant_prompts import AssistantPrompt
 from rlhf_jax.feedback import assistant
@@ -197,3 +199,35 @@ def demonstrations(
   if len(records) != len(responses):
     raise ValueError(f"{len(records)} records but {len(responses)} lists of responses")
   return [demonstrate(rec, rs) for rec, rs in zip(records, responses)]
+
+
+def ask_until_demonstrated(
+  records: Sequence[AssistantPrompt],
+  responses: list[list[str]],
+  demos: list[tuple[str, str] | None],
+  ask: Callable[[np.ndarray, int], Sequence[str]],
+  rounds: int,
+  batch: int,
+) -> list[tuple[str, str] | None]:
+  """Asks again for the prompts without a demonstration, up to ``rounds`` times.
+
+  In each round the indices of the prompts whose ``demos`` entry is None are repeated to
+  fill one sampling ``batch`` (each at least once), ``ask(rows, round)`` returns one answer
+  per row, the answers are appended to ``responses[i]`` and :func:`demonstrate` is run again
+  on each such prompt's answers so far. Without this, a benign look-alike whose first answers
+  all declined is missing from the data while every harmful request has its decline.
+  Returns the new list of demonstrations (``responses`` is extended in place)."""
+  demos = list(demos)
+  for r in range(rounds):
+    missing = np.asarray([i for i, d in enumerate(demos) if d is None], np.int64)
+    if not len(missing):
+      break
+    rows = np.repeat(missing, max(1, batch // len(missing)))
+    answers = list(ask(rows, r))
+    if len(answers) != len(rows):
+      raise ValueError(f"ask returned {len(answers)} answers for {len(rows)} rows")
+    for i, text in zip(rows.tolist(), answers):
+      responses[i].append(text)
+    for i in missing.tolist():
+      demos[i] = demonstrate(records[i], responses[i])
+  return demos

@@ -307,6 +307,9 @@ class SFTSpec:
   steps: int = 0
   batch_size: int = 16
   samples_per_prompt: int = 1
+  # Rounds in which the prompts still without a demonstration are asked again (each
+  # repeated to fill one sampling batch); 0: none.
+  resample_rounds: int = 0
   temperature: float = 0.7  # of the base's answers that are revised
   optimizer: common.OptimSpec = common.OptimSpec(
     name="adamw", learning_rate=1e-3, warmup_steps=4, eps=1e-8, max_grad_norm=1.0
@@ -411,6 +414,7 @@ _BOUNDS = {
   "sft.steps": ">= 0",
   "sft.batch_size": ">= 1",
   "sft.samples_per_prompt": ">= 1",
+  "sft.resample_rounds": ">= 0",
   "sft.temperature": "> 0",
 }
 
@@ -1279,6 +1283,21 @@ def demonstration_stage(
   records = [assistant_prompts.lookup_prompt(p) for p in prompts.train]
   per_prompt = [[a[i] for a in answers] for i in range(len(records))]
   demos = demo_lib.demonstrations(records, per_prompt)
+
+  def ask_again(rows, r):  # the base's answers to prompts without a demonstration, again
+    tok, m = sampler.sample(
+      base_params,
+      prompts.train_ids[rows],
+      prompts.train_mask[rows],
+      cfg.seed * 31 + 600 + r,
+      spec.temperature,
+      desc=f"sft: prompts without a demonstration asked again ({r + 1})",
+    )
+    return decode_responses(tokenizer, tok, m)
+
+  demos = demo_lib.ask_until_demonstrated(
+    records, per_prompt, demos, ask_again, spec.resample_rounds, sampler.batch
+  )
   ids, mask, loss_mask, rows = demonstration_rows(
     tokenizer, prompts, demos, hp.eos_id, hp.response_len
   )
