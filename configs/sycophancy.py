@@ -73,6 +73,7 @@ def _arm(arg: str):
     c.feedback.pairs_per_round = 576  # all 6 pairs among 4 answers to each of 96 prompts
     c.ppo.hparams.response_len = 32  # the verdict and the corrected claim
     c.ppo.iterations = 10
+    c.eval.rm_pairs_per_prompt = 1  # as in the recorded study (docs/results/sycophancy/)
   return c
 
 

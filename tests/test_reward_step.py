@@ -1,6 +1,7 @@
 """Reward-model step: scoring at the last real token, learning, ties, non-finite skip."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -240,3 +241,44 @@ def test_train_reward_model_on_groups_learns_and_steps_over_groups(tmp_path):
   assert result["rm_train_tie_rate_labels"] == pytest.approx(rate)
   with pytest.raises(ValueError, match="not a whole number of groups"):
     train(15, None, "bad")
+
+
+def test_held_out_accuracy_per_group_counts_decided_pairs_by_hand():
+  """``groups``: accuracy over each group's decided pairs (ties left out), next to the
+  overall accuracy; a scorer that reads the score off the first token makes it hand-countable."""
+  from rlhf_jax.train import common
+  from rlhf_jax.train import reward as reward_train
+
+  # pair: (first token of a, of b, label, group); the scorer ranks by first token
+  rows = [
+    (5, 3, losses.LABEL_A, "harmful"),  # right
+    (2, 7, losses.LABEL_A, "harmful"),  # wrong
+    (4, 4, losses.LABEL_TIE, "harmful"),  # tie: not in the accuracy
+    (1, 9, losses.LABEL_B, "benign"),  # right
+    (8, 6, losses.LABEL_B, "benign"),  # wrong
+    (3, 2, losses.LABEL_A, "benign"),  # right
+  ]
+  ids_a = np.array([[a, 1] for a, _, _, _ in rows], np.int32)
+  ids_b = np.array([[b, 1] for _, b, _, _ in rows], np.int32)
+  pairs = dict(
+    ids_a=ids_a,
+    mask_a=np.ones_like(ids_a),
+    ids_b=ids_b,
+    mask_b=np.ones_like(ids_b),
+    label=np.array([lab for _, _, lab, _ in rows], np.int32),
+  )
+  scorer = jax.jit(lambda params, batch: (batch["ids_a"][:, 0] * 1.0, batch["ids_b"][:, 0] * 1.0))
+  hp = reward.RewardHparams(tie_model="rao_kupper", init_tie_param=1.5)
+  params = {"model": {}, "tie": jnp.asarray(reward.raw_tie(1.5, "rao_kupper"), jnp.float32)}
+  mesh = common.build_mesh(common.MeshSpec())
+  groups = [g for _, _, _, g in rows]
+  out = reward_train.evaluate_reward_model(
+    MODEL, params, hp, pairs, 8, mesh, scorer=scorer, groups=groups
+  )
+  assert out["rm_accuracy"] == pytest.approx(3 / 5)
+  assert out["rm_accuracy_harmful"] == pytest.approx(1 / 2) and out["rm_decided_harmful"] == 2
+  assert out["rm_accuracy_benign"] == pytest.approx(2 / 3) and out["rm_decided_benign"] == 3
+  with pytest.raises(ValueError, match="5 group names for 6 pairs"):
+    reward_train.evaluate_reward_model(
+      MODEL, params, hp, pairs, 8, mesh, scorer=scorer, groups=groups[:5]
+    )

@@ -1511,6 +1511,17 @@ def reward_eval_pairs(
   )
 
 
+def _eval_pair_categories(cfg: Config, prompts: Prompts) -> Optional[List[str]]:
+  """The category of each held-out reward-model pair's prompt (assistant task; else None),
+  in :func:`reward_eval_pairs`' row order."""
+  if cfg.data.kind != "assistant":
+    return None
+  from rlhf_jax.data import assistant_prompts
+
+  k = cfg.eval.rm_pairs_per_prompt
+  return [assistant_prompts.lookup_prompt(p).category for p in prompts.eval for _ in range(k)]
+
+
 # ----------------------------------------------------------------------------- stage: pairs
 
 
@@ -2396,6 +2407,7 @@ def run_round(
     desc=f"reward model round {r}",
     lora=lora,
     responses_per_prompt=cfg.feedback.responses_per_prompt,
+    eval_groups=_eval_pair_categories(cfg, setup.prompts),
   )
   t_rm = time.perf_counter() - t0
 

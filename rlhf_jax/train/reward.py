@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -108,11 +108,13 @@ def train_reward_model(
   desc: str = "reward model",
   lora: Optional[lora_lib.LoraSpec] = None,
   responses_per_prompt: int = 2,
+  eval_groups: Optional[Sequence[str]] = None,
 ) -> Tuple[Any, dict]:
   """A fresh scalar-head model on the trunk of ``base_params``, trained on ``pairs``.
 
   ``pairs``: ``ids_a, mask_a, ids_b, mask_b`` ``[N, T]`` and ``label`` ``[N]``. Returns the
-  trained model params and the held-out evaluation (empty without ``eval_pairs``).
+  trained model params and the held-out evaluation (empty without ``eval_pairs``;
+  ``eval_groups``, one name per held-out pair, adds the accuracy per group).
   Checkpoints go to ``workdir/checkpoints`` every ``checkpoint_every`` steps, at the end and
   on SIGTERM; a call with the same arguments resumes (a finished run only re-evaluates).
 
@@ -219,7 +221,14 @@ def train_reward_model(
   if eval_pairs is not None:
     result.update(
       evaluate_reward_model(
-        model, dict(state.params, model=merged), hp, eval_pairs, batch_size, mesh, scorer=scorer
+        model,
+        dict(state.params, model=merged),
+        hp,
+        eval_pairs,
+        batch_size,
+        mesh,
+        scorer=scorer,
+        groups=eval_groups,
       )
     )
     with MetricWriter(workdir) as writer:
@@ -237,11 +246,14 @@ def evaluate_reward_model(
   batch_size: int,
   mesh,
   scorer=None,
+  groups: Optional[Sequence[str]] = None,
 ) -> dict:
   """Held-out accuracy (decided pairs), tie accuracy (ties predicted as the most probable
   outcome), the tie rate of the labels against the model's mean P(tie) and its predicted
   tie rate, ECE of P(a > b | decided), scores. ``scorer``: a jitted
-  ``reward.make_pair_scorer(model)`` to reuse (one is compiled when omitted)."""
+  ``reward.make_pair_scorer(model)`` to reuse (one is compiled when omitted). ``groups``
+  (one name per pair, e.g. the prompt's category): also ``rm_accuracy_<name>`` and
+  ``rm_decided_<name>`` (its decided pairs) for each name."""
   n = len(eval_pairs["label"])
   if scorer is None:
     scorer = jax.jit(reward_lib.make_pair_scorer(model))
@@ -270,7 +282,18 @@ def evaluate_reward_model(
     else float("nan")
   )
   scores = np.concatenate([ra, rb])
-  return {
+  by_group = {}
+  if groups is not None:
+    if len(groups) != n:
+      raise ValueError(f"evaluate_reward_model: {len(groups)} group names for {n} pairs")
+    names = np.asarray(groups)
+    for name in sorted(set(groups)):
+      mine = decided & (names == name)
+      by_group[f"rm_accuracy_{name}"] = (
+        float(np.mean(correct[mine])) if mine.any() else float("nan")
+      )
+      by_group[f"rm_decided_{name}"] = int(mine.sum())
+  return by_group | {
     "rm_accuracy": acc,
     "rm_tie_accuracy": tie_acc,
     "rm_ece": float(ece),
