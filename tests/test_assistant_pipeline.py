@@ -305,3 +305,57 @@ def test_reward_refusal_probe_scores_an_answer_against_a_decline(chat_dir):
   )
   none = pl.reward_refusal_probe(fake_scores(()), tok, None, sub, answers, hp)
   assert none == {"rm_prefers_decline_harmful_n": 0, "rm_prefers_answer_benign_n": 0}
+
+
+def test_contrast_groups_replace_one_response_in_every_pair_it_appears_in(chat_dir):
+  """add_contrast: K = 3 groups; a harmful group with no decline gets the decline as its last
+  response (in pairs (0, 2) and (1, 2)), a benign group of declines gets the starting
+  model's answer, a brevity group is left alone; prompts and the other responses unchanged."""
+  from rlhf_jax import data as data_lib
+  from rlhf_jax import reward as reward_lib
+  from rlhf_jax.feedback import assistant as checks
+  from rlhf_jax.feedback import demonstrations as demo_lib
+
+  tok = pl.chat_tokenizer(pl.DataSpec(kind="assistant", tokenizer=str(chat_dir)), None)
+  records = assistant_prompts.generate_prompts(5, 4, 1).train
+  pick = [next(r for r in records if r.category == c) for c in ("harmful", "benign", "brevity")]
+  texts = pl.render_chat_prompts(tok, pick)
+  ids, mask = data_lib.encode_prompts(tok, texts, 200)
+  prompts = pl.Prompts(
+    train=texts, train_ids=ids, train_mask=mask, eval=[], eval_ids=ids[:0], eval_mask=mask[:0]
+  )
+  answer = "Sure, take the first step and then the next one."
+  refusal = "I'm sorry, but I can't help with that."
+  responses = [[answer, answer, answer], [refusal, refusal, refusal], [answer, refusal, answer]]
+  k, r_len = 3, 400
+  i, j = reward_lib.group_pair_index(k)
+  flat = [t for group in responses for t in group]
+  tok_rows, mask_rows, kept = pl.response_rows(tok, flat, tok.eos_id, r_len)
+  assert len(kept) == len(flat)
+  tokens, masks = tok_rows.reshape(3, k, r_len), mask_rows.reshape(3, k, r_len)
+  sampled = pl.SampledPairs(
+    np.repeat(np.arange(3), len(i)),
+    tokens[:, i].reshape(-1, r_len),
+    masks[:, i].reshape(-1, r_len),
+    tokens[:, j].reshape(-1, r_len),
+    masks[:, j].reshape(-1, r_len),
+  )
+  alternatives = {texts[1]: [refusal, answer]}
+  out, changed = pl.add_contrast(sampled, k, prompts, tok, tok.eos_id, alternatives)
+  assert changed == 2
+  np.testing.assert_array_equal(out.rows, sampled.rows)
+  a = pl.decode_responses(tok, out.tokens_a, out.mask_a)
+  b = pl.decode_responses(tok, out.tokens_b, out.mask_b)
+  want = [list(g) for g in responses]
+  want[0][2] = demo_lib.decline_for(pick[0])
+  want[1][2] = demo_lib.complete_sentences(answer)
+  for g in range(3):
+    for p_idx, (x, y) in enumerate(zip(i, j)):
+      assert a[g * len(i) + p_idx] == want[g][x]
+      assert b[g * len(i) + p_idx] == want[g][y]
+  assert checks.declines(want[0][2]) and not checks.declines(want[1][2])
+
+
+def test_contrast_groups_need_the_assistant_task():
+  cfg = pl.Config(feedback=pl.FeedbackSpec(contrast_groups=True))
+  assert any("contrast_groups" in e for e in pl.stage_errors(cfg))

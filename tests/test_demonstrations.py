@@ -151,6 +151,25 @@ def test_prompts_without_a_demonstration_are_asked_again_to_fill_a_batch():
     demo.ask_until_demonstrated(records, [[refusal]] * 3, demos, lambda r, i: [refusal], 1, 5)
 
 
+def test_contrast_groups_hold_a_decline_and_an_answer():
+  harmful, benign = _of("harmful")[0], _of("benign")[0]
+  answer = "Start with the basics and take it slowly. Then check each part"
+  refusal = "I'm sorry, but I can't help with that."
+  # no decline: the last sample becomes the supervised stage's decline
+  group, at = demo.contrast_group(harmful, [answer, answer, answer])
+  assert at == 2 and group[:2] == [answer, answer] and group[2] == demo.decline_for(harmful)
+  assert assistant.declines(group[2])
+  # all decline: the last becomes the first non-declining alternative, cut to a sentence
+  group, at = demo.contrast_group(benign, [refusal] * 3, [refusal, answer])
+  assert at == 2 and group == [refusal, refusal, "Start with the basics and take it slowly."]
+  # all decline and no alternative answers: unchanged
+  assert demo.contrast_group(benign, [refusal] * 3, [refusal]) == ([refusal] * 3, None)
+  # already both, or another category: unchanged
+  assert demo.contrast_group(benign, [refusal, answer], ()) == ([refusal, answer], None)
+  brevity = _of("brevity")[0]
+  assert demo.contrast_group(brevity, [answer, answer]) == ([answer, answer], None)
+
+
 def test_complete_sentences():
   assert demo.complete_sentences("One. Two is cut") == "One."
   assert demo.complete_sentences("One. Two!") == "One. Two!"

@@ -231,3 +231,29 @@ def ask_until_demonstrated(
     for i in missing.tolist():
       demos[i] = demonstrate(records[i], responses[i])
   return demos
+
+
+def contrast_group(
+  record: AssistantPrompt, responses: Sequence[str], alternatives: Sequence[str] = ()
+) -> tuple[list[str], int | None]:
+  """One comparison group of a harmful request or a benign look-alike made to hold both a
+  decline and an answer, so that every label on it says *when* declining is right.
+
+  ``responses``: the policy's K samples for ``record``. When none declines, the last is
+  replaced by :func:`decline_for`; when all decline, by the first of ``alternatives`` (e.g.
+  the starting model's answers to that prompt) that does not decline. Other categories and
+  groups that already hold both are returned as they are. Returns ``(responses, replaced
+  index or None)``."""
+  out = list(responses)
+  if record.category not in ("harmful", "benign") or not out:
+    return out, None
+  declined = [assistant.declines(r) for r in out]
+  if not any(declined):
+    out[-1] = decline_for(record)
+    return out, len(out) - 1
+  if all(declined):
+    answer = next((a for a in alternatives if a and not assistant.declines(a)), None)
+    if answer is not None:
+      out[-1] = complete_sentences(answer) or answer
+      return out, len(out) - 1
+  return out, None

@@ -210,6 +210,12 @@ class FeedbackSpec:
   # with the user's claim instead of the gold score (premise pairs where exactly one response
   # agrees; rlhf_jax.feedback.assistant.agreement_preference). 0: unbiased.
   bias: float = 0.0
+  # data.kind="assistant": each comparison group of a harmful request or a benign look-alike
+  # is made to hold both a decline and an answer before it is labelled (the last sample
+  # replaced by the supervised stage's decline, or by a non-declining answer of the starting
+  # model; rlhf_jax.feedback.demonstrations.contrast_group), so every such label says when
+  # declining is right.
+  contrast_groups: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -529,6 +535,11 @@ def _data_kind_errors(cfg) -> List[str]:
     errors.append(
       f"config.feedback.bias={cfg.feedback.bias}: biased (sycophantic) annotators need "
       "data.kind='assistant' and feedback.source='simulated'"
+    )
+  if getattr(cfg.feedback, "contrast_groups", False) and kind != "assistant":
+    errors.append(
+      "config.feedback.contrast_groups=True: contrast groups (a decline and an answer in "
+      "every harmful / benign comparison group) need data.kind='assistant'"
     )
   if kind == "corpus" and cfg.base.steps < 1 and not cfg.base.path:
     errors.append(f"config.base.steps={cfg.base.steps}: expected >= 1 (or set base.path)")
@@ -1582,6 +1593,65 @@ def collect_pairs(
   )
 
 
+def add_contrast(
+  sampled: SampledPairs,
+  k: int,
+  prompts: Prompts,
+  tokenizer,
+  eos_id: int,
+  alternatives: Dict[str, List[str]],
+) -> Tuple[SampledPairs, int]:
+  """``sampled`` (K-wise groups) with each harmful / benign group made to hold a decline and
+  an answer (:func:`rlhf_jax.feedback.demonstrations.contrast_group`; ``alternatives``:
+  prompt text -> the starting model's answers, from ``sft/demonstrations.jsonl``). Returns
+  the new pairs and the number of groups changed."""
+  from rlhf_jax.data import assistant_prompts
+  from rlhf_jax.feedback import demonstrations as demo_lib
+
+  i, j = reward_lib.group_pair_index(k)
+  grouped = reward_lib.group_pairs(
+    {
+      "ids_a": sampled.tokens_a,
+      "mask_a": sampled.mask_a,
+      "ids_b": sampled.tokens_b,
+      "mask_b": sampled.mask_b,
+      "label": np.zeros(len(sampled.rows), np.int32),
+    },
+    k,
+  )
+  tokens, masks = grouped["ids"].copy(), grouped["mask"].copy()  # [G, K, R]
+  g, _, r_len = tokens.shape
+  rows = sampled.rows[:: len(i)]
+  texts = decode_responses(tokenizer, tokens.reshape(g * k, r_len), masks.reshape(g * k, r_len))
+  changed = 0
+  for n, row in enumerate(rows.tolist()):
+    prompt = prompts.train[row]
+    record = assistant_prompts.lookup_prompt(prompt)
+    group, at = demo_lib.contrast_group(
+      record, texts[n * k : (n + 1) * k], alternatives.get(prompt, ())
+    )
+    if at is None:
+      continue
+    tok, m, _ = response_rows(tokenizer, [group[at]], eos_id, r_len, cut=True)
+    tokens[n, at], masks[n, at] = tok[0], m[0]
+    changed += 1
+  flat = lambda x: x.reshape(-1, *x.shape[2:])
+  out = SampledPairs(
+    sampled.rows, flat(tokens[:, i]), flat(masks[:, i]), flat(tokens[:, j]), flat(masks[:, j])
+  )
+  return out, changed
+
+
+def _starting_answers(root: pathlib.Path) -> Dict[str, List[str]]:
+  """Prompt text -> the starting model's answers to it, from the supervised stage's
+  ``sft/demonstrations.jsonl`` (empty without that stage)."""
+  path = root / "sft" / "demonstrations.jsonl"
+  if not path.exists():
+    return {}
+  with open(path, encoding="utf-8") as f:
+    return {row["prompt"]: list(row["answers"]) for row in map(json.loads, f)}
+
+
 # ----------------------------------------------------------------------------- stage: labels
 
 
@@ -2376,6 +2446,16 @@ def run_round(
       r,
       cfg.feedback.responses_per_prompt,
     )
+    if cfg.feedback.contrast_groups:
+      sampled, changed = add_contrast(
+        sampled,
+        cfg.feedback.responses_per_prompt,
+        setup.prompts,
+        setup.tokenizer,
+        setup.hp.eos_id,
+        _starting_answers(root),
+      )
+      _log.info("round %d: %d comparison groups given a decline or an answer", r, changed)
 
     def label() -> None:  # process 0: annotators / judges / people, written once
       new = label_stage(
