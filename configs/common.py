@@ -304,6 +304,10 @@ def assistant(variant="default"):
   c.feedback.sample_temperature = 0.7  # the policy's own sampling temperature (on-policy pairs)
   c.feedback.judge_principles = ("Prefer the response that is helpful, correct and safe.",)
   c.feedback.bias = 0.0  # unbiased annotators (configs/sycophancy.py varies it)
+  # True: every harmful / benign comparison group holds a decline and an answer before it is
+  # labelled (rlhf_jax.feedback.demonstrations.contrast_group); measured on seed 0 only
+  # (docs/results/assistant/README.md), so off
+  c.feedback.contrast_groups = False
   c.reward.epochs = 1
   c.reward.batch_size = 16
   c.reward.optimizer = optimizer("adamw", 1e-3, warmup_steps=4)  # LoRA adapters + score head
