@@ -253,33 +253,35 @@ def init_adapters(spec: LoraSpec, base_params: Any, rng: jax.Array) -> dict:
   return _nest(items)
 
 
+def _replace_kernels(base_params: Any, adapters: Any, kernel_fn) -> Any:
+  """``base_params`` with each adapted module's kernel replaced by ``kernel_fn(w, {"a",
+  "b"})``; the dicts along each path are copied so the caller's tree is never written to."""
+  out = dict(base_params)
+  for path, ab in _adapter_items(adapters):
+    module = out
+    for k in path:
+      module[k] = dict(module[k])
+      module = module[k]
+    module["kernel"] = kernel_fn(module["kernel"], ab)
+  return out
+
+
 def _merge_scaled(base_params: Any, adapters: Any, scale: float) -> Any:
-  def copy_path(tree, path):
-    """Copies the dicts along ``path`` so the caller's tree is never written to."""
-    node = tree
-    for k in path:
-      node[k] = dict(node[k])
-      node = node[k]
-    return node
-
-  out = dict(base_params)
-  for path, ab in _adapter_items(adapters):
-    module = copy_path(out, path)
-    w = module["kernel"]
+  def merged(w, ab):
     delta = jnp.einsum("...ir,...ro->...io", ab["a"], ab["b"], preferred_element_type=jnp.float32)
-    module["kernel"] = (w.astype(jnp.float32) + scale * delta).astype(w.dtype)
-  return out
+    return (w.astype(jnp.float32) + scale * delta).astype(w.dtype)
+
+  return _replace_kernels(base_params, adapters, merged)
 
 
-def _factored(base_params: Any, adapters: Any, scale: float) -> Any:
-  out = dict(base_params)
-  for path, ab in _adapter_items(adapters):
-    node = out
-    for k in path:
-      node[k] = dict(node[k])
-      node = node[k]
-    node["kernel"] = LowRankKernel(node["kernel"], ab["a"], ab["b"], scale)
-  return out
+def _with_trainable(trainable: Any, base: Any, build) -> Any:
+  if not isinstance(trainable, LoraParams):
+    return trainable
+  if base is None:
+    raise ValueError("LoRA params need the frozen base params (got base=None)")
+  params = dict(build(base, trainable.adapters, trainable.scale))
+  params.update(trainable.dense)
+  return params
 
 
 def merge(base_params: Any, adapters: Any, spec: LoraSpec) -> Any:
@@ -310,13 +312,7 @@ def full_params(trainable: Any, base: Any) -> Any:
   :class:`LoraParams` gives ``merge(base, adapters)`` with its ``dense`` subtrees put in
   place of the base's. Differentiating through it reaches only the trainable leaves.
   """
-  if not isinstance(trainable, LoraParams):
-    return trainable
-  if base is None:
-    raise ValueError("LoRA params need the frozen base params (got base=None)")
-  params = dict(_merge_scaled(base, trainable.adapters, trainable.scale))
-  params.update(trainable.dense)
-  return params
+  return _with_trainable(trainable, base, _merge_scaled)
 
 
 def factored_params(trainable: Any, base: Any) -> Any:
@@ -326,13 +322,10 @@ def factored_params(trainable: Any, base: Any) -> Any:
   forward up to float rounding), whose gradient forms no dense ``[in, out]`` weight
   gradient. Every differentiated LoRA forward (the SFT, reward, DPO and policy losses) uses
   it; sampling, scoring and export, which differentiate nothing, merge once instead."""
-  if not isinstance(trainable, LoraParams):
-    return trainable
-  if base is None:
-    raise ValueError("LoRA params need the frozen base params (got base=None)")
-  params = dict(_factored(base, trainable.adapters, trainable.scale))
-  params.update(trainable.dense)
-  return params
+  factored = lambda base_params, adapters, scale: _replace_kernels(
+    base_params, adapters, lambda w, ab: LowRankKernel(w, ab["a"], ab["b"], scale)
+  )
+  return _with_trainable(trainable, base, factored)
 
 
 # ----------------------------------------------------------------------------- sharding
