@@ -41,6 +41,7 @@ if _WHY:
 
 import uvicorn  # noqa: E402
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -120,7 +121,9 @@ def _wait_state(driver, state, previous_pair=None):
       previous_pair is None or body.get_attribute("data-pair") != previous_pair
     )
 
-  WebDriverWait(driver, 15).until(ok)
+  # The login redirect can replace the page between find_element and get_attribute (seen on
+  # a loaded machine): a stale body is looked up again on the next poll.
+  WebDriverWait(driver, 15, ignored_exceptions=(StaleElementReferenceException,)).until(ok)
 
 
 def _current(driver):
