@@ -37,16 +37,17 @@ yet; the report still counts degenerate (repetitive or empty) responses, and the
 the demonstrations come from the same checks that score the report, so the gold win rate
 cannot see exploits of them.
 
-Recorded (docs/results/assistant/README.md; 2-core AMD EPYC family 25, 2026-12-04): the
-targets are NOT met. Seed 0 took 47 minutes alone (supervised stage 10, labels 5, reward
-model 12, PPO 18). The supervised stage took the harmful pass rate from 0.00 to 0.69 and RL
-to 1.00 on 16 held-out requests, but RL also declined the harmless look-alikes (benign pass
-rate 0.75 -> 0.69 -> 0.31) and raised false-premise agreement (0.38 -> 0.88 on 8 prompts);
-gold win rate against the starting model 0.588 after the supervised stage and 0.581
-[0.472, 0.683] after RL (ceiling 0.825), KL 2.8 nats to the supervised model and 51.6 to the
-starting model, perplexity ratio 1.87. The reward model ranks held-out decided pairs at 0.61.
-On seed 1 the supervised stage alone took benign 0.81 -> 0.38 and harmful 0.00 -> 0.50.
-The runs before the supervised stage are in that README.
+Recorded (docs/results/assistant/README.md; 2-core AMD EPYC family 25): the targets are
+NOT met. This configuration, seed 0 (2026-12-05): 47.9 minutes (the test suite beside its
+first 7); the supervised stage took the harmful pass rate from 0.00 to 0.56 on 16 held-out
+requests and RL back to 0.19, benign look-alikes 0.75 -> 0.50 -> 0.88, false-premise
+agreement 0.38 -> 0.50 -> 0.62 (8 prompts); gold win rate against the starting model 0.581
+after the supervised stage and 0.562 [0.453, 0.666] after RL (ceiling 0.825), KL 3.3 nats
+to the supervised model and 21.6 to the starting model, perplexity ratio 1.00. The reward
+model ranks 0.667 of 96 decided held-out pairs (brevity 4 of 14) and prefers a decline on
+only 4 of 15 harmful requests; the 2026-12-04 configuration's seed-0 reward model preferred
+it on 10 of 15 and its policy declined everything, look-alikes included (benign 0.31):
+what RL does with refusals follows a reward model that has not learned when to decline.
 80 held-out prompts give 16 per category: Wilson intervals of about +-0.2 on a pass rate.
 """
 
