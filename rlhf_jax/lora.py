@@ -274,6 +274,12 @@ def _merge_scaled(base_params: Any, adapters: Any, scale: float) -> Any:
   return _replace_kernels(base_params, adapters, merged)
 
 
+def _factor(base_params: Any, adapters: Any, scale: float) -> Any:
+  return _replace_kernels(
+    base_params, adapters, lambda w, ab: LowRankKernel(w, ab["a"], ab["b"], scale)
+  )
+
+
 def _with_trainable(trainable: Any, base: Any, build) -> Any:
   if not isinstance(trainable, LoraParams):
     return trainable
@@ -322,10 +328,7 @@ def factored_params(trainable: Any, base: Any) -> Any:
   forward up to float rounding), whose gradient forms no dense ``[in, out]`` weight
   gradient. Every differentiated LoRA forward (the SFT, reward, DPO and policy losses) uses
   it; sampling, scoring and export, which differentiate nothing, merge once instead."""
-  factored = lambda base_params, adapters, scale: _replace_kernels(
-    base_params, adapters, lambda w, ab: LowRankKernel(w, ab["a"], ab["b"], scale)
-  )
-  return _with_trainable(trainable, base, factored)
+  return _with_trainable(trainable, base, _factor)
 
 
 # ----------------------------------------------------------------------------- sharding

@@ -317,11 +317,8 @@ class Dense(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    low_rank = None
-    if self.has_variable("params", "kernel"):
-      stored = self.get_variable("params", "kernel")
-      if isinstance(stored, LowRankKernel):
-        low_rank = stored
+    stored = self.get_variable("params", "kernel")  # None while initialising
+    low_rank = stored if isinstance(stored, LowRankKernel) else None
     if low_rank is not None:
       kernel = low_rank.kernel
     else:

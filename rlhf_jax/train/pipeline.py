@@ -513,8 +513,8 @@ def _data_kind_errors(cfg) -> List[str]:
     from rlhf_jax.data.assistant_prompts import categories_problem
 
     cats = tuple(cfg.data.categories)
-    if cats and categories_problem(cats):  # () draws all five
-      errors.append(f"config.data.categories={cats!r}: {categories_problem(cats)} (or () for all)")
+    if cats and (problem := categories_problem(cats)):  # () draws all five
+      errors.append(f"config.data.categories={cats!r}: {problem} (or () for all)")
   elif cfg.data.categories:
     errors.append(
       f"config.data.categories={tuple(cfg.data.categories)!r}: only for data.kind='assistant'"
@@ -1503,7 +1503,7 @@ def reward_eval_pairs(
   k = pairs_per_prompt
   rep_ids = np.repeat(prompts.eval_ids, k, axis=0)
   rep_mask = np.repeat(prompts.eval_mask, k, axis=0)
-  rep_prompts = [p for p in prompts.eval for _ in range(k)]
+  rep_prompts = _eval_pair_prompts(prompts, k)
   sides = []
   for j in range(2):
     tok, m = sampler.sample(
@@ -1522,15 +1522,19 @@ def reward_eval_pairs(
   )
 
 
+def _eval_pair_prompts(prompts: Prompts, pairs_per_prompt: int) -> List[str]:
+  """The prompt of each held-out reward-model pair, in :func:`reward_eval_pairs`' row order."""
+  return [p for p in prompts.eval for _ in range(pairs_per_prompt)]
+
+
 def _eval_pair_categories(cfg: Config, prompts: Prompts) -> Optional[List[str]]:
-  """The category of each held-out reward-model pair's prompt (assistant task; else None),
-  in :func:`reward_eval_pairs`' row order."""
+  """The category of each held-out reward-model pair's prompt (assistant task; else None)."""
   if cfg.data.kind != "assistant":
     return None
   from rlhf_jax.data import assistant_prompts
 
-  k = cfg.eval.rm_pairs_per_prompt
-  return [assistant_prompts.lookup_prompt(p).category for p in prompts.eval for _ in range(k)]
+  pair_prompts = _eval_pair_prompts(prompts, cfg.eval.rm_pairs_per_prompt)
+  return [assistant_prompts.lookup_prompt(p).category for p in pair_prompts]
 
 
 # ----------------------------------------------------------------------------- stage: pairs
