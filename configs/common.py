@@ -199,6 +199,7 @@ def sentiment(variant="default"):
   c.eval = mlc.ConfigDict()
   c.eval.num_samples_in_report = 8  # sample responses shown in report.md
   c.eval.rm_pairs_per_prompt = 4  # held-out reward-model pairs per evaluation prompt
+  c.eval.answers_per_prompt = 1  # answers to each evaluation prompt, before and after
   # Judges no label came from: AFINN is a different sentiment lexicon than the labeller's
   # (VADER), so a policy that games VADER's lexicon shows up as a gap between the two.
   c.eval.independent_judges = ("afinn_sentiment",)  # scorer names or "module:function"
@@ -331,6 +332,10 @@ def assistant(variant="default"):
   # 240 held-out reward-model pairs (about 110 that the gold judge decides; with 80, the
   # 38 decided pairs gave the accuracy an interval of +-0.16), with accuracy per category
   c.eval.rm_pairs_per_prompt = 3
+  # 3 answers to each held-out prompt (240 a side): the pass rates of 16 prompts a category
+  # no longer move by the luck of one sample (seed 0, one answer: the same model read 0.62
+  # and 0.48 on the same prompts); intervals still count prompts
+  c.eval.answers_per_prompt = 3
   # No independent judge: the assistant task's only offline judge is its own check suite
   # (docs/assistant_task.md); degenerate text is still counted (repetition, no vocabulary).
   c.eval.independent_judges = ()

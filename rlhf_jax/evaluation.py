@@ -6,6 +6,9 @@ probabilities, judge labels) and calls these functions.
 
 * :func:`win_rate` — policy vs reference under the gold scorer, ties count half, with a Wilson
   score interval.
+* :func:`effective_n` / :func:`clustered_rate` / :func:`paired_change` — intervals when
+  several answers share one prompt (they count prompts, not answers).
+* :func:`t_interval` — Student-t interval for a mean.
 * :func:`bootstrap_ci` — percentile bootstrap interval for any statistic.
 * :func:`expected_calibration_error` / :func:`reliability_table` — is the reward model's
   P(a ≻ b) a probability?
@@ -39,6 +42,10 @@ __all__ = [
   "gold_labels",
   "wilson_interval",
   "Interval",
+  "t_interval",
+  "effective_n",
+  "clustered_rate",
+  "paired_change",
   "bootstrap_ci",
   "labels_to_outcome",
   "Reliability",
@@ -131,7 +138,11 @@ def gold_labels(gold_a: Any, gold_b: Any, tie_threshold: float = 0.0) -> np.ndar
 
 
 def win_rate(
-  gold_policy: Any, gold_reference: Any, tie_eps: float = 0.0, z: float = Z_95
+  gold_policy: Any,
+  gold_reference: Any,
+  tie_eps: float = 0.0,
+  z: float = Z_95,
+  clusters: Any = None,
 ) -> WinRate:
   """Win rate of the policy over the reference under the gold scorer, ties counting half.
 
@@ -151,6 +162,9 @@ def win_rate(
     gold_reference: float [N], gold reward of the reference's response to the same prompt.
     tie_eps: scores closer than this are a tie (the annotators' ``tie_threshold``).
     z: normal quantile of the interval (``Z_95`` → 95%).
+    clusters: optional [N] ids: pairs with one id share a prompt (several answers to it).
+      The interval then uses :func:`effective_n` draws instead of ``N`` (one id per pair
+      gives exactly the interval without ``clusters``).
   """
   pol = _float_1d("win_rate: gold_policy", gold_policy)
   ref = _float_1d("win_rate: gold_reference", gold_reference)
@@ -166,8 +180,102 @@ def win_rate(
   n = int(labels.size)
   ties = n - wins - losses
   rate = (wins + 0.5 * ties) / n
-  lo, hi = wilson_interval(rate, n, z)
+  score = np.where(labels == LABEL_A, 1.0, np.where(labels == LABEL_B, 0.0, 0.5))
+  n_eff = n if clusters is None else effective_n(score, clusters)
+  lo, hi = wilson_interval(rate, n_eff, z)
   return WinRate(rate, wins, ties, losses, n, lo, hi)
+
+
+# ----------------------------------------------------------------------------- several answers
+# a prompt
+
+
+def _cluster_ids(name: str, clusters: Any, n: int) -> np.ndarray:
+  ids = np.asarray(clusters)
+  if ids.shape != (n,):
+    raise ValueError(f"{name}: clusters has shape {ids.shape}, expected ({n},)")
+  return np.unique(ids, return_inverse=True)[1].reshape(-1)
+
+
+def effective_n(values: Any, clusters: Any) -> float:
+  """How many independent draws the mean of ``values`` is worth when rows sharing a cluster id
+  (answers to one prompt) are correlated: ``p̂(1 - p̂) / Var̂(p̂)``, with ``p̂`` the mean and
+  ``Var̂`` the cluster-robust (linearisation) estimate ``G / (G - 1) · Σ_c (y_c - p̂ m_c)² / N²``
+  (``y_c``, ``m_c``: cluster c's sum and size, ``G`` clusters, ``N`` rows). Clipped to
+  ``[1, N]``; ``N`` when every row is its own cluster (plain Wilson) or the estimate is 0.
+  With ``k`` identical answers a prompt it is about the number of prompts; with independent
+  answers about ``N``. Feed it to :func:`wilson_interval` (values in [0, 1])."""
+  y = _float_1d("effective_n: values", values)
+  ids = _cluster_ids("effective_n", clusters, y.size)
+  n = y.size
+  if n == 0:
+    raise ValueError("effective_n: no values")
+  g = int(ids.max()) + 1
+  if g == n:
+    return float(n)
+  if g == 1:
+    return 1.0
+  p = float(np.mean(y))
+  tot = np.bincount(ids, weights=y, minlength=g)
+  size = np.bincount(ids, minlength=g).astype(np.float64)
+  var = g / (g - 1) * float(np.sum((tot - p * size) ** 2)) / n**2
+  if var <= 0.0:
+    return float(n)
+  return float(min(n, max(1.0, p * (1.0 - p) / var)))
+
+
+def clustered_rate(passed: Any, clusters: Any = None, z: float = Z_95) -> Interval:
+  """Share of ``passed`` (bools or values in [0, 1]) with a Wilson interval at
+  :func:`effective_n` draws (plain Wilson over the rows without ``clusters``)."""
+  y = _float_1d("clustered_rate: passed", passed)
+  if y.size == 0:
+    raise ValueError("clustered_rate: no values")
+  rate = float(np.mean(y))
+  n_eff = y.size if clusters is None else effective_n(y, clusters)
+  lo, hi = wilson_interval(min(max(rate, 0.0), 1.0), n_eff, z)
+  return Interval(rate, lo, hi)
+
+
+def paired_change(before: Any, after: Any, clusters: Any = None) -> Interval:
+  """Mean change ``after - before`` (rows: the same prompts, answered before and after) with a
+  95% Student-t interval: over the clusters' mean differences, each cluster (prompt) weighted
+  once — with equal cluster sizes the row mean — or over the rows without ``clusters``.
+  Pairing removes what varies between prompts (a claim every model agrees with), which two
+  separate intervals would count twice."""
+  b = _float_1d("paired_change: before", before)
+  a = _float_1d("paired_change: after", after)
+  if a.shape != b.shape or a.size == 0:
+    raise ValueError(f"paired_change: before {b.shape} and after {a.shape}: need equal, non-empty")
+  d = a - b
+  if clusters is None:
+    return Interval(*t_interval(d))
+  ids = _cluster_ids("paired_change", clusters, d.size)
+  g = int(ids.max()) + 1
+  per = np.bincount(ids, weights=d, minlength=g) / np.bincount(ids, minlength=g)
+  return Interval(*t_interval(per))
+
+
+# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (30 beyond: conservative).
+_T95 = (
+  12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912,
+  2.364624, 2.306004, 2.262157, 2.228139, 2.200985, 2.178813,
+  2.160369, 2.144787, 2.131450, 2.119905, 2.109816, 2.100922,
+  2.093024, 2.085963, 2.079614, 2.073873, 2.068658, 2.063899,
+  2.059539, 2.055529, 2.051831, 2.048407, 2.045230, 2.042272,
+)  # fmt: skip
+
+
+def t_interval(values: Any) -> tuple[float, float, float]:
+  """``(mean, low, high)``: the 95% Student-t interval for the mean of ``values``
+  (``low = high = mean`` for a single value)."""
+  x = np.asarray(values, np.float64)
+  if x.size == 0:
+    raise ValueError("t_interval: no values")
+  mean = float(np.mean(x))
+  if x.size == 1:
+    return mean, mean, mean
+  half = _T95[min(x.size - 1, len(_T95)) - 1] * float(np.std(x, ddof=1)) / math.sqrt(x.size)
+  return mean, mean - half, mean + half
 
 
 # ----------------------------------------------------------------------------- bootstrap

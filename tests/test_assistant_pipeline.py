@@ -11,6 +11,7 @@ import pytest
 
 from rlhf_jax import config_schema, evaluation
 from rlhf_jax.data import assistant_prompts
+from rlhf_jax.feedback import assistant as checks
 from rlhf_jax.models import chat
 from rlhf_jax.train import pipeline as pl
 from rlhf_jax.train import report as report_lib
@@ -155,7 +156,9 @@ def test_assistant_metrics_and_section_on_hand_made_samples():
   assert shown[0]["user"] == false[0].text
   text = "\n".join(report_lib.assistant_section(ev, assistant_prompts.CATEGORIES, shown))
   assert "| false-premise agreement (lower is better) | 2 | 0.50 [" in text
-  assert "| premise | 2 | 0.50 [0.09, 0.91] | 1.00 [0.34, 1.00] | 1.00 | 1.00 |" in text
+  d = evaluation.paired_change([0, 1], [1, 1])  # the first passes after only
+  change = f"{d.estimate:+.2f} [{d.low:+.2f}, {d.high:+.2f}]"
+  assert f"| premise | 2 | 0.50 [0.09, 0.91] | 1.00 [0.34, 1.00] | {change} | 1.00 | 1.00 |" in text
   assert f"> **User:** {false[0].text}" in text and f"> **Assistant:** {agree}" in text
   json.dumps(ev)  # eval.json holds it
 
@@ -221,29 +224,66 @@ def test_sycophancy_arms_and_study_table(tmp_path, monkeypatch):
   with pytest.raises((config_schema.ConfigError, ValueError), match=r"config\.data\.categories="):
     entry.validate(raw)
 
+  # Two seeds of a biased and an unbiased arm; per false claim [index, before, after].
+  by = {
+    (1.0, 0): [[0, 0.5, 0.75], [3, 0.25, 0.5]],
+    (1.0, 1): [[0, 0.5, 1.0], [3, 0.0, 0.25]],
+    (0.0, 0): [[0, 0.5, 0.25], [3, 0.25, 0.25]],
+    (0.0, 1): [[0, 0.5, 0.5], [3, 0.0, 0.0]],
+  }
   rows = [
     {
-      "arm": "a",
-      "seed": s,
-      "bias": 1.0,
+      "arm": f"b{b:g}",
+      "seed": seed,
+      "bias": b,
       "kl_coef": 0.1,
-      "false_premise_agreement_after": v,
-      "false_premise_n": 10,
+      "kl": 2.0 + seed,
+      "answers_per_prompt": 4,
+      "false_premise_agreement_after": float(np.mean([r[2] for r in v])),
+      "rm_prefers_agreement_false": 0.5 + 0.5 * b * seed,  # 1 / 2 (1: 2 / 2) of 2 claims
+      "rm_prefers_agreement_false_n": 2,
+      "by_prompt": v,
     }
-    for s, v in enumerate([0.5, 0.7, 0.9])
+    for (b, seed), v in by.items()
   ]
-  rows.append(
-    {"arm": "b", "seed": 0, "bias": 0.0, "kl_coef": 0.1, "false_premise_agreement_after": 0.2}
-  )
+  rows.append({"arm": "x", "seed": 0, "bias": 0.5, "kl_coef": 0.1, "kl": 1.0})  # no answers
+
+  def t(v):  # scipy's 95% Student-t interval, as the table prints it
+    m = np.mean(v)
+    h = stats.t.ppf(0.975, len(v) - 1) * np.std(v, ddof=1) / np.sqrt(len(v))
+    return f"{m:.3f} [{m - h:.3f}, {m + h:.3f}]"
+
   text = sycophancy.write_study(rows, tmp_path, "t")
-  half = stats.t.ppf(0.975, 2) * np.std([0.5, 0.7, 0.9], ddof=1) / np.sqrt(3)
-  assert f"| 1 | 0.1 | 3 | — | 0.700 [{0.7 - half:.3f}, {0.7 + half:.3f}] |" in text
-  lo, hi = evaluation.wilson_interval(21 / 30, 30)  # 5 + 7 + 9 of 10 prompts each, pooled
-  row = next(line for line in text.splitlines() if line.startswith("| 1 | 0.1 |"))
-  assert row.endswith(f"| — | 21/30 = 0.700 [{lo:.3f}, {hi:.3f}] |")
-  assert "| 0 | 0.1 | 1 | — | 0.200 |" in text  # no counts: nothing pooled
+  lo, hi = evaluation.wilson_interval(3 / 4, 4)  # probe pooled: 1 + 2 of 2 + 2 claims
+  biased = f"| 1 | 0.1 | 2 | 3/4 = 0.750 [{lo:.3f}, {hi:.3f}] | {t([0.5, 0.25, 0.5, 0.0])} | "
+  biased += f"{t([0.75, 0.5, 1.0, 0.25])} | {t([0.25, 0.25, 0.5, 0.25])} | — | {t([2.0, 3.0])} |"
+  assert biased in text
+  assert "| 0.5 | 0.1 | 1 | — | — | — | — | — | 1.000 | — |" in text  # nothing to pool
+  # biased - unbiased after PPO, paired by seed and claim: 0.5, 0.25, 0.5, 0.25
+  assert "| 0.1 | 0.5 − 0 |" not in text  # the bias-0.5 arm has no per-claim answers
+  assert f"| 0.1 | 1 − 0 | {t([0.5, 0.25, 0.5, 0.25])} | 4 |" in text
+  assert sycophancy.bias_effect(rows, 1.0, 0.2, 0.0) is None  # no such β
   assert (tmp_path / "sycophancy.png").stat().st_size > 0
   assert json.loads((tmp_path / "rows.json").read_text()) == rows
+
+
+def test_agreement_by_prompt_counts_each_claims_answers():
+  """Per held-out false claim, the share of its answers (before / after) that side with the
+  user; true claims and other categories are left out."""
+  from rlhf_jax.feedback import demonstrations as demo_lib
+  from rlhf_jax.train import sycophancy
+
+  recs = assistant_prompts.generate_prompts(0, 0, 10).eval
+  false = [r for r in recs if r.category == "premise" and r.claim_true is False][:2]
+  true = next(r for r in recs if r.category == "premise" and r.claim_true)
+  yes, no = demo_lib.agreeing_answer, demo_lib.disputing_answer
+  samples = [  # claim 0: before 2 of 2 agree, after 1 of 2; claim 1: 0 of 1, then 1 of 1
+    {"prompt": false[0].text, "prompt_index": 4, "before": yes(false[0]), "after": no(false[0])},
+    {"prompt": false[0].text, "prompt_index": 4, "before": yes(false[0]), "after": yes(false[0])},
+    {"prompt": false[1].text, "prompt_index": 9, "before": no(false[1]), "after": yes(false[1])},
+    {"prompt": true.text, "prompt_index": 2, "before": yes(true), "after": yes(true)},
+  ]
+  assert sycophancy.agreement_by_prompt(samples) == [[4, 1.0, 0.5], [9, 0.0, 1.0]]
 
 
 def test_reward_refusal_probe_scores_an_answer_against_a_decline(chat_dir):
@@ -305,6 +345,120 @@ def test_reward_refusal_probe_scores_an_answer_against_a_decline(chat_dir):
   )
   none = pl.reward_refusal_probe(fake_scores(()), tok, None, sub, answers, hp)
   assert none == {"rm_prefers_decline_harmful_n": 0, "rm_prefers_answer_benign_n": 0}
+
+
+def test_reward_agreement_probe_scores_agreeing_against_disputing(chat_dir):
+  """Each held-out premise prompt's agreeing and disputing answers scored by two fake reward
+  models: one that pays for agreeing everywhere (what sycophantic labels teach) and one that
+  pays for the gold answer; hand-counted shares per true / false claim."""
+  import types
+
+  from rlhf_jax import data as data_lib
+  from rlhf_jax.feedback import assistant as checks
+
+  tok = pl.chat_tokenizer(pl.DataSpec(kind="assistant", tokenizer=str(chat_dir)), None)
+  records = assistant_prompts.generate_prompts(5, 1, 6).eval
+  texts = pl.render_chat_prompts(tok, records)
+  ids, mask = data_lib.encode_prompts(tok, texts, 200)
+  prompts = pl.Prompts(
+    train=[], train_ids=ids[:0], train_mask=mask[:0], eval=texts, eval_ids=ids, eval_mask=mask
+  )
+  n_false = sum(r.category == "premise" and not r.claim_true for r in records)
+  n_true = sum(r.category == "premise" and bool(r.claim_true) for r in records)
+  assert n_false and n_true
+
+  def fake(pay):  # pay(record, answer) -> score
+    def scores(rm_params, seq_ids, seq_mask):
+      out = []
+      for row in seq_ids:
+        pads = (tok.pad_id, tok.pad_token_id)
+        text = tok.decode([int(t) for t in row if t not in pads], skip_special_tokens=False)
+        answer = text.split("<|im_start|>assistant\n", 1)[1].split("<|im_end|>")[0]
+        out.append(pay(assistant_prompts.lookup_prompt(text), answer))
+      return np.asarray(out, np.float64)
+
+    return types.SimpleNamespace(scores=scores)
+
+  hp = types.SimpleNamespace(eos_id=tok.eos_id, response_len=200)
+  sycophant = fake(lambda rec, a: float(checks.agrees_with_user(rec, a)))
+  got = pl.reward_agreement_probe(sycophant, tok, None, prompts, hp)
+  assert got["rm_prefers_agreement_false"] == 1.0 and got["rm_prefers_agreement_true"] == 1.0
+  assert (got["rm_prefers_agreement_false_n"], got["rm_prefers_agreement_true_n"]) == (
+    n_false,
+    n_true,
+  )
+  honest = fake(lambda rec, a: checks.gold_score(rec, a))
+  got = pl.reward_agreement_probe(honest, tok, None, prompts, hp)
+  assert got["rm_prefers_agreement_false"] == 0.0 and got["rm_prefers_agreement_true"] == 1.0
+  lo, hi = evaluation.wilson_interval(0.0, n_false)
+  assert (got["rm_prefers_agreement_false_lo"], got["rm_prefers_agreement_false_hi"]) == (lo, hi)
+  keep = [i for i, r in enumerate(records) if r.category != "premise"]
+  sub = prompts._replace(eval=[texts[i] for i in keep], eval_ids=ids[keep], eval_mask=mask[keep])
+  none = pl.reward_agreement_probe(sycophant, tok, None, sub, hp)
+  assert none == {"rm_prefers_agreement_false_n": 0, "rm_prefers_agreement_true_n": 0}
+
+
+def test_assistant_metrics_count_prompts_not_answers():
+  """Three answers to each of two false claims (prompt_index 0 and 1): rates over the six
+  answers, intervals at the effective number of prompts, the change paired per prompt, and
+  ``false_premise_n`` / ``pass_premise_n`` counting prompts; one answer a prompt gives the
+  plain Wilson interval."""
+  from rlhf_jax.feedback import demonstrations as demo_lib
+
+  recs = assistant_prompts.generate_prompts(0, 0, 10).eval
+  f0, f1 = [r for r in recs if r.category == "premise" and r.claim_true is False][:2]
+  yes, no = demo_lib.agreeing_answer, demo_lib.disputing_answer
+  rows = [  # (record, prompt index, before, after)
+    (f0, 0, yes(f0), no(f0)),
+    (f0, 0, yes(f0), no(f0)),
+    (f0, 0, yes(f0), yes(f0)),
+    (f1, 1, no(f1), no(f1)),
+    (f1, 1, yes(f1), no(f1)),
+    (f1, 1, no(f1), no(f1)),
+  ]
+  samples = [
+    {
+      "prompt": r.text,
+      "prompt_index": i,
+      "before": b,
+      "after": a,
+      "gold_before": checks.gold_score(r, b),
+      "gold_after": checks.gold_score(r, a),
+    }
+    for r, i, b, a in rows
+  ]
+  ev = pl.assistant_metrics(samples, tie_threshold=0.05)
+  clusters = [0, 0, 0, 1, 1, 1]
+  before, after = [1, 1, 1, 0, 1, 0], [0, 0, 1, 0, 0, 0]
+  assert ev["false_premise_n"] == 2 and ev["pass_premise_n"] == 2
+  assert ev["false_premise_agreement_before"] == pytest.approx(4 / 6)
+  lo, hi = evaluation.wilson_interval(4 / 6, evaluation.effective_n(before, clusters))
+  assert (ev["false_premise_agreement_before_lo"], ev["false_premise_agreement_before_hi"]) == (
+    pytest.approx(lo),
+    pytest.approx(hi),
+  )
+  change = evaluation.paired_change(before, after, clusters)  # per prompt: -2/3, -1/3
+  assert ev["false_premise_agreement_change"] == pytest.approx(-0.5) == change.estimate
+  assert ev["false_premise_agreement_change_lo"] == pytest.approx(change.low)
+  assert ev["pass_premise_after"] == pytest.approx(5 / 6)  # the disputing answers pass
+  assert ev["pass_premise_change"] == pytest.approx(0.5)
+  one = pl.assistant_metrics(samples[:1] + samples[3:4], tie_threshold=0.05)
+  lo, hi = evaluation.wilson_interval(0.5, 2)
+  assert (one["false_premise_agreement_before_lo"], one["false_premise_agreement_before_hi"]) == (
+    lo,
+    hi,
+  )
+  shown = pl.assistant_transcripts(samples, 5)  # one answer a prompt in the report
+  assert [s["before"] for s in shown] == [yes(f0), no(f1)]
+
+
+def test_eval_rows_repeat_each_prompt_in_a_row():
+  ids = np.arange(6).reshape(3, 2)
+  prompts = pl.Prompts([], ids[:0], ids[:0], ["a", "b", "c"], ids, ids > 0)
+  texts, rid, rmask, index = pl.eval_rows(prompts, 2)
+  assert texts == ["a", "a", "b", "b", "c", "c"] and index.tolist() == [0, 0, 1, 1, 2, 2]
+  assert rid.tolist() == [[0, 1], [0, 1], [2, 3], [2, 3], [4, 5], [4, 5]]
+  assert rmask[:, 0].tolist() == [False, False, True, True, True, True]
 
 
 def test_contrast_groups_replace_one_response_in_every_pair_it_appears_in(chat_dir):

@@ -10,8 +10,8 @@ from rlhf_jax.train import seeds
 
 def test_t_interval_hand_worked():
   mean, lo, hi = seeds.t_interval([0.8, 0.9, 1.0])
-  # sd = 0.1, half-width = 4.303 * 0.1 / sqrt(3)
-  half = 4.303 * 0.1 / math.sqrt(3)
+  # sd = 0.1, half-width = t(0.975, 2) * 0.1 / sqrt(3), t(0.975, 2) = 4.302653
+  half = 4.302653 * 0.1 / math.sqrt(3)
   assert mean == pytest.approx(0.9) and lo == pytest.approx(0.9 - half)
   assert hi == pytest.approx(0.9 + half)
   assert seeds.t_interval([0.5]) == (0.5, 0.5, 0.5)

@@ -44,6 +44,8 @@ from rlhf_jax.feedback import assistant
 __all__ = [
   "DECLINE_TEMPLATES",
   "decline_for",
+  "agreeing_answer",
+  "disputing_answer",
   "complete_sentences",
   "revise",
   "demonstrate",
@@ -162,16 +164,27 @@ def revise(record: AssistantPrompt, response: str) -> str | None:
     if record.n_items is None or len(items) < record.n_items:
       return None
     return "\n".join(f"{i + 1}. {item}" for i, item in enumerate(items[: record.n_items]))
-  if record.kind == "yes_no" or record.category == "premise":
-    if record.claim_true:
-      opener = "Yes." if record.kind == "yes_no" else "Yes, that's right:"
-    else:
-      opener = "No." if record.kind == "yes_no" else "No, that's not right:"
+  if record.category == "premise":
+    return agreeing_answer(record) if record.claim_true else disputing_answer(record)
+  if record.kind == "yes_no":
     restated = _restated_claim(record)
-    if record.kind == "yes_no":
-      restated = restated[:1].upper() + restated[1:]
-    return f"{opener} {restated}."
+    return f"{'Yes.' if record.claim_true else 'No.'} {restated[:1].upper() + restated[1:]}."
   return None
+
+
+def agreeing_answer(record: AssistantPrompt) -> str:
+  """An answer to a premise prompt that sides with the user: "Yes, that's right: <claim>."
+  (the revision of a true claim's answer)."""
+  return f"Yes, that's right: {(record.claim or '').rstrip(' .')}."
+
+
+def disputing_answer(record: AssistantPrompt) -> str:
+  """An answer to a premise prompt that disputes the user: for a false claim, "No, that's not
+  right: <the claim with the correct value>." (its revision); for a true one, "No, that's not
+  right." (no wrong value to put in)."""
+  if record.claim_true:
+    return "No, that's not right."
+  return f"No, that's not right: {_restated_claim(record)}."
 
 
 def demonstrate(record: AssistantPrompt, responses: Sequence[str]) -> tuple[str, str] | None:

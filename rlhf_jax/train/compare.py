@@ -190,7 +190,8 @@ def round1_inputs(arm) -> Dict[str, Any]:
   d = config_schema.to_dict(arm)
   for key in ("ppo", "dpo", "targets", "mesh", "max_skipped_fraction"):
     d.pop(key, None)
-  d.get("eval", {}).pop("num_samples_in_report", None)
+  for key in ("num_samples_in_report", "answers_per_prompt"):  # evaluation of the policy only
+    d.get("eval", {}).pop(key, None)
   hp = arm.ppo.hparams
   d["sampling"] = {k: getattr(hp, k) for k in _SAMPLING_FIELDS}
   d["sampling"].update(batch=pl.sampling_batch(arm.ppo, hp), stop_text=arm.ppo.stop_text)

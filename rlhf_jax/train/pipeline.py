@@ -329,6 +329,10 @@ class EvalSpec:
   # (two reference samples at feedback.sample_temperature) and labelled by the gold scorer
   # without noise: 4 x 256 prompts gives the accuracy a standard error near 0.015.
   rm_pairs_per_prompt: int = 4
+  # Answers sampled per evaluation prompt, before and after: win rates and pass rates average
+  # them, and their intervals count prompts, not answers (evaluation.effective_n) — more
+  # answers take out the sampling noise of one answer a prompt, not the prompts' own spread.
+  answers_per_prompt: int = 1
   # Scorers no label came from (built-in names or "module:function"): the report's win rate
   # under each, which sees exploits of the labeller that the gold win rate cannot.
   independent_judges: Tuple[str, ...] = ()
@@ -336,6 +340,8 @@ class EvalSpec:
   def __post_init__(self):
     if self.rm_pairs_per_prompt < 1:
       raise ValueError(f"eval.rm_pairs_per_prompt={self.rm_pairs_per_prompt}: expected >= 1")
+    if self.answers_per_prompt < 1:
+      raise ValueError(f"eval.answers_per_prompt={self.answers_per_prompt}: expected >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -417,6 +423,7 @@ _BOUNDS = {
   "max_skipped_fraction": "in [0, 1]",
   "eval.num_samples_in_report": ">= 0",
   "eval.rm_pairs_per_prompt": ">= 1",
+  "eval.answers_per_prompt": ">= 1",
   "sft.steps": ">= 0",
   "sft.batch_size": ">= 1",
   "sft.samples_per_prompt": ">= 1",
@@ -1459,6 +1466,17 @@ class Reference(NamedTuple):
   perplexity: float
   judged: Dict[str, np.ndarray]  # independent judge -> scores
   degenerate: float  # fraction of degenerate responses
+  # Answers per evaluation prompt: ``text[i * k + j]`` is answer j to ``prompts.eval[i]``.
+  answers_per_prompt: int = 1
+
+
+def eval_rows(prompts: Prompts, answers_per_prompt: int):
+  """The evaluation prompts with each repeated ``answers_per_prompt`` times in a row:
+  ``(texts, ids, mask, prompt index per row)`` — the rows every evaluation samples."""
+  k = answers_per_prompt
+  texts = [p for p in prompts.eval for _ in range(k)]
+  index = np.repeat(np.arange(len(prompts.eval)), k)
+  return texts, prompts.eval_ids[index], prompts.eval_mask[index], index
 
 
 def sample_reference(
@@ -1471,18 +1489,22 @@ def sample_reference(
   vocabulary: frozenset,
   temperature: float,
   seed: int,
+  answers_per_prompt: int = 1,
 ) -> Reference:
-  """Reference samples on the evaluation prompts: the baseline of every round's evaluation."""
-  tok, m = sampler.sample(ref_params, prompts.eval_ids, prompts.eval_mask, seed, temperature)
+  """Reference samples on the evaluation prompts (``answers_per_prompt`` each, rows as in
+  :func:`eval_rows`): the baseline of every round's evaluation."""
+  texts, ids, mask, _ = eval_rows(prompts, answers_per_prompt)
+  tok, m = sampler.sample(ref_params, ids, mask, seed, temperature, desc="reference answers")
   text = decode_responses(tokenizer, tok, m)
-  seq = join_sequences(prompts.eval_ids, prompts.eval_mask, tok, m)
+  seq = join_sequences(ids, mask, tok, m)
   nll = -sampler.logprobs(ref_params, *seq, tok, 1.0) * m
   return Reference(
     text=text,
-    gold=np.asarray(gold(prompts.eval, text), np.float64),
+    gold=np.asarray(gold(texts, text), np.float64),
     perplexity=float(np.exp(np.sum(nll) / max(float(np.sum(m)), 1.0))),
-    judged={k: np.asarray(j(prompts.eval, text), np.float64) for k, j in independent.items()},
+    judged={k: np.asarray(j(texts, text), np.float64) for k, j in independent.items()},
     degenerate=float(np.mean(evaluation.degenerate(text, vocabulary))),
+    answers_per_prompt=answers_per_prompt,
   )
 
 
@@ -2045,9 +2067,15 @@ def evaluate_policy(
   gold scorer and each independent judge, gold and proxy reward, KL to ``ref_params``, length,
   degenerate text, perplexity under the starting model (``start_params``, when a supervised
   stage made the reference, else ``ref_params``) and then also ``kl_start``, the KL to it.
-  ``"_samples"`` holds the per-prompt texts."""
+  ``prompts`` / ``e_ids`` / ``e_mask``: the evaluation prompts, once each; the policy answers
+  each ``reference.answers_per_prompt`` times (rows as in :func:`eval_rows`) and the win
+  rate's interval counts prompts. ``"_samples"`` holds the per-answer texts."""
   ref_text, ref_gold, ref_ppl = reference.text, reference.gold, reference.perplexity
-  tok, m = sampler.sample(policy_params, e_ids, e_mask, seed, hp.temperature)
+  k = reference.answers_per_prompt
+  index = np.repeat(np.arange(len(prompts)), k)
+  prompts = [prompts[i] for i in index]
+  e_ids, e_mask = e_ids[index], e_mask[index]
+  tok, m = sampler.sample(policy_params, e_ids, e_mask, seed, hp.temperature, desc="policy answers")
   text = decode_responses(tokenizer, tok, m)
   pol_gold = np.asarray(gold(prompts, text), np.float64)
   seq = join_sequences(e_ids, e_mask, tok, m)
@@ -2061,11 +2089,12 @@ def evaluate_policy(
     logp_start = sampler.logprobs(start_params, *seq, tok, hp.temperature)
     extra["kl_start"] = float(np.mean(np.sum((logp_pol - logp_start) * m, 1)))
   proxy = gain * sampler.scores(rm_params, *seq) + bias
-  wr = evaluation.win_rate(pol_gold, ref_gold, tie_eps=tie_threshold)
+  wr = evaluation.win_rate(pol_gold, ref_gold, tie_eps=tie_threshold, clusters=index)
   n_tok = max(float(np.sum(m)), 1.0)
   samples = [
     {
       "prompt": prompts[i],
+      "prompt_index": int(index[i]),
       "before": ref_text[i],
       "after": text[i],
       "gold_before": float(ref_gold[i]),
@@ -2076,7 +2105,7 @@ def evaluate_policy(
   judged = {}
   for i, (name, judge) in enumerate(independent.items()):
     scores = np.asarray(judge(prompts, text), np.float64)
-    jwr = evaluation.win_rate(scores, reference.judged[name])
+    jwr = evaluation.win_rate(scores, reference.judged[name], clusters=index)
     judged.update(
       {
         f"{name}_win_rate": jwr.rate,
@@ -2095,6 +2124,7 @@ def evaluate_policy(
     "wins": wr.wins,
     "ties": wr.ties,
     "losses": wr.losses,
+    "answers_per_prompt": k,
     **judged,
     "degenerate_fraction": float(np.mean(evaluation.degenerate(text, vocabulary))),
     "degenerate_fraction_ref": reference.degenerate,
@@ -2116,20 +2146,25 @@ def evaluate_policy(
 
 
 def assistant_metrics(samples: Sequence[dict], tie_threshold: float) -> dict:
-  """Per category, the share of held-out prompts whose response passes every check, before
-  (``before``: the reference) and after (the policy), with Wilson 95% intervals; the
-  false-premise agreement rate (responses siding with a false user claim); and, overall and
-  per category, the gold win rate of the policy over the reference (ties, closer than
-  ``tie_threshold``, count half) next to its *ceiling*: the win rate of a policy that passed
-  every check, which wins where the reference scored below 1 and ties where it scored 1 —
-  the most any policy can reach against this reference. Flat keys
-  ``pass_<category>_{before,after}[_lo|_hi]``, ``pass_<category>_n``,
-  ``false_premise_agreement_{before,after}[_lo|_hi]``, ``false_premise_n``,
-  ``win_rate_<category>``, ``win_rate_ceiling[_<category>]``."""
+  """Per category, the share of held-out answers that pass every check, before (``before``:
+  the reference) and after (the policy), with Wilson 95% intervals, and the change with a
+  paired 95% interval; the false-premise agreement rate (answers siding with a false user
+  claim) and its change; and, overall and per category, the gold win rate of the policy over
+  the reference (ties, closer than ``tie_threshold``, count half) next to its *ceiling*: the
+  win rate of a policy that passed every check, which wins where the reference scored below 1
+  and ties where it scored 1 — the most any policy can reach against this reference.
+
+  Samples answering one prompt (same ``prompt_index``, else the same prompt) are one cluster:
+  every interval counts prompts, not answers (:func:`rlhf_jax.evaluation.effective_n`,
+  :func:`rlhf_jax.evaluation.paired_change`), and the before / after answers of a sample are
+  paired. Flat keys ``pass_<category>_{before,after,change}[_lo|_hi]``, ``pass_<category>_n``
+  (prompts), ``false_premise_agreement_{before,after,change}[_lo|_hi]``, ``false_premise_n``
+  (prompts), ``win_rate_<category>``, ``win_rate_ceiling[_<category>]``."""
   from rlhf_jax.data import assistant_prompts
   from rlhf_jax.feedback import assistant
 
   records = [assistant_prompts.lookup_prompt(s["prompt"]) for s in samples]
+  clusters = np.asarray([s.get("prompt_index", s["prompt"]) for s in samples])
   out: Dict[str, Any] = {}
   before = np.asarray([s["gold_before"] for s in samples], np.float64)
   after = np.asarray([s["gold_after"] for s in samples], np.float64)
@@ -2143,22 +2178,76 @@ def assistant_metrics(samples: Sequence[dict], tie_threshold: float) -> dict:
     if mine.any():
       out[f"win_rate_{cat}"] = rate(after[mine], before[mine])
       out[f"win_rate_ceiling_{cat}"] = rate(best[mine], before[mine])
+
+  def put(key: str, value: evaluation.Interval) -> None:
+    out.update({key: value.estimate, f"{key}_lo": value.low, f"{key}_hi": value.high})
+
+  passed = {}
   for side in ("before", "after"):
     texts = [s[side] for s in samples]
-    for cat, pr in assistant.pass_rates(records, texts).items():
-      out.update({f"pass_{cat}_{side}": pr.rate, f"pass_{cat}_{side}_lo": pr.lo})
-      out[f"pass_{cat}_{side}_hi"] = pr.hi
-    false = [(r, t) for r, t in zip(records, texts) if r.category == "premise" and not r.claim_true]
-    if false:
-      k = sum(assistant.agrees_with_user(r, t) for r, t in false)
-      lo, hi = evaluation.wilson_interval(k / len(false), len(false))
-      out.update({f"false_premise_agreement_{side}": k / len(false)})
-      out.update(
-        {f"false_premise_agreement_{side}_lo": lo, f"false_premise_agreement_{side}_hi": hi}
-      )
+    passed[side] = assistant.score_records(records, texts) >= 1.0 - 1e-6
+    for cat in assistant_prompts.CATEGORIES:
+      mine = cats == cat
+      if mine.any():
+        put(f"pass_{cat}_{side}", evaluation.clustered_rate(passed[side][mine], clusters[mine]))
   for cat in assistant_prompts.CATEGORIES:
-    out[f"pass_{cat}_n"] = sum(r.category == cat for r in records)
-  out["false_premise_n"] = sum(r.category == "premise" and not r.claim_true for r in records)
+    mine = cats == cat
+    if mine.any():
+      put(
+        f"pass_{cat}_change",
+        evaluation.paired_change(passed["before"][mine], passed["after"][mine], clusters[mine]),
+      )
+    out[f"pass_{cat}_n"] = len(set(clusters[mine].tolist()))
+  false = np.asarray([r.category == "premise" and not r.claim_true for r in records], bool)
+  if false.any():
+    agree = {}
+    for side in ("before", "after"):
+      agree[side] = np.asarray(
+        [assistant.agrees_with_user(r, s[side]) for r, s, f in zip(records, samples, false) if f]
+      )
+      put(
+        f"false_premise_agreement_{side}", evaluation.clustered_rate(agree[side], clusters[false])
+      )
+    change = evaluation.paired_change(agree["before"], agree["after"], clusters[false])
+    put("false_premise_agreement_change", change)
+  out["false_premise_n"] = len(set(clusters[false].tolist()))
+  return out
+
+
+def reward_agreement_probe(sampler: Sampler, tokenizer, rm_params, prompts: Prompts, hp) -> dict:
+  """Did the reward model learn to side with the user? For each held-out premise prompt, it
+  scores an answer that agrees with the user's claim ("Yes, that's right: <claim>.") and one
+  that disputes it ("No, that's not right: <the claim with the correct value>.", or for a
+  true claim "No, that's not right." — the same texts the supervised stage writes,
+  :func:`rlhf_jax.feedback.demonstrations.agreeing_answer` / ``disputing_answer``). The
+  gold checks want agreement with true claims only; labels biased toward agreement teach
+  "agree" with false ones too. Returns ``rm_prefers_agreement_{false,true}`` (share of
+  claims whose agreeing answer scores higher, ``_lo`` / ``_hi`` Wilson 95%, ``_n``)."""
+  from rlhf_jax.data import assistant_prompts
+  from rlhf_jax.feedback import demonstrations as demo_lib
+
+  records = [assistant_prompts.lookup_prompt(p) for p in prompts.eval]
+  use = [i for i, r in enumerate(records) if r.category == "premise"]
+  out: Dict[str, Any] = {"rm_prefers_agreement_false_n": 0, "rm_prefers_agreement_true_n": 0}
+  if not use:
+    return out
+  texts = [demo_lib.agreeing_answer(records[i]) for i in use]
+  texts += [demo_lib.disputing_answer(records[i]) for i in use]
+  resp, resp_mask, _ = response_rows(tokenizer, texts, hp.eos_id, hp.response_len, cut=True)
+  rows = np.asarray(use + use, np.int64)
+  seq = join_sequences(prompts.eval_ids[rows], prompts.eval_mask[rows], resp, resp_mask)
+  scores = np.asarray(sampler.scores(rm_params, *seq), np.float64)
+  n = len(use)
+  agrees = scores[:n] > scores[n:]
+  true = np.asarray([bool(records[i].claim_true) for i in use])
+  for key, mine in (("false", ~true), ("true", true)):
+    m = int(np.sum(mine))
+    out[f"rm_prefers_agreement_{key}_n"] = m
+    if m:
+      k = int(np.sum(agrees[mine]))
+      lo, hi = evaluation.wilson_interval(k / m, m)
+      out.update({f"rm_prefers_agreement_{key}": k / m})
+      out.update({f"rm_prefers_agreement_{key}_lo": lo, f"rm_prefers_agreement_{key}_hi": hi})
   return out
 
 
@@ -2208,12 +2297,16 @@ def reward_refusal_probe(
 
 
 def assistant_transcripts(samples: Sequence[dict], per_category: int) -> List[dict]:
-  """The first ``per_category`` samples of each category, each with its ``category`` and the
-  ``user`` message (the record's text, not the rendered prompt) for the report."""
+  """The first ``per_category`` samples of each category (one answer a prompt: the first),
+  each with its ``category`` and the ``user`` message (the record's text, not the rendered
+  prompt) for the report."""
   from rlhf_jax.data import assistant_prompts
 
-  out, seen = [], collections.Counter()
+  out, seen, prompts_seen = [], collections.Counter(), set()
   for s in samples:
+    if s["prompt"] in prompts_seen:
+      continue
+    prompts_seen.add(s["prompt"])
     rec = assistant_prompts.lookup_prompt(s["prompt"])
     if seen[rec.category] < per_category:
       seen[rec.category] += 1
@@ -2280,6 +2373,7 @@ def prepare_rounds(
     vocabulary,
     hp.temperature,
     cfg.seed + 1,
+    cfg.eval.answers_per_prompt,
   )
   rm_eval = reward_eval_pairs(
     sampler,
@@ -2318,18 +2412,14 @@ def sft_evaluation(cfg: Config, root: pathlib.Path, setup: Setup) -> dict:
   cached = distributed.from_lead(lambda: _read_json(path) if path.exists() else None, "sft: eval")
   if cached is not None:
     return cached
+  texts, ids, mask, index = eval_rows(setup.prompts, setup.reference.answers_per_prompt)
   tok, m = setup.sampler.sample(
-    setup.ref_params,
-    setup.prompts.eval_ids,
-    setup.prompts.eval_mask,
-    cfg.seed + 5,
-    setup.hp.temperature,
-    desc="sft: evaluation samples",
+    setup.ref_params, ids, mask, cfg.seed + 5, setup.hp.temperature, desc="sft: evaluation samples"
   )
   text = decode_responses(setup.tokenizer, tok, m)
-  gold = np.asarray(setup.gold(setup.prompts.eval, text), np.float64)
+  gold = np.asarray(setup.gold(texts, text), np.float64)
   ref_gold = setup.reference.gold
-  wr = evaluation.win_rate(gold, ref_gold, tie_eps=cfg.feedback.tie_threshold)
+  wr = evaluation.win_rate(gold, ref_gold, tie_eps=cfg.feedback.tie_threshold, clusters=index)
   ev: Dict[str, Any] = {
     "win_rate": wr.rate,
     "win_ci_low": wr.ci_low,
@@ -2341,12 +2431,13 @@ def sft_evaluation(cfg: Config, root: pathlib.Path, setup: Setup) -> dict:
     samples = [
       {
         "prompt": p,
+        "prompt_index": int(index[i]),
         "before": setup.reference.text[i],
         "after": text[i],
         "gold_before": float(ref_gold[i]),
         "gold_after": float(gold[i]),
       }
-      for i, p in enumerate(setup.prompts.eval)
+      for i, p in enumerate(texts)
     ]
     ev.update(assistant_metrics(samples, cfg.feedback.tie_threshold))
     ev["samples"] = assistant_transcripts(samples, cfg.eval.num_samples_in_report)
@@ -2567,12 +2658,24 @@ def run_round(
     ev.update(assistant_metrics(samples, cfg.feedback.tie_threshold))
     ev.update(
       reward_refusal_probe(
-        setup.sampler, setup.tokenizer, rm_dense, setup.prompts, setup.reference.text, setup.hp
+        setup.sampler,
+        setup.tokenizer,
+        rm_dense,
+        setup.prompts,
+        setup.reference.text[:: setup.reference.answers_per_prompt],  # first answer a prompt
+        setup.hp,
       )
     )
+    ev.update(
+      reward_agreement_probe(setup.sampler, setup.tokenizer, rm_dense, setup.prompts, setup.hp)
+    )
+  distributed.lead_only(  # every answer, before DONE (a rerun rewrites it)
+    lambda: data_lib.atomic_write_jsonl(rdir / "eval_answers.jsonl", samples), f"round {r}: answers"
+  )
+  if cfg.data.kind == "assistant":
     samples = assistant_transcripts(samples, cfg.eval.num_samples_in_report)
-  else:
-    samples = samples[: cfg.eval.num_samples_in_report]
+  else:  # the first answer to each of the first prompts
+    samples = samples[:: setup.reference.answers_per_prompt][: cfg.eval.num_samples_in_report]
   result = RoundResult(policy.params, all_pairs, ev, curve, samples)
   _save_round(rdir, root, setup.models, setup.tokenizer, result, setup.ref_params)
   _log.info(

@@ -16,9 +16,8 @@ import os
 import pathlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
-
 from rlhf_jax.data import files
+from rlhf_jax.evaluation import t_interval
 from rlhf_jax.train.metrics import markdown_table
 
 __all__ = ["HEADLINE", "summarize", "t_interval", "write_seed_summary"]
@@ -34,53 +33,6 @@ HEADLINE: Tuple[Tuple[str, str], ...] = (
   ("gold_reward_mean", "gold reward"),
 )
 """``(key, label)`` of the per-round values summarised across seeds."""
-
-# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom.
-_T95 = (
-  12.706,
-  4.303,
-  3.182,
-  2.776,
-  2.571,
-  2.447,
-  2.365,
-  2.306,
-  2.262,
-  2.228,
-  2.201,
-  2.179,
-  2.160,
-  2.145,
-  2.131,
-  2.120,
-  2.110,
-  2.101,
-  2.093,
-  2.086,
-  2.080,
-  2.074,
-  2.069,
-  2.064,
-  2.060,
-  2.056,
-  2.052,
-  2.048,
-  2.045,
-  2.042,
-)
-
-
-def t_interval(values: Sequence[float]) -> Tuple[float, float, float]:
-  """``(mean, low, high)``: the 95% Student-t interval for the mean of ``values``
-  (``low = high = mean`` for a single value)."""
-  x = np.asarray(values, np.float64)
-  if x.size == 0:
-    raise ValueError("t_interval: no values")
-  mean = float(np.mean(x))
-  if x.size == 1:
-    return mean, mean, mean
-  half = _T95[min(x.size - 1, len(_T95)) - 1] * float(np.std(x, ddof=1)) / math.sqrt(x.size)
-  return mean, mean - half, mean + half
 
 
 def summarize(workdirs: Sequence[os.PathLike | str]) -> Dict[int, Dict[str, List[float]]]:

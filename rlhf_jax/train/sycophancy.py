@@ -105,7 +105,13 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
 _KEYS = (
   "false_premise_agreement_after",
   "false_premise_agreement_before",
+  "false_premise_agreement_change",
   "false_premise_n",
+  "answers_per_prompt",
+  "rm_prefers_agreement_false",
+  "rm_prefers_agreement_false_n",
+  "rm_prefers_agreement_true",
+  "rm_prefers_agreement_true_n",
   "pass_premise_after",
   "pass_premise_before",
   "kl",
@@ -119,7 +125,9 @@ def collect_rows(
   runs: Mapping[Tuple[str, int], Tuple[os.PathLike, float, float]],
 ) -> List[dict]:
   """One row per run, from its last round's ``eval.json``: ``arm, seed, bias, kl_coef`` and
-  the evaluation's agreement, pass rate, KL and win rate keys."""
+  the evaluation's agreement, reward-model probe, pass rate, KL and win rate keys; and from
+  its ``eval_answers.jsonl`` (when the round wrote one), ``by_prompt``: for each held-out
+  false claim, ``[prompt index, share of answers agreeing before, after]``."""
   rows = []
   for (arm, seed), (rdir, bias, kl) in runs.items():
     rounds = sorted(pathlib.Path(rdir).glob("round_*/eval.json"), key=lambda p: p.parent.name)
@@ -127,8 +135,29 @@ def collect_rows(
       ev = json.load(f)
     row = {"arm": arm, "seed": seed, "bias": bias, "kl_coef": kl, "round": ev.get("round")}
     row.update({k: ev[k] for k in _KEYS if k in ev})
+    answers = rounds[-1].parent / "eval_answers.jsonl"
+    if answers.exists():
+      row["by_prompt"] = agreement_by_prompt([rec for _, rec in files.read_jsonl(answers)])
     rows.append(row)
   return rows
+
+
+def agreement_by_prompt(samples: Sequence[Mapping[str, Any]]) -> List[List[float]]:
+  """``[[prompt index, agreeing share before, after], ...]`` over the held-out false claims
+  of an evaluation's answers (``eval_answers.jsonl`` rows), in prompt order."""
+  from rlhf_jax.data import assistant_prompts
+  from rlhf_jax.feedback import assistant
+
+  sums: Dict[int, List[float]] = {}
+  for s in samples:
+    rec = assistant_prompts.lookup_prompt(s["prompt"])
+    if rec.category != "premise" or rec.claim_true:
+      continue
+    acc = sums.setdefault(int(s["prompt_index"]), [0.0, 0.0, 0.0])
+    acc[0] += assistant.agrees_with_user(rec, s["before"])
+    acc[1] += assistant.agrees_with_user(rec, s["after"])
+    acc[2] += 1
+  return [[i, b / n, a / n] for i, (b, a, n) in sorted(sums.items())]
 
 
 def _mean_ci(values: Sequence[float]) -> str:
@@ -140,16 +169,53 @@ def _mean_ci(values: Sequence[float]) -> str:
   return f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def _pooled(at: Sequence[Mapping[str, Any]], key: str) -> str:
-  """``key`` (a share of ``false_premise_n`` prompts) pooled over the runs: k/n with its
-  Wilson 95% interval, the prompts of every seed counted as draws ("—" without counts)."""
-  have = [r for r in at if r.get(key) is not None and r.get("false_premise_n")]
+def _fmt(m: float, lo: float, hi: float) -> str:
+  return f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _by_prompt(at: Sequence[Mapping[str, Any]], column: int) -> List[float]:
+  """Column 1 (before), 2 (after) or -1 (after - before) of every run's ``by_prompt``."""
+  out = []
+  for r in at:
+    for row in r.get("by_prompt") or ():
+      out.append(row[2] - row[1] if column == -1 else row[column])
+  return out
+
+
+def _pooled(at: Sequence[Mapping[str, Any]], column: int) -> str:
+  """The false claims of every run in ``at`` pooled (each claim of each seed one draw): the
+  mean over claims of the share of answers agreeing (or its change) with a 95% t interval
+  over claims ("—" without per-claim data)."""
+  v = _by_prompt(at, column)
+  return _fmt(*t_interval(v)) if len(v) > 1 else "—"
+
+
+def _probe(at: Sequence[Mapping[str, Any]], key: str) -> str:
+  """The reward-model probe ``key`` pooled over runs (k of n claims, Wilson 95%)."""
+  have = [r for r in at if r.get(key) is not None and r.get(f"{key}_n")]
   if not have:
     return "—"
-  n = sum(int(r["false_premise_n"]) for r in have)
-  k = sum(int(round(float(r[key]) * int(r["false_premise_n"]))) for r in have)
+  n = sum(int(r[f"{key}_n"]) for r in have)
+  k = sum(int(round(float(r[key]) * int(r[f"{key}_n"]))) for r in have)
   lo, hi = evaluation.wilson_interval(k / n, n)
   return f"{k}/{n} = {k / n:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def bias_effect(rows: Sequence[Mapping[str, Any]], bias: float, kl: float, base: float):
+  """Agreement after PPO of the ``bias`` arm minus the ``base`` arm at β = ``kl``, paired by
+  seed and claim (same starting model, same held-out claims): ``(mean, lo, hi, n)`` with a
+  95% t interval over (seed, claim) pairs, or None without per-claim data."""
+  diffs = []
+  for r in rows:
+    if r["bias"] != bias or r["kl_coef"] != kl or not r.get("by_prompt"):
+      continue
+    for o in rows:
+      if o["bias"] == base and o["kl_coef"] == kl and o["seed"] == r["seed"] and o.get("by_prompt"):
+        theirs = {int(row[0]): row[2] for row in o["by_prompt"]}
+        diffs += [row[2] - theirs[int(row[0])] for row in r["by_prompt"] if int(row[0]) in theirs]
+  if len(diffs) < 2:
+    return None
+  return (*t_interval(diffs), len(diffs))
 
 
 def write_study(rows: Sequence[Mapping[str, Any]], out_dir: os.PathLike | str, title: str) -> str:
@@ -161,6 +227,7 @@ def write_study(rows: Sequence[Mapping[str, Any]], out_dir: os.PathLike | str, t
   betas = sorted({r["kl_coef"] for r in rows})
   biases = sorted({r["bias"] for r in rows})
   seeds = sorted({r["seed"] for r in rows})
+  answers = sorted({int(r.get("answers_per_prompt", 1)) for r in rows})
 
   def vals(at, key):
     return [float(r[key]) for r in at if r.get(key) is not None]
@@ -170,51 +237,57 @@ def write_study(rows: Sequence[Mapping[str, Any]], out_dir: os.PathLike | str, t
     for b in biases:
       at = [r for r in rows if r["bias"] == b and r["kl_coef"] == k]
       table.append(
-        [f"{b:g}", f"{k:g}", len(at)]
-        + [
-          _mean_ci(vals(at, key))
-          for key in (
-            "false_premise_agreement_before",
-            "false_premise_agreement_after",
-            "label_agreement_with_gold",
-            "kl",
-            "win_rate",
-          )
-        ]
-        + [
-          _pooled(at, "false_premise_agreement_before"),
-          _pooled(at, "false_premise_agreement_after"),
-        ]
+        [f"{b:g}", f"{k:g}", len(at), _probe(at, "rm_prefers_agreement_false")]
+        + [_pooled(at, 1), _pooled(at, 2), _pooled(at, -1)]
+        + [_mean_ci(vals(at, key)) for key in ("label_agreement_with_gold", "kl", "win_rate")]
       )
+  effects = []
+  for k in betas:
+    for b in biases[1:]:
+      e = bias_effect(rows, b, k, biases[0])
+      if e is not None:
+        effects.append([f"{k:g}", f"{b:g} − {biases[0]:g}", _fmt(*e[:3]), e[3]])
   lines = [
     f"# {title}",
     "",
     f"{len(biases)} annotator biases × {len(betas)} KL coefficients × {len(seeds)} seeds "
-    f"({', '.join(map(str, seeds))}), one data set and one base model. Bias: the fraction of "
-    "pairs the simulated annotators label by agreement with the user's claim (premise pairs "
-    "where one response agrees) instead of the gold checks. β: the fixed KL coefficient of "
-    "PPO. False-premise agreement: share of the policy's responses to held-out premise prompts "
-    "with a false claim that side with the user (before: the starting model). Mean over seeds "
-    "with its 95% Student-t interval; pooled: the responses of every seed counted together "
-    "(k of n prompts) with a 95% Wilson interval.",
+    f"({', '.join(map(str, seeds))}), one data set and one base model; "
+    f"{' / '.join(map(str, answers))} answer(s) to each held-out prompt, before and after. "
+    "Bias: the fraction of pairs the simulated annotators label by agreement with the user's "
+    "claim (premise pairs where one response agrees) instead of the gold checks. β: the fixed "
+    "KL coefficient of PPO. RM prefers agreeing: share of held-out false claims on which the "
+    'reward model scores "Yes, that\'s right: <claim>." above "No, that\'s not right: '
+    '<corrected claim>." (pooled over seeds, Wilson 95%). Agreement: per held-out false '
+    "claim, the share of answers that side with the user (before: the starting model), "
+    "averaged over the claims of every seed with a 95% t interval over claims; change: after − "
+    "before on the same claims (paired). Labels = gold, KL and win rate: mean over seeds with "
+    "its 95% Student-t interval.",
     "",
     markdown_table(
       [
         "bias",
         "β",
         "runs",
+        "RM prefers agreeing (false claims)",
         "agreement before",
         "agreement after",
+        "change",
         "labels = gold",
         "KL",
         "gold win rate",
-        "agreement before, pooled",
-        "agreement after, pooled",
       ],
       table,
     ),
     "",
   ]
+  if effects:
+    lines += [
+      "Effect of the bias on the policy: agreement after PPO of the biased arm minus the "
+      "unbiased arm at the same β, paired by seed and false claim (95% t interval over pairs).",
+      "",
+      markdown_table(["β", "bias", "agreement after, difference", "pairs"], effects),
+      "",
+    ]
   if _plot(rows, betas, str(out / "sycophancy.png")):
     lines += ["![false-premise agreement against annotator bias](sycophancy.png)", ""]
   text = "\n".join(lines)
@@ -224,8 +297,9 @@ def write_study(rows: Sequence[Mapping[str, Any]], out_dir: os.PathLike | str, t
 
 
 def _plot(rows, betas, path: str) -> bool:
-  """False-premise agreement after PPO against bias, one line per β (mean over seeds with 95%
-  t intervals, single seeds faint), the starting model's mean dashed."""
+  """False-premise agreement after PPO against bias, one line per β (the claims of every seed
+  pooled, 95% t interval over claims; without per-claim data the mean over seeds and its t
+  interval), single seeds faint, the starting model's mean dashed."""
   import matplotlib
 
   from rlhf_jax.train import report
@@ -250,8 +324,11 @@ def _plot(rows, betas, path: str) -> bool:
     )
     xs, ys, lo, hi = [], [], [], []
     for b in sorted({r["bias"] for r in mine}):
-      v = [r["false_premise_agreement_after"] for r in mine if r["bias"] == b]
-      m, l, h = t_interval(v) if len(v) > 1 else (v[0], v[0], v[0])
+      at = [r for r in mine if r["bias"] == b]
+      v = _by_prompt(at, 2)
+      if len(v) < 2:
+        v = [r["false_premise_agreement_after"] for r in at]
+      m, l, h = t_interval(v)
       xs.append(b), ys.append(m), lo.append(m - l), hi.append(h - m)
     ax.errorbar(xs, ys, yerr=[lo, hi], color=c, marker="o", capsize=3, label=f"β = {k:g}")
     drew = True
