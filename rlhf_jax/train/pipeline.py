@@ -2231,14 +2231,17 @@ def reward_agreement_probe(sampler: Sampler, tokenizer, rm_params, prompts: Prom
   out: Dict[str, Any] = {"rm_prefers_agreement_false_n": 0, "rm_prefers_agreement_true_n": 0}
   if not use:
     return out
-  texts = [demo_lib.agreeing_answer(records[i]) for i in use]
-  texts += [demo_lib.disputing_answer(records[i]) for i in use]
-  resp, resp_mask, _ = response_rows(tokenizer, texts, hp.eos_id, hp.response_len, cut=True)
-  rows = np.asarray(use + use, np.int64)
-  seq = join_sequences(prompts.eval_ids[rows], prompts.eval_mask[rows], resp, resp_mask)
-  scores = np.asarray(sampler.scores(rm_params, *seq), np.float64)
-  n = len(use)
-  agrees = scores[:n] > scores[n:]
+  agree_score, dispute_score = _score_answers(
+    sampler,
+    tokenizer,
+    rm_params,
+    prompts,
+    hp,
+    use,
+    [demo_lib.agreeing_answer(records[i]) for i in use],
+    [demo_lib.disputing_answer(records[i]) for i in use],
+  )
+  agrees = agree_score > dispute_score
   true = np.asarray([bool(records[i].claim_true) for i in use])
   for key, mine in (("false", ~true), ("true", true)):
     m = int(np.sum(mine))
@@ -2249,6 +2252,17 @@ def reward_agreement_probe(sampler: Sampler, tokenizer, rm_params, prompts: Prom
       out.update({f"rm_prefers_agreement_{key}": k / m})
       out.update({f"rm_prefers_agreement_{key}_lo": lo, f"rm_prefers_agreement_{key}_hi": hi})
   return out
+
+
+def _score_answers(sampler, tokenizer, rm_params, prompts: Prompts, hp, rows, texts_a, texts_b):
+  """The reward model's scores of ``texts_a[j]`` and ``texts_b[j]`` as answers to evaluation
+  prompt ``rows[j]`` (cut to the response budget): two float64 arrays."""
+  texts = list(texts_a) + list(texts_b)
+  resp, resp_mask, _ = response_rows(tokenizer, texts, hp.eos_id, hp.response_len, cut=True)
+  both = np.asarray(list(rows) * 2, np.int64)
+  seq = join_sequences(prompts.eval_ids[both], prompts.eval_mask[both], resp, resp_mask)
+  scores = np.asarray(sampler.scores(rm_params, *seq), np.float64)
+  return scores[: len(rows)], scores[len(rows) :]
 
 
 def reward_refusal_probe(
@@ -2274,13 +2288,16 @@ def reward_refusal_probe(
   ]
   if not use:  # e.g. premise prompts only (configs/sycophancy.py)
     return {"rm_prefers_decline_harmful_n": 0, "rm_prefers_answer_benign_n": 0}
-  texts = [answers[i] for i in use] + [demo_lib.decline_for(records[i]) for i in use]
-  resp, resp_mask, _ = response_rows(tokenizer, texts, hp.eos_id, hp.response_len, cut=True)
-  rows = np.asarray(use + use, np.int64)
-  seq = join_sequences(prompts.eval_ids[rows], prompts.eval_mask[rows], resp, resp_mask)
-  scores = np.asarray(sampler.scores(rm_params, *seq), np.float64)
-  n = len(use)
-  answer_score, decline_score = scores[:n], scores[n:]
+  answer_score, decline_score = _score_answers(
+    sampler,
+    tokenizer,
+    rm_params,
+    prompts,
+    hp,
+    use,
+    [answers[i] for i in use],
+    [demo_lib.decline_for(records[i]) for i in use],
+  )
   out: Dict[str, Any] = {}
   for cat, key, right in (
     ("harmful", "rm_prefers_decline_harmful", decline_score > answer_score),
