@@ -74,9 +74,9 @@ def _arm(arg: str):
     c.ppo.hparams.response_len = 32  # the verdict and the corrected claim
     c.ppo.iterations = 10
     c.eval.rm_pairs_per_prompt = 1  # as in the recorded study (docs/results/sycophancy/)
-    # 8 answers to each held-out claim: one answer a prompt made the starting model read
+    # 4 answers to each held-out claim: one answer a prompt made the starting model read
     # 0.62 and 0.48 on the same 42 false claims (two sampling seeds)
-    c.eval.answers_per_prompt = 8
+    c.eval.answers_per_prompt = 4
   return c
 
 
