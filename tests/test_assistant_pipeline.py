@@ -513,3 +513,20 @@ def test_contrast_groups_replace_one_response_in_every_pair_it_appears_in(chat_d
 def test_contrast_groups_need_the_assistant_task():
   cfg = pl.Config(feedback=pl.FeedbackSpec(contrast_groups=True))
   assert any("contrast_groups" in e for e in pl.stage_errors(cfg))
+
+
+def test_pass_rate_plot_in_the_assistant_section(tmp_path):
+  """With a workdir the section draws the pass rates (starting model, after SFT, after RL)
+  and links the image; without pass rates there is nothing to draw."""
+  ev = {"answers_per_prompt": 3, "false_premise_agreement_before": 0.5}
+  for c in ("harmful", "benign"):
+    ev.update({f"pass_{c}_before": 0.25, f"pass_{c}_after": 0.75, f"pass_{c}_after_lo": 0.5})
+    ev[f"pass_{c}_after_hi"] = 0.9
+  sft = {"pass_harmful_after": 0.5, "pass_benign_after": 0.5}
+  lines = report_lib.assistant_section(
+    ev, ("harmful", "benign"), [], sft=sft, workdir=str(tmp_path)
+  )
+  assert "![pass rate by category](pass_rates_by_category.png)" in lines
+  assert (tmp_path / "pass_rates_by_category.png").stat().st_size > 0
+  assert not report_lib.plot_pass_rates({}, ("harmful",), str(tmp_path / "none.png"))
+  assert not (tmp_path / "none.png").exists()

@@ -2748,6 +2748,7 @@ def write_report(
       results[-1].samples,
       sft=sft_eval,
       sft_info=sft_info,
+      workdir=str(root),
     )
   report_lib.write_round_report(
     str(root),

@@ -836,6 +836,51 @@ def _rate_cell(ev: Mapping[str, Any], key: str) -> str:
   return f"{rate:.2f} [{_fmt(lo, '.2f')}, {_fmt(hi, '.2f')}]"
 
 
+def plot_pass_rates(
+  ev: Mapping[str, Any],
+  categories: Sequence[str],
+  path: str,
+  sft: Optional[Mapping[str, Any]] = None,
+) -> bool:
+  """Grouped bars: per category (and false-premise agreement, lower is better) the pass rate
+  of the starting model, the supervised model (with ``sft``) and the policy, with their 95%
+  intervals. False when ``ev`` has no pass rates."""
+  rows = [(c, f"pass_{c}") for c in categories if _number(ev.get(f"pass_{c}_before")) is not None]
+  if _number(ev.get("false_premise_agreement_before")) is not None:
+    rows.append(("false-premise\nagreement (lower\nis better)", "false_premise_agreement"))
+  if not rows:
+    return False
+  sides = [("starting model", ev, "_before", "tab:gray")]
+  if sft is not None:
+    sides.append(("after SFT", sft, "_after", "tab:orange"))
+  sides.append(("after RL", ev, "_after", "tab:blue"))
+  fig = _new_figure(max(6.0, 1.2 * len(rows) + 2.0), 4.2)
+  ax = fig.add_subplot()
+  x = np.arange(len(rows))
+  width = 0.8 / len(sides)
+  for j, (label, src, suffix, colour) in enumerate(sides):
+    rate = np.array([_number(src.get(k + suffix)) or 0.0 for _, k in rows])
+    lo = np.array([_number(src.get(k + suffix + "_lo")) for _, k in rows], dtype=float)
+    hi = np.array([_number(src.get(k + suffix + "_hi")) for _, k in rows], dtype=float)
+    xs = x + (j - (len(sides) - 1) / 2) * width
+    ax.bar(xs, rate, width=width, color=colour, alpha=0.85, label=label)
+    ok = ~(np.isnan(lo) | np.isnan(hi))
+    if ok.any():
+      err = [np.maximum(rate - lo, 0)[ok], np.maximum(hi - rate, 0)[ok]]
+      ax.errorbar(xs[ok], rate[ok], yerr=err, fmt="none", ecolor="black", capsize=3, lw=1)
+  ax.set_xticks(x, [name for name, _ in rows], fontsize=8)
+  ax.set_ylim(0.0, 1.05)
+  ax.set_ylabel("share of held-out answers")
+  k = int(ev.get("answers_per_prompt", 1))
+  ax.set_title(
+    "Pass rate by category (95% intervals" + (f", {k} answers a prompt)" if k > 1 else ")")
+  )
+  ax.grid(axis="y", alpha=0.3)
+  fig.legend(loc="outside lower center", ncols=len(sides), fontsize=8)
+  _save_png(fig, path)
+  return True
+
+
 def _change_cell(ev: Mapping[str, Any], key: str) -> str:
   """A signed change with its interval ("" when the evaluation has none)."""
   d = _number(ev.get(key))
@@ -851,6 +896,7 @@ def assistant_section(
   samples: Sequence[Mapping[str, Any]],
   sft: Optional[Mapping[str, Any]] = None,
   sft_info: Optional[Mapping[str, Any]] = None,
+  workdir: Optional[str] = None,
 ) -> List[str]:
   """The assistant task's results as Markdown lines: per category the pass rate before (the
   starting model) and after (the policy) with Wilson 95% intervals (keys
@@ -859,7 +905,9 @@ def assistant_section(
   ``category, user, before, after, gold_before, gold_after``) the conversation before and
   after, as chat. With ``sft`` (the supervised stage's evaluation, the same keys with its
   model as "after" and its ``samples``) a column and a transcript for the model after the
-  supervised stage, and ``sft_info`` (its ``DONE`` record) the demonstrations per category."""
+  supervised stage, and ``sft_info`` (its ``DONE`` record) the demonstrations per category.
+  With ``workdir``, the pass rates also as a plot there (:func:`plot_pass_rates`,
+  ``pass_rates_by_category.png``)."""
   sft_cols = ["after SFT", "SFT win rate"] if sft is not None else []
 
   def sft_cells(key: str, win_key: Optional[str]) -> List[str]:
@@ -934,6 +982,9 @@ def assistant_section(
       "",
     ]
   lines += [markdown_table(header, rows), ""]
+  png = "pass_rates_by_category.png"
+  if workdir is not None and plot_pass_rates(ev, categories, os.path.join(workdir, png), sft):
+    lines += [f"![pass rate by category]({png})", ""]
   if ev.get("rm_prefers_decline_harmful_n") or ev.get("rm_prefers_answer_benign_n"):
     lines += [
       "Does the reward model know when to decline? On held-out prompts where the starting "
