@@ -29,7 +29,11 @@ re-run skips finished stages and resumes an interrupted training stage from its 
       or DPO / IPO on the round's fresh pairs (``algorithm="dpo" | "ipo"``, ``config.dpo``);
    d. :func:`evaluate_policy`: win rate against the reference under the gold scorer and the
       independent judges, gold and proxy reward, KL to the reference, response length,
-      degenerate text, fluency (perplexity under the reference).
+      degenerate text, fluency (perplexity under the reference), on
+      ``eval.answers_per_prompt`` answers to each held-out prompt (intervals count prompts;
+      every answer in ``round_<r>/eval_answers.jsonl``); for the assistant task also the
+      per-category pass rates and the reward-model probes (:func:`assistant_metrics`,
+      :func:`reward_refusal_probe`, :func:`reward_agreement_probe`).
 4. ``report.md`` + plots in ``workdir`` — :func:`write_report`.
 
 Across processes (``jax.distributed``; every process runs :func:`run` with the same config and
