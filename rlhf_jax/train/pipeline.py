@@ -1439,24 +1439,28 @@ class Sampler:
       masks.append(m[: e - s])
     return np.concatenate(toks), np.concatenate(masks)
 
-  def _map(self, fn, arrays, extra=()):
+  def _map(self, fn, arrays, extra=(), desc: str = ""):
     outs = []
     n = len(arrays[0])
-    for s, e in common.batches(n, self.batch):
+    batches = list(common.batches(n, self.batch))
+    for s, e in progress(batches, desc=desc, unit="batch", disable=None if desc else True):
       padded = [common.pad_rows(a[s:e], self.batch) for a in arrays]
       b = sharding.shard_global_batch(dict(enumerate(padded)), self.mesh)
       outs.append(sharding.to_host(fn(*[b[i] for i in range(len(padded))], *extra))[: e - s])
     return np.concatenate(outs)
 
-  def logprobs(self, params, seq_ids, seq_mask, tokens, temperature):
+  def logprobs(self, params, seq_ids, seq_mask, tokens, temperature, desc: str = ""):
+    """Per-token log-probs of ``tokens`` (with a ``desc``, a progress bar over batches)."""
     return self._map(
       lambda a, b, c, t: self._logp(params, a, b, c, t),
       [seq_ids, seq_mask, tokens],
       (jnp.float32(temperature),),
+      desc,
     )
 
-  def scores(self, rm_params, seq_ids, seq_mask):
-    return self._map(lambda a, b: self._score(rm_params, a, b), [seq_ids, seq_mask])
+  def scores(self, rm_params, seq_ids, seq_mask, desc: str = ""):
+    """Reward-model scores of the sequences (with a ``desc``, a progress bar)."""
+    return self._map(lambda a, b: self._score(rm_params, a, b), [seq_ids, seq_mask], desc=desc)
 
 
 # ----------------------------------------------------------------------------- reference
@@ -1501,7 +1505,7 @@ def sample_reference(
   tok, m = sampler.sample(ref_params, ids, mask, seed, temperature, desc="reference answers")
   text = decode_responses(tokenizer, tok, m)
   seq = join_sequences(ids, mask, tok, m)
-  nll = -sampler.logprobs(ref_params, *seq, tok, 1.0) * m
+  nll = -sampler.logprobs(ref_params, *seq, tok, 1.0, desc="reference perplexity") * m
   return Reference(
     text=text,
     gold=np.asarray(gold(texts, text), np.float64),
@@ -2083,16 +2087,16 @@ def evaluate_policy(
   text = decode_responses(tokenizer, tok, m)
   pol_gold = np.asarray(gold(prompts, text), np.float64)
   seq = join_sequences(e_ids, e_mask, tok, m)
-  logp_pol = sampler.logprobs(policy_params, *seq, tok, hp.temperature)
-  logp_ref = sampler.logprobs(ref_params, *seq, tok, hp.temperature)
+  logp_pol = sampler.logprobs(policy_params, *seq, tok, hp.temperature, desc="policy log-probs")
+  logp_ref = sampler.logprobs(ref_params, *seq, tok, hp.temperature, desc="reference log-probs")
   kl = float(np.mean(np.sum((logp_pol - logp_ref) * m, 1)))
   start = ref_params if start_params is None else start_params
-  nll_ref_on_policy = -sampler.logprobs(start, *seq, tok, 1.0)
+  nll_ref_on_policy = -sampler.logprobs(start, *seq, tok, 1.0, desc="perplexity")
   extra = {}
   if start_params is not None:
-    logp_start = sampler.logprobs(start_params, *seq, tok, hp.temperature)
+    logp_start = sampler.logprobs(start_params, *seq, tok, hp.temperature, desc="KL to the start")
     extra["kl_start"] = float(np.mean(np.sum((logp_pol - logp_start) * m, 1)))
-  proxy = gain * sampler.scores(rm_params, *seq) + bias
+  proxy = gain * sampler.scores(rm_params, *seq, desc="reward-model scores") + bias
   wr = evaluation.win_rate(pol_gold, ref_gold, tie_eps=tie_threshold, clusters=index)
   n_tok = max(float(np.sum(m)), 1.0)
   samples = [
