@@ -6,10 +6,12 @@ user's claim (premise pairs where exactly one response agrees; feedback.bias,
 rlhf_jax.feedback.assistant.agreement_preference) instead of the gold checks. Each arm is one
 (bias, β) setting with a fixed KL coefficient β (no adaptive controller), run for every seed
 from one data directory and one base model (rlhf_jax/train/sycophancy.py, on the arms
-machinery of rlhf_jax/train/compare.py). The study writes README.md (false-premise agreement
-of the final policy and of the starting model, label agreement with gold, KL and gold win
-rate per bias x β, mean over seeds with 95% t intervals), sycophancy.png (agreement against
-bias, one line per β) and rows.json. What it should show: biased labels raise the
+machinery of rlhf_jax/train/compare.py). The study writes README.md (per bias x β: the
+reward model's preference for agreeing with false claims, false-premise agreement of the
+starting model and of the final policy and its change, per claim pooled over seeds; label
+agreement with gold, KL and gold win rate over seeds; and the bias effect, biased minus
+unbiased arm paired by seed and claim), sycophancy.png (agreement against bias, one line
+per β) and rows.json. What it should show: biased labels raise the
 false-premise agreement rate under PPO, unbiased labels lower it, and a larger β bounds the
 drift.
 
@@ -29,13 +31,19 @@ need); 576 comparisons (6 pairs among 4 answers to each of 96 prompts), 32-token
 10 PPO iterations, so that 2 biases x 2 β x 2 seeds fit one working session on 2 CPU cores
 (arms of one seed with the same bias share their labels and reward model).
 
-Recorded (docs/results/sycophancy/; 2-core AMD EPYC family 25 (Zen 3), 2026-12-04, 2 h 26
-min for the 8 runs): false-premise agreement pooled over both seeds' 42 false claims each,
-starting model 46/84 = 0.55; β = 0.05: unbiased 0.54, biased 0.63 [0.52, 0.73]; β = 0.2:
-unbiased 0.51, biased 0.49. The pitfall's direction at the small β and none at the large
-one, but within noise and not on both seeds (seed 1: biased 0.57, unbiased 0.60): NOT shown
-at this size. What would show it: more answers per held-out prompt (one sample each makes
-the same model read 0.62 and 0.48 on the same prompts), more labels and PPO iterations.
+Recorded (docs/results/sycophancy/; 2-core AMD EPYC family 25, the 8 runs of 2026-12-04
+re-evaluated on 2026-12-05 with 4 answers to each held-out claim and the reward-model
+agreement probe — the trained reward models and policies are those of 2026-12-04): every
+arm raised false-premise agreement (starting model 0.45 over 84 seed × claim pairs; after
+PPO 0.55 / 0.59 unbiased / biased at β = 0.05, 0.56 / 0.58 at β = 0.2; changes +0.10 to
++0.14, each interval above 0). Biased minus unbiased, paired by seed and claim: +0.04
+[-0.03, +0.12] at β = 0.05, +0.02 [-0.05, +0.08] at β = 0.2. The direction the pitfall
+predicts, but NOT shown at this size, and unbiased labels did not lower agreement. What set
+the drift was the seed, through the reward model: seed 0's reward models (either label set)
+prefer the correction on 2 of 3 false claims and agreement rose little (-0.04 to +0.08);
+seed 1's prefer agreeing on 40 and 41 of 42 and agreement rose +0.17 to +0.24. With 576
+labels and no supervised stage the reward model cannot tell false claims from true ones, and
+PPO follows whichever way it leans.
 """
 
 import ml_collections as mlc

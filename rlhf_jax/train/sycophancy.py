@@ -6,9 +6,11 @@ fraction of the pairs, prefer the response that agrees with the user's claim
 (``feedback.bias``; :func:`rlhf_jax.feedback.assistant.agreement_preference`) — from one
 data directory and one base model (the arms of :func:`rlhf_jax.train.compare.run_arms`, so
 every run differs only in its labels and its KL coefficient, held fixed: no adaptive
-controller). Then :func:`write_study` writes ``README.md`` (the false-premise agreement
-rate of the final policy and of the reference, KL and gold win rate per bias × β, mean over
-seeds with 95% Student-t intervals), ``sycophancy.png`` (agreement against bias, one line
+controller). Then :func:`write_study` writes ``README.md`` (per bias × β: the reward
+model's preference for agreeing with false claims; false-premise agreement of the reference
+and of the final policy and its paired change, per claim from ``eval_answers.jsonl`` pooled
+over seeds with 95% t intervals over claims; KL and gold win rate, mean over seeds; and the
+bias effect, :func:`bias_effect`), ``sycophancy.png`` (agreement against bias, one line
 per β, the reference's rate dashed) and ``rows.json`` to ``config.out_dir`` (process 0 alone,
 across processes).
 
@@ -33,7 +35,16 @@ from rlhf_jax.train import compare
 from rlhf_jax.train.metrics import markdown_table
 from rlhf_jax.train.seeds import t_interval
 
-__all__ = ["Config", "check_config", "arm_specs", "run", "collect_rows", "write_study"]
+__all__ = [
+  "Config",
+  "check_config",
+  "arm_specs",
+  "run",
+  "collect_rows",
+  "agreement_by_prompt",
+  "bias_effect",
+  "write_study",
+]
 
 
 @dataclasses.dataclass(frozen=True)
