@@ -1478,13 +1478,32 @@ class Reference(NamedTuple):
   answers_per_prompt: int = 1
 
 
+def repeat_rows(texts: Sequence[str], ids: np.ndarray, mask: np.ndarray, k: int):
+  """Each prompt repeated ``k`` times in a row: ``(texts, ids, mask, prompt index per row)``."""
+  index = np.repeat(np.arange(len(texts)), k)
+  return [texts[i] for i in index], ids[index], mask[index], index
+
+
 def eval_rows(prompts: Prompts, answers_per_prompt: int):
-  """The evaluation prompts with each repeated ``answers_per_prompt`` times in a row:
-  ``(texts, ids, mask, prompt index per row)`` — the rows every evaluation samples."""
-  k = answers_per_prompt
-  texts = [p for p in prompts.eval for _ in range(k)]
-  index = np.repeat(np.arange(len(prompts.eval)), k)
-  return texts, prompts.eval_ids[index], prompts.eval_mask[index], index
+  """The evaluation prompts with each repeated ``answers_per_prompt`` times in a row
+  (:func:`repeat_rows`): the rows every evaluation samples."""
+  return repeat_rows(prompts.eval, prompts.eval_ids, prompts.eval_mask, answers_per_prompt)
+
+
+def answer_samples(texts, index, before, after, gold_before, gold_after) -> List[dict]:
+  """One record per evaluation answer: ``prompt``, ``prompt_index``, ``before`` / ``after``
+  texts and their gold scores (the rows of ``eval_answers.jsonl``)."""
+  return [
+    {
+      "prompt": texts[i],
+      "prompt_index": int(index[i]),
+      "before": before[i],
+      "after": after[i],
+      "gold_before": float(gold_before[i]),
+      "gold_after": float(gold_after[i]),
+    }
+    for i in range(len(texts))
+  ]
 
 
 def sample_reference(
@@ -1530,10 +1549,7 @@ def reward_eval_pairs(
   """Held-out pairs for reward-model evaluation: ``pairs_per_prompt`` pairs of reference
   samples per evaluation prompt, drawn like round 1's labelled pairs, with noise-free gold
   labels (:func:`pairs_arrays` layout)."""
-  k = pairs_per_prompt
-  rep_ids = np.repeat(prompts.eval_ids, k, axis=0)
-  rep_mask = np.repeat(prompts.eval_mask, k, axis=0)
-  rep_prompts = _eval_pair_prompts(prompts, k)
+  rep_prompts, rep_ids, rep_mask, _ = eval_rows(prompts, pairs_per_prompt)
   sides = []
   for j in range(2):
     tok, m = sampler.sample(
@@ -1554,7 +1570,7 @@ def reward_eval_pairs(
 
 def _eval_pair_prompts(prompts: Prompts, pairs_per_prompt: int) -> List[str]:
   """The prompt of each held-out reward-model pair, in :func:`reward_eval_pairs`' row order."""
-  return [p for p in prompts.eval for _ in range(pairs_per_prompt)]
+  return eval_rows(prompts, pairs_per_prompt)[0]
 
 
 def _eval_pair_categories(cfg: Config, prompts: Prompts) -> Optional[List[str]]:
@@ -2080,9 +2096,7 @@ def evaluate_policy(
   rate's interval counts prompts. ``"_samples"`` holds the per-answer texts."""
   ref_text, ref_gold, ref_ppl = reference.text, reference.gold, reference.perplexity
   k = reference.answers_per_prompt
-  index = np.repeat(np.arange(len(prompts)), k)
-  prompts = [prompts[i] for i in index]
-  e_ids, e_mask = e_ids[index], e_mask[index]
+  prompts, e_ids, e_mask, index = repeat_rows(prompts, e_ids, e_mask, k)
   tok, m = sampler.sample(policy_params, e_ids, e_mask, seed, hp.temperature, desc="policy answers")
   text = decode_responses(tokenizer, tok, m)
   pol_gold = np.asarray(gold(prompts, text), np.float64)
@@ -2099,17 +2113,7 @@ def evaluate_policy(
   proxy = gain * sampler.scores(rm_params, *seq, desc="reward-model scores") + bias
   wr = evaluation.win_rate(pol_gold, ref_gold, tie_eps=tie_threshold, clusters=index)
   n_tok = max(float(np.sum(m)), 1.0)
-  samples = [
-    {
-      "prompt": prompts[i],
-      "prompt_index": int(index[i]),
-      "before": ref_text[i],
-      "after": text[i],
-      "gold_before": float(ref_gold[i]),
-      "gold_after": float(pol_gold[i]),
-    }
-    for i in range(len(prompts))
-  ]
+  samples = answer_samples(prompts, index, ref_text, text, ref_gold, pol_gold)
   judged = {}
   for i, (name, judge) in enumerate(independent.items()):
     scores = np.asarray(judge(prompts, text), np.float64)
@@ -2452,17 +2456,7 @@ def sft_evaluation(cfg: Config, root: pathlib.Path, setup: Setup) -> dict:
     "gold_reward_ref_mean": float(np.mean(ref_gold)),
   }
   if cfg.data.kind == "assistant":
-    samples = [
-      {
-        "prompt": p,
-        "prompt_index": int(index[i]),
-        "before": setup.reference.text[i],
-        "after": text[i],
-        "gold_before": float(ref_gold[i]),
-        "gold_after": float(gold[i]),
-      }
-      for i, p in enumerate(texts)
-    ]
+    samples = answer_samples(texts, index, setup.reference.text, text, ref_gold, gold)
     ev.update(assistant_metrics(samples, cfg.feedback.tie_threshold))
     ev["samples"] = assistant_transcripts(samples, cfg.eval.num_samples_in_report)
   distributed.lead_only(lambda: data_lib.atomic_write_json(path, ev), "sft: eval save")
@@ -2678,6 +2672,9 @@ def run_round(
     }
   )
   samples = ev.pop("_samples")
+  distributed.lead_only(  # every answer, before DONE (a rerun rewrites it)
+    lambda: data_lib.atomic_write_jsonl(rdir / "eval_answers.jsonl", samples), f"round {r}: answers"
+  )
   if cfg.data.kind == "assistant":
     ev.update(assistant_metrics(samples, cfg.feedback.tie_threshold))
     ev.update(
@@ -2693,10 +2690,6 @@ def run_round(
     ev.update(
       reward_agreement_probe(setup.sampler, setup.tokenizer, rm_dense, setup.prompts, setup.hp)
     )
-  distributed.lead_only(  # every answer, before DONE (a rerun rewrites it)
-    lambda: data_lib.atomic_write_jsonl(rdir / "eval_answers.jsonl", samples), f"round {r}: answers"
-  )
-  if cfg.data.kind == "assistant":
     samples = assistant_transcripts(samples, cfg.eval.num_samples_in_report)
   else:  # the first answer to each of the first prompts
     samples = samples[:: setup.reference.answers_per_prompt][: cfg.eval.num_samples_in_report]

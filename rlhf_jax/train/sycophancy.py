@@ -176,8 +176,7 @@ def _mean_ci(values: Sequence[float]) -> str:
     return "—"
   if len(values) == 1:
     return f"{values[0]:.3f}"
-  m, lo, hi = t_interval(values)
-  return f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
+  return _fmt(*t_interval(values))
 
 
 def _fmt(m: float, lo: float, hi: float) -> str:
@@ -196,9 +195,8 @@ def _by_prompt(at: Sequence[Mapping[str, Any]], column: int) -> List[float]:
 def _pooled(at: Sequence[Mapping[str, Any]], column: int) -> str:
   """The false claims of every run in ``at`` pooled (each claim of each seed one draw): the
   mean over claims of the share of answers agreeing (or its change) with a 95% t interval
-  over claims ("—" without per-claim data)."""
-  v = _by_prompt(at, column)
-  return _fmt(*t_interval(v)) if len(v) > 1 else "—"
+  over claims (:func:`_mean_ci`; "—" without per-claim data)."""
+  return _mean_ci(_by_prompt(at, column))
 
 
 def _probe(at: Sequence[Mapping[str, Any]], key: str) -> str:
