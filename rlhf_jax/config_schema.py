@@ -35,7 +35,7 @@ import os
 import sys
 import types
 import typing
-from typing import Any, Literal, Mapping, Union
+from typing import Any, Literal, Mapping, Optional, Union
 
 __all__ = [
   "ConfigError",
@@ -399,21 +399,32 @@ def flatten(tree: Any, prefix: str = "") -> dict:
   return out
 
 
-def diff(old: Mapping, new: Mapping, ignore: Any = ()) -> list[str]:
+def diff(
+  old: Mapping, new: Mapping, ignore: Any = (), defaults: Optional[Mapping] = None
+) -> list[str]:
   """Fields whose values differ between two snapshots, as ``"path: old -> new"`` lines.
 
-  Paths equal to or under an entry of ``ignore`` are skipped; paths present in only one
-  snapshot (a field added or removed by another version of the code) are not compared."""
+  Paths equal to or under an entry of ``ignore`` are skipped. A path present in only one
+  snapshot (a field added or removed by another version of the code) is not compared —
+  unless ``defaults`` (a snapshot of the defaults) is given and the field is new: then a
+  value other than its default is a change (the older code behaved as the default, so
+  a new field set otherwise would not describe what made ``old``)."""
   a, b = flatten(old), flatten(new)
+  d = flatten(defaults) if defaults is not None else {}
   ignore = tuple(ignore)
 
   def ignored(p):
     return any(p == i or p.startswith(i + ".") for i in ignore)
 
   lines = []
-  for p in sorted(set(a) & set(b)):
-    if not ignored(p) and a[p] != b[p]:
-      lines.append(f"{p}: {a[p]!r} -> {b[p]!r}")
+  for p in sorted(set(a) | set(b)):
+    if ignored(p):
+      continue
+    if p in a and p in b:
+      if a[p] != b[p]:
+        lines.append(f"{p}: {a[p]!r} -> {b[p]!r}")
+    elif p in b and p in d and b[p] != d[p]:
+      lines.append(f"{p}: (absent: {d[p]!r}) -> {b[p]!r}")
   return lines
 
 

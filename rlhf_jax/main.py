@@ -238,8 +238,11 @@ def validate(config: Any):
   return module, cfg
 
 
-def _check_workdir_config(workdir: str, snapshot: dict, module) -> None:
-  """Refuses to rerun a workdir with result-affecting values other than those that made it."""
+def check_workdir_config(workdir: str, snapshot: dict, module) -> None:
+  """Refuses to rerun a workdir with result-affecting values other than those that made it
+  (``snapshot``: the new config as ``config.json`` records it; ``module``: the trainer's,
+  for its ``Config`` defaults and ``RESULT_NEUTRAL_FIELDS``). A field the workdir's
+  ``config.json`` lacks (added to the code since) passes only at its default."""
   from rlhf_jax import config_schema
 
   path = os.path.join(workdir, "config.json")
@@ -256,7 +259,9 @@ def _check_workdir_config(workdir: str, snapshot: dict, module) -> None:
       "workdir: restore it, or pass a new --workdir"
     ) from None
   neutral = _NEUTRAL_KEYS + tuple(getattr(module, "RESULT_NEUTRAL_FIELDS", ()))
-  changed = config_schema.diff(old, json.loads(json.dumps(snapshot, default=str)), neutral)
+  plain = lambda x: json.loads(json.dumps(x, default=str))  # as config.json holds it
+  defaults = plain(config_schema.to_dict(module.Config()))
+  changed = config_schema.diff(old, plain(snapshot), neutral, defaults=defaults)
   if changed:
     raise UsageError(
       f"--workdir={workdir} was made by a different config; these fields differ "
@@ -316,7 +321,7 @@ def run_task(config: Any, workdir: str) -> dict:
   snapshot.update(config_schema.to_dict(cfg))
 
   def record() -> None:  # process 0 (a refusal is raised in every process)
-    _check_workdir_config(workdir, snapshot, module)
+    check_workdir_config(workdir, snapshot, module)
     os.makedirs(workdir, exist_ok=True)
     tmp = os.path.join(workdir, "config.json.tmp")
     with open(tmp, "w", encoding="utf-8") as f:

@@ -221,3 +221,30 @@ def test_shared_round_one_equals_recomputing_it(tmp_path, monkeypatch):
     for k in ("rm_accuracy", "rm_tie_param", "win_rate", "kl", "gold_reward_mean"):
       assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), (n, k)
   assert evals[True]["grpo"]["rm_seconds"] < evals[False]["grpo"]["rm_seconds"]
+
+
+def test_a_run_folder_made_by_another_config_is_refused(tmp_path, monkeypatch):
+  """An arm whose config changed since its run folder was made (here PPO's iterations) is
+  refused, naming the folder and the field, and the folder's config.json is left as it
+  was; the same config, or a folder with nothing made yet, passes."""
+  import dataclasses
+
+  from rlhf_jax import config_schema
+  from rlhf_jax import main as entry
+  from rlhf_jax.train import compare
+
+  monkeypatch.chdir(ROOT)
+  _, valid = entry.validate(entry.load_config_file("configs/algorithms.py:smoke"))
+  arm = compare.arm_configs(valid)["ppo"]
+  rdir = tmp_path / "ppo_s0"
+  rdir.mkdir()
+  (rdir / "config.json").write_text(json.dumps(config_schema.to_dict(arm)))
+  changed = dataclasses.replace(arm, ppo=dataclasses.replace(arm.ppo, iterations=99))
+  compare.check_run_folder(rdir, changed)  # nothing made yet: a new config may take it
+  (rdir / "round_1").mkdir()
+  compare.check_run_folder(rdir, arm)
+  before = (rdir / "config.json").read_text()
+  with pytest.raises(entry.UsageError) as e:
+    compare.check_run_folder(rdir, changed)
+  assert str(rdir) in str(e.value) and "ppo.iterations" in str(e.value)
+  assert (rdir / "config.json").read_text() == before

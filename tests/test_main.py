@@ -398,6 +398,32 @@ def test_rerun_with_other_values_is_refused(tmp_path, fake_task, monkeypatch):
   assert json.loads((work / "config.json").read_text())["steps"] == 5 and len(fake_task) == 4
 
 
+def test_rerun_accepts_a_new_field_only_at_its_default(tmp_path, fake_task, monkeypatch):
+  """A workdir made before a field existed (its config.json lacks ``ppo.whiten``, default
+  True; ``names``, default ()) resumes when the field is at its default and is refused when
+  it is not: the older code behaved as the default did."""
+  path = _write_config(tmp_path)
+  work = tmp_path / "w"
+  _parse_and_run([f"--config={path}", f"--workdir={work}"], monkeypatch)
+  (work / "stage").mkdir()
+  snapshot = json.loads((work / "config.json").read_text())
+  del snapshot["ppo"]["whiten"], snapshot["names"]
+  (work / "config.json").write_text(json.dumps(snapshot))
+  with pytest.raises(entry.UsageError) as e:  # the config file sets names = ("a", "b")
+    _parse_and_run([f"--config={path}", f"--workdir={work}"], monkeypatch)
+  assert "names: (absent: []) -> ['a', 'b']" in str(e.value)
+  assert "whiten" not in str(e.value)
+  _parse_and_run([f"--config={path}", f"--workdir={work}", "--config.names=()"], monkeypatch)
+  snapshot = json.loads((work / "config.json").read_text())
+  del snapshot["ppo"]["whiten"]
+  (work / "config.json").write_text(json.dumps(snapshot))
+  with pytest.raises(entry.UsageError, match=r"ppo.whiten: \(absent: True\) -> False"):
+    _parse_and_run(
+      [f"--config={path}", f"--workdir={work}", "--config.names=()", "--config.ppo.whiten=False"],
+      monkeypatch,
+    )
+
+
 # ----------------------------------------------------------------------------- documented commands
 
 

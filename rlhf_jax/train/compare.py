@@ -48,6 +48,7 @@ __all__ = [
   "budget",
   "run",
   "run_arms",
+  "check_run_folder",
   "round1_inputs",
   "share_round1",
   "collect_rows",
@@ -233,6 +234,17 @@ def share_round1(src: pathlib.Path, dst: pathlib.Path) -> bool:
   return True
 
 
+def check_run_folder(rdir: pathlib.Path, arm_cfg) -> None:
+  """Refuses (``UsageError`` naming the folder and the fields) a run folder that another
+  config made — the arm's config file edited since — as the entry point refuses a workdir:
+  its finished rounds would otherwise be read as this config's results."""
+  from rlhf_jax import config_schema
+  from rlhf_jax import main as main_lib
+  from rlhf_jax.train import pipeline as pl
+
+  main_lib.check_workdir_config(str(rdir), config_schema.to_dict(arm_cfg), pl)
+
+
 def run(cfg: Config, workdir: str) -> Dict[str, Any]:
   """Every arm × seed as a pipeline run from the shared data and base model, then the table."""
   arms, run_dirs = run_arms(cfg, workdir)
@@ -282,6 +294,7 @@ def run_arms(
 
       def prepare(rdir=rdir, arm_cfg=arm_cfg) -> None:  # process 0
         rdir.mkdir(parents=True, exist_ok=True)
+        check_run_folder(rdir, arm_cfg)
         if not (rdir / "data").exists():
           os.symlink(os.path.abspath(data_dir), rdir / "data", target_is_directory=True)
         files.atomic_write_json(rdir / "config.json", config_schema.to_dict(arm_cfg))
