@@ -181,6 +181,9 @@ def sentiment(variant="default"):
   c.reward.epochs = 2  # passes over each round's labels
   c.reward.batch_size = 32  # pairs per step
   c.reward.optimizer = optimizer("adamw", 5e-4, warmup_steps=10)  # reward-model optimizer
+  # std of the fresh scalar head; None: 1/sqrt(d_model + 1), 0.0: a zero head (every score
+  # starts at 0, so the first preferences the model holds are the labels')
+  c.reward.head_init_std = mlc.config_dict.placeholder(float)
 
   c.ppo = mlc.ConfigDict()
   c.ppo.hparams = ppo_hparams()  # the RL algorithm's hyper-parameters

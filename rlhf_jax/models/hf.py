@@ -54,7 +54,6 @@ sliding_window)`` and a warning. Outputs equal Hugging Face's as long as the tot
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -723,7 +722,7 @@ def _abstract_params(cfg: TransformerConfig) -> Any:
 def _init_head(cfg: TransformerConfig, name: str, rng: jax.Array) -> Dict[str, Any]:
   """Fresh params of one head (``lm_head`` or ``score``), initialised as in ``Transformer``."""
   if name == "score":
-    std = cfg.scalar_init_std or 1.0 / math.sqrt(cfg.d_model + 1)
+    std = _tf.scalar_init_std(cfg)
     layer = _tf._dense(cfg, 1, ("embed", None), cfg.scalar_bias, "score", std=std)
   else:
     layer = _tf._dense(cfg, cfg.vocab_size, ("embed", "vocab"), False, "lm_head")

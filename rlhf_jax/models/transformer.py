@@ -100,7 +100,9 @@ class TransformerConfig:
   tie_embeddings: bool = True
   head: str = "lm"  # "lm" | "scalar" | "both"
   scalar_bias: bool = False  # HF *ForSequenceClassification heads have none
-  scalar_init_std: Optional[float] = None  # None: 1/sqrt(d_model + 1)
+  # None: 1/sqrt(d_model + 1); 0.0: a zero head (every score 0 at the start, so a reward
+  # model's first preferences are the labels', not a random projection's)
+  scalar_init_std: Optional[float] = None
   init_std: float = 0.02
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
@@ -355,11 +357,18 @@ def _dense(
     use_bias=use_bias,
     dtype=jnp.dtype(cfg.dtype),
     param_dtype=jnp.dtype(cfg.param_dtype),
-    kernel_init=_partitioned(nn.initializers.normal(std or cfg.init_std), names),
+    kernel_init=_partitioned(nn.initializers.normal(cfg.init_std if std is None else std), names),
     bias_init=_partitioned(nn.initializers.zeros, (names[-1],)),
     dot_general=mixed_dot_general(cfg.matmul_dtype) if cfg.mixed_matmuls else None,
     name=name,
   )
+
+
+def scalar_init_std(cfg: TransformerConfig) -> float:
+  """The std of a fresh scalar head's kernel: ``cfg.scalar_init_std``, or 1/sqrt(d_model + 1)."""
+  if cfg.scalar_init_std is None:
+    return 1.0 / math.sqrt(cfg.d_model + 1)
+  return cfg.scalar_init_std
 
 
 def _activation(name: str):
@@ -571,7 +580,7 @@ class Transformer(nn.Module):
         logits = _dense(cfg, cfg.vocab_size, ("embed", "vocab"), False, "lm_head")(x_BTD)
       outputs.append(logits.astype(jnp.float32))
     if cfg.head in ("scalar", "both"):
-      std = cfg.scalar_init_std or 1.0 / math.sqrt(cfg.d_model + 1)
+      std = scalar_init_std(cfg)
       score = _dense(cfg, 1, ("embed", None), cfg.scalar_bias, "score", std=std)(x_BTD)
       outputs.append(score[..., 0].astype(jnp.float32))
     out = outputs[0] if len(outputs) == 1 else tuple(outputs)

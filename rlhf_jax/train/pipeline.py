@@ -230,6 +230,9 @@ class RewardSpec:
   optimizer: common.OptimSpec = common.OptimSpec(
     name="adamw", learning_rate=1e-4, warmup_steps=10, eps=1e-8
   )
+  # std of the fresh scalar head (None: 1/sqrt(d_model + 1); 0.0: a zero head, every score
+  # 0 at the start; rlhf_jax.train.reward.train_reward_model)
+  head_init_std: Optional[float] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -408,6 +411,7 @@ _STAGE_BOUNDS = {
   "reward.epochs": ">= 1",
   "reward.batch_size": ">= 1",
   "reward.hparams.center_coef": ">= 0",
+  "reward.head_init_std": ">= 0",
   "ppo.iterations": ">= 1",
   "ppo.batch_size": ">= 1",
   "ppo.init_kl_coef": ">= 0",
@@ -2601,6 +2605,7 @@ def run_round(
     lora=lora,
     responses_per_prompt=cfg.feedback.responses_per_prompt,
     eval_groups=_eval_pair_categories(cfg, setup.prompts),
+    head_init_std=cfg.reward.head_init_std,
   )
   t_rm = time.perf_counter() - t0
 

@@ -55,6 +55,8 @@ class Config:
   seed: int = 0
   max_skipped_fraction: float = 0.1  # stop when more updates are skipped as non-finite
   lora: common.LoraConfig = common.LoraConfig()  # adapters + a scalar head on the frozen base
+  # std of the fresh scalar head: None 1/sqrt(d + 1); 0.0 a zero head (scores start equal)
+  head_init_std: Optional[float] = None
 
 
 # Fields a rerun of a workdir may change (see rlhf_jax.main): layout, stop criterion.
@@ -67,6 +69,7 @@ _BOUNDS = {
   "epochs": ">= 1",
   "batch_size": ">= 1",
   "hparams.center_coef": ">= 0",
+  "head_init_std": ">= 0",
   **common.SKIPPED_BOUNDS,
 }
 
@@ -109,6 +112,7 @@ def train_reward_model(
   lora: Optional[lora_lib.LoraSpec] = None,
   responses_per_prompt: int = 2,
   eval_groups: Optional[Sequence[str]] = None,
+  head_init_std: Optional[float] = None,
 ) -> Tuple[Any, dict]:
   """A fresh scalar-head model on the trunk of ``base_params``, trained on ``pairs``.
 
@@ -124,6 +128,12 @@ def train_reward_model(
   ``2 * batch_size`` sequences a pair step scores, but ``batch_size * (K - 1)`` comparisons
   instead of ``batch_size``. Epochs, shuffling and checkpoints run over groups.
 
+  ``head_init_std``: the std of the fresh scalar head (None: ``model.cfg.scalar_init_std``;
+  0.0: a zero head, so every score starts at 0 and the first preferences the model holds are
+  the labels'). With the default 1/sqrt(d + 1) a random projection of the trunk's features
+  already ranks responses by whatever it happens to align with — on SmolLM2 by as much as the
+  labels move it in a short LoRA run.
+
   With ``lora`` the model is LoRA adapters and a fresh scalar head on the frozen
   ``base_params`` (an input of every step; never copied or changed), and the returned
   params are that :class:`rlhf_jax.lora.LoraParams` (its model params:
@@ -134,7 +144,10 @@ def train_reward_model(
     rlhf_jax.checkpoint.Preempted: stopped by a signal after saving a checkpoint.
   """
   k = jax.random.PRNGKey(seed)
-  params = dict(init_params(model, k))
+  init_model = model
+  if head_init_std is not None:
+    init_model = Transformer(dataclasses.replace(model.cfg, scalar_init_std=head_init_std))
+  params = dict(init_params(init_model, k))
   base = None
   if lora is not None:
     base = base_params
@@ -363,7 +376,9 @@ def run(cfg: Config, workdir: str) -> Dict[str, Any]:
     optim_spec=cfg.optimizer,
     mesh=mesh,
     workdir=workdir,
-    **common.config_kwargs(cfg, "epochs", "batch_size", "seed", "max_skipped_fraction"),
+    **common.config_kwargs(
+      cfg, "epochs", "batch_size", "seed", "max_skipped_fraction", "head_init_std"
+    ),
     lora=lora,
   )
   lora_lib.save_merged(  # LoRA: adapters merged into the base, and the head
