@@ -576,3 +576,33 @@ def _replace(obj, dotted, value):
   if not rest:
     return dataclasses.replace(obj, **{head: value})
   return dataclasses.replace(obj, **{head: _replace(getattr(obj, head), rest, value)})
+
+
+def test_sampler_logprobs_at_several_temperatures_match_one_at_a_time():
+  """``Sampler.logprobs_at``: one forward pass, the log-probs at each temperature equal to
+  ``ops.token_logprobs`` on the full forward's logits (and to ``logprobs`` at that one)."""
+  import jax
+  import numpy as np
+
+  from rlhf_jax import ops
+  from rlhf_jax import ppo as ppo_lib
+  from rlhf_jax.models import Transformer, TransformerConfig, init_params
+  from rlhf_jax.train import common
+  from rlhf_jax.train import pipeline as pl
+
+  cfg = TransformerConfig(vocab_size=32, d_model=32, n_layers=1, n_heads=2, max_len=16)
+  models = pl.Models.from_base(cfg)
+  params = init_params(Transformer(cfg), jax.random.PRNGKey(0))
+  hp = ppo_lib.PPOHparams(response_len=4)
+  sampler = pl.Sampler(models, hp, 8, common.build_mesh(common.MeshSpec()))
+  rng = np.random.default_rng(0)
+  ids = rng.integers(0, 32, (12, 10)).astype(np.int32)  # 12 rows: two batches, one padded
+  mask = np.ones_like(ids)
+  mask[:, :2] = 0
+  tokens = ids[:, -4:]
+  got = sampler.logprobs_at(params, ids, mask, tokens, (0.7, 1.0))
+  logits = Transformer(cfg).apply({"params": params}, ids, mask)[:, 5:9]
+  for temp, g in zip((0.7, 1.0), got):
+    want = np.asarray(ops.token_logprobs(logits, tokens, temp))
+    np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sampler.logprobs(params, ids, mask, tokens, temp), g, atol=1e-6)

@@ -1415,10 +1415,10 @@ class Sampler:
     )
     n = hp.response_len
 
-    def logp(params, seq_ids, seq_mask, tokens, temp):
+    def logp(params, seq_ids, seq_mask, tokens, temps_K):  # one forward, K temperatures
       p = seq_ids.shape[1] - n
       logits = models.lm.apply({"params": params}, seq_ids, seq_mask, head_slice=(p - 1, p + n - 1))
-      return ops.token_logprobs(logits, tokens, temp)
+      return jnp.stack([ops.token_logprobs(logits, tokens, t) for t in temps_K], 1)  # [B, K, n]
 
     self._logp = jax.jit(logp)
     self._score = jax.jit(
@@ -1455,12 +1455,21 @@ class Sampler:
 
   def logprobs(self, params, seq_ids, seq_mask, tokens, temperature, desc: str = ""):
     """Per-token log-probs of ``tokens`` (with a ``desc``, a progress bar over batches)."""
-    return self._map(
+    return self.logprobs_at(params, seq_ids, seq_mask, tokens, (temperature,), desc)[0]
+
+  def logprobs_at(
+    self, params, seq_ids, seq_mask, tokens, temperatures: Sequence[float], desc: str = ""
+  ) -> Tuple[np.ndarray, ...]:
+    """Per-token log-probs of ``tokens`` at each of ``temperatures`` from one forward pass:
+    a tuple of ``[N, n]`` arrays, one per temperature."""
+    temps = jnp.asarray(temperatures, jnp.float32)
+    out = self._map(
       lambda a, b, c, t: self._logp(params, a, b, c, t),
       [seq_ids, seq_mask, tokens],
-      (jnp.float32(temperature),),
+      (temps,),
       desc,
     )
+    return tuple(out[:, i] for i in range(len(temperatures)))
 
   def scores(self, rm_params, seq_ids, seq_mask, desc: str = ""):
     """Reward-model scores of the sequences (with a ``desc``, a progress bar)."""
@@ -2106,13 +2115,22 @@ def evaluate_policy(
   pol_gold = np.asarray(gold(prompts, text), np.float64)
   seq = join_sequences(e_ids, e_mask, tok, m)
   logp_pol = sampler.logprobs(policy_params, *seq, tok, hp.temperature, desc="policy log-probs")
-  logp_ref = sampler.logprobs(ref_params, *seq, tok, hp.temperature, desc="reference log-probs")
+  # the starting model's log-probs at temperature 1 (perplexity) and at the sampling
+  # temperature (KL) come from one forward pass; without a supervised stage it is the reference
+  temps = (hp.temperature, 1.0)
+  if start_params is None:
+    logp_ref, logp_start_t1 = sampler.logprobs_at(
+      ref_params, *seq, tok, temps, desc="reference log-probs"
+    )
+  else:
+    logp_ref = sampler.logprobs(ref_params, *seq, tok, hp.temperature, desc="reference log-probs")
+    logp_start, logp_start_t1 = sampler.logprobs_at(
+      start_params, *seq, tok, temps, desc="starting-model log-probs"
+    )
   kl = float(np.mean(np.sum((logp_pol - logp_ref) * m, 1)))
-  start = ref_params if start_params is None else start_params
-  nll_ref_on_policy = -sampler.logprobs(start, *seq, tok, 1.0, desc="perplexity")
+  nll_ref_on_policy = -logp_start_t1
   extra = {}
   if start_params is not None:
-    logp_start = sampler.logprobs(start_params, *seq, tok, hp.temperature, desc="KL to the start")
     extra["kl_start"] = float(np.mean(np.sum((logp_pol - logp_start) * m, 1)))
   proxy = gain * sampler.scores(rm_params, *seq, desc="reward-model scores") + bias
   wr = evaluation.win_rate(pol_gold, ref_gold, tie_eps=tie_threshold, clusters=index)
