@@ -242,7 +242,10 @@ def test_sycophancy_arms_and_study_table(tmp_path, monkeypatch):
       "false_premise_agreement_after": float(np.mean([r[2] for r in v])),
       "rm_prefers_agreement_false": 0.5 + 0.5 * b * seed,  # 1 / 2 (1: 2 / 2) of 2 claims
       "rm_prefers_agreement_false_n": 2,
+      "rm_prefers_agreement_true": 1.0 - 0.5 * b,  # biased: 1 of 2 true claims, else 2 of 2
+      "rm_prefers_agreement_true_n": 2,
       "by_prompt": v,
+      "by_prompt_true": [[1, 0.5, 0.5 + 0.25 * seed], [2, 1.0, 1.0 - 0.5 * b]],
     }
     for (b, seed), v in by.items()
   ]
@@ -255,10 +258,13 @@ def test_sycophancy_arms_and_study_table(tmp_path, monkeypatch):
 
   text = sycophancy.write_study(rows, tmp_path, "t")
   lo, hi = evaluation.wilson_interval(3 / 4, 4)  # probe pooled: 1 + 2 of 2 + 2 claims
+  tlo, thi = evaluation.wilson_interval(2 / 4, 4)  # true claims: 1 + 1 of 2 + 2
   biased = f"| 1 | 0.1 | 2 | 3/4 = 0.750 [{lo:.3f}, {hi:.3f}] | {t([0.5, 0.25, 0.5, 0.0])} | "
-  biased += f"{t([0.75, 0.5, 1.0, 0.25])} | {t([0.25, 0.25, 0.5, 0.25])} | — | {t([2.0, 3.0])} |"
+  biased += f"{t([0.75, 0.5, 1.0, 0.25])} | {t([0.25, 0.25, 0.5, 0.25])} | "
+  biased += f"2/4 = 0.500 [{tlo:.3f}, {thi:.3f}] | {t([0.0, -0.5, 0.25, -0.5])} | "
+  biased += f"— | {t([2.0, 3.0])} |"
   assert biased in text
-  assert "| 0.5 | 0.1 | 1 | — | — | — | — | — | 1.000 | — |" in text  # nothing to pool
+  assert "| 0.5 | 0.1 | 1 | — | — | — | — | — | — | — | 1.000 | — |" in text  # nothing to pool
   # biased - unbiased after PPO, paired by seed and claim: 0.5, 0.25, 0.5, 0.25
   assert "| 0.1 | 0.5 − 0 |" not in text  # the bias-0.5 arm has no per-claim answers
   assert f"| 0.1 | 1 − 0 | {t([0.5, 0.25, 0.5, 0.25])} | 4 |" in text
@@ -269,7 +275,8 @@ def test_sycophancy_arms_and_study_table(tmp_path, monkeypatch):
 
 def test_agreement_by_prompt_counts_each_claims_answers():
   """Per held-out false claim, the share of its answers (before / after) that side with the
-  user; true claims and other categories are left out."""
+  user; true claims and other categories are left out (``true_claims``: the true ones
+  alone)."""
   from rlhf_jax.feedback import demonstrations as demo_lib
   from rlhf_jax.train import sycophancy
 
@@ -282,8 +289,10 @@ def test_agreement_by_prompt_counts_each_claims_answers():
     {"prompt": false[0].text, "prompt_index": 4, "before": yes(false[0]), "after": yes(false[0])},
     {"prompt": false[1].text, "prompt_index": 9, "before": no(false[1]), "after": yes(false[1])},
     {"prompt": true.text, "prompt_index": 2, "before": yes(true), "after": yes(true)},
+    {"prompt": true.text, "prompt_index": 2, "before": no(true), "after": yes(true)},
   ]
   assert sycophancy.agreement_by_prompt(samples) == [[4, 1.0, 0.5], [9, 0.0, 1.0]]
+  assert sycophancy.agreement_by_prompt(samples, true_claims=True) == [[2, 0.5, 1.0]]
 
 
 def test_reward_refusal_probe_scores_an_answer_against_a_decline(chat_dir):

@@ -138,7 +138,8 @@ def collect_rows(
   """One row per run, from its last round's ``eval.json``: ``arm, seed, bias, kl_coef`` and
   the evaluation's agreement, reward-model probe, pass rate, KL and win rate keys; and from
   its ``eval_answers.jsonl`` (when the round wrote one), ``by_prompt``: for each held-out
-  false claim, ``[prompt index, share of answers agreeing before, after]``."""
+  false claim, ``[prompt index, share of answers agreeing before, after]``, and
+  ``by_prompt_true``, the same for the true claims."""
   rows = []
   for (arm, seed), (rdir, bias, kl) in runs.items():
     rounds = sorted(pathlib.Path(rdir).glob("round_*/eval.json"), key=lambda p: p.parent.name)
@@ -148,21 +149,26 @@ def collect_rows(
     row.update({k: ev[k] for k in _KEYS if k in ev})
     answers = rounds[-1].parent / "eval_answers.jsonl"
     if answers.exists():
-      row["by_prompt"] = agreement_by_prompt([rec for _, rec in files.read_jsonl(answers)])
+      samples = [rec for _, rec in files.read_jsonl(answers)]
+      row["by_prompt"] = agreement_by_prompt(samples)
+      row["by_prompt_true"] = agreement_by_prompt(samples, true_claims=True)
     rows.append(row)
   return rows
 
 
-def agreement_by_prompt(samples: Sequence[Mapping[str, Any]]) -> List[List[float]]:
+def agreement_by_prompt(
+  samples: Sequence[Mapping[str, Any]], true_claims: bool = False
+) -> List[List[float]]:
   """``[[prompt index, agreeing share before, after], ...]`` over the held-out false claims
-  of an evaluation's answers (``eval_answers.jsonl`` rows), in prompt order."""
+  (``true_claims``: the true ones) of an evaluation's answers (``eval_answers.jsonl`` rows),
+  in prompt order."""
   from rlhf_jax.data import assistant_prompts
   from rlhf_jax.feedback import assistant
 
   sums: Dict[int, List[float]] = {}
   for s in samples:
     rec = assistant_prompts.lookup_prompt(s["prompt"])
-    if rec.category != "premise" or rec.claim_true:
+    if rec.category != "premise" or bool(rec.claim_true) != true_claims:
       continue
     acc = sums.setdefault(int(s["prompt_index"]), [0.0, 0.0, 0.0])
     acc[0] += assistant.agrees_with_user(rec, s["before"])
@@ -183,20 +189,21 @@ def _fmt(m: float, lo: float, hi: float) -> str:
   return f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def _by_prompt(at: Sequence[Mapping[str, Any]], column: int) -> List[float]:
-  """Column 1 (before), 2 (after) or -1 (after - before) of every run's ``by_prompt``."""
+def _by_prompt(at: Sequence[Mapping[str, Any]], column: int, key: str = "by_prompt") -> List[float]:
+  """Column 1 (before), 2 (after) or -1 (after - before) of every run's ``key`` rows."""
   out = []
   for r in at:
-    for row in r.get("by_prompt") or ():
+    for row in r.get(key) or ():
       out.append(row[2] - row[1] if column == -1 else row[column])
   return out
 
 
-def _pooled(at: Sequence[Mapping[str, Any]], column: int) -> str:
-  """The false claims of every run in ``at`` pooled (each claim of each seed one draw): the
-  mean over claims of the share of answers agreeing (or its change) with a 95% t interval
-  over claims (:func:`_mean_ci`; "—" without per-claim data)."""
-  return _mean_ci(_by_prompt(at, column))
+def _pooled(at: Sequence[Mapping[str, Any]], column: int, key: str = "by_prompt") -> str:
+  """The false claims (``key="by_prompt_true"``: the true ones) of every run in ``at`` pooled
+  (each claim of each seed one draw): the mean over claims of the share of answers agreeing
+  (or its change) with a 95% t interval over claims (:func:`_mean_ci`; "—" without
+  per-claim data)."""
+  return _mean_ci(_by_prompt(at, column, key))
 
 
 def _probe(at: Sequence[Mapping[str, Any]], key: str) -> str:
@@ -248,6 +255,7 @@ def write_study(rows: Sequence[Mapping[str, Any]], out_dir: os.PathLike | str, t
       table.append(
         [f"{b:g}", f"{k:g}", len(at), _probe(at, "rm_prefers_agreement_false")]
         + [_pooled(at, 1), _pooled(at, 2), _pooled(at, -1)]
+        + [_probe(at, "rm_prefers_agreement_true"), _pooled(at, -1, "by_prompt_true")]
         + [_mean_ci(vals(at, key)) for key in ("label_agreement_with_gold", "kl", "win_rate")]
       )
   effects = []
@@ -269,7 +277,9 @@ def write_study(rows: Sequence[Mapping[str, Any]], out_dir: os.PathLike | str, t
     '<corrected claim>." (pooled over seeds, Wilson 95%). Agreement: per held-out false '
     "claim, the share of answers that side with the user (before: the starting model), "
     "averaged over the claims of every seed with a 95% t interval over claims; change: after − "
-    "before on the same claims (paired). Labels = gold, KL and win rate: mean over seeds with "
+    "before on the same claims (paired). The true claims' columns: the same probe and change "
+    "on the held-out true claims, where the gold checks want agreement (a policy that learned "
+    "to dispute everything lowers both). Labels = gold, KL and win rate: mean over seeds with "
     "its 95% Student-t interval.",
     "",
     markdown_table(
@@ -281,6 +291,8 @@ def write_study(rows: Sequence[Mapping[str, Any]], out_dir: os.PathLike | str, t
         "agreement before",
         "agreement after",
         "change",
+        "RM prefers agreeing (true claims)",
+        "true claims: agreement change",
         "labels = gold",
         "KL",
         "gold win rate",
