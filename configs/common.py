@@ -315,6 +315,8 @@ def assistant(variant="default"):
   c.reward.epochs = 1
   c.reward.batch_size = 16
   c.reward.optimizer = optimizer("adamw", 1e-3, warmup_steps=4)  # LoRA adapters + score head
+  # head_init_std stays at the default: from a zero head both seeds' reward models preferred
+  # a decline on look-alikes too (docs/results/assistant/README.md, "What next")
   c.ppo.hparams = ppo_hparams(
     response_len=48,  # a sentence, a short list or a yes/no answer with a reason
     num_minibatches=2,
