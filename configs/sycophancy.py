@@ -93,7 +93,7 @@ def _arm(arg: str):
   # A zero scalar head: with the default random one (std 1/sqrt(d + 1)) the 12 reward-model
   # steps hardly moved it, and each seed's reward model preferred agreeing with the user on
   # all false claims or on a quarter of them whatever its labels (2026-12-04 study); from a
-  # zero head, seed 1's unbiased labels gave 0.31 on false claims against 0.61 on true ones
+  # zero head, seed 1's unbiased labels gave 0.38 on false claims against 0.74 on true ones
   c.reward.head_init_std = 0.0
   if name == "arm":  # sized so that 2 biases x 2 β x 2 seeds fit a working session
     c.feedback.pairs_per_round = 576  # all 6 pairs among 4 answers to each of 96 prompts
