@@ -1581,9 +1581,21 @@ def reward_eval_pairs(
   )
 
 
-def _eval_pair_prompts(prompts: Prompts, pairs_per_prompt: int) -> List[str]:
-  """The prompt of each held-out reward-model pair, in :func:`reward_eval_pairs`' row order."""
-  return eval_rows(prompts, pairs_per_prompt)[0]
+def held_out_reward_pairs(cfg: Config, sampler: Sampler, tokenizer, params, prompts: Prompts, gold):
+  """:func:`reward_eval_pairs` as a run of ``cfg`` draws them from ``params`` (its reference):
+  ``eval.rm_pairs_per_prompt`` pairs a prompt at the labels' sampling temperature and tie
+  threshold, seeded by ``cfg.seed``."""
+  return reward_eval_pairs(
+    sampler,
+    tokenizer,
+    params,
+    prompts,
+    gold,
+    cfg.eval.rm_pairs_per_prompt,
+    cfg.feedback.sample_temperature,
+    cfg.feedback.tie_threshold,
+    cfg.seed + 1000,
+  )
 
 
 def _eval_pair_categories(cfg: Config, prompts: Prompts) -> Optional[List[str]]:
@@ -1592,7 +1604,7 @@ def _eval_pair_categories(cfg: Config, prompts: Prompts) -> Optional[List[str]]:
     return None
   from rlhf_jax.data import assistant_prompts
 
-  pair_prompts = _eval_pair_prompts(prompts, cfg.eval.rm_pairs_per_prompt)
+  pair_prompts = eval_rows(prompts, cfg.eval.rm_pairs_per_prompt)[0]  # reward_eval_pairs' rows
   return [assistant_prompts.lookup_prompt(p).category for p in pair_prompts]
 
 
@@ -2425,17 +2437,7 @@ def prepare_rounds(
     cfg.seed + 1,
     cfg.eval.answers_per_prompt,
   )
-  rm_eval = reward_eval_pairs(
-    sampler,
-    tokenizer,
-    base_params,
-    prompts,
-    gold,
-    cfg.eval.rm_pairs_per_prompt,
-    cfg.feedback.sample_temperature,
-    cfg.feedback.tie_threshold,
-    cfg.seed + 1000,
-  )
+  rm_eval = held_out_reward_pairs(cfg, sampler, tokenizer, base_params, prompts, gold)
   return Setup(
     tokenizer,
     mesh,

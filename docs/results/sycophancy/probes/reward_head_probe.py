@@ -44,17 +44,7 @@ def main(spec: str, workdir: str, seed: int, heads: list) -> None:
   sampler = pl.Sampler(models, hp, pl.sampling_batch(cfg.ppo, hp), mesh)
   if cfg.sft.steps:  # the finished supervised model: the reward model's trunk
     params = pl.demonstration_stage(cfg, root, tok, sampler, models, params, prompts, hp, mesh)
-  held_out = pl.reward_eval_pairs(
-    sampler,
-    tok,
-    params,
-    prompts,
-    gold,
-    cfg.eval.rm_pairs_per_prompt,
-    cfg.feedback.sample_temperature,
-    cfg.feedback.tie_threshold,
-    cfg.seed + 1000,
-  )
+  held_out = pl.held_out_reward_pairs(cfg, sampler, tok, params, prompts, gold)
   pairs = dict(np.load(root / "round_1" / "pairs.npz"))
   answers = [rec["before"] for _, rec in files.read_jsonl(root / "round_1" / "eval_answers.jsonl")]
   first = answers[:: cfg.eval.answers_per_prompt]  # the starting model's first answers
