@@ -10,7 +10,8 @@ Flags (big_vision / flax-examples style):
   keeps the result-affecting config that made it: rerunning it resumes, rerunning it with
   other values is refused (listing the changed fields); fields that cannot change results
   (a trainer's ``RESULT_NEUTRAL_FIELDS``: logging, progress, report sample counts, the mesh)
-  may change.
+  may change, and so may a study's list of runs (``RUN_LIST_FIELDS``: arms, seeds, biases,
+  KL coefficients; each run folder is checked on its own) — :mod:`rlhf_jax.workdir`.
 * ``--verbosity`` (``-v``) — ``warning`` (default: progress lines and warnings; library INFO
   logs and TFDS progress bars silenced), ``info`` (library INFO logs too), ``debug`` (and
   tracebacks of user errors); absl's integer levels are accepted as well.
@@ -46,7 +47,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import logging
 import os
 import sys
@@ -55,6 +55,8 @@ from typing import Any, Mapping, Sequence
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from rlhf_jax.workdir import UsageError
 
 __all__ = [
   "TASKS",
@@ -86,17 +88,11 @@ TASKS: dict[str, str] = {
 
 # Config keys consumed by the entry point itself.
 ENTRY_POINT_KEYS = ("task", "compilation_cache_dir", "distributed")
-# Entry-point keys that cannot change results (a rerun may change them).
-_NEUTRAL_KEYS = ("compilation_cache_dir", "distributed")
 
 # Exit statuses (EXIT_PREEMPTED is rlhf_jax.checkpoint.EXIT_PREEMPTED, sysexits EX_TEMPFAIL).
 EXIT_FAILED = 1
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 75
-
-
-class UsageError(ValueError):
-  """A user error found by the entry point (flags, config file, workdir)."""
 
 
 _DISTRIBUTED_ARGS = (
@@ -238,39 +234,6 @@ def validate(config: Any):
   return module, cfg
 
 
-def check_workdir_config(workdir: str, snapshot: dict, module) -> None:
-  """Refuses to rerun a workdir with result-affecting values other than those that made it
-  (``snapshot``: the new config as ``config.json`` records it; ``module``: the trainer's,
-  for its ``Config`` defaults and ``RESULT_NEUTRAL_FIELDS``). A field the workdir's
-  ``config.json`` lacks (added to the code since) passes only at its default."""
-  from rlhf_jax import config_schema
-
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return
-  if not set(os.listdir(workdir)) - {"config.json", "config.json.tmp"}:
-    return  # nothing was made yet (e.g. the last attempt failed its start-up checks)
-  try:
-    with open(path, encoding="utf-8") as f:
-      old = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise UsageError(
-      f"{path}: unreadable ({e}); it records the config that made this "
-      "workdir: restore it, or pass a new --workdir"
-    ) from None
-  neutral = _NEUTRAL_KEYS + tuple(getattr(module, "RESULT_NEUTRAL_FIELDS", ()))
-  plain = lambda x: json.loads(json.dumps(x, default=str))  # as config.json holds it
-  defaults = plain(config_schema.to_dict(module.Config()))
-  changed = config_schema.diff(old, plain(snapshot), neutral, defaults=defaults)
-  if changed:
-    raise UsageError(
-      f"--workdir={workdir} was made by a different config; these fields differ "
-      f"(workdir -> now):\n  " + "\n  ".join(changed) + "\nRerun with the workdir's "
-      f"values ({path}) to resume it, or pass a new --workdir (or delete {workdir}) to start "
-      "a new run."
-    )
-
-
 def run_task(config: Any, workdir: str) -> dict:
   """Everything :func:`main` does after flag parsing; usable from Python and tests.
 
@@ -286,6 +249,7 @@ def run_task(config: Any, workdir: str) -> dict:
       resume (:func:`main` exits with :data:`EXIT_PREEMPTED`).
   """
   from rlhf_jax import checkpoint, config_schema, distributed
+  from rlhf_jax import workdir as workdir_lib
 
   plain = _to_plain(config)
   if "task" not in plain:
@@ -320,15 +284,9 @@ def run_task(config: Any, workdir: str) -> dict:
   snapshot = {k: plain[k] for k in ENTRY_POINT_KEYS if k in plain}
   snapshot.update(config_schema.to_dict(cfg))
 
-  def record() -> None:  # process 0 (a refusal is raised in every process)
-    check_workdir_config(workdir, snapshot, module)
-    os.makedirs(workdir, exist_ok=True)
-    tmp = os.path.join(workdir, "config.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(snapshot, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, os.path.join(workdir, "config.json"))
-
-  distributed.lead_only(record, "workdir: config.json")
+  distributed.lead_only(  # a refusal is raised in every process
+    lambda: workdir_lib.record_config(workdir, snapshot, module), "workdir: config.json"
+  )
 
   # 5. Train; SIGTERM anywhere stops at the next checkpoint or stage boundary (Preempted).
   checkpoint.clear_preemption()

@@ -2,6 +2,7 @@
 name the field, and the table and plot writer turns eval rows into README.md, a plot and
 rows.json with intervals over seeds. The full comparison is run by hand (minutes to hours)."""
 
+import dataclasses
 import json
 import pathlib
 import shutil
@@ -248,3 +249,69 @@ def test_a_run_folder_made_by_another_config_is_refused(tmp_path, monkeypatch):
     compare.check_run_folder(rdir, changed)
   assert str(rdir) in str(e.value) and "ppo.iterations" in str(e.value)
   assert (rdir / "config.json").read_text() == before
+
+
+def test_a_study_workdir_may_grow_its_run_list_and_nothing_else(tmp_path, monkeypatch):
+  """A study's workdir reruns with more seeds (compare) or more KL coefficients
+  (sycophancy) — the new runs are made, the finished ones read — while a change to a field
+  that shapes every run (compare's rounds, sycophancy's arm config) is refused as before."""
+  from rlhf_jax import config_schema, workdir
+  from rlhf_jax.train import compare, sycophancy
+
+  monkeypatch.chdir(ROOT)
+  cases = [
+    (compare, compare.Config(seeds=(0,)), {"seeds": (0, 1, 2)}, {"rounds": 3}),
+    (
+      sycophancy,
+      sycophancy.Config(kl_coefs=(0.05,)),
+      {"kl_coefs": (0.05, 0.2), "biases": (0.0,)},
+      {"arm_config": "configs/sycophancy.py:arm_smoke"},
+    ),
+  ]
+  for module, made, grown, other in cases:
+    work = tmp_path / module.__name__.rsplit(".", 1)[-1]
+    workdir.record_config(work, config_schema.to_dict(made), module)
+    (work / "runs").mkdir()
+    before = (work / "config.json").read_text()
+    workdir.check_config(work, config_schema.to_dict(dataclasses.replace(made, **grown)), module)
+    with pytest.raises(workdir.UsageError) as e:
+      workdir.record_config(
+        work, config_schema.to_dict(dataclasses.replace(made, **grown, **other)), module
+      )
+    assert str(work) in str(e.value) and next(iter(other)) in str(e.value)
+    assert (work / "config.json").read_text() == before
+
+
+def test_shared_data_made_by_another_first_seed_is_refused(tmp_path):
+  """``shared/`` (data and base model, made with the first arm and first seed) records what
+  made it; a study whose first seed or first arm's data changed since is refused, naming
+  the folder and field, instead of reading data another setting made. A folder made
+  before the record existed is taken as it is (and then recorded)."""
+  from rlhf_jax import config_schema
+  from rlhf_jax import main as entry
+  from rlhf_jax.train import compare
+
+  _, valid = entry.validate(entry.load_config_file(str(ROOT / "configs/algorithms.py:smoke")))
+  first = dataclasses.replace(next(iter(compare.arm_configs(valid).values())), seed=0)
+  shared = tmp_path / "shared"
+  shared.mkdir()
+  compare._record_shared(shared, valid, first)  # no record yet: taken, then recorded
+  made_by = json.loads((shared / "config.json").read_text())
+  assert made_by["seed"] == 0 and made_by["data"] == json.loads(
+    json.dumps(config_schema.to_dict(first.data))
+  )
+  compare._record_shared(shared, valid, first)
+  cache = dataclasses.replace(first, data=dataclasses.replace(first.data, cache_dir="/elsewhere"))
+  compare._record_shared(shared, valid, cache)  # a result-neutral field
+  before = (shared / "config.json").read_text()
+  for changed, field in [
+    (dataclasses.replace(first, seed=1), "seed"),
+    (
+      dataclasses.replace(first, data=dataclasses.replace(first.data, num_prompts=7)),
+      "data.num_prompts",
+    ),
+  ]:
+    with pytest.raises(entry.UsageError) as e:
+      compare._record_shared(shared, valid, changed)
+    assert str(shared) in str(e.value) and f"{field}:" in str(e.value)
+  assert (shared / "config.json").read_text() == before

@@ -35,6 +35,7 @@ import numpy as np
 
 from rlhf_jax import distributed
 from rlhf_jax import ppo as ppo_lib
+from rlhf_jax import workdir as workdir_lib
 from rlhf_jax.data import files
 from rlhf_jax.train.metrics import markdown_table
 from rlhf_jax.train.seeds import t_interval
@@ -80,6 +81,10 @@ class Config:
 
 
 RESULT_NEUTRAL_FIELDS = ("out_dir", "title")
+# The study's run list may grow (new arms or seeds are run, finished runs read as they are):
+# each run folder is checked against its own config (check_run_folder), and the shared data
+# and base model against what made them (_shared_base).
+RUN_LIST_FIELDS = ("arms", "seeds")
 
 
 def _split_arm(spec: str) -> Tuple[str, str]:
@@ -165,12 +170,43 @@ def _shared_base(cfg: Config, arms: Mapping[str, Any], root: pathlib.Path) -> Tu
 
   first = dataclasses.replace(next(iter(arms.values())), seed=cfg.seeds[0])
   shared = root / "shared"
+  distributed.lead_only(lambda: _record_shared(shared, cfg, first), "compare: shared/")
   tokenizer = pl.prepare_data(first.data, shared / "data", first.seed, first.base.path)
   if cfg.base_path or first.base.path:  # a given checkpoint (the assistant task's SmolLM2)
     return str(shared / "data"), cfg.base_path or first.base.path
   mesh = common.build_mesh(first.mesh)
   pl.pretrain_base(first.base, shared / "data", shared / "base", tokenizer, mesh, first.seed)
   return str(shared / "data"), str(shared / "base" / "model")
+
+
+def _record_shared(shared: pathlib.Path, cfg: Config, first) -> None:
+  """Refuses (``UsageError`` naming the file and fields) a ``shared/`` folder whose data or
+  base model other settings made — the study's first arm or first seed changed since, or
+  the arm's data or base section — and records the settings in ``shared/config.json``
+  otherwise. A folder made before this record existed is taken as it is."""
+  from rlhf_jax import config_schema
+  from rlhf_jax.train import pipeline as pl
+
+  made_by = {
+    "seed": first.seed,
+    "data": config_schema.to_dict(first.data),
+    "base": config_schema.to_dict(first.base),
+    "base_path": cfg.base_path,
+  }
+  made_by = json.loads(json.dumps(made_by, default=str))
+  path = shared / "config.json"
+  if path.exists():
+    old = json.loads(path.read_text(encoding="utf-8"))
+    neutral = tuple(f for f in pl.RESULT_NEUTRAL_FIELDS if f.startswith(("data.", "base.")))
+    changed = config_schema.diff(old, made_by, neutral)
+    if changed:
+      raise workdir_lib.UsageError(
+        f"{shared}: its data and base model were made by other settings (the study's first "
+        "arm and first seed make them); these differ (made by -> now):\n  "
+        + "\n  ".join(changed)
+        + f"\nKeep the first arm and seed of the run that made {shared}, or pass a new --workdir."
+      )
+  files.atomic_write_json(path, made_by)
 
 
 # What a round's first stages (pairs sampled from the base policy, their labels, the reward
@@ -239,10 +275,9 @@ def check_run_folder(rdir: pathlib.Path, arm_cfg) -> None:
   config made — the arm's config file edited since — as the entry point refuses a workdir:
   its finished rounds would otherwise be read as this config's results."""
   from rlhf_jax import config_schema
-  from rlhf_jax import main as main_lib
   from rlhf_jax.train import pipeline as pl
 
-  main_lib.check_workdir_config(str(rdir), config_schema.to_dict(arm_cfg), pl)
+  workdir_lib.check_config(rdir, config_schema.to_dict(arm_cfg), pl)
 
 
 def run(cfg: Config, workdir: str) -> Dict[str, Any]:
@@ -293,11 +328,10 @@ def run_arms(
         continue
 
       def prepare(rdir=rdir, arm_cfg=arm_cfg) -> None:  # process 0
-        rdir.mkdir(parents=True, exist_ok=True)
-        check_run_folder(rdir, arm_cfg)
+        # refuses a folder another config made (check_run_folder) before writing anything
+        workdir_lib.record_config(rdir, config_schema.to_dict(arm_cfg), pl)
         if not (rdir / "data").exists():
           os.symlink(os.path.abspath(data_dir), rdir / "data", target_is_directory=True)
-        files.atomic_write_json(rdir / "config.json", config_schema.to_dict(arm_cfg))
 
       distributed.lead_only(prepare, f"{rdir.name}: run folder")
       inputs = round1_inputs(arm_cfg)

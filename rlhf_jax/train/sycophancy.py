@@ -61,6 +61,9 @@ class Config:
 
 
 RESULT_NEUTRAL_FIELDS = ("out_dir", "title")
+# Runs are added or left out as these grow or shrink; each run folder is checked against its
+# own config (compare.RUN_LIST_FIELDS).
+RUN_LIST_FIELDS = ("biases", "kl_coefs", "seeds")
 
 
 def _arm_name(bias: float, kl: float) -> str:
