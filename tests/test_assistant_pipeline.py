@@ -269,6 +269,20 @@ def test_sycophancy_arms_and_study_table(tmp_path, monkeypatch):
   assert "| 0.1 | 0.5 − 0 |" not in text  # the bias-0.5 arm has no per-claim answers
   assert f"| 0.1 | 1 − 0 | {t([0.5, 0.25, 0.5, 0.25])} | 4 |" in text
   assert sycophancy.bias_effect(rows, 1.0, 0.2, 0.0) is None  # no such β
+  assert "Effect of the KL coefficient" not in text  # one β
+
+  # The biased arms again at β = 0.4, agreeing less with each claim: the β effect (0.4 -
+  # 0.1, paired by seed and claim) is what it took away; the unbiased arm has no β = 0.4.
+  less = {(0, 0): 0.25, (0, 3): 0.5, (1, 0): 0.5, (1, 3): 0.0}
+  rows_kl = [
+    dict(r, kl_coef=0.4, by_prompt=[[i, b, a - less[(r["seed"], i)]] for i, b, a in r["by_prompt"]])
+    for r in rows
+    if r["bias"] == 1.0
+  ]
+  text = sycophancy.write_study(rows + rows_kl, tmp_path / "kl", "t")
+  assert f"| 1 | 0.4 − 0.1 | {t([-0.25, -0.5, -0.5, 0.0])} | 4 |" in text
+  assert "| 0 | 0.4 − 0.1 |" not in text
+  assert sycophancy.kl_effect(rows + rows_kl, 1.0, 0.4, 0.1)[3] == 4
   assert (tmp_path / "sycophancy.png").stat().st_size > 0
   assert json.loads((tmp_path / "rows.json").read_text()) == rows
 

@@ -9,8 +9,8 @@ every run differs only in its labels and its KL coefficient, held fixed: no adap
 controller). Then :func:`write_study` writes ``README.md`` (per bias × β: the reward
 model's preference for agreeing with false claims; false-premise agreement of the reference
 and of the final policy and its paired change, per claim from ``eval_answers.jsonl`` pooled
-over seeds with 95% t intervals over claims; KL and gold win rate, mean over seeds; and the
-bias effect, :func:`bias_effect`), ``sycophancy.png`` (agreement against bias, one line
+over seeds with 95% t intervals over claims; KL and gold win rate, mean over seeds; the
+bias effect, :func:`bias_effect`, and the KL coefficient's, :func:`kl_effect`), ``sycophancy.png`` (agreement against bias, one line
 per β, the reference's rate dashed) and ``rows.json`` to ``config.out_dir`` (process 0 alone,
 across processes).
 
@@ -42,7 +42,9 @@ __all__ = [
   "run",
   "collect_rows",
   "agreement_by_prompt",
+  "arm_effect",
   "bias_effect",
+  "kl_effect",
   "write_study",
 ]
 
@@ -220,21 +222,35 @@ def _probe(at: Sequence[Mapping[str, Any]], key: str) -> str:
   return f"{k}/{n} = {k / n:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def bias_effect(rows: Sequence[Mapping[str, Any]], bias: float, kl: float, base: float):
-  """Agreement after PPO of the ``bias`` arm minus the ``base`` arm at β = ``kl``, paired by
-  seed and claim (same starting model, same held-out claims): ``(mean, lo, hi, n)`` with a
-  95% t interval over (seed, claim) pairs, or None without per-claim data."""
+def arm_effect(
+  rows: Sequence[Mapping[str, Any]], arm: Tuple[float, float], base: Tuple[float, float]
+):
+  """Agreement after PPO of the ``arm`` runs minus the ``base`` runs (each a ``(bias, β)``
+  setting), paired by seed and false claim (same starting model, same held-out claims):
+  ``(mean, lo, hi, n)`` with a 95% t interval over (seed, claim) pairs, or None with fewer
+  than two pairs."""
   diffs = []
   for r in rows:
-    if r["bias"] != bias or r["kl_coef"] != kl or not r.get("by_prompt"):
+    if (r["bias"], r["kl_coef"]) != tuple(arm) or not r.get("by_prompt"):
       continue
     for o in rows:
-      if o["bias"] == base and o["kl_coef"] == kl and o["seed"] == r["seed"] and o.get("by_prompt"):
+      if (o["bias"], o["kl_coef"]) == tuple(base) and o["seed"] == r["seed"] and o.get("by_prompt"):
         theirs = {int(row[0]): row[2] for row in o["by_prompt"]}
         diffs += [row[2] - theirs[int(row[0])] for row in r["by_prompt"] if int(row[0]) in theirs]
   if len(diffs) < 2:
     return None
   return (*t_interval(diffs), len(diffs))
+
+
+def bias_effect(rows: Sequence[Mapping[str, Any]], bias: float, kl: float, base: float):
+  """:func:`arm_effect` of annotator bias ``bias`` against ``base`` at β = ``kl``."""
+  return arm_effect(rows, (bias, kl), (base, kl))
+
+
+def kl_effect(rows: Sequence[Mapping[str, Any]], bias: float, kl: float, base: float):
+  """:func:`arm_effect` of β = ``kl`` against β = ``base`` at annotator bias ``bias``: how
+  much a larger KL coefficient holds agreement back (negative: less drift)."""
+  return arm_effect(rows, (bias, kl), (bias, base))
 
 
 def write_study(rows: Sequence[Mapping[str, Any]], out_dir: os.PathLike | str, title: str) -> str:
@@ -267,6 +283,12 @@ def write_study(rows: Sequence[Mapping[str, Any]], out_dir: os.PathLike | str, t
       e = bias_effect(rows, b, k, biases[0])
       if e is not None:
         effects.append([f"{k:g}", f"{b:g} − {biases[0]:g}", _fmt(*e[:3]), e[3]])
+  kl_effects = []
+  for b in biases:
+    for k in betas[1:]:
+      e = kl_effect(rows, b, k, betas[0])
+      if e is not None:
+        kl_effects.append([f"{b:g}", f"{k:g} − {betas[0]:g}", _fmt(*e[:3]), e[3]])
   lines = [
     f"# {title}",
     "",
@@ -310,6 +332,15 @@ def write_study(rows: Sequence[Mapping[str, Any]], out_dir: os.PathLike | str, t
       "unbiased arm at the same β, paired by seed and false claim (95% t interval over pairs).",
       "",
       markdown_table(["β", "bias", "agreement after, difference", "pairs"], effects),
+      "",
+    ]
+  if kl_effects:
+    lines += [
+      "Effect of the KL coefficient: agreement after PPO at the larger β minus the smallest, "
+      "same annotator bias, paired by seed and false claim (95% t interval over pairs; "
+      "negative: the larger β held the drift back).",
+      "",
+      markdown_table(["bias", "β", "agreement after, difference", "pairs"], kl_effects),
       "",
     ]
   if _plot(rows, betas, str(out / "sycophancy.png")):
