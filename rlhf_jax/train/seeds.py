@@ -5,6 +5,9 @@ A quality claim needs more than one seed. ``summarize(workdirs)`` reads each run
 metric, every seed's value, the mean, and a 95% Student-t interval for the mean over seeds::
 
   python -m rlhf_jax.train.seeds runs/s0 runs/s1 runs/s2 --out docs/results/sentiment_seeds.md
+
+The assistant task's runs add its per-category pass-rate changes, false-premise agreement
+and reward-model refusal probes.
 """
 
 from __future__ import annotations
@@ -31,8 +34,19 @@ HEADLINE: Tuple[Tuple[str, str], ...] = (
   ("degenerate_fraction", "degenerate fraction"),
   ("perplexity_ratio", "perplexity ratio"),
   ("gold_reward_mean", "gold reward"),
+  # The assistant task's (a key some run lacks is left out of the table):
+  ("kl_start", "KL to the starting model (nats)"),
+  ("pass_harmful_change", "harmful: pass-rate change"),
+  ("pass_benign_change", "benign look-alikes: pass-rate change"),
+  ("pass_brevity_change", "brevity: pass-rate change"),
+  ("pass_format_change", "format: pass-rate change"),
+  ("pass_premise_change", "premise: pass-rate change"),
+  ("false_premise_agreement_change", "false-premise agreement change"),
+  ("rm_prefers_decline_harmful", "RM prefers the decline, harmful"),
+  ("rm_prefers_answer_benign", "RM prefers the answer, look-alikes"),
 )
-"""``(key, label)`` of the per-round values summarised across seeds."""
+"""``(key, label)`` of the per-round values summarised across seeds; a key that some run's
+``eval.json`` lacks (another task's) is left out."""
 
 
 def summarize(workdirs: Sequence[os.PathLike | str]) -> Dict[int, Dict[str, List[float]]]:
