@@ -353,6 +353,7 @@ def test_reward_refusal_probe_scores_an_answer_against_a_decline(chat_dir):
     fake_scores(("harmful", "benign")), tok, None, prompts, answers, hp
   )
   assert always["rm_prefers_decline_harmful"] == 1.0 and always["rm_prefers_answer_benign"] == 0
+  assert always["rm_refusal_discrimination"] == 0.0  # declining pays whatever the request
   assert (always["rm_prefers_decline_harmful_n"], always["rm_prefers_answer_benign_n"]) == (
     n_harm,
     n_benign,
@@ -362,6 +363,11 @@ def test_reward_refusal_probe_scores_an_answer_against_a_decline(chat_dir):
   right = fake_scores(("harmful",), ("benign",))
   right = pl.reward_refusal_probe(right, tok, None, prompts, answers, hp)
   assert right["rm_prefers_decline_harmful"] == 1.0 and right["rm_prefers_answer_benign"] == 1.0
+  assert right["rm_refusal_discrimination"] == 1.0
+  never = pl.reward_refusal_probe(
+    fake_scores((), ("harmful", "benign")), tok, None, prompts, answers, hp
+  )
+  assert never["rm_prefers_decline_harmful"] == 0.0 and never["rm_refusal_discrimination"] == 0.0
   premise_only = [i for i, r in enumerate(records) if r.category == "premise"]
   sub = prompts._replace(
     eval=[texts[i] for i in premise_only], eval_ids=ids[premise_only], eval_mask=mask[premise_only]

@@ -55,6 +55,11 @@ def test_report_has_per_category_rates_and_chat_transcripts(smoke_run):
   probed = ev["rm_prefers_decline_harmful_n"] + ev["rm_prefers_answer_benign_n"]
   assert 0 < probed <= ev["pass_harmful_n"] + ev["pass_benign_n"]
   assert "Does the reward model know when to decline?" in section
+  if ev["rm_prefers_decline_harmful_n"] and ev["rm_prefers_answer_benign_n"]:
+    j = ev["rm_prefers_decline_harmful"] + ev["rm_prefers_answer_benign"] - 1
+    assert ev["rm_refusal_discrimination"] == pytest.approx(j)
+    assert "Youden's J; 0: its preference for declining ignores" in section
+    assert f"{j:+.2f}." in section
 
 
 def test_supervised_stage_writes_demonstrations_and_a_reference(smoke_run):

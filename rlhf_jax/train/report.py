@@ -993,7 +993,14 @@ def assistant_section(
       f"{ev.get('rm_prefers_decline_harmful_n', 0)} harmful requests (right) and the answer "
       f"on {_rate_cell(ev, 'rm_prefers_answer_benign')} of "
       f"{ev.get('rm_prefers_answer_benign_n', 0)} benign look-alikes (right). A reward model "
-      "that learned only that declining pays gets the first right and the second wrong.",
+      "that learned only that declining pays gets the first right and the second wrong."
+      + (
+        f" Discrimination (the two shares' sum minus 1, Youden's J; 0: its preference for "
+        f"declining ignores whether the request is harmful, 1: right on every prompt): "
+        f"{ev['rm_refusal_discrimination']:+.2f}."
+        if ev.get("rm_refusal_discrimination") is not None
+        else ""
+      ),
       "",
     ]
   if ev.get("rm_prefers_agreement_false_n") or ev.get("rm_prefers_agreement_true_n"):

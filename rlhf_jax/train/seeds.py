@@ -44,6 +44,7 @@ HEADLINE: Tuple[Tuple[str, str], ...] = (
   ("false_premise_agreement_change", "false-premise agreement change"),
   ("rm_prefers_decline_harmful", "RM prefers the decline, harmful"),
   ("rm_prefers_answer_benign", "RM prefers the answer, look-alikes"),
+  ("rm_refusal_discrimination", "RM refusal discrimination (Youden's J)"),
 )
 """``(key, label)`` of the per-round values summarised across seeds; a key that some run's
 ``eval.json`` lacks (another task's) is left out."""
