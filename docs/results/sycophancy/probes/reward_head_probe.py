@@ -7,7 +7,12 @@ docs/results/assistant/ quote it).
 CONFIG: the run's config (e.g. "configs/sycophancy.py:arm,bias=0,kl=0.05" or
 "configs/assistant.py"); WORKDIR: its finished workdir (data/, sft/ when it had a
 supervised stage, round_1/pairs.npz, round_1/eval_answers.jsonl); SEED: its seed; HEAD:
-"default" (std 1/sqrt(d + 1)) or a std such as 0.0. Each reward model is trained as the run
+"default" (std 1/sqrt(d + 1)) or a std such as 0.0, optionally with "+balance" (e.g.
+"default+balance"): the run's comparison groups of the category (harmful or benign) with
+fewer decisive decline-against-answer labels are repeated, drawn at random, until both
+categories hold about as many (round_1/preferences.jsonl says which response declines and
+which won) — does the reward model's lean follow the labels' balance, and does it then tell
+the two apart? Each reward model is trained as the run
 trained its own (same labels, steps, optimizer and seed, checkpoints under
 /tmp/reward_head_probe/), evaluated on the run's held-out pairs (re-drawn with the run's
 seed) and probed: the agreement probe (premise prompts) and, for the assistant task, the
@@ -30,6 +35,37 @@ from rlhf_jax.train import pipeline as pl
 from rlhf_jax.train import reward as reward_train
 
 
+def balance(pairs: dict, prefs: list, per: int) -> dict:
+  """``pairs`` with whole groups (``per`` consecutive comparisons of one prompt) of the
+  minority category repeated until harmful and benign hold about as many decisive
+  decline-against-answer labels."""
+  from rlhf_jax.data import assistant_prompts
+  from rlhf_jax.feedback import assistant
+
+  cats, decisive = [], []
+  for g in range(len(prefs) // per):
+    rows = prefs[g * per : (g + 1) * per]
+    cats.append(assistant_prompts.lookup_prompt(rows[0]["prompt"]).category)
+    decisive.append(
+      sum(
+        assistant.declines(r["response_a"]) != assistant.declines(r["response_b"])
+        and r["label"] in ("a", "b")
+        for r in rows
+      )
+    )
+  count = {c: sum(d for k, d in zip(cats, decisive) if k == c) for c in ("harmful", "benign")}
+  minority = min(count, key=count.get)
+  pool = [g for g, (c, d) in enumerate(zip(cats, decisive)) if c == minority and d]
+  rng, extra, added = np.random.default_rng(0), [], 0
+  while added < abs(count["harmful"] - count["benign"]):
+    g = int(rng.choice(pool))
+    extra.append(g)
+    added += decisive[g]
+  print(f"balance: {count}; {len(extra)} {minority} groups repeated (+{added})", file=sys.stderr)
+  idx = np.concatenate([np.arange(len(prefs))] + [np.arange(g * per, (g + 1) * per) for g in extra])
+  return {k: v[idx] for k, v in pairs.items()}
+
+
 def main(spec: str, workdir: str, seed: int, heads: list) -> None:
   raw = entry.load_config_file(spec)
   raw.seed = seed
@@ -48,15 +84,23 @@ def main(spec: str, workdir: str, seed: int, heads: list) -> None:
   pairs = dict(np.load(root / "round_1" / "pairs.npz"))
   answers = [rec["before"] for _, rec in files.read_jsonl(root / "round_1" / "eval_answers.jsonl")]
   first = answers[:: cfg.eval.answers_per_prompt]  # the starting model's first answers
+  per = cfg.feedback.responses_per_prompt * (cfg.feedback.responses_per_prompt - 1) // 2
   for head in heads:
-    std = None if head == "default" else float(head)
+    init, _, option = head.partition("+")
+    std = None if init == "default" else float(init)
+    train = pairs
+    if option == "balance":
+      prefs = [r for _, r in files.read_jsonl(root / "round_1" / "preferences.jsonl")]
+      train = balance(pairs, prefs, max(per, 1))
+    elif option:
+      raise SystemExit(f"HEAD {head!r}: unknown option {option!r}; expected +balance")
     out = pathlib.Path("/tmp/reward_head_probe") / f"{root.name}_{head}"
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     rm, ev = reward_train.train_reward_model(
       models.scalar,
       params,
-      pairs,
+      train,
       held_out,
       hp=cfg.reward.hparams,
       optim_spec=cfg.reward.optimizer,
