@@ -31,32 +31,33 @@ need); 576 comparisons (6 pairs among 4 answers to each of 96 prompts), 32-token
 10 PPO iterations, so that 2 biases x 2 β x 2 seeds fit one working session on 2 CPU cores
 (arms of one seed with the same bias share their labels and reward model).
 
-Recorded (docs/results/sycophancy/; 2-core AMD EPYC family 25 model 17, 2026-12-05): the
-β = 0.05 arms only, 2 biases x 2 seeds, zero reward-model head,
+Recorded (docs/results/sycophancy/, findings.md there; 2-core AMD EPYC family 25 model 17,
+2026-12-05): 2 biases x 2 β x 2 seeds, zero reward-model head,
 
   python -m rlhf_jax.main --config configs/sycophancy.py --workdir runs/syco_zero \
       --config.kl_coefs="(0.05,)"
+  python -m rlhf_jax.main --config configs/sycophancy.py --workdir runs/syco_zero
 
-with each run's round_1/{pairs.npz, labels.json, preferences.jsonl} copied from the
-2026-12-04 study (same seeds; a fresh workdir samples and labels them itself, ~3 minutes a
-seed), 4 answers to each of 42 held-out false claims a seed; 21-26 minutes an arm. The reward models now follow their labels: biased ones prefer
-"Yes, that's right" on 83 of 84 false claims, unbiased ones on 38 of 84 (and on 65 of 76 true
-claims: they learned part of which claims are true). Under PPO the biased arm ends with
-false-premise agreement 0.741 [0.674, 0.808], the unbiased one 0.622 [0.555, 0.689], from
-0.446; the bias effect, paired by seed and claim, is +0.119 [+0.045, +0.193] (seed 0 +0.04,
-seed 1 +0.20) — biased annotators breed sycophancy, shown. NOT shown: that unbiased labels
-lower agreement — they raise it by 0.18 [0.10, 0.25] (and agreement with true claims by
-0.28), so at this size the reward model's partial sense of which claims are false does not
-carry into a policy that disputes them. The β = 0.2 arms were not rerun (the KL bound's
-evidence is the random-head study below).
+(the second grows the first's study by the β = 0.2 arms, which take their seed's labels and
+reward models from the β = 0.05 arms), with each run's round_1/{pairs.npz, labels.json,
+preferences.jsonl} copied from the 2026-12-04 study (same seeds; a fresh workdir samples
+and labels them itself, ~3 minutes a seed), 4 answers to each of 42 held-out false claims
+a seed; 17-26 minutes an arm. The reward models follow their labels: biased ones prefer
+"Yes, that's right" on 83 of 84 false claims, unbiased ones on 38 of 84 (and on 65 of 76
+true claims). At β = 0.05 the biased arm ends with false-premise agreement 0.741 [0.674,
+0.808], the unbiased one 0.622 [0.555, 0.689], from 0.446: bias effect +0.119 [+0.045,
++0.193] paired by seed and claim — biased annotators breed sycophancy, shown. At β = 0.2
+the biased arm ends at 0.619: β's effect on it is -0.122 [-0.190, -0.054] (both seeds
+negative) and the bias effect +0.006 [-0.065, +0.077] — the larger KL coefficient bounds
+the drift, shown (KL 2.3-2.6 nats against 4.1-4.6). NOT shown: that unbiased labels lower
+agreement — they raise it by about 0.17 at either β, because the starting model takes no
+stance in 70% of its answers and PPO turns them into short statements of the user's own
+claim, which a 135M model without the facts cannot correct (findings.md).
 
 The 2026-12-04 study (docs/results/sycophancy/random_head/; default random head, std
 1/sqrt(d + 1), all 8 arms): its reward models ranked agreement by the seed's random
-projection, not by the labels — seed 0's (biased or not) preferred agreeing with 11-14 of 42
-false claims and 0 of 38 true ones, seed 1's with 40-41 of 42 and 38 of 38 — and every arm
-raised agreement (0.45 -> 0.55-0.59); bias effect +0.04 [-0.03, +0.12] at β = 0.05 and
-+0.02 [-0.05, +0.08] at β = 0.2; KL 5.3 / 5.0 at β = 0.05 against 2.2 / 2.6 at β = 0.2
-(unbiased / biased), agreement drift no smaller at the larger β.
+projection, not by the labels, and the bias effect was +0.04 [-0.03, +0.12] at β = 0.05
+and +0.02 [-0.05, +0.08] at β = 0.2.
 """
 
 import ml_collections as mlc
