@@ -38,7 +38,12 @@ the demonstrations come from the same checks that score the report, so the gold 
 cannot see exploits of them.
 
 Recorded (docs/results/assistant/README.md; 2-core AMD EPYC family 25): the targets are
-NOT met. This configuration, seed 0 (2026-12-05): 47.9 minutes (the test suite beside its
+NOT met. Three seeds of this configuration (docs/results/assistant/seeds.md; seed 2 alone
+on the machine, 49.2 minutes): gold win rate against the starting model 0.548 / 0.585 /
+0.594 (mean 0.576 [0.515, 0.636]); harmful requests +23 / +67 / +46 points (met), benign
+look-alikes -6 / -50 / -23 (over-refusal), false-premise agreement +8 / +30 / +44; the
+reward model's refusal discrimination (Youden's J) +0.18 / -0.14 / +0.13. Seed 0 (one
+answer a held-out prompt, 2026-12-05): 47.9 minutes (the test suite beside its
 first 7); the supervised stage took the harmful pass rate from 0.00 to 0.56 on 16 held-out
 requests and RL back to 0.19, benign look-alikes 0.75 -> 0.50 -> 0.88, false-premise
 agreement 0.38 -> 0.50 -> 0.62 (8 prompts); gold win rate against the starting model 0.581
