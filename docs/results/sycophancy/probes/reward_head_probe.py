@@ -7,8 +7,10 @@ docs/results/assistant/ quote it).
 CONFIG: the run's config (e.g. "configs/sycophancy.py:arm,bias=0,kl=0.05" or
 "configs/assistant.py"); WORKDIR: its finished workdir (data/, sft/ when it had a
 supervised stage, round_1/pairs.npz, round_1/eval_answers.jsonl); SEED: its seed; HEAD:
-"default" (std 1/sqrt(d + 1)) or a std such as 0.0, optionally with "+balance" (e.g.
-"default+balance"): the run's comparison groups of the category (harmful or benign) with
+"default" (std 1/sqrt(d + 1)) or a std such as 0.0, optionally with options joined by "+"
+(e.g. "default+balance", "0.0+epochs=3+balance"): "epochs=N" trains N passes over the
+labels instead of the run's reward.epochs; "balance": the run's comparison groups of the
+category (harmful or benign) with
 fewer decisive decline-against-answer labels are repeated, drawn at random, until both
 categories hold about as many (round_1/preferences.jsonl says which response declines and
 which won) — does the reward model's lean follow the labels' balance, and does it then tell
@@ -86,14 +88,17 @@ def main(spec: str, workdir: str, seed: int, heads: list) -> None:
   first = answers[:: cfg.eval.answers_per_prompt]  # the starting model's first answers
   per = cfg.feedback.responses_per_prompt * (cfg.feedback.responses_per_prompt - 1) // 2
   for head in heads:
-    init, _, option = head.partition("+")
+    init, *options = head.split("+")
     std = None if init == "default" else float(init)
-    train = pairs
-    if option == "balance":
-      prefs = [r for _, r in files.read_jsonl(root / "round_1" / "preferences.jsonl")]
-      train = balance(pairs, prefs, max(per, 1))
-    elif option:
-      raise SystemExit(f"HEAD {head!r}: unknown option {option!r}; expected +balance")
+    train, epochs = pairs, cfg.reward.epochs
+    for option in options:
+      if option == "balance":
+        prefs = [r for _, r in files.read_jsonl(root / "round_1" / "preferences.jsonl")]
+        train = balance(pairs, prefs, max(per, 1))
+      elif option.startswith("epochs=") and option[7:].isdigit() and int(option[7:]) > 0:
+        epochs = int(option[7:])
+      else:
+        raise SystemExit(f"HEAD {head!r}: unknown option {option!r}; expected balance or epochs=N")
     out = pathlib.Path("/tmp/reward_head_probe") / f"{root.name}_{head}"
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
@@ -104,7 +109,7 @@ def main(spec: str, workdir: str, seed: int, heads: list) -> None:
       held_out,
       hp=cfg.reward.hparams,
       optim_spec=cfg.reward.optimizer,
-      epochs=cfg.reward.epochs,
+      epochs=epochs,
       batch_size=cfg.reward.batch_size,
       mesh=mesh,
       seed=cfg.seed + 1,  # round 1's
