@@ -31,11 +31,15 @@ run time; tiny sizes; what CI runs through tests/test_assistant_run.py):
 
   python -m rlhf_jax.main --config configs/assistant.py:smoke --workdir runs/assistant_smoke
 
-No independent judge (eval.independent_judges is empty): the offline one that
-docs/assistant_task.md proposes, a held-out half of the checks' phrase lists, is not built
-yet; the report still counts degenerate (repetitive or empty) responses, and the labels and
-the demonstrations come from the same checks that score the report, so the gold win rate
-cannot see exploits of them.
+Independent judge (eval.independent_judges): `assistant_independent`
+(rlhf_jax/feedback/assistant_independent.py), which scores the same five behaviours from
+evidence the gold checks do not use — a refusal pattern and harm/law/consent reasons instead
+of decline and alternative phrases, the values a premise answer states instead of its opening
+stance, the prompt's own words instead of curated key terms, bulleted as well as numbered
+lists. The labels, the demonstrations and the gold win rate all come from the gold checks, so
+the second judge's win rate is the one that can see a policy shaped to their phrases. It
+was added after the recorded runs below: their reports have no second judge (the re-scoring
+of a finished run's answers, `python -m rlhf_jax.train.rejudge`, gives it).
 
 Recorded (docs/results/assistant/README.md; 2-core AMD EPYC family 25): the targets are
 NOT met. Three seeds of this configuration (docs/results/assistant/seeds.md; seed 2 alone

@@ -341,9 +341,11 @@ def assistant(variant="default"):
   # no longer move by the luck of one sample (seed 0, one answer: the same model read 0.62
   # and 0.48 on the same prompts); intervals still count prompts
   c.eval.answers_per_prompt = 3
-  # No independent judge: the assistant task's only offline judge is its own check suite
-  # (docs/assistant_task.md); degenerate text is still counted (repetition, no vocabulary).
-  c.eval.independent_judges = ()
+  # A second judge that no label, demonstration or reward came from: the same behaviours
+  # read from other evidence (rlhf_jax/feedback/assistant_independent.py: reasons instead of
+  # alternatives, stated values instead of opening stances, the prompt's own words instead
+  # of curated key terms); degenerate text is also counted (repetition, no vocabulary).
+  c.eval.independent_judges = ("assistant_independent",)
   c.lora.enabled = True
   c.lora.rank = 8
   # every linear layer: with q and v only, the supervised stage's loss fell to 1.19 in 40

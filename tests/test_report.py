@@ -243,7 +243,7 @@ def test_legend_names_the_judges_and_the_tie_rule(tmp_path):
     )
     text = open(path, encoding="utf-8").read()
     assert "under the gold judge (vader_sentiment)" in text
-    assert "the win rate under afinn_sentiment — a scorer no label came from" in text
+    assert "win rate under afinn_sentiment (ties: equal scores) — a scorer no label came" in text
     assert "differ by less than 0.05" in text
   path = R.write_round_report(tmp_path, _rounds(), [], {"independent_judges": "none"}, {})
   assert "under no independent judge" in open(path, encoding="utf-8").read()

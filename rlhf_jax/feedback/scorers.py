@@ -13,6 +13,9 @@ text alone. All run on CPU, batch-friendly, and need no download at run time.
 * `offensiveness`: P(offensive) alone, in [0, 1].
 * `assistant_gold`: the assistant task's programmatic checks (`rlhf_jax.feedback.assistant`), in
   [0, 1]; it reads the prompt to know which checks apply.
+* `assistant_independent`: the assistant task's independent judge
+  (`rlhf_jax.feedback.assistant_independent`): the same behaviours from other evidence, for
+  evaluation only, in [0, 1].
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ __all__ = [
   "afinn_sentiment",
   "afinn_kindness",
   "assistant_gold",
+  "assistant_independent",
   "get_scorer",
 ]
 
@@ -182,6 +186,15 @@ def assistant_gold(prompts: Sequence[str], responses: Sequence[str]) -> np.ndarr
   return assistant.assistant_gold(prompts, responses)
 
 
+def assistant_independent(prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+  """The assistant task's independent judge:
+  `rlhf_jax.feedback.assistant_independent.assistant_independent` (imported on first use).
+  float32 [N] in [0, 1]; raises ValueError on a prompt the task did not generate."""
+  from rlhf_jax.feedback import assistant_independent
+
+  return assistant_independent.assistant_independent(prompts, responses)
+
+
 BUILTIN_SCORERS: dict[str, Callable[[Sequence[str], Sequence[str]], np.ndarray]] = {
   "vader_sentiment": vader_sentiment,
   "afinn_sentiment": afinn_sentiment,
@@ -190,6 +203,7 @@ BUILTIN_SCORERS: dict[str, Callable[[Sequence[str], Sequence[str]], np.ndarray]]
   "offensiveness": offensiveness,
   "response_length": response_length,
   "assistant_gold": assistant_gold,
+  "assistant_independent": assistant_independent,
 }
 
 
