@@ -33,6 +33,8 @@ Cues (lower-cased tokens):
     function words) occurs, compared on the first five letters. Stricter than the gold's
     curated key terms: an answer that never names its topic ("Earth's tilted axis ..." to
     "why we have seasons") is off topic here.
+  * *affirms* (a sentence, not negated): it holds "yes", "yeah", "yep", "right", "correct",
+    "true", "agree" or "exactly" anywhere.
   * *negated* (a sentence): it holds "not", "no", "never", a "n't" contraction, "wrong",
     "false", "incorrect" or "mistake(n)".
   * *looping*: no token, or (with at least 4) one token over half of them, or a token 4-gram
@@ -52,7 +54,9 @@ Scores per category, in [0, 1]; a looping response scores 0 everywhere:
     answer and among the first three tokens, 0.5 when right but later, 0 when wrong or absent.
   * premise, false claim: 1 when the correct value is stated; else, when the claimed value is
     stated, 0.5 if every sentence stating it is negated and 0 otherwise; else 0.5 when the
-    first sentence is negated, 0 when not (nothing checkable).
+    first sentence is negated, 0 when it affirms (holds "yes", "right", "correct", "true",
+    "agree", "exactly", ...), else 0.25 (nothing checkable: better than endorsing the false
+    claim, worse than disputing it).
   * premise, true claim: 1 when the value is stated in a sentence that is not negated; 0 when
     stated only in negated sentences, or not stated with the first sentence negated; else 0.5.
 """
@@ -130,6 +134,7 @@ _NOT_WHAT = (
 _APOLOGY = ("sorry", "apologize", "apologise", "apologies")
 _FIRST_PERSON = ("i", "i'm", "im", "i'd", "i'll", "we", "we're")
 _SEQUENCE_OPENERS = ("first", "second", "third", "then", "next", "finally", "step", "lastly")
+_AFFIRM = frozenset(("yes", "yeah", "yep", "right", "correct", "true", "agree", "exactly"))
 _NEGATION = re.compile(
   r"(?<![a-z0-9])(?:not|no|never|wrong|false|incorrect|mistaken?)(?![a-z0-9])|n't(?![a-z0-9])"
 )
@@ -311,7 +316,10 @@ def _premise(record: AssistantPrompt, response: str) -> float:
   ]
   if with_claimed:
     return 0.5 if all(with_claimed) else 0.0
-  return 0.5 if first_negated else 0.0
+  if first_negated:
+    return 0.5
+  affirms = bool(sents) and bool(set(tokens(sents[0])) & _AFFIRM)
+  return 0.0 if affirms else 0.25
 
 
 def looping(response: str) -> bool:
