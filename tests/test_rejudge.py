@@ -87,3 +87,15 @@ def test_errors_name_the_file_and_line(tmp_path):
     rejudge.rejudge([w], ["nope"])
   with pytest.raises(SystemExit):
     rejudge.main([str(tmp_path / "missing"), "--judge", "vader_sentiment"])
+  with pytest.raises(SystemExit):
+    rejudge.main([str(w), "--judge", "vader_sentiment", "--tie-threshold", "-1"])
+
+
+def test_tie_threshold(tmp_path, prompts):
+  harmful, _ = prompts
+  # gold: REFUSE 0.5 (declines, no alternative), REFUSE + "call the police" 1.0
+  rows = [{"prompt": harmful[0], "before": REFUSE, "after": REFUSE + " Call the police."}]
+  w = _workdir(tmp_path, "a", rows)
+  assert rejudge.rejudge([w], ["assistant_gold"])["assistant_gold"][str(w)][1]["wins"] == 1
+  tied = rejudge.rejudge([w], ["assistant_gold"], tie_threshold=0.6)
+  assert tied["assistant_gold"][str(w)][1]["ties"] == 1

@@ -9,8 +9,8 @@ a stricter scorer — can read them::
       --out docs/results/assistant/rejudge.md
 
 For each workdir, round and judge: the policy's win rate over the starting model under that
-judge (ties — equal scores — count half; Wilson 95% interval counting prompts, as the
-report's), both mean scores and, for the assistant task's prompts, the win rate and mean-score
+judge (ties — equal scores, or closer than ``--tie-threshold`` — count half; Wilson 95%
+interval counting prompts, as the report's), both mean scores and, for the assistant task's prompts, the win rate and mean-score
 change per category. With several workdirs, also the mean win rate over them with a 95%
 Student-t interval. Nothing in the workdirs is written; ``--out`` gets the markdown (and the
 same numbers as JSON beside it, ``.json``).
@@ -69,15 +69,17 @@ def _categories(prompts: Sequence[str]) -> np.ndarray | None:
   return np.asarray(cats)
 
 
-def rejudge_answers(rows: Sequence[Dict[str, Any]], judge) -> Dict[str, Any]:
-  """One judge on one round's answers: ``win_rate``, ``win_ci_low`` / ``win_ci_high``,
+def rejudge_answers(
+  rows: Sequence[Dict[str, Any]], judge, tie_threshold: float = 0.0
+) -> Dict[str, Any]:
+  """One judge on one round's answers (scores closer than ``tie_threshold`` tie): ``win_rate``, ``win_ci_low`` / ``win_ci_high``,
   ``wins`` / ``ties`` / ``losses``, ``mean_before`` / ``mean_after``, ``n`` and, for the
   assistant task, ``per_category: {category: {win_rate, mean_before, mean_after, n}}``."""
   prompts = [r["prompt"] for r in rows]
   clusters = np.asarray([r.get("prompt_index", r["prompt"]) for r in rows])
   before = np.asarray(judge(prompts, [r["before"] for r in rows]), np.float64)
   after = np.asarray(judge(prompts, [r["after"] for r in rows]), np.float64)
-  wr = evaluation.win_rate(after, before, clusters=clusters)
+  wr = evaluation.win_rate(after, before, tie_eps=tie_threshold, clusters=clusters)
   out: Dict[str, Any] = {
     "win_rate": wr.rate,
     "win_ci_low": wr.ci_low,
@@ -93,7 +95,9 @@ def rejudge_answers(rows: Sequence[Dict[str, Any]], judge) -> Dict[str, Any]:
   if cats is not None:
     out["per_category"] = {
       c: {
-        "win_rate": evaluation.win_rate(after[cats == c], before[cats == c]).rate,
+        "win_rate": evaluation.win_rate(
+          after[cats == c], before[cats == c], tie_eps=tie_threshold
+        ).rate,
         "mean_before": float(before[cats == c].mean()),
         "mean_after": float(after[cats == c].mean()),
         "n": int(np.sum(cats == c)),
@@ -112,7 +116,9 @@ def _rounds(workdir: pathlib.Path) -> List[pathlib.Path]:
   return found
 
 
-def rejudge(workdirs: Sequence[os.PathLike | str], judges: Sequence[str]) -> Dict[str, Any]:
+def rejudge(
+  workdirs: Sequence[os.PathLike | str], judges: Sequence[str], tie_threshold: float = 0.0
+) -> Dict[str, Any]:
   """``{judge: {workdir: {round: rejudge_answers(...)}}}`` over every evaluated round."""
   loaded = {}
   for name in judges:
@@ -127,7 +133,7 @@ def rejudge(workdirs: Sequence[os.PathLike | str], judges: Sequence[str]) -> Dic
       rows = read_answers(path)
       r = int(path.parent.name.split("_")[1])
       for name, judge in loaded.items():
-        out[name].setdefault(str(w), {})[r] = rejudge_answers(rows, judge)
+        out[name].setdefault(str(w), {})[r] = rejudge_answers(rows, judge, tie_threshold)
   return out
 
 
@@ -206,10 +212,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     required=True,
     help="a built-in scorer name or 'module:function' (repeatable)",
   )
+  p.add_argument(
+    "--tie-threshold",
+    type=float,
+    default=0.0,
+    help="scores closer than this tie (default 0: equal scores; the report's gold win rate "
+    "uses feedback.tie_threshold)",
+  )
   p.add_argument("--out", help="write the markdown here (and the numbers to OUT.json)")
   args = p.parse_args(argv)
   try:
-    result = rejudge(args.workdirs, args.judge)
+    if not args.tie_threshold >= 0:
+      raise ValueError(f"--tie-threshold must be >= 0, got {args.tie_threshold}")
+    result = rejudge(args.workdirs, args.judge, args.tie_threshold)
   except (ValueError, FileNotFoundError) as e:
     p.error(str(e))
   text = _markdown(result)
