@@ -60,9 +60,11 @@ what RL does with refusals follows a reward model that has not learned when to d
 80 held-out prompts give 16 per category: Wilson intervals of about +-0.2 on a pass rate.
 A third reward-model epoch (seed 1, --config.reward.epochs=3; 66.6 minutes, over budget)
 raised its accuracy 0.616 -> 0.657 and left its discrimination at 0 (J +0.03); win rate
-0.569, under the independent judge 0.542 [0.478, 0.604]. These runs scored premises with
-the earlier premise check, under which saying nothing about a false claim scored 0 like
-agreeing with it (now 0.25; docs/results/assistant/README.md).
+0.569, under the independent judge 0.542 [0.478, 0.604]; false-premise agreement 0.37 ->
+0.90, because its labels favour agreeing with true claims twice as often as they penalise
+agreeing with false ones and the reward model cannot tell the two apart. These runs used
+the earlier premise check (saying nothing about a false claim scored 0, now 0.25), which
+left those labels as they were.
 """
 
 from rlhf_jax.config_schema import config_module
