@@ -55,6 +55,16 @@ def test_report_has_per_category_rates_and_chat_transcripts(smoke_run):
   probed = ev["rm_prefers_decline_harmful_n"] + ev["rm_prefers_answer_benign_n"]
   assert 0 < probed <= ev["pass_harmful_n"] + ev["pass_benign_n"]
   assert "Does the reward model know when to decline?" in section
+  # the second judge scored the held-out answers, and re-judging the recorded answers
+  # (rlhf_jax.train.rejudge) gives the same win rate
+  from rlhf_jax.train import rejudge
+
+  assert cfg.eval.independent_judges == ("assistant_independent",)
+  rows = rejudge.read_answers(work / "round_1" / "eval_answers.jsonl")
+  again = rejudge.rejudge_answers(rows, rejudge.scorers.get_scorer("assistant_independent"))
+  assert ev["assistant_independent_win_rate"] == pytest.approx(again["win_rate"])
+  assert ev["independent_win_rate"] == ev["assistant_independent_win_rate"]
+  assert "win rate under assistant_independent (ties: equal scores)" in report
   if ev["rm_prefers_decline_harmful_n"] and ev["rm_prefers_answer_benign_n"]:
     j = ev["rm_prefers_decline_harmful"] + ev["rm_prefers_answer_benign"] - 1
     assert ev["rm_refusal_discrimination"] == pytest.approx(j)
