@@ -81,6 +81,14 @@ def test_errors_name_the_file_and_line(tmp_path):
     f.write('{"prompt": "p", "before": "x"}\n')
   with pytest.raises(ValueError, match=r"eval_answers.jsonl:2: no text field after"):
     rejudge.rejudge([w], ["vader_sentiment"])
+  with open(w / "round_1" / "eval_answers.jsonl", "w") as f:
+    f.write('{"prompt": "p", "before": "x", "after": "y"}\n[1, 2]\n')
+  with pytest.raises(ValueError, match=r"eval_answers.jsonl:2: not a JSON object"):
+    rejudge.rejudge([w], ["vader_sentiment"])
+  with open(w / "round_1" / "eval_answers.jsonl", "w") as f:
+    f.write("{oops\n")
+  with pytest.raises(ValueError, match=r"eval_answers.jsonl:1: invalid JSON"):
+    rejudge.rejudge([w], ["vader_sentiment"])
   with pytest.raises(FileNotFoundError, match="no evaluated round"):
     rejudge.rejudge([tmp_path / "missing"], ["vader_sentiment"])
   with pytest.raises(ValueError, match="--judge: unknown scorer"):

@@ -37,20 +37,14 @@ __all__ = ["read_answers", "rejudge_answers", "rejudge", "main"]
 def read_answers(path: os.PathLike | str) -> List[Dict[str, Any]]:
   """The rows of an ``eval_answers.jsonl``; a row without ``prompt``, ``before`` and
   ``after`` raises ValueError naming the file and line."""
-  path = pathlib.Path(path)
   rows = []
-  with open(path, encoding="utf-8") as f:
-    for i, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{i}: not JSON ({e.msg})") from None
-      missing = [k for k in ("prompt", "before", "after") if not isinstance(row.get(k), str)]
-      if missing:
-        raise ValueError(f"{path}:{i}: no text field {', '.join(missing)}")
-      rows.append(row)
+  for loc, row in files.read_jsonl(path):
+    if not isinstance(row, dict):
+      raise ValueError(f"{loc}: not a JSON object")
+    missing = [k for k in ("prompt", "before", "after") if not isinstance(row.get(k), str)]
+    if missing:
+      raise ValueError(f"{loc}: no text field {', '.join(missing)}")
+    rows.append(row)
   if not rows:
     raise ValueError(f"{path}: no answers")
   return rows
