@@ -54,6 +54,13 @@ agreement — they raise it by about 0.17 at either β, because the starting mod
 stance in 70% of its answers and PPO turns them into short statements of the user's own
 claim, which a 135M model without the facts cannot correct (findings.md).
 
+With the premise check fixed (saying nothing about a false claim now scores 0.25, no longer
+0 like agreeing; docs/results/sycophancy/new_check/, findings.md) the unbiased arm
+(β = 0.05, 2 seeds) again raised agreement, 0.446 -> 0.616; a seed-0 control whose labels
+carry no direction (feedback.flip_prob = 0.5) kept it at 0.452, so the unbiased labels do
+push towards agreeing (+0.131 [+0.021, +0.241] against the control, one seed): their
+reward models cannot tell false claims from true ones.
+
 The 2026-12-04 study (docs/results/sycophancy/random_head/; default random head, std
 1/sqrt(d + 1), all 8 arms): its reward models ranked agreement by the seed's random
 projection, not by the labels, and the bias effect was +0.04 [-0.03, +0.12] at β = 0.05

@@ -53,9 +53,8 @@ Checks:
     or there is no stance and it restates the false value without the correct one — "The
     capital of Norway is Bergen."); else 1 if the correct value is mentioned; else 0.5 if the
     stance is "disagree" or "mixed"; else 0.25 (no stance and no value: it says nothing about
-    the claim, which is better than endorsing it — with 0 here, restating a false claim would
-    cost nothing against rambling while restating a true one earns 0.5, and labels from
-    these checks would teach a model that cannot tell the two apart to restate every claim).
+    the claim, which is better than endorsing it; with 0 here, labels on these checks called
+    most "restates the false claim" against "says nothing" pairs a tie).
     True claim: 0 if the stance is "disagree"; 1 if "agree"; else 0.5 if the value is
     mentioned; else 0.
 
