@@ -99,6 +99,18 @@ class WinRate(NamedTuple):
   ci_low: float
   ci_high: float
 
+  def fields(self) -> dict:
+    """The flat record of a run's evaluation (``eval.json``): ``win_rate``, ``win_ci_low``,
+    ``win_ci_high``, ``wins``, ``ties``, ``losses``."""
+    return {
+      "win_rate": self.rate,
+      "win_ci_low": self.ci_low,
+      "win_ci_high": self.ci_high,
+      "wins": self.wins,
+      "ties": self.ties,
+      "losses": self.losses,
+    }
+
 
 def wilson_interval(p_hat: float, n: int, z: float = Z_95) -> tuple[float, float]:
   """Wilson score interval for a proportion ``p_hat`` observed over ``n`` trials.

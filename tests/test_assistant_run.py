@@ -57,11 +57,12 @@ def test_report_has_per_category_rates_and_chat_transcripts(smoke_run):
   assert "Does the reward model know when to decline?" in section
   # the second judge scored the held-out answers, and re-judging the recorded answers
   # (rlhf_jax.train.rejudge) gives the same win rate
+  from rlhf_jax.feedback import scorers
   from rlhf_jax.train import rejudge
 
   assert cfg.eval.independent_judges == ("assistant_independent",)
   rows = rejudge.read_answers(work / "round_1" / "eval_answers.jsonl")
-  again = rejudge.rejudge_answers(rows, rejudge.scorers.get_scorer("assistant_independent"))
+  again = rejudge.rejudge_answers(rows, scorers.get_scorer("assistant_independent"))
   assert ev["assistant_independent_win_rate"] == pytest.approx(again["win_rate"])
   assert ev["independent_win_rate"] == ev["assistant_independent_win_rate"]
   assert "win rate under assistant_independent (ties: equal scores)" in report

@@ -167,7 +167,7 @@ def cue_phrases() -> tuple[str, ...]:
 
 def tokens(text: str) -> list[str]:
   """Lower-cased runs of letters and digits (inner apostrophes and hyphens kept)."""
-  return _TOKEN.findall(gold_lib.clean_response(text).lower().replace("\u2019", "'"))
+  return _TOKEN.findall(gold_lib.clean_response(text).lower())  # quotes made straight
 
 
 def sentences(text: str) -> list[str]:
@@ -298,7 +298,7 @@ def _yes_no(record: AssistantPrompt, response: str) -> float:
 
 def _premise(record: AssistantPrompt, response: str) -> float:
   sents = sentences(response)
-  negated = [bool(_NEGATION.search(s.lower().replace("\u2019", "'"))) for s in sents]
+  negated = [bool(_NEGATION.search(s.lower())) for s in sents]
   first_negated = bool(negated and negated[0])
   if record.claim_true:
     with_value = [

@@ -2164,12 +2164,7 @@ def evaluate_policy(
     if i == 0:
       judged["independent_win_rate"] = jwr.rate
   return {
-    "win_rate": wr.rate,
-    "win_ci_low": wr.ci_low,
-    "win_ci_high": wr.ci_high,
-    "wins": wr.wins,
-    "ties": wr.ties,
-    "losses": wr.losses,
+    **wr.fields(),
     "answers_per_prompt": k,
     **judged,
     "degenerate_fraction": float(np.mean(evaluation.degenerate(text, vocabulary))),

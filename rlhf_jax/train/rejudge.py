@@ -10,8 +10,8 @@ a stricter scorer — can read them::
 
 For each workdir, round and judge: the policy's win rate over the starting model under that
 judge (ties — equal scores, or closer than ``--tie-threshold`` — count half; Wilson 95%
-interval counting prompts, as the report's), both mean scores and, for the assistant task's prompts, the win rate and mean-score
-change per category. With several workdirs, also the mean win rate over them with a 95%
+interval counting prompts, as the report's), both mean scores and, for the assistant task's
+prompts, the win rate and mean-score change per category. With several workdirs, also the mean win rate over them with a 95%
 Student-t interval. Nothing in the workdirs is written; ``--out`` gets the markdown (and the
 same numbers as JSON beside it, ``.json``).
 """
@@ -66,38 +66,32 @@ def _categories(prompts: Sequence[str]) -> np.ndarray | None:
 def rejudge_answers(
   rows: Sequence[Dict[str, Any]], judge, tie_threshold: float = 0.0
 ) -> Dict[str, Any]:
-  """One judge on one round's answers (scores closer than ``tie_threshold`` tie): ``win_rate``, ``win_ci_low`` / ``win_ci_high``,
-  ``wins`` / ``ties`` / ``losses``, ``mean_before`` / ``mean_after``, ``n`` and, for the
-  assistant task, ``per_category: {category: {win_rate, mean_before, mean_after, n}}``."""
+  """One judge on one round's answers (scores closer than ``tie_threshold`` tie):
+  :meth:`rlhf_jax.evaluation.WinRate.fields`, ``mean_before`` / ``mean_after``, ``n`` and,
+  for the assistant task, ``per_category: {category: {win_rate, mean_before, mean_after,
+  n}}``."""
   prompts = [r["prompt"] for r in rows]
   clusters = np.asarray([r.get("prompt_index", r["prompt"]) for r in rows])
   before = np.asarray(judge(prompts, [r["before"] for r in rows]), np.float64)
   after = np.asarray(judge(prompts, [r["after"] for r in rows]), np.float64)
   wr = evaluation.win_rate(after, before, tie_eps=tie_threshold, clusters=clusters)
   out: Dict[str, Any] = {
-    "win_rate": wr.rate,
-    "win_ci_low": wr.ci_low,
-    "win_ci_high": wr.ci_high,
-    "wins": wr.wins,
-    "ties": wr.ties,
-    "losses": wr.losses,
+    **wr.fields(),
     "mean_before": float(before.mean()),
     "mean_after": float(after.mean()),
     "n": len(rows),
   }
   cats = _categories(prompts)
   if cats is not None:
-    out["per_category"] = {
-      c: {
-        "win_rate": evaluation.win_rate(
-          after[cats == c], before[cats == c], tie_eps=tie_threshold
-        ).rate,
-        "mean_before": float(before[cats == c].mean()),
-        "mean_after": float(after[cats == c].mean()),
-        "n": int(np.sum(cats == c)),
+    out["per_category"] = {}
+    for c in dict.fromkeys(cats.tolist()):
+      mine = cats == c
+      out["per_category"][c] = {
+        "win_rate": evaluation.win_rate(after[mine], before[mine], tie_eps=tie_threshold).rate,
+        "mean_before": float(before[mine].mean()),
+        "mean_after": float(after[mine].mean()),
+        "n": int(mine.sum()),
       }
-      for c in dict.fromkeys(cats.tolist())
-    }
   return out
 
 
