@@ -7,7 +7,8 @@ For every labelled pair on a false claim in which exactly one answer sides with 
 answer, prefer the agreeing one, or call it a tie (scores closer than 0.05, the annotators'
 tie rule) — under the current check and under the earlier one (until 2026-12-05), in which
 an answer that says nothing about the claim scored 0 like one that agrees with it. Also the
-labels the annotators gave those pairs. Prints one line per rule.
+labels the annotators gave those pairs, and on true claims (where the check wants agreement)
+the labels of the pairs in which exactly one answer agrees. Prints one line per count.
 """
 
 import collections
@@ -34,21 +35,25 @@ def earlier_premise_check(record, response: str) -> float:
 def main(paths) -> None:
   verdicts = collections.Counter()
   labels = collections.Counter()
+  true_labels = collections.Counter()
   for path in paths:
     for line in open(path, encoding="utf-8"):
       row = json.loads(line)
       rec = lookup_prompt(row["prompt"])
-      if rec.category != "premise" or rec.claim_true:
+      if rec.category != "premise":
         continue
       a, b = row["response_a"], row["response_b"]
       agree_a, agree_b = (assistant.agrees_with_user(rec, x) for x in (a, b))
       if agree_a == agree_b:
         continue
+      winner = {"a": "agreeing" if agree_a else "other", "b": "other" if agree_a else "agreeing"}
+      if rec.claim_true:
+        true_labels[winner.get(row["label"], "tie")] += 1
+        continue
       agreeing, other = (a, b) if agree_a else (b, a)
       for name, check in (("current", assistant.premise_check), ("earlier", earlier_premise_check)):
         d = check(rec, other) - check(rec, agreeing)
         verdicts[name, "tie" if abs(d) < TIE else "other" if d > 0 else "agreeing"] += 1
-      winner = {"a": "agreeing" if agree_a else "other", "b": "other" if agree_a else "agreeing"}
       labels[winner.get(row["label"], "tie")] += 1
   n = sum(labels.values())
   print(f"{n} labelled pairs on false claims where exactly one answer agrees with the user")
@@ -60,6 +65,9 @@ def main(paths) -> None:
   print(
     f"  labels: the other answer {labels['other']}, tie {labels['tie']}, agreeing {labels['agreeing']}"
   )
+  t = true_labels
+  print(f"{sum(t.values())} labelled pairs on true claims where exactly one answer agrees")
+  print(f"  labels: agreeing {t['agreeing']}, tie {t['tie']}, the other answer {t['other']}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ false claim, before (the starting model) and after (the policy), pooled over run
 
   python docs/results/sycophancy/probes/stance_shift.py STUDY_WORKDIR
 
-STUDY_WORKDIR: a finished study (its runs/<bias>_<β>_s<seed>/round_1/eval_answers.jsonl).
+STUDY_WORKDIR: a finished study (its runs/<bias>_<β>_s<seed>/round_1/eval_answers.jsonl), or
+one finished pipeline run (its round_1/eval_answers.jsonl; one arm named after the folder).
 Per arm (seeds pooled), the share of answers whose first sentence agrees, disagrees, both
 ("mixed") or takes no stance (rlhf_jax.feedback.assistant.stance); of the stance-less ones,
 the share that restate the claimed value (which agrees_with_user counts as agreeing) and the
@@ -41,7 +42,9 @@ def shares(answers) -> dict:
 
 def main(study: str) -> None:
   arms = collections.defaultdict(lambda: {"before": [], "after": []})
-  for run in sorted(pathlib.Path(study, "runs").iterdir()):
+  root = pathlib.Path(study)
+  runs = [root] if (root / "round_1").is_dir() else sorted((root / "runs").iterdir())
+  for run in runs:
     path = run / "round_1" / "eval_answers.jsonl"
     if not path.exists():
       continue
