@@ -1,7 +1,8 @@
 r"""PPO, GRPO, RLOO and DPO side by side on the sentiment task (issue 13, item 4).
 
-Each arm is the algorithm's own config file (configs/sentiment.py for PPO, configs/grpo.py,
-configs/rloo.py, configs/dpo.py), run for every seed from ONE data directory and ONE base
+Each arm is the algorithm's own config file (configs/sentiment.py:pairwise for PPO: two
+responses a pair, the labels DPO learns from; configs/grpo.py, configs/rloo.py,
+configs/dpo.py), run for every seed from ONE data directory and ONE base
 model (built once in <workdir>/shared, or `base_path`), so the arms differ only in their
 policy stage. Before any work the runner checks that they compare fairly: the same label
 budget (feedback.pairs_per_round x rounds) and, for the RL arms, the same policy samples per
@@ -42,7 +43,8 @@ def get_config(arg=None):
   c.task = "compare"
   suffix = ":smoke" if smoke else ""
   c.arms = (
-    f"ppo=configs/sentiment.py{suffix}",
+    # PPO with two responses a pair, the labels DPO learns from (not the main job's K-wise)
+    f"ppo=configs/sentiment.py:pairwise{'_smoke' if smoke else ''}",
     f"grpo=configs/grpo.py{suffix}",
     f"rloo=configs/rloo.py{suffix}",
     f"dpo=configs/dpo.py{suffix}",

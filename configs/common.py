@@ -122,6 +122,21 @@ def ppo_hparams(**overrides):
 SENTIMENT_VARIANTS = ("default", "smoke", "openai", "openai_smoke")  # of sentiment()
 
 
+def kwise_labels(c, prompts, k=4):
+  """K-wise comparisons (InstructGPT's): ``k`` responses to each of ``prompts`` training
+  prompts and all k(k-1)/2 pairs among them labelled, instead of two responses a pair.
+
+  configs/sentiment.py's main job uses it with k = 4 and 4095 prompts a round: the same
+  16 380 sampled responses and the same reward-model steps as 8192 pairs of two (a step
+  scores 2 x reward.batch_size sequences either way), but 24 570 comparisons instead of
+  8192. The studies built on common.sentiment() (DPO, GRPO, RLOO, kind, over-optimisation,
+  the algorithm comparison) keep two responses a pair, as they were recorded.
+  """
+  c.feedback.responses_per_prompt = k
+  c.feedback.pairs_per_round = prompts * k * (k - 1) // 2
+  return c
+
+
 def sentiment(variant="default"):
   """The sentiment pipeline of configs/sentiment.py (its docstring says what and why); the
   other tasks on the same prompts (configs/kind.py, configs/overoptimization.py) start here."""

@@ -1,5 +1,6 @@
-r"""Online (iterated) DPO on the sentiment task: the sentiment run (configs/sentiment.py) with
-the policy trained directly on each round's preference labels.
+r"""Online (iterated) DPO on the sentiment task: the sentiment run with two responses a pair
+(configs/sentiment.py:pairwise), the policy trained directly on each round's preference
+labels.
 
 Each round samples two responses per prompt from the current policy, the simulated
 annotators label them (a, b or tie), and the policy stage is DPO (Rafailov et al. 2023) on

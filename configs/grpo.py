@@ -1,5 +1,5 @@
-r"""GRPO on the sentiment task: the sentiment run (configs/sentiment.py) with a critic-free
-policy stage.
+r"""GRPO on the sentiment task: the sentiment run with two responses a pair
+(configs/sentiment.py:pairwise) with a critic-free policy stage.
 
 Each round's policy stage is GRPO (Shao et al. 2024, DeepSeekMath): every prompt is sampled
 `group_size` times inside the compiled iteration, a response's advantage is its reward minus
@@ -7,7 +7,7 @@ its group's mean, divided by the group's (unbiased) standard deviation, and the 
 reference is a k3 loss term (β · k3, reduced like the policy loss: per sequence, then over
 sequences). No value model. Everything else — data, base model, simulated labels, the reward
 model trained each round, evaluation and report — is the sentiment run's, so the numbers
-compare with configs/sentiment.py (PPO) and configs/rloo.py, configs/dpo.py.
+compare with configs/sentiment.py:pairwise (PPO) and configs/rloo.py, configs/dpo.py.
 
   python -m rlhf_jax.main --config configs/grpo.py --workdir runs/grpo
   python -m rlhf_jax.main --config configs/grpo.py:smoke --workdir runs/grpo_smoke

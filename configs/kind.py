@@ -11,7 +11,8 @@ judge (no label came from it): VADER sentiment alone, `vader_sentiment`.
   python -m rlhf_jax.main --config configs/kind.py --workdir runs/kind
   python -m rlhf_jax.main --config configs/kind.py:smoke --workdir runs/kind_smoke
 
-Everything else is the sentiment run (configs/sentiment.py); expect a gold win rate well
+Everything else is the sentiment run with two responses a pair and 24 PPO iterations
+(configs/sentiment.py:pairwise); expect a gold win rate well
 above 50% with a smaller margin than the sentiment task, since the labeller is not the gold
 judge.
 

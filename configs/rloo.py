@@ -1,5 +1,5 @@
-r"""RLOO on the sentiment task: the sentiment run (configs/sentiment.py) with a critic-free
-policy stage.
+r"""RLOO on the sentiment task: the sentiment run with two responses a pair
+(configs/sentiment.py:pairwise) with a critic-free policy stage.
 
 Each round's policy stage is RLOO (Ahmadian et al. 2024): every prompt is sampled
 `group_size` times inside the compiled iteration and a response's advantage is its total
@@ -7,8 +7,8 @@ reward (score minus the β-weighted per-token KL penalty, as in PPO) minus the m
 the other `group_size - 1` samples of its prompt. No value model; the clipped update, the
 token-mean loss and the adaptive KL controller are PPO's. Everything else — data, base model,
 simulated labels, the reward model trained each round, evaluation and report — is the
-sentiment run's, so the numbers compare with configs/sentiment.py (PPO), configs/grpo.py and
-configs/dpo.py.
+sentiment run's, so the numbers compare with configs/sentiment.py:pairwise (PPO),
+configs/grpo.py and configs/dpo.py.
 
   python -m rlhf_jax.main --config configs/rloo.py --workdir runs/rloo
   python -m rlhf_jax.main --config configs/rloo.py:smoke --workdir runs/rloo_smoke

@@ -7,7 +7,8 @@ annotators label pairs with VADER sentiment as the gold scorer (Bradley-Terry no
 ties below a gap, random flips); a reward model learns from those labels; PPO optimises
 the policy against it with a KL penalty to the base model. Two rounds.
 
-Run (48 minutes alone on 2 CPU cores, a Zen 3 EPYC; docs/performance.md section 4):
+Run (about 52 minutes alone on 2 CPU cores, a Zen 3 EPYC: 48 measured with 24 PPO
+iterations a round, docs/performance.md section 4; the 48 iterations add an estimated 4):
 
   python -m rlhf_jax.main --config configs/sentiment.py --workdir runs/sentiment
 
@@ -35,31 +36,52 @@ at most 1.5x that of the reference's own samples (round 2 should be at least as 
 round 1).
 
 Recorded over three seeds (docs/results/sentiment_seeds.md; seeds 1 and 2 start from seed
-0's pretrained base): round 2 win rate 0.899 [0.863, 0.936] (mean, 95% t-interval; seeds 0.914,
-0.898, 0.885) at KL 4.6-6.0, RM accuracy 0.802 [0.777, 0.826] (0.793, 0.813, 0.799),
-perplexity ratio 1.24-1.30; round 1 0.878 at KL 5.6 with RM accuracy 0.769. The targets
-hold on the mean but not with margin: every seed misses one of them by 0.001-0.015.
+0's pretrained base; 2-core AMD EPYC family 25 model 17): round 2 win rate 0.934
+[0.890, 0.977] (mean, 95% t-interval; seeds 0.934, 0.916, 0.951) at KL 4.9-5.8, RM
+accuracy 0.859 [0.810, 0.908] (0.837, 0.864, 0.876), perplexity ratio 1.18-1.34; round 1
+0.911 at KL 5.4 with RM accuracy 0.815. Every target holds on every seed, and round 2
+beats round 1 on every seed.
 
-What the settings are for: 8192 labelled pairs a round (two per training prompt) at two
-reward-model epochs (labels, not epochs, raise held-out accuracy: 2048 pairs x 3 epochs
-reached 0.53 / 0.66, 4096 pairs 0.67 / 0.74, 8192 pairs 0.77 / 0.80); two PPO
-epochs per batch and an adaptive KL controller with a short horizon (250 samples) aimed at
-5.5 nats keep the final KL under 6 (a 1000-sample horizon barely moved beta in 24
-iterations and ended at KL 7.7-12).
+What the settings are for: K-wise labels (common.kwise_labels): four responses to each of
+4095 training prompts a round and all six pairs among them labelled, 24 570 comparisons
+for the sampling and reward-model compute of 8192 pairs of two (a step scores 64
+sequences either way); two reward-model epochs. Labels, not epochs, raise held-out
+accuracy (pairs of two: 2048 x 3 epochs reached 0.53 / 0.66, 4096 0.67 / 0.74, 8192
+0.77 / 0.80); the K-wise labels reach 0.815 / 0.859 (seed 0 round 1 on one host and base:
+0.745 with 8192 pairs of two, 0.807 K-wise). PPO: two epochs per batch and an adaptive KL
+controller with a short horizon (250 samples) aimed at 5.5 nats (a 1000-sample horizon
+barely moved beta in 24 iterations and ended at KL 7.7-12); 48 iterations a round, because
+a round first overshoots to 7-9 nats while beta rises and 24 left ~12 iterations near the
+target (round 2 win rate 0.908 at KL 5.0 with 24 iterations, 0.934 at 5.4 with 48;
+docs/results/sentiment_kwise24_seeds.md).
+
+Variants: `pairwise` / `pairwise_smoke` are this run with two responses a pair and 24 PPO
+iterations (the default until 2026-12-06, docs/results/sentiment_pairwise_seeds.md: round 2
+win rate 0.899 [0.863, 0.936], RM accuracy 0.802 [0.777, 0.826]), the labelling of the
+studies built on it — configs/algorithms.py's PPO arm learns from the same pairs as DPO.
 """
 
 from rlhf_jax.config_schema import config_module
 
 common = config_module(__file__, "common")
 
-VARIANTS = common.SENTIMENT_VARIANTS  # configs/sentiment.py:<variant>
+# configs/sentiment.py:<variant>; "pairwise" / "pairwise_smoke": two responses a pair (the
+# labelling of the studies built on this run: configs/algorithms.py's PPO arm, DPO, GRPO, RLOO)
+VARIANTS = common.SENTIMENT_VARIANTS + ("pairwise", "pairwise_smoke")
 
 
 def get_config(arg=None):
   variant = arg or "default"
   if variant not in VARIANTS:
     raise ValueError(
-      f"configs/sentiment.py: unknown variant {variant!r}; use 'default', "
-      "'smoke', 'openai' or 'openai_smoke'"
+      f"configs/sentiment.py: unknown variant {variant!r}; use one of {', '.join(VARIANTS)}"
     )
-  return common.sentiment(variant)  # every field is set and commented there
+  if variant.startswith("pairwise"):
+    return common.sentiment("smoke" if variant.endswith("smoke") else "default")
+  c = common.sentiment(variant)  # every field is set and commented there
+  if variant == "default":  # 4 responses to 4095 prompts a round, all 6 pairs labelled
+    common.kwise_labels(c, prompts=4095)
+    c.ppo.iterations = 48  # the KL budget spent with time to settle (24 in the studies)
+  elif variant == "smoke":  # the same 256 responses a round as 128 pairs of two
+    common.kwise_labels(c, prompts=64)
+  return c

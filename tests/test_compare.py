@@ -84,7 +84,7 @@ def test_unfair_or_broken_arms_are_refused_naming_the_field(monkeypatch):
 
   monkeypatch.chdir(ROOT)
   cfg = entry.load_config_file("configs/algorithms.py:smoke")
-  cfg.arms = ("ppo=configs/sentiment.py:smoke", "grpo=configs/grpo.py")  # smoke vs full
+  cfg.arms = ("ppo=configs/sentiment.py:pairwise_smoke", "grpo=configs/grpo.py")  # smoke vs full
   with pytest.raises(ConfigError, match=r"config\.arms: the RL arms differ in policy samples"):
     entry.validate(cfg)
   cfg.arms = ("ppo=configs/nope.py",)
@@ -93,7 +93,7 @@ def test_unfair_or_broken_arms_are_refused_naming_the_field(monkeypatch):
   cfg.arms = ("configs/grpo.py",)
   with pytest.raises(ConfigError, match=r"expected 'name=path"):
     entry.validate(cfg)
-  cfg.arms = ("ppo=configs/sentiment.py:smoke",)
+  cfg.arms = ("ppo=configs/sentiment.py:pairwise_smoke",)
   cfg.seeds = (1, 1)
   with pytest.raises(ConfigError, match=r"config\.seeds=\(1, 1\)"):
     entry.validate(cfg)
@@ -203,7 +203,7 @@ def test_shared_round_one_equals_recomputing_it(tmp_path, monkeypatch):
   evals = {}
   for share in (True, False):
     cfg = entry.load_config_file("configs/algorithms.py:smoke")
-    cfg.arms = ("ppo=configs/sentiment.py:smoke", "grpo=configs/grpo.py:smoke")
+    cfg.arms = ("ppo=configs/sentiment.py:pairwise_smoke", "grpo=configs/grpo.py:smoke")
     cfg.seeds = (0,)
     cfg.share_round1 = share
     cfg.out_dir = str(tmp_path / f"out_{share}")

@@ -76,10 +76,10 @@ def test_smoke_pipeline_report_numbers_are_sane(smoke_run):
   assert "differ by less than 0.05" in report  # the tie convention is stated
   assert (workdir / "data" / "words.json").exists()
   # Labels accumulate across rounds.
-  assert evals[1]["n_labels"] == 2 * evals[0]["n_labels"] == 256
+  assert evals[1]["n_labels"] == 2 * evals[0]["n_labels"] == 768
   assert result["round"] == 2
   prefs = (workdir / "round_1" / "preferences.jsonl").read_text().splitlines()
-  assert len(prefs) == 128 and json.loads(prefs[0])["label"] in ("a", "b", "tie")
+  assert len(prefs) == 384 and json.loads(prefs[0])["label"] in ("a", "b", "tie")
   # The base model and each round's policy are Hugging Face checkpoints.
   for d in ("base/model", "round_1/policy", "round_2/policy"):
     assert (workdir / d / "config.json").exists() and (workdir / d / "tokenizer.json").exists()

@@ -62,7 +62,7 @@ class Config:
   # "name=path/to/config.py[:variant]", one per algorithm; paths relative to the working
   # directory (the repository root), as --config takes them.
   arms: Tuple[str, ...] = (
-    "ppo=configs/sentiment.py",
+    "ppo=configs/sentiment.py:pairwise",
     "grpo=configs/grpo.py",
     "rloo=configs/rloo.py",
     "dpo=configs/dpo.py",
