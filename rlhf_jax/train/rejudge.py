@@ -11,8 +11,8 @@ a stricter scorer — can read them::
 For each workdir, round and judge: the policy's win rate over the starting model under that
 judge (ties — equal scores, or closer than ``--tie-threshold`` — count half; Wilson 95%
 interval counting prompts, as the report's), both mean scores and, for the assistant task's
-prompts, the win rate and mean-score change per category. With several workdirs, also the mean win rate over them with a 95%
-Student-t interval. Nothing in the workdirs is written; ``--out`` gets the markdown (and the
+prompts, the win rate and mean-score change per category. With several workdirs, also the
+mean win rate over them with a 95% Student-t interval. Nothing in the workdirs is written; ``--out`` gets the markdown (and the
 same numbers as JSON beside it, ``.json``).
 """
 

@@ -9,12 +9,12 @@ claims (findings.md: the unbiased arm against the direction-less-label control).
 """
 
 import collections
-import json
 import pathlib
 import sys
 
 import numpy as np
 
+from rlhf_jax.data import files
 from rlhf_jax.data.assistant_prompts import lookup_prompt
 from rlhf_jax.evaluation import t_interval
 from rlhf_jax.feedback import assistant
@@ -22,9 +22,7 @@ from rlhf_jax.feedback import assistant
 
 def per_claim(run: str) -> dict:
   shares = collections.defaultdict(list)
-  path = pathlib.Path(run, "round_1", "eval_answers.jsonl")
-  for line in path.read_text(encoding="utf-8").splitlines():
-    row = json.loads(line)
+  for _, row in files.read_jsonl(pathlib.Path(run, "round_1", "eval_answers.jsonl")):
     rec = lookup_prompt(row["prompt"])
     if rec.category == "premise" and not rec.claim_true:
       shares[row["prompt"]].append(assistant.agrees_with_user(rec, row["after"]))
@@ -37,9 +35,8 @@ def main(run_a: str, run_b: str) -> None:
   if len(claims) < 2:
     raise SystemExit(f"{run_a} and {run_b} share {len(claims)} held-out false claims")
   mean, lo, hi = t_interval([a[c] - b[c] for c in claims])
-  print(
-    f"agreement after, {run_a} minus {run_b}: {mean:+.3f} [{lo:+.3f}, {hi:+.3f}] over {len(claims)} claims"
-  )
+  interval = f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+  print(f"agreement after, {run_a} minus {run_b}: {interval} over {len(claims)} claims")
 
 
 if __name__ == "__main__":
