@@ -200,6 +200,9 @@ def sentiment(variant="default"):
   # std of the fresh scalar head; None: 1/sqrt(d_model + 1), 0.0: a zero head (every score
   # starts at 0, so the first preferences the model holds are the labels')
   c.reward.head_init_std = mlc.config_dict.placeholder(float)
+  # with lora.enabled: True fine-tunes the reward model's whole trunk instead of adapters
+  # (the policy keeps its adapters); give it a dense learning rate in reward.optimizer
+  c.reward.dense = False
 
   c.ppo = mlc.ConfigDict()
   c.ppo.hparams = ppo_hparams()  # the RL algorithm's hyper-parameters

@@ -591,3 +591,48 @@ def test_train_lm_with_lora_checkpoints_only_the_adapters_and_resumes(tmp_path):
     straight.params,
   )
   _assert_same(placed, base)
+
+
+@pytest.mark.slow  # a minute or two on 2 cores: one round of the smoke pipeline
+def test_pipeline_dense_reward_model_beside_lora_policy(tmp_path, monkeypatch):
+  """``reward.dense`` with ``lora.enabled``: the reward model fine-tunes its whole trunk
+  (plain params, trunk moved off the base) while the policy still trains adapters on the
+  frozen base, and PPO scores with the dense reward model."""
+  import importlib.util
+  import pathlib
+
+  from rlhf_jax import main as entry
+  from rlhf_jax.models import hf
+  from rlhf_jax.train import reward as reward_train
+
+  configs = pathlib.Path(__file__).resolve().parents[1] / "configs"
+  spec = importlib.util.spec_from_file_location("sentiment_dense_rm", configs / "sentiment.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  cfg = module.get_config("smoke")
+  cfg.rounds = 1
+  cfg.lora.enabled = True
+  cfg.lora.targets = ("q", "v", "up")
+  cfg.reward.dense = True
+  cfg.ppo.optimizer.learning_rate = 1e-3
+  seen = []
+  real = reward_train.train_reward_model
+
+  def spy(*args, **kwargs):
+    params, ev = real(*args, **kwargs)
+    seen.append((kwargs["lora"], params))
+    return params, ev
+
+  monkeypatch.setattr(reward_train, "train_reward_model", spy)
+  workdir = tmp_path / "run"
+  result = entry.run_task(cfg, str(workdir))
+  assert result["round"] == 1 and np.isfinite(result["kl"]) and result["kl"] != 0.0
+  ((spec_seen, rm),) = seen
+  assert spec_seen is None and not lora.is_lora(rm)
+  _, base = hf.from_pretrained(workdir / "base" / "model")
+  moved = np.max(
+    np.abs(np.asarray(rm["layers"]["attn"]["k"]["kernel"]) - base["layers"]["attn"]["k"]["kernel"])
+  )
+  assert moved > 0  # a dense trunk: k has no adapter, yet it trained
+  policy = lora.load_trainable(workdir / "round_1" / "policy_lora.npz")
+  assert set(policy.adapters["layers"]["attn"]) == {"q", "v"}

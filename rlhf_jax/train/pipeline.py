@@ -233,6 +233,10 @@ class RewardSpec:
   # std of the fresh scalar head (None: 1/sqrt(d_model + 1); 0.0: a zero head, every score
   # 0 at the start; rlhf_jax.train.reward.train_reward_model)
   head_init_std: Optional[float] = None
+  # With lora.enabled: True trains the reward model's whole trunk (dense fine-tuning, its own
+  # copy of the weights and optimizer state for all of them) instead of adapters on the
+  # frozen base; the policy (and value) keep their adapters. Without LoRA it changes nothing.
+  dense: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -2623,7 +2627,7 @@ def run_round(
     workdir=str(rdir / "reward"),
     max_skipped_fraction=cfg.max_skipped_fraction,
     desc=f"reward model round {r}",
-    lora=lora,
+    lora=None if cfg.reward.dense else lora,
     responses_per_prompt=cfg.feedback.responses_per_prompt,
     eval_groups=_eval_pair_categories(cfg, setup.prompts),
     head_init_std=cfg.reward.head_init_std,

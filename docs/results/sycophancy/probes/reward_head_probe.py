@@ -9,7 +9,10 @@ CONFIG: the run's config (e.g. "configs/sycophancy.py:arm,bias=0,kl=0.05" or
 supervised stage, round_1/pairs.npz, round_1/eval_answers.jsonl); SEED: its seed; HEAD:
 "default" (std 1/sqrt(d + 1)) or a std such as 0.0, optionally with options joined by "+"
 (e.g. "default+balance", "0.0+epochs=3+balance"): "epochs=N" trains N passes over the
-labels instead of the run's reward.epochs; "balance": the run's comparison groups of the
+labels instead of the run's reward.epochs; "dense": the whole trunk fine-tuned instead of
+LoRA adapters (config.reward.dense); "lr=X": the reward optimizer's peak learning rate;
+"rank=N": LoRA adapters of rank N (alpha scaled to keep alpha / rank); "balance": the run's
+comparison groups of the
 category (harmful or benign) with
 fewer decisive decline-against-answer labels are repeated, drawn at random, until both
 categories hold about as many (round_1/preferences.jsonl says which response declines and
@@ -22,6 +25,7 @@ refusal probe on the starting model's first answer to each held-out prompt. One 
 per head on stdout.
 """
 
+import dataclasses
 import json
 import pathlib
 import shutil
@@ -84,21 +88,31 @@ def main(spec: str, workdir: str, seed: int, heads: list) -> None:
     params = pl.demonstration_stage(cfg, root, tok, sampler, models, params, prompts, hp, mesh)
   held_out = pl.held_out_reward_pairs(cfg, sampler, tok, params, prompts, gold)
   pairs = dict(np.load(root / "round_1" / "pairs.npz"))
-  answers = [rec["before"] for _, rec in files.read_jsonl(root / "round_1" / "eval_answers.jsonl")]
-  first = answers[:: cfg.eval.answers_per_prompt]  # the starting model's first answers
+  answers_file = root / "round_1" / "eval_answers.jsonl"
   per = cfg.feedback.responses_per_prompt * (cfg.feedback.responses_per_prompt - 1) // 2
   for head in heads:
     init, *options = head.split("+")
     std = None if init == "default" else float(init)
     train, epochs = pairs, cfg.reward.epochs
+    lora, optim_spec = common.lora_spec(cfg.lora), cfg.reward.optimizer
     for option in options:
       if option == "balance":
         prefs = [r for _, r in files.read_jsonl(root / "round_1" / "preferences.jsonl")]
         train = balance(pairs, prefs, max(per, 1))
       elif option.startswith("epochs=") and option[7:].isdigit() and int(option[7:]) > 0:
         epochs = int(option[7:])
+      elif option == "dense":
+        lora = None
+      elif option.startswith("lr="):
+        optim_spec = dataclasses.replace(optim_spec, learning_rate=float(option[3:]))
+      elif option.startswith("rank=") and option[5:].isdigit() and lora is not None:
+        rank = int(option[5:])
+        lora = dataclasses.replace(lora, rank=rank, alpha=lora.alpha * rank / lora.rank)
       else:
-        raise SystemExit(f"HEAD {head!r}: unknown option {option!r}; expected balance or epochs=N")
+        raise SystemExit(
+          f"HEAD {head!r}: unknown option {option!r}; expected balance, epochs=N, dense, "
+          "lr=X or rank=N"
+        )
     out = pathlib.Path("/tmp/reward_head_probe") / f"{root.name}_{head}"
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
@@ -108,13 +122,13 @@ def main(spec: str, workdir: str, seed: int, heads: list) -> None:
       train,
       held_out,
       hp=cfg.reward.hparams,
-      optim_spec=cfg.reward.optimizer,
+      optim_spec=optim_spec,
       epochs=epochs,
       batch_size=cfg.reward.batch_size,
       mesh=mesh,
       seed=cfg.seed + 1,  # round 1's
       workdir=str(out),
-      lora=common.lora_spec(cfg.lora),
+      lora=lora,
       responses_per_prompt=cfg.feedback.responses_per_prompt,
       eval_groups=pl._eval_pair_categories(cfg, prompts),
       head_init_std=std,
@@ -124,6 +138,10 @@ def main(spec: str, workdir: str, seed: int, heads: list) -> None:
     row.update(
       {k: v for k, v in ev.items() if k.startswith(("rm_accuracy", "rm_decided", "rm_ece"))}
     )
+    while not answers_file.exists():  # the run may still be in its policy stage
+      time.sleep(30)
+    answers = [rec["before"] for _, rec in files.read_jsonl(answers_file)]
+    first = answers[:: cfg.eval.answers_per_prompt]  # the starting model's first answers
     row.update(pl.reward_refusal_probe(sampler, tok, dense, prompts, first, hp))
     row.update(pl.reward_agreement_probe(sampler, tok, dense, prompts, hp))
     print(json.dumps(row), flush=True)
