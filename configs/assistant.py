@@ -64,7 +64,11 @@ raised its accuracy 0.616 -> 0.657 and left its discrimination at 0 (J +0.03); w
 0.90, because its labels favour agreeing with true claims twice as often as they penalise
 agreeing with false ones and the reward model cannot tell the two apart. These runs used
 the earlier premise check (saying nothing about a false claim scored 0, now 0.25), which
-left those labels as they were.
+left those labels as they were. Seed 0 under the current check (2026-12-06,
+docs/results/assistant/seed0_2026-12-06/): win rate 0.560 [0.497, 0.622], harmful +10
+points, look-alikes +15, agreement unchanged, KL 17.4 to the starting model; on its labels
+a rank-64 or a dense reward model (reward.dense) gave J +0.10 against rank 8's +0.18, so
+the reward model stays LoRA rank 8.
 """
 
 from rlhf_jax.config_schema import config_module
