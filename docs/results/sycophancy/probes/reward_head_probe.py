@@ -6,7 +6,8 @@ docs/results/assistant/ quote it).
 
 CONFIG: the run's config (e.g. "configs/sycophancy.py:arm,bias=0,kl=0.05" or
 "configs/assistant.py"); WORKDIR: its finished workdir (data/, sft/ when it had a
-supervised stage, round_1/pairs.npz, round_1/eval_answers.jsonl); SEED: its seed; HEAD:
+supervised stage, round_1/pairs.npz, round_1/eval_answers.jsonl — waited for before the
+first probe, so the probe may start once a run has its labels); SEED: its seed; HEAD:
 "default" (std 1/sqrt(d + 1)) or a std such as 0.0, optionally with options joined by "+"
 (e.g. "default+balance", "0.0+epochs=3+balance"): "epochs=N" trains N passes over the
 labels instead of the run's reward.epochs; "dense": the whole trunk fine-tuned instead of
@@ -105,7 +106,9 @@ def main(spec: str, workdir: str, seed: int, heads: list) -> None:
         lora = None
       elif option.startswith("lr="):
         optim_spec = dataclasses.replace(optim_spec, learning_rate=float(option[3:]))
-      elif option.startswith("rank=") and option[5:].isdigit() and lora is not None:
+      elif option.startswith("rank=") and lora is None:
+        raise SystemExit(f"HEAD {head!r}: rank=N needs LoRA adapters (not with dense)")
+      elif option.startswith("rank=") and option[5:].isdigit() and int(option[5:]) > 0:
         rank = int(option[5:])
         lora = dataclasses.replace(lora, rank=rank, alpha=lora.alpha * rank / lora.rank)
       else:
