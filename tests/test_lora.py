@@ -515,7 +515,6 @@ def test_pipeline_with_lora_trains_adapters_and_resumes_them(tmp_path):
   """configs/sentiment.py:smoke with ``lora.enabled``: the reward model, value model and
   policy are adapters (+ heads) on the one base; each round exports the merged policy and
   its adapters, and a rerun reads the finished rounds back (adapters included)."""
-  import importlib.util
   import json
   import pathlib
 
@@ -523,10 +522,7 @@ def test_pipeline_with_lora_trains_adapters_and_resumes_them(tmp_path):
   from rlhf_jax.models import hf
 
   configs = pathlib.Path(__file__).resolve().parents[1] / "configs"
-  spec = importlib.util.spec_from_file_location("sentiment_lora", configs / "sentiment.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  cfg = module.get_config("smoke")
+  cfg = entry.load_config_file(f"{configs / 'sentiment.py'}:smoke")
   cfg.lora.enabled = True
   cfg.lora.targets = ("q", "v", "up")
   cfg.ppo.optimizer.learning_rate = 1e-3
@@ -598,7 +594,6 @@ def test_pipeline_dense_reward_model_beside_lora_policy(tmp_path, monkeypatch):
   """``reward.dense`` with ``lora.enabled``: the reward model fine-tunes its whole trunk
   (plain params, trunk moved off the base) while the policy still trains adapters on the
   frozen base, and PPO scores with the dense reward model."""
-  import importlib.util
   import pathlib
 
   from rlhf_jax import main as entry
@@ -606,10 +601,7 @@ def test_pipeline_dense_reward_model_beside_lora_policy(tmp_path, monkeypatch):
   from rlhf_jax.train import reward as reward_train
 
   configs = pathlib.Path(__file__).resolve().parents[1] / "configs"
-  spec = importlib.util.spec_from_file_location("sentiment_dense_rm", configs / "sentiment.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  cfg = module.get_config("smoke")
+  cfg = entry.load_config_file(f"{configs / 'sentiment.py'}:smoke")
   cfg.rounds = 1
   cfg.lora.enabled = True
   cfg.lora.targets = ("q", "v", "up")

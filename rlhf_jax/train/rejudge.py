@@ -12,8 +12,8 @@ For each workdir, round and judge: the policy's win rate over the starting model
 judge (ties — equal scores, or closer than ``--tie-threshold`` — count half; Wilson 95%
 interval counting prompts, as the report's), both mean scores and, for the assistant task's
 prompts, the win rate and mean-score change per category. With several workdirs, also the
-mean win rate over them with a 95% Student-t interval. Nothing in the workdirs is written; ``--out`` gets the markdown (and the
-same numbers as JSON beside it, ``.json``).
+mean win rate over them with a 95% Student-t interval. Nothing in the workdirs is
+written; ``--out`` gets the markdown (and the same numbers as JSON beside it, ``.json``).
 """
 
 from __future__ import annotations
